@@ -1,0 +1,831 @@
+//! The per-call media bridge: one actor owns the Twilio Media Streams socket
+//! and the realtime-AI socket of a call, moves audio both ways, and turns what
+//! happens into call events (transcripts, errors, DTMF, turn metrics).
+//!
+//! Shape (architecture.md "Actors for long-lived tasks"): [`serve_media`]
+//! checks the stream's `start`, opens the AI socket and runs [`MediaBridge::run`],
+//! a `select!` over Twilio in, AI in and the call's cancellation. Writes to each
+//! socket go through a writer task; the Twilio writer serves control (`clear`)
+//! before queued audio, and drops the queued audio a `clear` makes stale
+//! ("control before data").
+//!
+//! What the callee has *heard* is known from mark acknowledgements
+//! (protocols.md §5.3): every audio chunk sent to Twilio is followed by a mark
+//! carrying the item's byte position; Twilio echoes it once that audio played.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as AiMessage;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::audio::{InboundTranscoder, OutboundTranscoder, ULAW_BYTES_PER_MS};
+use crate::call::{CallId, CallRecord, EventKind, Speaker};
+use crate::config::AudioMode;
+use crate::realtime::RealtimeSocket;
+use crate::realtime::protocol::{self, AudioFormat, Dialect, ServerEvent};
+use crate::telephony::twilio::media::{self as tw, TwilioInbound};
+
+/// How long Twilio has to send `start` after the upgrade.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long closing a socket may take before it is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Spoken when the AI cannot be reached or fails for good.
+pub const APOLOGY: &str =
+    "Sorry, our assistant is not available right now. Please try again later. Goodbye.";
+
+/// Runs the media side of one call on an upgraded Twilio WebSocket.
+pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSocket) {
+    let id = record.call_id.clone();
+    let Some(cancel) = state.hub.media_token(&id) else {
+        return;
+    };
+    let (mut tw_sink, mut tw_stream) = socket.split();
+
+    let start = tokio::select! {
+        s = wait_for_start(&mut tw_stream, &record) => s,
+        _ = cancel.cancelled() => return,
+    };
+    let (stream_sid, first_malformed) = match start {
+        Ok(ok) => ok,
+        Err(why) => {
+            tracing::warn!(call_id = %id, why = %why.message, "media stream refused");
+            publish(&state, &id, EventKind::Error {
+                code: why.code.into(),
+                message: why.message.clone(),
+            })
+            .await;
+            let _ = tokio::time::timeout(
+                CLOSE_TIMEOUT,
+                tw_sink.send(WsMessage::Close(Some(CloseFrame {
+                    code: 1008,
+                    reason: "refused".into(),
+                }))),
+            )
+            .await;
+            return;
+        }
+    };
+
+    let (ai, dialect) = match state.realtime.connect(record.backend).await {
+        Ok(ok) => ok,
+        Err(e) => {
+            tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
+            publish(&state, &id, EventKind::Error {
+                code: e.code().into(),
+                message: format!("{e}; apologising and hanging up"),
+            })
+            .await;
+            end_with_apology(&state, &record, &e.to_string()).await;
+            return;
+        }
+    };
+
+    let (tw_ctrl, tw_ctrl_rx) = mpsc::channel(16);
+    let (tw_data, tw_data_rx) = mpsc::channel(1024);
+    let tw_writer = tokio::spawn(twilio_writer(tw_sink, stream_sid.clone(), tw_ctrl_rx, tw_data_rx));
+    let (ai_sink, ai_stream) = ai.split();
+    let (ai_tx, ai_rx) = mpsc::channel(256);
+    let ai_writer = tokio::spawn(ai_writer(ai_sink, ai_rx));
+
+    let mode = state.config.audio_mode;
+    let bridge = MediaBridge {
+        state: state.clone(),
+        record,
+        dialect,
+        mode,
+        cancel,
+        tw_ctrl,
+        tw_data,
+        ai_tx,
+        inbound: InboundTranscoder::new(),
+        outbound: OutboundTranscoder::new(),
+        scratch: Vec::with_capacity(4096),
+        scratch2: Vec::with_capacity(8192),
+        malformed: first_malformed,
+        marks: VecDeque::new(),
+        next_mark: 0,
+        items: HashMap::new(),
+        order: VecDeque::new(),
+        current_item: None,
+        active_response: None,
+        cancelled_responses: Vec::new(),
+        turn: None,
+        turns: 0,
+        hangup_requested: false,
+    };
+    let outcome = bridge.run(tw_stream, ai_stream).await;
+    // Writers end when their channels close (the bridge dropped its senders);
+    // bound the wait so no task outlives the call by more than a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(1), ai_writer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tw_writer).await;
+    tracing::info!(call_id = %id, ?outcome, "media bridge ended");
+}
+
+/// Why a media stream was refused before it started.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+/// Waits for `connected` and `start`; checks the CallSid and the per-call secret.
+async fn wait_for_start(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    record: &CallRecord,
+) -> Result<(String, u64), Refusal> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let mut malformed = 0u64;
+    loop {
+        let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
+            Err(_) => {
+                return Err(Refusal {
+                    code: "media_no_start",
+                    message: format!("Twilio sent no 'start' within {START_TIMEOUT:?}; closed the media stream"),
+                });
+            }
+            Ok(None) | Ok(Some(Err(_))) => {
+                return Err(Refusal {
+                    code: "media_closed",
+                    message: "the media stream closed before 'start'".into(),
+                });
+            }
+            Ok(Some(Ok(m))) => m,
+        };
+        let WsMessage::Text(text) = msg else { continue };
+        match tw::parse_inbound(&text) {
+            Ok(TwilioInbound::Start(start)) => {
+                if !record.provider_call_id.is_empty() && start.call_sid != record.provider_call_id {
+                    return Err(Refusal {
+                        code: "media_refused",
+                        message: "the media stream's 'start' names another CallSid; closed it".into(),
+                    });
+                }
+                let secret_ok = start
+                    .custom_parameters
+                    .get("secret")
+                    .is_some_and(|s| constant_time_eq(s, &record.stream_secret));
+                if !secret_ok {
+                    return Err(Refusal {
+                        code: "media_refused",
+                        message: "the media stream's 'start' carries a wrong or missing secret; closed it".into(),
+                    });
+                }
+                return Ok((start.stream_sid, malformed));
+            }
+            Ok(_) => {}
+            Err(_) => malformed += 1,
+        }
+    }
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+async fn publish(state: &AppState, id: &CallId, kind: EventKind) {
+    if let Err(e) = state.hub.publish(id, kind).await {
+        tracing::error!(call_id = %id, error = %e, "event not stored");
+    }
+}
+
+/// Speaks an apology on the live call and hangs up (through the provider, so
+/// the caller is never left in silence).
+async fn end_with_apology(state: &AppState, record: &CallRecord, cause: &str) {
+    let id = &record.call_id;
+    let _ = state
+        .hub
+        .update(id, |r| {
+            if r.end_reason.is_empty() {
+                r.end_reason = format!("the AI failed: {cause}");
+            }
+            vec![]
+        })
+        .await;
+    let sid = state.hub.get(id).await.map(|r| r.provider_call_id).unwrap_or_default();
+    if sid.is_empty() {
+        return;
+    }
+    if let Err(e) = state.telephony.say_and_hang_up(&sid, APOLOGY).await {
+        tracing::warn!(call_id = %id, error = %e, "apology failed; hanging up");
+        if let Err(e) = state.telephony.hang_up(&sid, true).await {
+            publish(state, id, EventKind::Error {
+                code: "telephony_error".into(),
+                message: format!("hang-up failed: {e}"),
+            })
+            .await;
+        }
+    }
+}
+
+enum TwOut {
+    Media { payload: String, mark: String },
+}
+
+enum TwControl {
+    Clear,
+}
+
+async fn twilio_writer(
+    mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
+    stream_sid: String,
+    mut ctrl: mpsc::Receiver<TwControl>,
+    mut data: mpsc::Receiver<TwOut>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            c = ctrl.recv() => match c {
+                Some(TwControl::Clear) => {
+                    // Audio still queued here belongs to what is being cleared.
+                    while data.try_recv().is_ok() {}
+                    if sink.send(WsMessage::Text(tw::clear_message(&stream_sid).into())).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+            d = data.recv() => match d {
+                Some(TwOut::Media { payload, mark }) => {
+                    if sink.send(WsMessage::Text(tw::media_message(&stream_sid, &payload).into())).await.is_err() {
+                        break;
+                    }
+                    if sink.send(WsMessage::Text(tw::mark_message(&stream_sid, &mark).into())).await.is_err() {
+                        break;
+                    }
+                }
+                None => break,
+            },
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(None))).await;
+}
+
+async fn ai_writer(
+    mut sink: futures_util::stream::SplitSink<RealtimeSocket, AiMessage>,
+    mut rx: mpsc::Receiver<String>,
+) {
+    while let Some(text) = rx.recv().await {
+        if sink.send(AiMessage::Text(text.into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+}
+
+/// A mark we sent and Twilio has not echoed yet.
+struct PendingMark {
+    name: String,
+    item_id: String,
+    /// The item's μ-law byte position at the end of the chunk before this mark.
+    end_byte: usize,
+}
+
+/// Playback bookkeeping of one agent item.
+#[derive(Default)]
+struct AgentItem {
+    response_id: String,
+    sent_bytes: usize,
+    heard_bytes: usize,
+    audio_done: bool,
+    transcript: String,
+    transcript_done: bool,
+    /// Voice Live word timing: (text, start ms, end ms).
+    words: Vec<(String, u64, u64)>,
+    interrupted: bool,
+}
+
+/// A transcript slot in conversation order.
+struct Slot {
+    item_id: String,
+    speaker: Speaker,
+    text: Option<String>,
+    interrupted: bool,
+}
+
+/// Latency of the agent turn being measured.
+struct Turn {
+    speech_stopped: Instant,
+    first_sent_ms: Option<u32>,
+    first_mark: Option<String>,
+}
+
+/// Why the bridge stopped.
+#[derive(Debug)]
+enum Outcome {
+    TwilioStopped,
+    TwilioClosed,
+    Cancelled,
+    AiClosed,
+    AiFatal,
+    AgentHungUp,
+}
+
+/// The actor that owns one call's two sockets.
+struct MediaBridge {
+    state: Arc<AppState>,
+    record: CallRecord,
+    dialect: Dialect,
+    mode: AudioMode,
+    cancel: CancellationToken,
+    tw_ctrl: mpsc::Sender<TwControl>,
+    tw_data: mpsc::Sender<TwOut>,
+    ai_tx: mpsc::Sender<String>,
+    inbound: InboundTranscoder,
+    outbound: OutboundTranscoder,
+    scratch: Vec<u8>,
+    scratch2: Vec<u8>,
+    malformed: u64,
+    marks: VecDeque<PendingMark>,
+    next_mark: u64,
+    items: HashMap<String, AgentItem>,
+    order: VecDeque<Slot>,
+    /// The agent item whose audio was sent last.
+    current_item: Option<String>,
+    active_response: Option<String>,
+    cancelled_responses: Vec<String>,
+    turn: Option<Turn>,
+    turns: u32,
+    hangup_requested: bool,
+}
+
+impl MediaBridge {
+    fn id(&self) -> &CallId {
+        &self.record.call_id
+    }
+
+    async fn event(&self, kind: EventKind) {
+        publish(&self.state, self.id(), kind).await;
+    }
+
+    async fn ai_send(&self, text: String) {
+        // A closed writer means the AI socket is gone; the reader sees that too.
+        let _ = self.ai_tx.send(text).await;
+    }
+
+    fn session_config(&self) -> protocol::SessionConfig {
+        let audio = match self.mode {
+            AudioMode::Transcode => AudioFormat::Pcm16_24k,
+            AudioMode::Passthrough => AudioFormat::G711Ulaw,
+        };
+        protocol::SessionConfig::new(&self.record.instructions, &self.record.voice, audio)
+    }
+
+    async fn run(
+        mut self,
+        mut tw_stream: futures_util::stream::SplitStream<WebSocket>,
+        mut ai_stream: futures_util::stream::SplitStream<RealtimeSocket>,
+    ) -> Outcome {
+        // Configure the session, then let the agent speak first.
+        let session = protocol::session_update(self.dialect, &self.session_config());
+        self.ai_send(session).await;
+        self.ai_send(protocol::response_create(None)).await;
+
+        let outcome = loop {
+            tokio::select! {
+                _ = self.cancel.cancelled() => break Outcome::Cancelled,
+                msg = tw_stream.next() => match msg {
+                    None => break Outcome::TwilioClosed,
+                    Some(Err(e)) => {
+                        // Includes messages over the 1 MiB limit.
+                        self.event(EventKind::Error {
+                            code: "media_socket_error".into(),
+                            message: format!("the media stream failed: {e}"),
+                        }).await;
+                        break Outcome::TwilioClosed;
+                    }
+                    Some(Ok(WsMessage::Text(text))) => {
+                        if let Some(o) = self.on_twilio(&text).await {
+                            break o;
+                        }
+                    }
+                    Some(Ok(WsMessage::Close(_))) => break Outcome::TwilioClosed,
+                    Some(Ok(WsMessage::Binary(_))) => self.on_malformed("binary frame").await,
+                    Some(Ok(_)) => {}
+                },
+                msg = ai_stream.next() => match msg {
+                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => break Outcome::AiClosed,
+                    Some(Ok(AiMessage::Text(text))) => {
+                        if let Some(o) = self.on_ai(&text).await {
+                            break o;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
+            }
+        };
+
+        self.finish_transcripts().await;
+        match outcome {
+            Outcome::AiClosed => {
+                self.event(EventKind::Error {
+                    code: "ai_disconnected".into(),
+                    message: "the realtime AI closed the connection mid-call; apologising and hanging up".into(),
+                })
+                .await;
+                end_with_apology(&self.state, &self.record, "the AI connection dropped").await;
+            }
+            Outcome::AiFatal => {
+                end_with_apology(&self.state, &self.record, "the AI reported a fatal error").await;
+            }
+            Outcome::Cancelled | Outcome::TwilioClosed | Outcome::TwilioStopped | Outcome::AgentHungUp => {}
+        }
+        if self.malformed > 0 {
+            tracing::warn!(call_id = %self.id(), count = self.malformed, "malformed media messages were ignored");
+        }
+        outcome
+    }
+
+    async fn on_malformed(&mut self, what: &str) {
+        self.malformed += 1;
+        if self.malformed == 1 {
+            self.event(EventKind::Error {
+                code: "media_malformed".into(),
+                message: format!("ignored a malformed media message ({what}); the call goes on"),
+            })
+            .await;
+        }
+        tracing::debug!(call_id = %self.id(), what, count = self.malformed, "malformed media message");
+    }
+
+    async fn on_twilio(&mut self, text: &str) -> Option<Outcome> {
+        let msg = match tw::parse_inbound(text) {
+            Ok(m) => m,
+            Err(_) => {
+                self.on_malformed("not a Media Streams message").await;
+                return None;
+            }
+        };
+        match msg {
+            TwilioInbound::Media(media) => self.on_inbound_audio(&media.payload).await,
+            TwilioInbound::Mark(name) => self.on_mark(&name).await,
+            TwilioInbound::Dtmf(digit) => self.event(EventKind::Dtmf { digit }).await,
+            TwilioInbound::Stop => return Some(Outcome::TwilioStopped),
+            TwilioInbound::Connected | TwilioInbound::Start(_) | TwilioInbound::Unknown => {}
+        }
+        if self.hangup_requested {
+            return self.maybe_hang_up().await;
+        }
+        None
+    }
+
+    async fn on_inbound_audio(&mut self, payload: &str) {
+        self.scratch.clear();
+        if B64.decode_vec(payload, &mut self.scratch).is_err() {
+            self.on_malformed("media payload is not base64").await;
+            return;
+        }
+        let msg = match self.mode {
+            // μ-law both ways: the payload goes on as it came.
+            AudioMode::Passthrough => protocol::input_audio_append(payload),
+            AudioMode::Transcode => {
+                self.scratch2.clear();
+                self.inbound.process(&self.scratch, &mut self.scratch2);
+                protocol::input_audio_append(&B64.encode(&self.scratch2))
+            }
+        };
+        self.ai_send(msg).await;
+    }
+
+    async fn on_mark(&mut self, name: &str) {
+        // Marks come back in the order sent; anything not pending was flushed
+        // by a `clear` and proves nothing about playback (§5.3).
+        let Some(pos) = self.marks.iter().position(|m| m.name == name) else {
+            return;
+        };
+        let acked: Vec<PendingMark> = self.marks.drain(..=pos).collect();
+        for m in &acked {
+            if let Some(item) = self.items.get_mut(&m.item_id) {
+                item.heard_bytes = item.heard_bytes.max(m.end_byte);
+            }
+        }
+        if let Some(turn) = &self.turn
+            && turn.first_mark.as_deref().is_some_and(|f| acked.iter().any(|m| m.name == f))
+        {
+            let heard = turn.speech_stopped.elapsed().as_millis() as u32;
+            let sent = turn.first_sent_ms.unwrap_or(heard);
+            let index = self.turns;
+            self.turns += 1;
+            self.turn = None;
+            self.event(EventKind::Turn {
+                turn_index: index,
+                first_audio_sent_ms: sent,
+                first_audio_heard_ms: heard,
+            })
+            .await;
+        }
+        self.flush_transcripts().await;
+    }
+
+    async fn on_ai(&mut self, text: &str) -> Option<Outcome> {
+        let event = match protocol::parse_server_event(text) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(call_id = %self.id(), error = %e, "unreadable event from the AI");
+                return None;
+            }
+        };
+        match event {
+            ServerEvent::AudioDelta { response_id, item_id, delta } => {
+                self.on_agent_audio(&response_id, &item_id, &delta).await;
+            }
+            ServerEvent::AudioDone { item_id, .. } => {
+                if let Some(item) = self.items.get_mut(&item_id) {
+                    item.audio_done = true;
+                }
+            }
+            ServerEvent::TranscriptDelta { item_id, delta } => {
+                if let Some(item) = self.items.get_mut(&item_id)
+                    && !item.transcript_done
+                {
+                    item.transcript.push_str(&delta);
+                }
+            }
+            ServerEvent::TranscriptDone { item_id, transcript, .. } => {
+                let item = self.items.entry(item_id.clone()).or_default();
+                item.transcript = transcript;
+                item.transcript_done = true;
+                self.ensure_slot(&item_id, Speaker::Agent);
+            }
+            ServerEvent::WordTimestamp { item_id, text, audio_offset_ms, audio_duration_ms } => {
+                self.items
+                    .entry(item_id)
+                    .or_default()
+                    .words
+                    .push((text, audio_offset_ms, audio_offset_ms + audio_duration_ms));
+            }
+            ServerEvent::OutputItemAdded { response_id, item_id, kind, .. } => {
+                if kind == protocol::ItemKind::Message {
+                    let item = self.items.entry(item_id.clone()).or_default();
+                    item.response_id = response_id;
+                    self.ensure_slot(&item_id, Speaker::Agent);
+                }
+            }
+            ServerEvent::SpeechStarted { .. } => self.on_barge_in().await,
+            ServerEvent::SpeechStopped { .. } => {
+                self.turn = Some(Turn {
+                    speech_stopped: Instant::now(),
+                    first_sent_ms: None,
+                    first_mark: None,
+                });
+            }
+            ServerEvent::Committed { item_id, .. } => self.ensure_slot(&item_id, Speaker::Callee),
+            ServerEvent::InputTranscriptionCompleted { item_id, transcript } => {
+                self.ensure_slot(&item_id, Speaker::Callee);
+                if let Some(slot) = self.order.iter_mut().find(|s| s.item_id == item_id) {
+                    slot.text = Some(transcript.trim().to_string());
+                }
+            }
+            ServerEvent::InputTranscriptionFailed { item_id, error } => {
+                if let Some(slot) = self.order.iter_mut().find(|s| s.item_id == item_id) {
+                    slot.text = Some(String::new());
+                }
+                self.event(EventKind::Error {
+                    code: "ai_transcription_failed".into(),
+                    message: format!("the callee's words could not be transcribed: {error}"),
+                })
+                .await;
+            }
+            ServerEvent::ResponseCreated { response_id } => self.active_response = Some(response_id),
+            ServerEvent::ResponseDone { response_id, .. } => {
+                if self.active_response.as_deref() == Some(response_id.as_str()) {
+                    self.active_response = None;
+                }
+                // Items of this response that never produced audio are final now.
+                for item in self.items.values_mut() {
+                    if item.response_id == response_id {
+                        item.audio_done = true;
+                        item.transcript_done = true;
+                    }
+                }
+            }
+            ServerEvent::FunctionCallArgumentsDone { name, call_id, .. } => {
+                if name == "end_call" {
+                    self.hangup_requested = true;
+                    self.ai_send(protocol::function_call_output(&call_id, "{\"ok\":true}")).await;
+                } else {
+                    self.ai_send(protocol::function_call_output(
+                        &call_id,
+                        &format!("{{\"error\":\"unknown tool {}\"}}", name.replace('"', "")),
+                    ))
+                    .await;
+                }
+            }
+            ServerEvent::Error { code, message, r#type, .. } => {
+                let fatal = protocol::is_fatal_error(&r#type, code.as_deref());
+                // Our own best-effort cancel racing the server's automatic one.
+                let benign = code.as_deref() == Some("response_cancel_not_active");
+                if !benign {
+                    self.event(EventKind::Error {
+                        code: format!("ai_{}", code.as_deref().unwrap_or(&r#type)),
+                        message,
+                    })
+                    .await;
+                }
+                if fatal {
+                    return Some(Outcome::AiFatal);
+                }
+            }
+            _ => {}
+        }
+        self.flush_transcripts().await;
+        if self.hangup_requested {
+            return self.maybe_hang_up().await;
+        }
+        None
+    }
+
+    async fn on_agent_audio(&mut self, response_id: &str, item_id: &str, delta: &str) {
+        if self.cancelled_responses.iter().any(|r| r == response_id) {
+            return; // late audio of a response cut by a barge-in
+        }
+        self.scratch.clear();
+        if B64.decode_vec(delta, &mut self.scratch).is_err() {
+            tracing::warn!(call_id = %self.id(), "AI audio delta is not base64; dropped");
+            return;
+        }
+        let (payload, ulaw_len) = match self.mode {
+            AudioMode::Passthrough => (delta.to_string(), self.scratch.len()),
+            AudioMode::Transcode => {
+                self.scratch2.clear();
+                self.outbound.process(&self.scratch, &mut self.scratch2);
+                (B64.encode(&self.scratch2), self.scratch2.len())
+            }
+        };
+        if ulaw_len == 0 {
+            return;
+        }
+        let item = self.items.entry(item_id.to_string()).or_default();
+        if item.response_id.is_empty() {
+            item.response_id = response_id.to_string();
+        }
+        item.sent_bytes += ulaw_len;
+        let end_byte = item.sent_bytes;
+        self.current_item = Some(item_id.to_string());
+        self.ensure_slot(item_id, Speaker::Agent);
+        self.next_mark += 1;
+        let mark = format!("m{}", self.next_mark);
+        self.marks.push_back(PendingMark {
+            name: mark.clone(),
+            item_id: item_id.to_string(),
+            end_byte,
+        });
+        if let Some(turn) = &mut self.turn
+            && turn.first_mark.is_none()
+        {
+            turn.first_sent_ms = Some(turn.speech_stopped.elapsed().as_millis() as u32);
+            turn.first_mark = Some(mark.clone());
+        }
+        let _ = self.tw_data.send(TwOut::Media { payload, mark }).await;
+    }
+
+    /// The callee started speaking: if agent audio is still unplayed, stop it
+    /// at once and make the AI forget what was not heard (§7.5).
+    async fn on_barge_in(&mut self) {
+        let Some(item_id) = self.current_item.clone() else {
+            return;
+        };
+        let Some(item) = self.items.get_mut(&item_id) else {
+            return;
+        };
+        if item.heard_bytes >= item.sent_bytes {
+            return; // everything was played: nothing to interrupt
+        }
+        // Control first: Twilio stops playing before anything else happens.
+        let _ = self.tw_ctrl.send(TwControl::Clear).await;
+        self.marks.clear();
+        item.interrupted = true;
+        let heard_ms = (item.heard_bytes.min(item.sent_bytes) / ULAW_BYTES_PER_MS) as u64;
+        let response_id = item.response_id.clone();
+        item.audio_done = true;
+        self.ai_send(protocol::item_truncate(&item_id, 0, heard_ms)).await;
+        if self.active_response.as_deref() == Some(response_id.as_str()) {
+            self.ai_send(protocol::response_cancel(Some(&response_id))).await;
+            self.active_response = None;
+        }
+        if !response_id.is_empty() {
+            self.cancelled_responses.push(response_id);
+        }
+        self.turn = None;
+        self.flush_transcripts().await;
+    }
+
+    async fn maybe_hang_up(&mut self) -> Option<Outcome> {
+        let unplayed = self
+            .items
+            .values()
+            .any(|i| !i.interrupted && (i.heard_bytes < i.sent_bytes || (!i.audio_done && !i.response_id.is_empty())));
+        if unplayed || self.active_response.is_some() {
+            return None;
+        }
+        let _ = self
+            .state
+            .hub
+            .update(self.id(), |r| {
+                if r.end_reason.is_empty() {
+                    r.end_reason = "the agent ended the call".into();
+                }
+                vec![]
+            })
+            .await;
+        let sid = self.state.hub.get(self.id()).await.map(|r| r.provider_call_id).unwrap_or_default();
+        if let Err(e) = self.state.telephony.hang_up(&sid, true).await {
+            self.event(EventKind::Error {
+                code: "telephony_error".into(),
+                message: format!("hang-up after end_call failed: {e}"),
+            })
+            .await;
+        }
+        Some(Outcome::AgentHungUp)
+    }
+
+    fn ensure_slot(&mut self, item_id: &str, speaker: Speaker) {
+        if !self.order.iter().any(|s| s.item_id == item_id) {
+            self.order.push_back(Slot {
+                item_id: item_id.to_string(),
+                speaker,
+                text: None,
+                interrupted: false,
+            });
+        }
+    }
+
+    /// Publishes transcripts in conversation order: an agent line once the
+    /// callee heard all of it (or was cut off), a callee line once transcribed.
+    async fn flush_transcripts(&mut self) {
+        for slot in self.order.iter_mut() {
+            if slot.speaker != Speaker::Agent || slot.text.is_some() {
+                continue;
+            }
+            let Some(item) = self.items.get(&slot.item_id) else { continue };
+            if item.interrupted && item.transcript_done {
+                slot.text = Some(heard_part(item));
+                slot.interrupted = true;
+            } else if item.transcript_done && item.audio_done && item.heard_bytes >= item.sent_bytes {
+                slot.text = Some(item.transcript.trim().to_string());
+            }
+        }
+        while let Some(front) = self.order.front() {
+            let Some(text) = &front.text else { break };
+            let slot = self.order.pop_front().expect("front exists");
+            if !text.is_empty() {
+                publish(&self.state, &self.record.call_id, EventKind::Transcript {
+                    speaker: slot.speaker,
+                    text: text.clone(),
+                    interrupted: slot.interrupted,
+                })
+                .await;
+            }
+        }
+    }
+
+    /// At the end of the call, agent lines not fully heard keep only what was.
+    async fn finish_transcripts(&mut self) {
+        for slot in self.order.iter_mut() {
+            if slot.text.is_some() {
+                continue;
+            }
+            match slot.speaker {
+                Speaker::Callee => slot.text = Some(String::new()),
+                Speaker::Agent => {
+                    if let Some(item) = self.items.get(&slot.item_id) {
+                        let complete = item.heard_bytes >= item.sent_bytes && item.audio_done;
+                        slot.interrupted = !complete;
+                        slot.text = Some(if complete { item.transcript.trim().to_string() } else { heard_part(item) });
+                    } else {
+                        slot.text = Some(String::new());
+                    }
+                }
+            }
+        }
+        self.flush_transcripts().await;
+    }
+}
+
+/// The part of an agent item the callee heard: exact from word timestamps
+/// when the service sends them (Voice Live), else the same share of the words
+/// as the share of the audio that was played (an approximation: speech rate
+/// is not constant).
+fn heard_part(item: &AgentItem) -> String {
+    let heard_ms = (item.heard_bytes / ULAW_BYTES_PER_MS) as u64;
+    if !item.words.is_empty() {
+        return item
+            .words
+            .iter()
+            .filter(|(_, _, end)| *end <= heard_ms)
+            .map(|(w, _, _)| w.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
+    let total = item.sent_bytes.max(1);
+    let words: Vec<&str> = item.transcript.split_whitespace().collect();
+    let keep = (words.len() * item.heard_bytes.min(total) / total).min(words.len());
+    words[..keep].join(" ")
+}

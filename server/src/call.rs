@@ -1,0 +1,365 @@
+//! The call domain: ids, statuses, the record of a call and its events.
+//! [`hub`] keeps the live calls and fans their events out to watchers.
+
+pub mod hub;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Our id of a call: `call_` + a time-ordered UUIDv7 in hex.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallId(String);
+
+impl CallId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        Self(format!("call_{}", uuid::Uuid::now_v7().simple()))
+    }
+    /// Accepts an id from outside if it has our shape (so a bad id is a clean
+    /// NOT_FOUND / INVALID_ARGUMENT and never reaches SQL or a URL unchecked).
+    pub fn parse(raw: &str) -> Option<Self> {
+        let hex = raw.strip_prefix("call_")?;
+        (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .then(|| Self(raw.to_string()))
+    }
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for CallId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for CallId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The realtime AI that answers a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// Azure AI Voice Live.
+    VoiceLive,
+    /// gpt-realtime on Azure OpenAI or OpenAI.
+    GptRealtime,
+}
+
+impl Backend {
+    /// Parses the `DEFAULT_BACKEND` / CLI spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+            "voice-live" | "voicelive" => Some(Self::VoiceLive),
+            "gpt-realtime" | "gptrealtime" | "openai" => Some(Self::GptRealtime),
+            _ => None,
+        }
+    }
+    /// The canonical spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::VoiceLive => "voice-live",
+            Self::GptRealtime => "gpt-realtime",
+        }
+    }
+}
+
+/// Where a call is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    /// Stored and handed to the provider.
+    Queued,
+    /// The provider started dialling.
+    Initiated,
+    /// Ringing.
+    Ringing,
+    /// Answered.
+    InProgress,
+    /// Answered and ended normally.
+    Completed,
+    /// Busy line.
+    Busy,
+    /// Not answered.
+    NoAnswer,
+    /// Hung up by us before it was answered.
+    Canceled,
+    /// Could not be placed or broke down.
+    Failed,
+}
+
+impl CallStatus {
+    /// Terminal statuses are final.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::Busy | Self::NoAnswer | Self::Canceled | Self::Failed
+        )
+    }
+
+    /// Order of the life cycle; a status change may only move forward, because
+    /// Twilio's callbacks can arrive out of order (protocols.md §2.1).
+    pub fn rank(self) -> u8 {
+        match self {
+            Self::Queued => 0,
+            Self::Initiated => 1,
+            Self::Ringing => 2,
+            Self::InProgress => 3,
+            _ => 4,
+        }
+    }
+
+    /// Twilio's `CallStatus` spelling (status callbacks and the REST enum).
+    pub fn from_twilio(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Self::Queued,
+            "initiated" => Self::Initiated,
+            "ringing" => Self::Ringing,
+            "in-progress" | "answered" => Self::InProgress,
+            "completed" => Self::Completed,
+            "busy" => Self::Busy,
+            "no-answer" => Self::NoAnswer,
+            "canceled" => Self::Canceled,
+            "failed" => Self::Failed,
+            _ => return None,
+        })
+    }
+
+    /// Upper-case name as in the proto enum, without prefix (for logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Queued => "QUEUED",
+            Self::Initiated => "INITIATED",
+            Self::Ringing => "RINGING",
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Busy => "BUSY",
+            Self::NoAnswer => "NO_ANSWER",
+            Self::Canceled => "CANCELED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// Who spoke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Speaker {
+    /// The person called.
+    Callee,
+    /// The AI agent.
+    Agent,
+}
+
+/// What happened, as stored in the event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    /// The call's status changed.
+    Status {
+        /// New status.
+        status: CallStatus,
+        /// Why.
+        detail: String,
+    },
+    /// A finished utterance.
+    Transcript {
+        /// Who spoke.
+        speaker: Speaker,
+        /// What was said (agent: what was heard).
+        text: String,
+        /// Cut short by a barge-in.
+        interrupted: bool,
+    },
+    /// A fault.
+    Error {
+        /// Stable code.
+        code: String,
+        /// Explanation, no secrets.
+        message: String,
+    },
+    /// A key press.
+    Dtmf {
+        /// The digit.
+        digit: String,
+    },
+    /// Latency of one agent turn.
+    Turn {
+        /// Index of the agent turn.
+        turn_index: u32,
+        /// Callee's end of speech → first agent audio sent, ms.
+        first_audio_sent_ms: u32,
+        /// Callee's end of speech → first agent audio heard (mark ack), ms.
+        first_audio_heard_ms: u32,
+    },
+    /// Informational.
+    Notice {
+        /// Stable code.
+        code: String,
+        /// Text.
+        message: String,
+    },
+}
+
+impl EventKind {
+    /// The terminal status this event sets, if any.
+    pub fn terminal_status(&self) -> Option<CallStatus> {
+        match self {
+            Self::Status { status, .. } if status.is_terminal() => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of a call's append-only log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallEvent {
+    /// 1-based, gapless per call.
+    pub sequence: u64,
+    /// When it happened.
+    pub time: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The stored record of a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallRecord {
+    /// Our id.
+    pub call_id: CallId,
+    /// Number called.
+    pub to: String,
+    /// Caller id.
+    pub from: String,
+    /// AI backend.
+    pub backend: Backend,
+    /// Current status.
+    pub status: CallStatus,
+    /// Provider id (Twilio CallSid); empty until known.
+    pub provider_call_id: String,
+    /// Labels from PlaceCall.
+    pub metadata: BTreeMap<String, String>,
+    /// When stored.
+    pub created_at: DateTime<Utc>,
+    /// When answered.
+    pub answered_at: Option<DateTime<Utc>>,
+    /// When ended.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Went to the emulator.
+    pub emulated: bool,
+    /// Why it ended.
+    pub end_reason: String,
+    /// Agent instructions.
+    pub instructions: String,
+    /// Agent voice.
+    pub voice: String,
+    /// Greeting spoken before the AI joins (empty = none).
+    pub greeting: String,
+    /// Longest answered duration, seconds.
+    pub max_duration_secs: u64,
+    /// Provider-reported answered duration, seconds.
+    pub duration_seconds: u32,
+    /// Provider's answering-machine detection result.
+    pub answered_by: String,
+    /// Provider's error code of a failure.
+    pub provider_error_code: String,
+    /// Median turn latency (first audio sent), ms.
+    pub turn_latency_p50_ms: u32,
+    /// 95th percentile turn latency, ms.
+    pub turn_latency_p95_ms: u32,
+    /// Number of events (= last sequence).
+    pub event_count: u64,
+    /// Per-call secret passed to the media stream as a `<Parameter>`
+    /// (protocols.md §3.3: defence in depth beside the signature). Never sent to clients.
+    pub stream_secret: String,
+    /// Highest Twilio `SequenceNumber` applied, to drop stale callbacks.
+    pub last_provider_sequence: Option<u64>,
+    /// `first_audio_sent_ms` of every turn so far (for the percentiles).
+    #[serde(default)]
+    pub turn_latencies_ms: Vec<u32>,
+}
+
+impl CallRecord {
+    /// Applies an event's effect on the record (status, timestamps, metrics);
+    /// the hub calls this before storing the event with the record.
+    pub fn apply(&mut self, kind: &EventKind, at: DateTime<Utc>) {
+        self.event_count += 1;
+        match kind {
+            EventKind::Status { status, detail } => {
+                self.status = *status;
+                if *status == CallStatus::InProgress && self.answered_at.is_none() {
+                    self.answered_at = Some(at);
+                }
+                if status.is_terminal() {
+                    self.ended_at = Some(at);
+                    if self.end_reason.is_empty() {
+                        self.end_reason = if detail.is_empty() {
+                            status.name().to_ascii_lowercase().replace('_', " ")
+                        } else {
+                            detail.clone()
+                        };
+                    }
+                }
+            }
+            EventKind::Turn {
+                first_audio_sent_ms, ..
+            } => {
+                self.turn_latencies_ms.push(*first_audio_sent_ms);
+                let mut sorted = self.turn_latencies_ms.clone();
+                sorted.sort_unstable();
+                self.turn_latency_p50_ms = percentile(&sorted, 50);
+                self.turn_latency_p95_ms = percentile(&sorted, 95);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Nearest-rank percentile of a sorted slice (0 when empty).
+pub fn percentile(sorted: &[u32], p: u32) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p as usize * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_ids_round_trip_and_reject_garbage() {
+        let id = CallId::new();
+        assert_eq!(CallId::parse(id.as_str()), Some(id.clone()));
+        assert!(CallId::parse("call_x").is_none());
+        assert!(CallId::parse("'; drop table calls; --").is_none());
+        assert!(CallId::new() > id || CallId::new() != id);
+    }
+
+    #[test]
+    fn status_rank_orders_the_life_cycle() {
+        assert!(CallStatus::Queued.rank() < CallStatus::Ringing.rank());
+        assert!(CallStatus::Ringing.rank() < CallStatus::InProgress.rank());
+        assert!(CallStatus::InProgress.rank() < CallStatus::Completed.rank());
+        assert!(CallStatus::Busy.is_terminal() && !CallStatus::Ringing.is_terminal());
+        assert_eq!(CallStatus::from_twilio("no-answer"), Some(CallStatus::NoAnswer));
+        assert_eq!(CallStatus::from_twilio("bogus"), None);
+    }
+
+    #[test]
+    fn percentiles() {
+        assert_eq!(percentile(&[], 50), 0);
+        assert_eq!(percentile(&[7], 95), 7);
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 50), 50);
+        assert_eq!(percentile(&v, 95), 95);
+    }
+}

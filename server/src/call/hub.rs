@@ -1,0 +1,325 @@
+//! The hub of live calls: every change to a call goes through here, is
+//! committed to the store, and only then is broadcast to watchers.
+//!
+//! Per live call there is one async mutex around its record, so events get
+//! their sequence numbers and reach the store and the broadcast channel in the
+//! same order. Watchers subscribe to the broadcast *before* they read history
+//! from the store, and skip sequences they already sent, so nothing falls in
+//! between. A watcher that falls behind (broadcast lag) re-reads the store: a
+//! slow or vanished watcher never slows the call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
+use crate::store::{Store, StoreError};
+
+/// Events buffered per live call for watchers that are momentarily behind.
+const BROADCAST_CAPACITY: usize = 1024;
+/// Events buffered per watcher stream before the watcher's own task waits.
+const WATCH_BUFFER: usize = 64;
+
+/// A hub failure.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Unknown call.
+    #[error("call not found")]
+    NotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct LiveCall {
+    record: tokio::sync::Mutex<CallRecord>,
+    tx: broadcast::Sender<CallEvent>,
+    /// Cancelled when the call reaches a terminal status (or the server
+    /// stops): the media bridge and every per-call task end with it.
+    cancel: CancellationToken,
+    /// Child of `cancel`: stops the media bridge alone (HangUpCall, end_call)
+    /// while the call waits for the provider's final status.
+    media: CancellationToken,
+}
+
+/// Live calls and their event fan-out. Cheap to clone.
+#[derive(Clone)]
+pub struct CallHub {
+    store: Store,
+    live: Arc<Mutex<HashMap<CallId, Arc<LiveCall>>>>,
+    shutdown: CancellationToken,
+}
+
+impl CallHub {
+    /// A hub over `store`; per-call tokens are children of `shutdown`.
+    pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            live: Arc::default(),
+            shutdown,
+        }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn live_call(&self, id: &CallId) -> Option<Arc<LiveCall>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Number of calls not yet ended.
+    pub fn live_count(&self) -> usize {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Marks calls left unfinished by a previous run as failed: their media
+    /// bridge died with that process, so nobody can carry them on.
+    pub async fn recover(&self) -> Result<usize, HubError> {
+        let stale = self.store.unfinished_calls().await?;
+        let n = stale.len();
+        for mut record in stale {
+            let now = Utc::now();
+            let kind = EventKind::Status {
+                status: CallStatus::Failed,
+                detail: "the server restarted while the call was live".into(),
+            };
+            record.apply(&kind, now);
+            let ev = CallEvent {
+                sequence: record.event_count,
+                time: now,
+                kind,
+            };
+            self.store.commit(record, vec![ev]).await?;
+        }
+        Ok(n)
+    }
+
+    /// Stores a new call and makes it live. Returns its cancellation token.
+    pub async fn create(&self, record: CallRecord) -> Result<CancellationToken, HubError> {
+        let id = record.call_id.clone();
+        self.store.insert_call(record.clone()).await?;
+        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let cancel = self.shutdown.child_token();
+        let live = Arc::new(LiveCall {
+            record: tokio::sync::Mutex::new(record),
+            tx,
+            media: cancel.child_token(),
+            cancel: cancel.clone(),
+        });
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, live);
+        Ok(cancel)
+    }
+
+    /// The cancellation token of a live call.
+    pub fn cancel_token(&self, id: &CallId) -> Option<CancellationToken> {
+        self.live_call(id).map(|l| l.cancel.clone())
+    }
+
+    /// The token the media bridge of a live call runs under.
+    pub fn media_token(&self, id: &CallId) -> Option<CancellationToken> {
+        self.live_call(id).map(|l| l.media.clone())
+    }
+
+    /// Stops the media bridge of a live call (the call itself ends when the
+    /// provider reports its final status).
+    pub fn stop_media(&self, id: &CallId) {
+        if let Some(live) = self.live_call(id) {
+            live.media.cancel();
+        }
+    }
+
+    /// The current record of a call (live or stored).
+    pub async fn get(&self, id: &CallId) -> Result<CallRecord, HubError> {
+        if let Some(live) = self.live_call(id) {
+            return Ok(live.record.lock().await.clone());
+        }
+        self.store.get_call(id).await?.ok_or(HubError::NotFound)
+    }
+
+    /// Changes a call: `f` edits the record and returns the events that
+    /// describe the change. The record and events are committed together, then
+    /// broadcast. A terminal status ends the call (its token is cancelled).
+    pub async fn update(
+        &self,
+        id: &CallId,
+        f: impl FnOnce(&mut CallRecord) -> Vec<EventKind>,
+    ) -> Result<Vec<CallEvent>, HubError> {
+        let Some(live) = self.live_call(id) else {
+            // Ended (or unknown) calls: apply to the stored record, nobody is
+            // subscribed. Terminal statuses are final, so this is rare
+            // (late provider data such as CallDuration).
+            let Some(mut record) = self.store.get_call(id).await? else {
+                return Err(HubError::NotFound);
+            };
+            let events = stamp(&mut record, f);
+            self.store.commit(record, events.clone()).await?;
+            return Ok(events);
+        };
+        let mut guard = live.record.lock().await;
+        let mut record = guard.clone();
+        let events = stamp(&mut record, f);
+        self.store.commit(record.clone(), events.clone()).await?;
+        *guard = record;
+        let ended = guard.status.is_terminal();
+        for ev in &events {
+            // No receivers is fine: the event is stored.
+            let _ = live.tx.send(ev.clone());
+        }
+        drop(guard);
+        if ended {
+            live.cancel.cancel();
+            self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        }
+        Ok(events)
+    }
+
+    /// Appends one event.
+    pub async fn publish(&self, id: &CallId, kind: EventKind) -> Result<Option<CallEvent>, HubError> {
+        Ok(self.update(id, |_| vec![kind]).await?.into_iter().next())
+    }
+
+    /// Moves the call to `status` if that is a step forward (statuses never go
+    /// back, terminal ones are final); returns whether it changed.
+    pub async fn set_status(&self, id: &CallId, status: CallStatus, detail: impl Into<String>) -> Result<bool, HubError> {
+        let detail = detail.into();
+        let events = self
+            .update(id, |rec| {
+                if rec.status.is_terminal() || status.rank() <= rec.status.rank() {
+                    return vec![];
+                }
+                if status.is_terminal() && rec.end_reason.is_empty() && !detail.is_empty() {
+                    rec.end_reason = detail.clone();
+                }
+                vec![EventKind::Status { status, detail }]
+            })
+            .await?;
+        Ok(!events.is_empty())
+    }
+
+    /// Streams a call's events after `after`: history, then live, ending after
+    /// the terminal status. Unknown call: [`HubError::NotFound`].
+    pub async fn watch(
+        &self,
+        id: &CallId,
+        after: u64,
+    ) -> Result<mpsc::Receiver<Result<CallEvent, HubError>>, HubError> {
+        // Subscribe first, then read history: see the module doc.
+        let rx = self.live_call(id).map(|l| l.tx.subscribe());
+        if rx.is_none() && self.store.get_call(id).await?.is_none() {
+            return Err(HubError::NotFound);
+        }
+        let (out, out_rx) = mpsc::channel(WATCH_BUFFER);
+        let store = self.store.clone();
+        let id = id.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut w = Watcher {
+                store,
+                id,
+                last: after,
+                out,
+            };
+            w.run(rx, shutdown).await;
+        });
+        Ok(out_rx)
+    }
+}
+
+/// Assigns sequence numbers and times to the events `f` produced, applying
+/// each to the record.
+fn stamp(record: &mut CallRecord, f: impl FnOnce(&mut CallRecord) -> Vec<EventKind>) -> Vec<CallEvent> {
+    let kinds = f(record);
+    let now = Utc::now();
+    kinds
+        .into_iter()
+        .map(|kind| {
+            record.apply(&kind, now);
+            CallEvent {
+                sequence: record.event_count,
+                time: now,
+                kind,
+            }
+        })
+        .collect()
+}
+
+struct Watcher {
+    store: Store,
+    id: CallId,
+    last: u64,
+    out: mpsc::Sender<Result<CallEvent, HubError>>,
+}
+
+enum Flow {
+    Continue,
+    Done,
+}
+
+impl Watcher {
+    async fn run(&mut self, rx: Option<broadcast::Receiver<CallEvent>>, shutdown: CancellationToken) {
+        if let Flow::Done = self.catch_up().await {
+            return;
+        }
+        let Some(mut rx) = rx else {
+            // Not live and not terminal: only possible for a record written by
+            // an older run that `recover` has not seen; nothing more will come.
+            return;
+        };
+        loop {
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                // On shutdown, deliver what is stored and end.
+                _ = shutdown.cancelled() => {
+                    let _ = self.catch_up().await;
+                    return;
+                }
+                _ = self.out.closed() => return,
+            };
+            let flow = match received {
+                Ok(ev) if ev.sequence <= self.last => Flow::Continue,
+                Ok(ev) if ev.sequence == self.last + 1 => self.send(ev).await,
+                // A gap (cannot happen with one sender, but never skip) or lag:
+                // the store has everything.
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
+                Err(broadcast::error::RecvError::Closed) => {
+                    let _ = self.catch_up().await;
+                    return;
+                }
+            };
+            if let Flow::Done = flow {
+                return;
+            }
+        }
+    }
+
+    async fn catch_up(&mut self) -> Flow {
+        match self.store.events_after(&self.id, self.last).await {
+            Ok(events) => {
+                for ev in events {
+                    if let Flow::Done = self.send(ev).await {
+                        return Flow::Done;
+                    }
+                }
+                Flow::Continue
+            }
+            Err(e) => {
+                let _ = self.out.send(Err(e.into())).await;
+                Flow::Done
+            }
+        }
+    }
+
+    async fn send(&mut self, ev: CallEvent) -> Flow {
+        self.last = ev.sequence;
+        let terminal = ev.kind.terminal_status().is_some();
+        if self.out.send(Ok(ev)).await.is_err() || terminal {
+            return Flow::Done;
+        }
+        Flow::Continue
+    }
+}

