@@ -28,6 +28,7 @@
 //! both sockets. Every event goes through the [`call::hub`]: committed to the
 //! [`store`] first, then broadcast to `WatchCall` streams.
 
+pub mod audio;
 pub mod call;
 pub mod config;
 pub mod grpc;
@@ -51,6 +52,7 @@ use crate::config::{Config, Secret};
 use crate::grpc::{AuthInterceptor, VoiceAgent};
 use crate::store::Store;
 use crate::telephony::Telephony;
+use crate::telephony::twilio::rest::TwilioClient;
 
 /// State shared by the gRPC service and the HTTP handlers.
 pub struct AppState {
@@ -149,10 +151,26 @@ impl Server {
         if recovered > 0 {
             tracing::warn!(calls = recovered, "marked calls left live by the previous run as failed");
         }
-        let (telephony, twilio_auth_token, emulated_telephony, from_number) = match options.telephony {
-            Some((t, token)) => (t, token, false, "+15005550006".to_string()),
-            None => return Err(StartError::Other("no telephony provider configured yet".into())),
-        };
+        let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
+            match (options.telephony, &config.twilio) {
+                (Some((t, token)), _) => (t, token, false, "+15005550006".to_string()),
+                (None, Some(tw)) => {
+                    let client = TwilioClient::new(
+                        tw.api_base_url.as_str(),
+                        &tw.account_sid,
+                        tw.auth_token.expose(),
+                        config.twilio_http_timeout,
+                    )
+                    .map_err(|e| StartError::Other(format!("Twilio client: {e}")))?;
+                    (
+                        Arc::new(telephony::provider::Twilio::new(client)),
+                        tw.auth_token.clone(),
+                        false,
+                        tw.phone_number.clone(),
+                    )
+                }
+                (None, None) => return Err(StartError::Other("the Twilio emulator is not wired yet".into())),
+            };
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
