@@ -772,13 +772,13 @@ impl MediaBridge {
                 slot.text = Some(item.transcript.trim().to_string());
             }
         }
-        while let Some(front) = self.order.front() {
-            let Some(text) = &front.text else { break };
-            let slot = self.order.pop_front().expect("front exists");
+        while self.order.front().is_some_and(|f| f.text.is_some()) {
+            let Some(slot) = self.order.pop_front() else { break };
+            let text = slot.text.unwrap_or_default();
             if !text.is_empty() {
                 publish(&self.state, &self.record.call_id, EventKind::Transcript {
                     speaker: slot.speaker,
-                    text: text.clone(),
+                    text,
                     interrupted: slot.interrupted,
                 })
                 .await;

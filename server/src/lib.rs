@@ -29,12 +29,14 @@
 //! [`store`] first, then broadcast to `WatchCall` streams.
 
 pub mod audio;
+pub mod bridge;
 pub mod call;
 pub mod config;
 pub mod grpc;
 pub mod store;
 pub mod telephony;
 pub mod http;
+pub mod realtime;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +52,8 @@ use crate::call::Backend;
 use crate::call::hub::CallHub;
 use crate::config::{Config, Secret};
 use crate::grpc::{AuthInterceptor, VoiceAgent};
+use crate::realtime::RealtimeBackends;
+use crate::realtime::entra::EntraAuth;
 use crate::store::Store;
 use crate::telephony::Telephony;
 use crate::telephony::twilio::rest::TwilioClient;
@@ -70,6 +74,8 @@ pub struct AppState {
     pub twilio_auth_token: Secret,
     /// Caller id.
     pub from_number: String,
+    /// The realtime AIs calls are bridged to.
+    pub realtime: RealtimeBackends,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
 }
@@ -171,6 +177,7 @@ impl Server {
                 }
                 (None, None) => return Err(StartError::Other("the Twilio emulator is not wired yet".into())),
             };
+        let realtime = RealtimeBackends::from_config(&config, None, EntraAuth::from_environment());
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
@@ -179,6 +186,7 @@ impl Server {
             emulated_telephony,
             twilio_auth_token,
             from_number,
+            realtime,
             shutdown,
         });
         Ok(Self {
