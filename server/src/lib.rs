@@ -32,6 +32,7 @@ pub mod audio;
 pub mod bridge;
 pub mod call;
 pub mod config;
+pub mod emulator;
 pub mod grpc;
 pub mod store;
 pub mod telephony;
@@ -76,6 +77,8 @@ pub struct AppState {
     pub from_number: String,
     /// The realtime AIs calls are bridged to.
     pub realtime: RealtimeBackends,
+    /// The built-in emulators this server started (none with full credentials).
+    pub emulators: Emulators,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
 }
@@ -95,6 +98,15 @@ impl AppState {
             (false, false) => String::new(),
         }
     }
+}
+
+/// Emulators started by the server.
+#[derive(Default)]
+pub struct Emulators {
+    /// The Twilio emulator, when no Twilio credentials are configured.
+    pub twilio: Option<emulator::twilio::TwilioEmulatorHandle>,
+    /// The realtime-AI emulator, when a backend has no credentials.
+    pub realtime: Option<emulator::realtime::RealtimeEmulatorHandle>,
 }
 
 /// Start-up failure.
@@ -157,6 +169,7 @@ impl Server {
         if recovered > 0 {
             tracing::warn!(calls = recovered, "marked calls left live by the previous run as failed");
         }
+        let mut twilio_emulator = None;
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
             match (options.telephony, &config.twilio) {
                 (Some((t, token)), _) => (t, token, false, "+15005550006".to_string()),
@@ -175,9 +188,56 @@ impl Server {
                         tw.phone_number.clone(),
                     )
                 }
-                (None, None) => return Err(StartError::Other("the Twilio emulator is not wired yet".into())),
+                (None, None) => {
+                    let emu = emulator::twilio::TwilioEmulator::start(Default::default())
+                        .await
+                        .map_err(|e| StartError::Other(format!("Twilio emulator: {e}")))?;
+                    let client = TwilioClient::new(
+                        &emu.base_url(),
+                        emu.account_sid(),
+                        emu.auth_token(),
+                        config.twilio_http_timeout,
+                    )
+                    .map_err(|e| StartError::Other(format!("Twilio client: {e}")))?;
+                    let token = Secret::new(emu.auth_token());
+                    twilio_emulator = Some(emu);
+                    (Arc::new(telephony::provider::Twilio::new(client)), token, true, "+15005550006".to_string())
+                }
             };
-        let realtime = RealtimeBackends::from_config(&config, None, EntraAuth::from_environment());
+        let realtime_emulator = if config.backend_configured(Backend::VoiceLive)
+            && config.backend_configured(Backend::GptRealtime)
+        {
+            None
+        } else {
+            Some(
+                emulator::realtime::start(Default::default())
+                    .await
+                    .map_err(|e| StartError::Other(format!("realtime-AI emulator: {e}")))?,
+            )
+        };
+        let emulator_key = realtime_emulator.as_ref().map(|e| (e.url_base(), Secret::new(e.api_key())));
+        let realtime = RealtimeBackends::from_config(
+            &config,
+            emulator_key.as_ref().map(|(u, k)| (u, k)),
+            EntraAuth::from_environment(),
+        );
+        if let Some(t) = &twilio_emulator {
+            tracing::warn!(
+                "no Twilio credentials: calls are EMULATED by the built-in Twilio emulator at {} (no real phone is dialled)",
+                t.base_url()
+            );
+        }
+        if let Some(r) = &realtime_emulator {
+            for backend in [Backend::VoiceLive, Backend::GptRealtime] {
+                if !config.backend_configured(backend) {
+                    tracing::warn!(
+                        backend = backend.as_str(),
+                        "no AI credentials: this backend is answered by the built-in realtime-AI emulator at {}",
+                        r.url_base()
+                    );
+                }
+            }
+        }
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
@@ -187,6 +247,10 @@ impl Server {
             twilio_auth_token,
             from_number,
             realtime,
+            emulators: Emulators {
+                twilio: twilio_emulator,
+                realtime: realtime_emulator,
+            },
             shutdown,
         });
         Ok(Self {
@@ -227,6 +291,12 @@ impl Server {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!(grace = ?self.grace, "connections still open after the grace period; closing"),
+        }
+        if let Some(t) = &self.state.emulators.twilio {
+            t.shutdown().await;
+        }
+        if let Some(r) = &self.state.emulators.realtime {
+            r.shutdown();
         }
         self.state.hub.store().close().await?;
         Ok(())

@@ -2,7 +2,8 @@
 //! [`Telephony`] is the role; [`twilio`] holds Twilio's REST client, webhook
 //! signatures, Media Streams messages and TwiML.
 
-// pub mod twilio;
+pub mod provider;
+pub mod twilio;
 
 use std::time::Duration;
 

@@ -62,8 +62,17 @@ async fn conversation(config: Config, backend: pb::Backend) {
         .expect("Twilio emulator")
         .call(&placed.provider_call_id)
         .expect("the emulator knows the call");
-    let heard_ms = report.heard_ms();
-    assert!(heard_ms > 3000, "the callee heard {heard_ms} ms of agent audio");
+    let stream = report.stream().expect("a media stream ran");
+    let heard_ms = stream.heard_bytes().len() / 8;
+    assert!(heard_ms > 8000, "the callee heard {heard_ms} ms of agent audio");
+    // The heard audio is speech, not silence: its energy is far above zero.
+    let heard = stream.heard_bytes();
+    let rms = (heard.iter().map(|&b| f64::from(voice_agent_server::audio::ulaw_to_linear(b)).powi(2)).sum::<f64>()
+        / heard.len() as f64)
+        .sqrt();
+    assert!(rms > 500.0, "heard audio RMS {rms:.0}");
+    assert_eq!(stream.callee_lines.len(), 3, "the callee said its three lines");
+    assert!(stream.malformed.is_empty(), "we sent only valid Media Streams messages");
     server.stop().await;
 }
 
