@@ -22,7 +22,12 @@ use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
 #[command(name = "voice-agent", version, about, after_help = EXIT_HELP)]
 struct Cli {
     /// Server address.
-    #[arg(long, global = true, env = "VOICE_AGENT_SERVER", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "VOICE_AGENT_SERVER",
+        default_value = "http://127.0.0.1:8000"
+    )]
     server: String,
     /// API token (sent as 'authorization: Bearer <token>').
     #[arg(long, global = true, env = "API_TOKEN", hide_env_values = true)]
@@ -103,7 +108,9 @@ enum Command {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("expected e.g. 90s, 5m or 1h, got {s:?}"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected e.g. 90s, 5m or 1h, got {s:?}"))?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n * 60,
@@ -186,8 +193,16 @@ fn event_line(ev: &pb::CallEvent, style: &Style) -> String {
     match &ev.kind {
         Some(Kind::Status(s)) => {
             let name = short_status(s.status);
-            let detail = if s.detail.is_empty() { String::new() } else { format!("  ({})", s.detail) };
-            format!("{t}  {}  {}{detail}", style.paint("1", "status  "), style.paint("1", &name))
+            let detail = if s.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", s.detail)
+            };
+            format!(
+                "{t}  {}  {}{detail}",
+                style.paint("1", "status  "),
+                style.paint("1", &name)
+            )
         }
         Some(Kind::Transcript(tr)) => {
             let (who, code) = match pb::Speaker::try_from(tr.speaker) {
@@ -213,8 +228,16 @@ fn event_line(ev: &pb::CallEvent, style: &Style) -> String {
 fn event_json(ev: &pb::CallEvent) -> Value {
     use pb::call_event::Kind;
     let mut v = json!({"sequence": ev.sequence.to_string(), "time": rfc3339(&ev.time)});
-    let speaker = |s: i32| pb::Speaker::try_from(s).map(|s| s.as_str_name()).unwrap_or("SPEAKER_UNSPECIFIED");
-    let status = |s: i32| pb::CallStatus::try_from(s).map(|s| s.as_str_name()).unwrap_or("CALL_STATUS_UNSPECIFIED");
+    let speaker = |s: i32| {
+        pb::Speaker::try_from(s)
+            .map(|s| s.as_str_name())
+            .unwrap_or("SPEAKER_UNSPECIFIED")
+    };
+    let status = |s: i32| {
+        pb::CallStatus::try_from(s)
+            .map(|s| s.as_str_name())
+            .unwrap_or("CALL_STATUS_UNSPECIFIED")
+    };
     match &ev.kind {
         Some(Kind::Status(s)) => v["status"] = json!({"status": status(s.status), "detail": s.detail}),
         Some(Kind::Transcript(t)) => {
@@ -258,7 +281,10 @@ fn call_text(c: &pb::Call) -> String {
         s.push_str(&format!("  — {}", c.end_reason));
     }
     if c.turn_latency_p50_ms > 0 {
-        s.push_str(&format!("  turn p50 {} ms p95 {} ms", c.turn_latency_p50_ms, c.turn_latency_p95_ms));
+        s.push_str(&format!(
+            "  turn p50 {} ms p95 {} ms",
+            c.turn_latency_p50_ms, c.turn_latency_p95_ms
+        ));
     }
     s
 }
@@ -314,7 +340,11 @@ async fn watch(client: &mut Client, call_id: &str, after: u64, json_out: bool) -
                     }
                     last = ev.sequence;
                     failures = 0;
-                    let line = if json_out { event_json(&ev).to_string() } else { event_line(&ev, &style) };
+                    let line = if json_out {
+                        event_json(&ev).to_string()
+                    } else {
+                        event_line(&ev, &style)
+                    };
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
                     let _ = out.flush();
@@ -419,7 +449,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(status_error)?
                 .into_inner();
             if let Some(c) = resp.call {
-                println!("{}", if cli.json { call_json(&c).to_string() } else { call_text(&c) });
+                println!(
+                    "{}",
+                    if cli.json {
+                        call_json(&c).to_string()
+                    } else {
+                        call_text(&c)
+                    }
+                );
             }
             Ok(0)
         }
@@ -432,7 +469,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(status_error)?
                 .into_inner();
             if let Some(c) = resp.call {
-                println!("{}", if cli.json { call_json(&c).to_string() } else { call_text(&c) });
+                println!(
+                    "{}",
+                    if cli.json {
+                        call_json(&c).to_string()
+                    } else {
+                        call_text(&c)
+                    }
+                );
             }
             Ok(0)
         }
@@ -446,7 +490,14 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(status_error)?
                 .into_inner();
             for c in &resp.calls {
-                println!("{}", if cli.json { call_json(c).to_string() } else { call_text(c) });
+                println!(
+                    "{}",
+                    if cli.json {
+                        call_json(c).to_string()
+                    } else {
+                        call_text(c)
+                    }
+                );
             }
             if !resp.next_page_token.is_empty() && !cli.json {
                 println!("more: --page-token {}", resp.next_page_token);

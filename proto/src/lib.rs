@@ -8,5 +8,4 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of the contract (and the well-known types it
 /// imports), for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/voiceagent_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/voiceagent_descriptor.bin"));

@@ -272,7 +272,8 @@ impl OutboundTranscoder {
             bytes = rest;
         }
         let mut chunks = bytes.chunks_exact(2);
-        self.wide.extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
+        self.wide
+            .extend(chunks.by_ref().map(|c| i16::from_le_bytes([c[0], c[1]])));
         if let [b] = chunks.remainder() {
             self.carry = Some(*b);
         }
@@ -324,7 +325,14 @@ mod tests {
 
     #[test]
     fn ulaw_spot_values_match_audioop() {
-        for (b, v) in [(0xFFu8, 0i16), (0x7F, 0), (0x00, -32124), (0x80, 32124), (0x7E, -8), (0xFE, 8)] {
+        for (b, v) in [
+            (0xFFu8, 0i16),
+            (0x7F, 0),
+            (0x00, -32124),
+            (0x80, 32124),
+            (0x7E, -8),
+            (0xFE, 8),
+        ] {
             assert_eq!(ulaw_to_linear(b), v, "{b:#x}");
         }
         assert_eq!(linear_to_ulaw(0), 0xFF);
@@ -333,7 +341,10 @@ mod tests {
         // Every code decodes and re-encodes to itself (except the two zeros).
         for b in 0..=255u8 {
             let back = linear_to_ulaw(ulaw_to_linear(b));
-            assert!(back == b || (ulaw_to_linear(b) == 0 && back == 0xFF), "{b:#x} -> {back:#x}");
+            assert!(
+                back == b || (ulaw_to_linear(b) == 0 && back == 0xFF),
+                "{b:#x} -> {back:#x}"
+            );
         }
     }
 
@@ -342,7 +353,9 @@ mod tests {
         let n = 24_000;
         let reference = bin(&down(&tone(1000.0, 24_000.0, n, 10_000.0))[200..], 1000.0, 8000.0).0;
         let mut worst = f64::NEG_INFINITY;
-        for f in [4600.0, 5000.0, 6000.0, 7000.0, 8000.0, 9000.0, 10_000.0, 11_000.0, 11_400.0] {
+        for f in [
+            4600.0, 5000.0, 6000.0, 7000.0, 8000.0, 9000.0, 10_000.0, 11_000.0, 11_400.0,
+        ] {
             let out = down(&tone(f, 24_000.0, n, 10_000.0));
             let alias = (f64::from(8000u32) - f).abs();
             let alias = if alias > 4000.0 { 8000.0 - alias } else { alias };
@@ -353,7 +366,11 @@ mod tests {
         eprintln!("downsampler: worst alias in 4.6-11.4 kHz = {worst:.1} dB (target <= -60 dB)");
 
         // The seed's approach, for comparison: linear interpolation, no filter.
-        let naive: Vec<i16> = tone(10_000.0, 24_000.0, n, 10_000.0).iter().step_by(3).copied().collect();
+        let naive: Vec<i16> = tone(10_000.0, 24_000.0, n, 10_000.0)
+            .iter()
+            .step_by(3)
+            .copied()
+            .collect();
         let naive_level = db(bin(&naive[200..], 2000.0, 8000.0).0 / reference);
         eprintln!("naive 3:1 decimation (audioop.ratecv-like): 10 kHz -> 2 kHz at {naive_level:.1} dB");
         assert!(naive_level > -6.0, "the naive approach really aliases");
@@ -440,7 +457,9 @@ mod tests {
                 .map(|(k, f)| 2500.0 * (2.0 * std::f64::consts::PI * f * t + k as f64).sin())
                 .sum()
         };
-        let ulaw: Vec<u8> = (0..n).map(|i| linear_to_ulaw(signal(i as f64 / 8000.0) as i16)).collect();
+        let ulaw: Vec<u8> = (0..n)
+            .map(|i| linear_to_ulaw(signal(i as f64 / 8000.0) as i16))
+            .collect();
         let mut pcm = Vec::new();
         InboundTranscoder::new().process(&ulaw, &mut pcm);
         let mut back = Vec::new();

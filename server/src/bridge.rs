@@ -38,8 +38,7 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long closing a socket may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Spoken when the AI cannot be reached or fails for good.
-pub const APOLOGY: &str =
-    "Sorry, our assistant is not available right now. Please try again later. Goodbye.";
+pub const APOLOGY: &str = "Sorry, our assistant is not available right now. Please try again later. Goodbye.";
 
 /// Runs the media side of one call on an upgraded Twilio WebSocket.
 pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSocket) {
@@ -57,10 +56,14 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         Ok(ok) => ok,
         Err(why) => {
             tracing::warn!(call_id = %id, why = %why.message, "media stream refused");
-            publish(&state, &id, EventKind::Error {
-                code: why.code.into(),
-                message: why.message.clone(),
-            })
+            publish(
+                &state,
+                &id,
+                EventKind::Error {
+                    code: why.code.into(),
+                    message: why.message.clone(),
+                },
+            )
             .await;
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
@@ -78,10 +81,14 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
-            publish(&state, &id, EventKind::Error {
-                code: e.code().into(),
-                message: format!("{e}; apologising and hanging up"),
-            })
+            publish(
+                &state,
+                &id,
+                EventKind::Error {
+                    code: e.code().into(),
+                    message: format!("{e}; apologising and hanging up"),
+                },
+            )
             .await;
             end_with_apology(&state, &record, &e.to_string()).await;
             return;
@@ -216,10 +223,14 @@ async fn end_with_apology(state: &AppState, record: &CallRecord, cause: &str) {
     if let Err(e) = state.telephony.say_and_hang_up(&sid, APOLOGY).await {
         tracing::warn!(call_id = %id, error = %e, "apology failed; hanging up");
         if let Err(e) = state.telephony.hang_up(&sid, true).await {
-            publish(state, id, EventKind::Error {
-                code: "telephony_error".into(),
-                message: format!("hang-up failed: {e}"),
-            })
+            publish(
+                state,
+                id,
+                EventKind::Error {
+                    code: "telephony_error".into(),
+                    message: format!("hang-up failed: {e}"),
+                },
+            )
             .await;
         }
     }
@@ -507,7 +518,10 @@ impl MediaBridge {
             }
         }
         if let Some(turn) = &self.turn
-            && turn.first_mark.as_deref().is_some_and(|f| acked.iter().any(|m| m.name == f))
+            && turn
+                .first_mark
+                .as_deref()
+                .is_some_and(|f| acked.iter().any(|m| m.name == f))
         {
             let heard = turn.speech_stopped.elapsed().as_millis() as u32;
             let sent = turn.first_sent_ms.unwrap_or(heard);
@@ -533,7 +547,11 @@ impl MediaBridge {
             }
         };
         match event {
-            ServerEvent::AudioDelta { response_id, item_id, delta } => {
+            ServerEvent::AudioDelta {
+                response_id,
+                item_id,
+                delta,
+            } => {
                 self.on_agent_audio(&response_id, &item_id, &delta).await;
             }
             ServerEvent::AudioDone { item_id, .. } => {
@@ -548,25 +566,35 @@ impl MediaBridge {
                     item.transcript.push_str(&delta);
                 }
             }
-            ServerEvent::TranscriptDone { item_id, transcript, .. } => {
+            ServerEvent::TranscriptDone {
+                item_id, transcript, ..
+            } => {
                 let item = self.items.entry(item_id.clone()).or_default();
                 item.transcript = transcript;
                 item.transcript_done = true;
                 self.ensure_slot(&item_id, Speaker::Agent);
             }
-            ServerEvent::WordTimestamp { item_id, text, audio_offset_ms, audio_duration_ms } => {
-                self.items
-                    .entry(item_id)
-                    .or_default()
-                    .words
-                    .push((text, audio_offset_ms, audio_offset_ms + audio_duration_ms));
+            ServerEvent::WordTimestamp {
+                item_id,
+                text,
+                audio_offset_ms,
+                audio_duration_ms,
+            } => {
+                self.items.entry(item_id).or_default().words.push((
+                    text,
+                    audio_offset_ms,
+                    audio_offset_ms + audio_duration_ms,
+                ));
             }
-            ServerEvent::OutputItemAdded { response_id, item_id, kind, .. } => {
-                if kind == protocol::ItemKind::Message {
-                    let item = self.items.entry(item_id.clone()).or_default();
-                    item.response_id = response_id;
-                    self.ensure_slot(&item_id, Speaker::Agent);
-                }
+            ServerEvent::OutputItemAdded {
+                response_id,
+                item_id,
+                kind: protocol::ItemKind::Message,
+                ..
+            } => {
+                let item = self.items.entry(item_id.clone()).or_default();
+                item.response_id = response_id;
+                self.ensure_slot(&item_id, Speaker::Agent);
             }
             ServerEvent::SpeechStarted { .. } => self.on_barge_in().await,
             ServerEvent::SpeechStopped { .. } => {
@@ -609,7 +637,8 @@ impl MediaBridge {
             ServerEvent::FunctionCallArgumentsDone { name, call_id, .. } => {
                 if name == "end_call" {
                     self.hangup_requested = true;
-                    self.ai_send(protocol::function_call_output(&call_id, "{\"ok\":true}")).await;
+                    self.ai_send(protocol::function_call_output(&call_id, "{\"ok\":true}"))
+                        .await;
                 } else {
                     self.ai_send(protocol::function_call_output(
                         &call_id,
@@ -618,7 +647,9 @@ impl MediaBridge {
                     .await;
                 }
             }
-            ServerEvent::Error { code, message, r#type, .. } => {
+            ServerEvent::Error {
+                code, message, r#type, ..
+            } => {
                 let fatal = protocol::is_fatal_error(&r#type, code.as_deref());
                 // Our own best-effort cancel racing the server's automatic one.
                 let benign = code.as_deref() == Some("response_cancel_not_active");
@@ -735,7 +766,13 @@ impl MediaBridge {
                 vec![]
             })
             .await;
-        let sid = self.state.hub.get(self.id()).await.map(|r| r.provider_call_id).unwrap_or_default();
+        let sid = self
+            .state
+            .hub
+            .get(self.id())
+            .await
+            .map(|r| r.provider_call_id)
+            .unwrap_or_default();
         if let Err(e) = self.state.telephony.hang_up(&sid, true).await {
             self.event(EventKind::Error {
                 code: "telephony_error".into(),
@@ -764,7 +801,9 @@ impl MediaBridge {
             if slot.speaker != Speaker::Agent || slot.text.is_some() {
                 continue;
             }
-            let Some(item) = self.items.get(&slot.item_id) else { continue };
+            let Some(item) = self.items.get(&slot.item_id) else {
+                continue;
+            };
             if item.interrupted && item.transcript_done {
                 slot.text = Some(heard_part(item));
                 slot.interrupted = true;
@@ -776,11 +815,15 @@ impl MediaBridge {
             let Some(slot) = self.order.pop_front() else { break };
             let text = slot.text.unwrap_or_default();
             if !text.is_empty() {
-                publish(&self.state, &self.record.call_id, EventKind::Transcript {
-                    speaker: slot.speaker,
-                    text,
-                    interrupted: slot.interrupted,
-                })
+                publish(
+                    &self.state,
+                    &self.record.call_id,
+                    EventKind::Transcript {
+                        speaker: slot.speaker,
+                        text,
+                        interrupted: slot.interrupted,
+                    },
+                )
                 .await;
             }
         }
@@ -798,7 +841,11 @@ impl MediaBridge {
                     if let Some(item) = self.items.get(&slot.item_id) {
                         let complete = item.heard_bytes >= item.sent_bytes && item.audio_done;
                         slot.interrupted = !complete;
-                        slot.text = Some(if complete { item.transcript.trim().to_string() } else { heard_part(item) });
+                        slot.text = Some(if complete {
+                            item.transcript.trim().to_string()
+                        } else {
+                            heard_part(item)
+                        });
                     } else {
                         slot.text = Some(String::new());
                     }

@@ -26,33 +26,113 @@ pub const DEFAULT_GREETING: &str = "Please wait while we connect you to our AI a
 pub const VARIABLES: &[(&str, &str, &str)] = &[
     ("HOST", "address the one listener binds", "127.0.0.1"),
     ("PORT", "port of the one listener (0 = any free port)", "8000"),
-    ("PUBLIC_URL", "public base URL Twilio reaches; used for callback URLs, the stream URL (https->wss) and signature checks", "http://HOST:PORT"),
-    ("TWILIO_ACCOUNT_SID", "Twilio account SID (AC...); without the three TWILIO_* the built-in Twilio emulator is used", "none"),
-    ("TWILIO_AUTH_TOKEN", "Twilio auth token (signs webhooks; never logged)", "none"),
+    (
+        "PUBLIC_URL",
+        "public base URL Twilio reaches; used for callback URLs, the stream URL (https->wss) and signature checks",
+        "http://HOST:PORT",
+    ),
+    (
+        "TWILIO_ACCOUNT_SID",
+        "Twilio account SID (AC...); without the three TWILIO_* the built-in Twilio emulator is used",
+        "none",
+    ),
+    (
+        "TWILIO_AUTH_TOKEN",
+        "Twilio auth token (signs webhooks; never logged)",
+        "none",
+    ),
     ("TWILIO_PHONE_NUMBER", "caller id, E.164", "none"),
     ("TWILIO_API_BASE_URL", "Twilio REST base URL", "https://api.twilio.com"),
-    ("TWILIO_HTTP_TIMEOUT", "timeout of one Twilio REST request, seconds", "10"),
-    ("RING_TIMEOUT", "how long the callee's phone may ring, seconds (Twilio Timeout)", "30"),
-    ("MAX_CALL_DURATION", "default longest answered call, seconds (Twilio TimeLimit)", "600"),
-    ("AZURE_VOICE_LIVE_ENDPOINT", "https://<resource>.services.ai.azure.com (http:// allowed for local endpoints)", "none"),
+    (
+        "TWILIO_HTTP_TIMEOUT",
+        "timeout of one Twilio REST request, seconds",
+        "10",
+    ),
+    (
+        "RING_TIMEOUT",
+        "how long the callee's phone may ring, seconds (Twilio Timeout)",
+        "30",
+    ),
+    (
+        "MAX_CALL_DURATION",
+        "default longest answered call, seconds (Twilio TimeLimit)",
+        "600",
+    ),
+    (
+        "AZURE_VOICE_LIVE_ENDPOINT",
+        "https://<resource>.services.ai.azure.com (http:// allowed for local endpoints)",
+        "none",
+    ),
     ("AZURE_VOICE_LIVE_API_VERSION", "Voice Live api-version", "2025-10-01"),
     ("VOICE_LIVE_MODEL", "Voice Live model query parameter", "gpt-realtime"),
-    ("AZURE_VOICE_LIVE_API_KEY", "Voice Live key; unset = Microsoft Entra ID token", "none"),
-    ("AZURE_TTS_VOICE_NAME", "default Azure voice for Voice Live", "en-US-AriaNeural"),
-    ("AZURE_OPENAI_ENDPOINT", "https://<resource>.openai.azure.com for gpt-realtime on Azure OpenAI", "none"),
-    ("AZURE_OPENAI_DEPLOYMENT", "Azure OpenAI realtime deployment name", "none"),
-    ("AZURE_OPENAI_API_VERSION", "unset = GA /openai/v1; a *-preview version = the preview protocol", "none"),
-    ("AZURE_OPENAI_API_KEY", "Azure OpenAI key; unset = Microsoft Entra ID token", "none"),
+    (
+        "AZURE_VOICE_LIVE_API_KEY",
+        "Voice Live key; unset = Microsoft Entra ID token",
+        "none",
+    ),
+    (
+        "AZURE_TTS_VOICE_NAME",
+        "default Azure voice for Voice Live",
+        "en-US-AriaNeural",
+    ),
+    (
+        "AZURE_OPENAI_ENDPOINT",
+        "https://<resource>.openai.azure.com for gpt-realtime on Azure OpenAI",
+        "none",
+    ),
+    (
+        "AZURE_OPENAI_DEPLOYMENT",
+        "Azure OpenAI realtime deployment name",
+        "none",
+    ),
+    (
+        "AZURE_OPENAI_API_VERSION",
+        "unset = GA /openai/v1; a *-preview version = the preview protocol",
+        "none",
+    ),
+    (
+        "AZURE_OPENAI_API_KEY",
+        "Azure OpenAI key; unset = Microsoft Entra ID token",
+        "none",
+    ),
     ("OPENAI_API_KEY", "OpenAI key for gpt-realtime on OpenAI", "none"),
-    ("OPENAI_REALTIME_URL", "OpenAI realtime WebSocket URL", "wss://api.openai.com/v1/realtime"),
+    (
+        "OPENAI_REALTIME_URL",
+        "OpenAI realtime WebSocket URL",
+        "wss://api.openai.com/v1/realtime",
+    ),
     ("OPENAI_REALTIME_MODEL", "OpenAI realtime model", "gpt-realtime"),
-    ("DEFAULT_BACKEND", "voice-live or gpt-realtime", "the one that is configured"),
-    ("SYSTEM_PROMPT", "default instructions of the agent", "a short helpful-assistant prompt"),
+    (
+        "DEFAULT_BACKEND",
+        "voice-live or gpt-realtime",
+        "the one that is configured",
+    ),
+    (
+        "SYSTEM_PROMPT",
+        "default instructions of the agent",
+        "a short helpful-assistant prompt",
+    ),
     ("VOICE", "default OpenAI voice for gpt-realtime", "alloy"),
-    ("AUDIO_MODE", "transcode (mu-law 8 kHz <-> PCM16 24 kHz in the bridge) or passthrough (G.711 mu-law end to end)", "transcode"),
-    ("DATABASE_URL", "call store: sqlite://<path> or sqlite::memory:", "sqlite://./data/voice-agent.db"),
-    ("API_TOKEN", "when set, every VoiceAgentService RPC needs 'authorization: Bearer <API_TOKEN>'", "none"),
-    ("WEB_DIR", "directory of the built web UI served at /", "web-client/dist"),
+    (
+        "AUDIO_MODE",
+        "transcode (mu-law 8 kHz <-> PCM16 24 kHz in the bridge) or passthrough (G.711 mu-law end to end)",
+        "transcode",
+    ),
+    (
+        "DATABASE_URL",
+        "call store: sqlite://<path> or sqlite::memory:",
+        "sqlite://./data/voice-agent.db",
+    ),
+    (
+        "API_TOKEN",
+        "when set, every VoiceAgentService RPC needs 'authorization: Bearer <API_TOKEN>'",
+        "none",
+    ),
+    (
+        "WEB_DIR",
+        "directory of the built web UI served at /",
+        "web-client/dist",
+    ),
     ("RUST_LOG", "log filter (tracing-subscriber EnvFilter syntax)", "info"),
 ];
 
@@ -206,9 +286,7 @@ pub fn is_e164(number: &str) -> bool {
     let Some(digits) = number.strip_prefix('+') else {
         return false;
     };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
+    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 struct Env<'a> {
@@ -249,7 +327,10 @@ impl Env<'_> {
             .parse()
             .map_err(|_| err(name, format!("expected whole seconds, got {raw:?}")))?;
         if !(min..=max).contains(&secs) {
-            return Err(err(name, format!("must be between {min} and {max} seconds, got {secs}")));
+            return Err(err(
+                name,
+                format!("must be between {min} and {max} seconds, got {secs}"),
+            ));
         }
         Ok(Duration::from_secs(secs))
     }
@@ -268,9 +349,12 @@ impl Config {
         let host: IpAddr = match env.get("HOST") {
             None => IpAddr::from([127, 0, 0, 1]),
             Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h
-                .parse()
-                .map_err(|_| err("HOST", format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {h:?}")))?,
+            Some(h) => h.parse().map_err(|_| {
+                err(
+                    "HOST",
+                    format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {h:?}"),
+                )
+            })?,
         };
         let port: u16 = match env.get("PORT") {
             None => 8000,
@@ -291,9 +375,8 @@ impl Config {
         let twilio = match twilio_parts {
             [(_, None), (_, None), (_, None)] => None,
             [(_, Some(sid)), (_, Some(token)), (_, Some(number))] => {
-                let valid_sid = sid.len() == 34
-                    && sid.starts_with("AC")
-                    && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
+                let valid_sid =
+                    sid.len() == 34 && sid.starts_with("AC") && sid[2..].bytes().all(|b| b.is_ascii_hexdigit());
                 if !valid_sid {
                     return Err(err("TWILIO_ACCOUNT_SID", "expected AC followed by 32 hex digits"));
                 }
@@ -323,23 +406,25 @@ impl Config {
             }
         };
 
-        let voice_live = match env.url("AZURE_VOICE_LIVE_ENDPOINT", &["https", "http", "wss", "ws"])? {
-            None => None,
-            Some(endpoint) => Some(VoiceLiveConfig {
+        let voice_live = env
+            .url("AZURE_VOICE_LIVE_ENDPOINT", &["https", "http", "wss", "ws"])?
+            .map(|endpoint| VoiceLiveConfig {
                 endpoint,
                 api_version: env
                     .get("AZURE_VOICE_LIVE_API_VERSION")
                     .unwrap_or_else(|| "2025-10-01".into()),
                 model: env.get("VOICE_LIVE_MODEL").unwrap_or_else(|| "gpt-realtime".into()),
                 api_key: env.get("AZURE_VOICE_LIVE_API_KEY").map(Secret::new),
-            }),
-        };
+            });
 
         let azure_openai = match env.url("AZURE_OPENAI_ENDPOINT", &["https", "http", "wss", "ws"])? {
             None => None,
             Some(endpoint) => {
                 let deployment = env.get("AZURE_OPENAI_DEPLOYMENT").ok_or_else(|| {
-                    err("AZURE_OPENAI_DEPLOYMENT", "missing: required with AZURE_OPENAI_ENDPOINT")
+                    err(
+                        "AZURE_OPENAI_DEPLOYMENT",
+                        "missing: required with AZURE_OPENAI_ENDPOINT",
+                    )
                 })?;
                 Some(AzureOpenAiConfig {
                     endpoint,
@@ -357,14 +442,19 @@ impl Config {
                 url: env
                     .url("OPENAI_REALTIME_URL", &["wss", "ws"])?
                     .unwrap_or_else(|| Url::parse("wss://api.openai.com/v1/realtime").expect("constant URL parses")),
-                model: env.get("OPENAI_REALTIME_MODEL").unwrap_or_else(|| "gpt-realtime".into()),
+                model: env
+                    .get("OPENAI_REALTIME_MODEL")
+                    .unwrap_or_else(|| "gpt-realtime".into()),
             }),
         };
 
         let default_backend = match env.get("DEFAULT_BACKEND") {
             None => None,
             Some(b) => Some(Backend::parse(&b).ok_or_else(|| {
-                err("DEFAULT_BACKEND", format!("expected voice-live or gpt-realtime, got {b:?}"))
+                err(
+                    "DEFAULT_BACKEND",
+                    format!("expected voice-live or gpt-realtime, got {b:?}"),
+                )
             })?),
         };
 
@@ -372,7 +462,10 @@ impl Config {
             None | Some("transcode") => AudioMode::Transcode,
             Some("passthrough") => AudioMode::Passthrough,
             Some(other) => {
-                return Err(err("AUDIO_MODE", format!("expected transcode or passthrough, got {other:?}")));
+                return Err(err(
+                    "AUDIO_MODE",
+                    format!("expected transcode or passthrough, got {other:?}"),
+                ));
             }
         };
 
@@ -400,7 +493,9 @@ impl Config {
             audio_mode,
             database,
             api_token: env.get("API_TOKEN").map(Secret::new),
-            web_dir: Some(PathBuf::from(env.get("WEB_DIR").unwrap_or_else(|| "web-client/dist".into()))),
+            web_dir: Some(PathBuf::from(
+                env.get("WEB_DIR").unwrap_or_else(|| "web-client/dist".into()),
+            )),
         };
         Ok(config)
     }

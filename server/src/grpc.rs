@@ -55,7 +55,12 @@ fn parse_call_id(raw: &str) -> Result<CallId, Status> {
     if raw.is_empty() {
         return Err(invalid("call_id", "required"));
     }
-    CallId::parse(raw).ok_or_else(|| invalid("call_id", format!("not a call id: {raw:?} (expected call_ followed by 32 hex digits)")))
+    CallId::parse(raw).ok_or_else(|| {
+        invalid(
+            "call_id",
+            format!("not a call id: {raw:?} (expected call_ followed by 32 hex digits)"),
+        )
+    })
 }
 
 fn hub_status(e: HubError) -> Status {
@@ -92,12 +97,18 @@ struct ValidCall {
 fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, Status> {
     let config = &state.config;
     if req.to.is_empty() {
-        return Err(invalid("to", "required: the number to call, E.164 ('+' then 8 to 15 digits, e.g. +14155551212)"));
+        return Err(invalid(
+            "to",
+            "required: the number to call, E.164 ('+' then 8 to 15 digits, e.g. +14155551212)",
+        ));
     }
     if !is_e164(&req.to) {
         return Err(invalid(
             "to",
-            format!("must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {:?})", truncate(&req.to, 40)),
+            format!(
+                "must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {:?})",
+                truncate(&req.to, 40)
+            ),
         ));
     }
     let backend = match pb::Backend::try_from(req.backend) {
@@ -110,27 +121,45 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         return Err(Status::failed_precondition(format!("backend: {why}")));
     }
     if req.instructions.len() > MAX_INSTRUCTIONS {
-        return Err(invalid("instructions", format!("at most {MAX_INSTRUCTIONS} bytes, got {}", req.instructions.len())));
+        return Err(invalid(
+            "instructions",
+            format!("at most {MAX_INSTRUCTIONS} bytes, got {}", req.instructions.len()),
+        ));
     }
     if req.voice.len() > MAX_VOICE {
-        return Err(invalid("voice", format!("at most {MAX_VOICE} bytes, got {}", req.voice.len())));
+        return Err(invalid(
+            "voice",
+            format!("at most {MAX_VOICE} bytes, got {}", req.voice.len()),
+        ));
     }
     if req.voice.chars().any(|c| c.is_control()) {
         return Err(invalid("voice", "must not contain control characters"));
     }
     let greeting = req.greeting.unwrap_or_else(|| DEFAULT_GREETING.to_string());
     if greeting.len() > MAX_GREETING {
-        return Err(invalid("greeting", format!("at most {MAX_GREETING} bytes, got {}", greeting.len())));
+        return Err(invalid(
+            "greeting",
+            format!("at most {MAX_GREETING} bytes, got {}", greeting.len()),
+        ));
     }
     if req.metadata.len() > MAX_METADATA_ENTRIES {
-        return Err(invalid("metadata", format!("at most {MAX_METADATA_ENTRIES} entries, got {}", req.metadata.len())));
+        return Err(invalid(
+            "metadata",
+            format!("at most {MAX_METADATA_ENTRIES} entries, got {}", req.metadata.len()),
+        ));
     }
     for (k, v) in &req.metadata {
         if k.is_empty() || k.len() > MAX_METADATA_KEY {
-            return Err(invalid("metadata", format!("keys must be 1 to {MAX_METADATA_KEY} bytes, got {:?}", truncate(k, 80))));
+            return Err(invalid(
+                "metadata",
+                format!("keys must be 1 to {MAX_METADATA_KEY} bytes, got {:?}", truncate(k, 80)),
+            ));
         }
         if v.len() > MAX_METADATA_VALUE {
-            return Err(invalid("metadata", format!("value of {k:?} is over {MAX_METADATA_VALUE} bytes")));
+            return Err(invalid(
+                "metadata",
+                format!("value of {k:?} is over {MAX_METADATA_VALUE} bytes"),
+            ));
         }
     }
     let max_duration = match req.max_duration {
@@ -140,7 +169,12 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
             if d.seconds < 0 || d.nanos < 0 || d.seconds < lo.as_secs() as i64 || d.seconds > hi.as_secs() as i64 {
                 return Err(invalid(
                     "max_duration",
-                    format!("must be between {}s and {}s, got {}s", lo.as_secs(), hi.as_secs(), d.seconds),
+                    format!(
+                        "must be between {}s and {}s, got {}s",
+                        lo.as_secs(),
+                        hi.as_secs(),
+                        d.seconds
+                    ),
                 ));
             }
             Duration::from_secs(d.seconds as u64)
@@ -186,7 +220,10 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchCallResponse, Statu
 
 #[tonic::async_trait]
 impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
-    async fn place_call(&self, request: Request<pb::PlaceCallRequest>) -> Result<Response<pb::PlaceCallResponse>, Status> {
+    async fn place_call(
+        &self,
+        request: Request<pb::PlaceCallRequest>,
+    ) -> Result<Response<pb::PlaceCallResponse>, Status> {
         let state = &self.state;
         let call = validate(state, request.into_inner())?;
         let emulated = state.emulated_telephony || state.ai_emulated(call.backend);
@@ -272,7 +309,11 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                         rec.end_reason = format!("the telephony provider refused the call: {detail}");
                         vec![
                             EventKind::Error {
-                                code: if code.is_empty() { "telephony_error".into() } else { format!("twilio_{code}") },
+                                code: if code.is_empty() {
+                                    "telephony_error".into()
+                                } else {
+                                    format!("twilio_{code}")
+                                },
                                 message: detail.clone(),
                             },
                             EventKind::Status {
@@ -290,10 +331,18 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
 
     type WatchCallStream = EventStream;
 
-    async fn watch_call(&self, request: Request<pb::WatchCallRequest>) -> Result<Response<Self::WatchCallStream>, Status> {
+    async fn watch_call(
+        &self,
+        request: Request<pb::WatchCallRequest>,
+    ) -> Result<Response<Self::WatchCallStream>, Status> {
         let req = request.into_inner();
         let id = parse_call_id(&req.call_id)?;
-        let rx = self.state.hub.watch(&id, req.after_sequence).await.map_err(hub_status)?;
+        let rx = self
+            .state
+            .hub
+            .watch(&id, req.after_sequence)
+            .await
+            .map_err(hub_status)?;
         let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| match item {
             Ok(ev) => Ok(pb::WatchCallResponse {
                 event: Some(event_to_pb(&ev)),
@@ -303,7 +352,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn hang_up_call(&self, request: Request<pb::HangUpCallRequest>) -> Result<Response<pb::HangUpCallResponse>, Status> {
+    async fn hang_up_call(
+        &self,
+        request: Request<pb::HangUpCallRequest>,
+    ) -> Result<Response<pb::HangUpCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
         let state = &self.state;
         let rec = state.hub.get(&id).await.map_err(hub_status)?;
@@ -325,7 +377,11 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             .map_err(hub_status)?;
         if rec.provider_call_id.is_empty() {
             // Still being dialled: nothing to tell the provider yet.
-            state.hub.set_status(&id, CallStatus::Canceled, reason).await.map_err(hub_status)?;
+            state
+                .hub
+                .set_status(&id, CallStatus::Canceled, reason)
+                .await
+                .map_err(hub_status)?;
         } else {
             let answered = rec.status == CallStatus::InProgress;
             if let Err(e) = state.telephony.hang_up(&rec.provider_call_id, answered).await {
@@ -334,7 +390,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .publish(
                         &id,
                         EventKind::Error {
-                            code: e.provider_code.as_ref().map_or("telephony_error".into(), |c| format!("twilio_{c}")),
+                            code: e
+                                .provider_code
+                                .as_ref()
+                                .map_or("telephony_error".into(), |c| format!("twilio_{c}")),
                             message: format!("hang-up failed: {}", e.message),
                         },
                     )
@@ -360,7 +419,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         }))
     }
 
-    async fn list_calls(&self, request: Request<pb::ListCallsRequest>) -> Result<Response<pb::ListCallsResponse>, Status> {
+    async fn list_calls(
+        &self,
+        request: Request<pb::ListCallsRequest>,
+    ) -> Result<Response<pb::ListCallsResponse>, Status> {
         let req = request.into_inner();
         let page_size = match req.page_size {
             0 => 20,
@@ -378,7 +440,13 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .ok_or_else(|| invalid("page_token", "not a token returned by ListCalls"))?,
             )
         };
-        let page = self.state.hub.store().list_calls(page_size, before).await.map_err(|e| hub_status(e.into()))?;
+        let page = self
+            .state
+            .hub
+            .store()
+            .list_calls(page_size, before)
+            .await
+            .map_err(|e| hub_status(e.into()))?;
         let mut calls = Vec::with_capacity(page.calls.len());
         for rec in page.calls {
             // Live calls: the hub has the newest record.
@@ -526,7 +594,9 @@ impl tonic::service::Interceptor for AuthInterceptor {
         if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             Ok(req)
         } else if given.is_empty() {
-            Err(Status::unauthenticated("missing 'authorization: Bearer <API_TOKEN>' metadata"))
+            Err(Status::unauthenticated(
+                "missing 'authorization: Bearer <API_TOKEN>' metadata",
+            ))
         } else {
             Err(Status::unauthenticated("invalid API token"))
         }

@@ -35,11 +35,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         Some(dir) if dir.join("index.html").is_file() => {
             let index = dir.join("index.html");
             router.fallback_service(
-                tower_http::services::ServeDir::new(&dir)
-                    .not_found_service(tower::service_fn(move |req: axum::extract::Request| {
+                tower_http::services::ServeDir::new(&dir).not_found_service(tower::service_fn(
+                    move |req: axum::extract::Request| {
                         let index = index.clone();
                         async move { Ok::<_, std::convert::Infallible>(spa_or_404(req, &index).await) }
-                    })),
+                    },
+                )),
             )
         }
         _ => router.fallback(not_found),

@@ -34,10 +34,10 @@ pub mod call;
 pub mod config;
 pub mod emulator;
 pub mod grpc;
-pub mod store;
-pub mod telephony;
 pub mod http;
 pub mod realtime;
+pub mod store;
+pub mod telephony;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,10 +148,12 @@ pub struct Server {
 impl Server {
     /// Binds `config.bind` and prepares everything.
     pub async fn start(config: Config, options: Options) -> Result<Self, StartError> {
-        let listener = TcpListener::bind(config.bind).await.map_err(|source| StartError::Bind {
-            addr: config.bind,
-            source,
-        })?;
+        let listener = TcpListener::bind(config.bind)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.bind,
+                source,
+            })?;
         Self::with_listener(config, listener, options).await
     }
 
@@ -167,7 +169,10 @@ impl Server {
         let hub = CallHub::new(store, shutdown.clone());
         let recovered = hub.recover().await.map_err(|e| StartError::Other(e.to_string()))?;
         if recovered > 0 {
-            tracing::warn!(calls = recovered, "marked calls left live by the previous run as failed");
+            tracing::warn!(
+                calls = recovered,
+                "marked calls left live by the previous run as failed"
+            );
         }
         let mut twilio_emulator = None;
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
@@ -201,21 +206,27 @@ impl Server {
                     .map_err(|e| StartError::Other(format!("Twilio client: {e}")))?;
                     let token = Secret::new(emu.auth_token());
                     twilio_emulator = Some(emu);
-                    (Arc::new(telephony::provider::Twilio::new(client)), token, true, "+15005550006".to_string())
+                    (
+                        Arc::new(telephony::provider::Twilio::new(client)),
+                        token,
+                        true,
+                        "+15005550006".to_string(),
+                    )
                 }
             };
-        let realtime_emulator = if config.backend_configured(Backend::VoiceLive)
-            && config.backend_configured(Backend::GptRealtime)
-        {
-            None
-        } else {
-            Some(
-                emulator::realtime::start(Default::default())
-                    .await
-                    .map_err(|e| StartError::Other(format!("realtime-AI emulator: {e}")))?,
-            )
-        };
-        let emulator_key = realtime_emulator.as_ref().map(|e| (e.url_base(), Secret::new(e.api_key())));
+        let realtime_emulator =
+            if config.backend_configured(Backend::VoiceLive) && config.backend_configured(Backend::GptRealtime) {
+                None
+            } else {
+                Some(
+                    emulator::realtime::start(Default::default())
+                        .await
+                        .map_err(|e| StartError::Other(format!("realtime-AI emulator: {e}")))?,
+                )
+            };
+        let emulator_key = realtime_emulator
+            .as_ref()
+            .map(|e| (e.url_base(), Secret::new(e.api_key())));
         let realtime = RealtimeBackends::from_config(
             &config,
             emulator_key.as_ref().map(|(u, k)| (u, k)),

@@ -153,10 +153,7 @@ impl RealtimeBackends {
                 ),
                 dialect: Dialect::VoiceLive,
                 emulated: false,
-                auth: vl
-                    .api_key
-                    .clone()
-                    .map_or(Auth::Entra(VOICE_LIVE_SCOPE), Auth::ApiKey),
+                auth: vl.api_key.clone().map_or(Auth::Entra(VOICE_LIVE_SCOPE), Auth::ApiKey),
             },
             None => emulated(Dialect::VoiceLive),
         };
@@ -221,7 +218,10 @@ impl RealtimeBackends {
             .as_str()
             .into_client_request()
             .map_err(|e| RealtimeError::Connect(e.to_string()))?;
-        let header = |v: &str| HeaderValue::from_str(v).map_err(|_| RealtimeError::Connect("credential is not a valid header value".into()));
+        let header = |v: &str| {
+            HeaderValue::from_str(v)
+                .map_err(|_| RealtimeError::Connect("credential is not a valid header value".into()))
+        };
         let headers = request.headers_mut();
         match &endpoint.auth {
             Auth::ApiKey(key) => {
@@ -287,7 +287,10 @@ mod tests {
         assert_eq!(e.dialect, Dialect::VoiceLive);
         assert!(matches!(e.auth, Auth::ApiKey(_)));
         let b = backends(&[("AZURE_VOICE_LIVE_ENDPOINT", "https://res.services.ai.azure.com")]);
-        assert!(matches!(b.endpoint(Backend::VoiceLive).auth, Auth::Entra(VOICE_LIVE_SCOPE)));
+        assert!(matches!(
+            b.endpoint(Backend::VoiceLive).auth,
+            Auth::Entra(VOICE_LIVE_SCOPE)
+        ));
     }
 
     #[test]
@@ -297,7 +300,10 @@ mod tests {
             ("AZURE_OPENAI_DEPLOYMENT", "gpt-realtime"),
         ]);
         let e = ga.endpoint(Backend::GptRealtime);
-        assert_eq!(e.url.as_str(), "wss://res.openai.azure.com/openai/v1/realtime?model=gpt-realtime");
+        assert_eq!(
+            e.url.as_str(),
+            "wss://res.openai.azure.com/openai/v1/realtime?model=gpt-realtime"
+        );
         assert_eq!(e.dialect, Dialect::OpenAiGa);
         let pv = backends(&[
             ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),

@@ -163,7 +163,9 @@ impl Store {
         let id = id.clone();
         self.with(move |c| {
             let json: Option<String> = c
-                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| r.get(0))
+                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| {
+                    r.get(0)
+                })
                 .optional()?;
             Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
         })
@@ -343,7 +345,10 @@ mod tests {
             ids.push(id);
         }
         let p1 = store.list_calls(2, None).await.unwrap();
-        assert_eq!(p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(), vec![ids[4].clone(), ids[3].clone()]);
+        assert_eq!(
+            p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(),
+            vec![ids[4].clone(), ids[3].clone()]
+        );
         let p2 = store.list_calls(2, p1.next).await.unwrap();
         assert_eq!(p2.calls[0].call_id, ids[2]);
         let p3 = store.list_calls(2, p2.next).await.unwrap();

@@ -16,10 +16,10 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
     let server = TestServer::start().await;
     let channel = server.channel().await;
 
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let mut client = ServerReflectionClient::new(channel.clone());
     let req = ServerReflectionRequest {
         host: String::new(),
@@ -35,14 +35,17 @@ async fn reflection_v1_and_v1alpha_list_the_service() {
         panic!("unexpected reflection response");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"voiceagent.v1.VoiceAgentService".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"voiceagent.v1.VoiceAgentService".to_string()),
+        "{names:?}"
+    );
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
     // grpcurl 1.8 speaks v1alpha.
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient as AlphaClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest as AlphaReq;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse as AlphaResp;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest as AlphaRequest;
     let mut client = AlphaClient::new(channel);
     let req = AlphaRequest {
         host: String::new(),
@@ -103,7 +106,11 @@ async fn auth_is_required_when_a_token_is_set() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
-    assert_eq!(server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(), 0, "nothing stored");
+    assert_eq!(
+        server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(),
+        0,
+        "nothing stored"
+    );
     client
         .list_calls(with_token(pb::ListCallsRequest::default(), "s3cret"))
         .await
@@ -117,7 +124,10 @@ async fn auth_is_required_when_a_token_is_set() {
         &[],
     )
     .await;
-    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "16"), "{trailers:?}");
+    assert!(
+        trailers.iter().any(|(k, v)| k == "grpc-status" && v == "16"),
+        "{trailers:?}"
+    );
     server.stop().await;
 }
 
@@ -185,18 +195,28 @@ async fn every_validation_error_names_its_field() {
     for (req, field) in cases {
         let e = client.place_call(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
-        assert!(e.message().starts_with(&format!("{field}:")), "{field}: {}", e.message());
+        assert!(
+            e.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            e.message()
+        );
     }
     let e = client.place_call(place("+1415")).await.unwrap_err();
-    assert!(e.message().contains("E.164") && e.message().contains("+14155551212"), "{}", e.message());
-    assert_eq!(server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(), 0, "nothing stored");
+    assert!(
+        e.message().contains("E.164") && e.message().contains("+14155551212"),
+        "{}",
+        e.message()
+    );
+    assert_eq!(
+        server.state.hub.store().list_calls(10, None).await.unwrap().calls.len(),
+        0,
+        "nothing stored"
+    );
 
     for (e, field) in [
         (
             client
-                .get_call(pb::GetCallRequest {
-                    call_id: "nope".into(),
-                })
+                .get_call(pb::GetCallRequest { call_id: "nope".into() })
                 .await
                 .unwrap_err(),
             "call_id",
@@ -251,7 +271,10 @@ async fn unknown_routes_are_plain_404s() {
     for path in ["/nope", "/twilio/nope", "/voiceagent.v1.Other/Method", "/ws/media"] {
         let resp = http.get(format!("{}{path}", server.url())).send().await.unwrap();
         assert_eq!(resp.status(), 404, "GET {path}");
-        assert!(resp.headers().get("grpc-status").is_none(), "GET {path} must not be a gRPC answer");
+        assert!(
+            resp.headers().get("grpc-status").is_none(),
+            "GET {path} must not be a gRPC answer"
+        );
     }
     let resp = http
         .post(format!("{}/voiceagent.v2.Nope/Call", server.url()))
@@ -280,7 +303,10 @@ async fn grpc_web_unary_and_server_streaming_over_http1() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"), "{trailers:?}");
+    assert!(
+        trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"),
+        "{trailers:?}"
+    );
     let call = pb::GetCallResponse::decode(&frames[0][..]).unwrap().call.unwrap();
     assert_eq!(call.call_id, placed.call_id);
     assert_eq!(call.status(), pb::CallStatus::Busy);
@@ -296,7 +322,10 @@ async fn grpc_web_unary_and_server_streaming_over_http1() {
     )
     .await;
     assert_eq!(status, 200);
-    assert!(trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"), "{trailers:?}");
+    assert!(
+        trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"),
+        "{trailers:?}"
+    );
     let web_events: Vec<pb::CallEvent> = frames
         .iter()
         .map(|f| pb::WatchCallResponse::decode(&f[..]).unwrap().event.unwrap())
@@ -311,7 +340,10 @@ async fn grpc_web_unary_and_server_streaming_over_http1() {
         )
         .header("origin", "http://localhost:5173")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "content-type,x-grpc-web,authorization")
+        .header(
+            "access-control-request-headers",
+            "content-type,x-grpc-web,authorization",
+        )
         .send()
         .await
         .unwrap();
@@ -353,7 +385,11 @@ async fn history_survives_a_restart() {
     let server = TestServer::with_config(config.clone()).await;
     let mut client = server.client().await;
     let (placed, before) = call_and_watch(&mut client, place("+15550103"), CALL_LIMIT).await;
-    let list_before = client.list_calls(pb::ListCallsRequest::default()).await.unwrap().into_inner();
+    let list_before = client
+        .list_calls(pb::ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     server.stop().await;
 
     let server = TestServer::with_config(config).await;
@@ -361,7 +397,11 @@ async fn history_survives_a_restart() {
     let after = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
     assert_eq!(after, before, "the same events, read from the store");
     assert_eq!(statuses(&after).last(), Some(&pb::CallStatus::NoAnswer));
-    let list_after = client.list_calls(pb::ListCallsRequest::default()).await.unwrap().into_inner();
+    let list_after = client
+        .list_calls(pb::ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list_after, list_before);
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -384,7 +424,10 @@ async fn list_calls_pages_newest_first() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(), vec![ids[2].clone(), ids[1].clone()]);
+    assert_eq!(
+        p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(),
+        vec![ids[2].clone(), ids[1].clone()]
+    );
     assert!(!p1.next_page_token.is_empty());
     let p2 = client
         .list_calls(pb::ListCallsRequest {

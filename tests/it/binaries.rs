@@ -47,7 +47,9 @@ impl ServerProcess {
                 }
             }
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logs its address");
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server logs its address");
         Self {
             child,
             addr,
@@ -77,7 +79,10 @@ fn server_with_env(env: &[(&str, &str)]) -> std::process::Output {
 fn config_errors_exit_2_naming_the_variable() {
     for (env, var) in [
         (vec![("PORT", "eighty")], "PORT"),
-        (vec![("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")], "TWILIO_AUTH_TOKEN"),
+        (
+            vec![("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000000")],
+            "TWILIO_AUTH_TOKEN",
+        ),
         (vec![("PUBLIC_URL", "not a url")], "PUBLIC_URL"),
         (vec![("DEFAULT_BACKEND", "watson")], "DEFAULT_BACKEND"),
         (vec![("AUDIO_MODE", "loud")], "AUDIO_MODE"),
@@ -93,7 +98,10 @@ fn config_errors_exit_2_naming_the_variable() {
 
 #[test]
 fn help_documents_every_variable() {
-    let out = Command::new(binary("voice-agent-server")).arg("--help").output().unwrap();
+    let out = Command::new(binary("voice-agent-server"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for (name, _, _) in voice_agent_server::config::VARIABLES {
@@ -135,14 +143,23 @@ fn grpcurl_examples_from_the_readme_work() {
     let list = run_grpcurl(&grpcurl, &["-plaintext", addr, "list"]);
     assert!(list.contains("voiceagent.v1.VoiceAgentService"), "{list}");
     assert!(list.contains("grpc.health.v1.Health"), "{list}");
-    let describe = run_grpcurl(&grpcurl, &["-plaintext", addr, "describe", "voiceagent.v1.VoiceAgentService"]);
+    let describe = run_grpcurl(
+        &grpcurl,
+        &["-plaintext", addr, "describe", "voiceagent.v1.VoiceAgentService"],
+    );
     assert!(describe.contains("rpc WatchCall"), "{describe}");
     let health = run_grpcurl(&grpcurl, &["-plaintext", addr, "grpc.health.v1.Health/Check"]);
     assert!(health.contains("SERVING"), "{health}");
 
     let placed = run_grpcurl(
         &grpcurl,
-        &["-plaintext", "-d", r#"{"to": "+15550102"}"#, addr, "voiceagent.v1.VoiceAgentService/PlaceCall"],
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"to": "+15550102"}"#,
+            addr,
+            "voiceagent.v1.VoiceAgentService/PlaceCall",
+        ],
     );
     let v: serde_json::Value = serde_json::from_str(&placed).expect("PlaceCall prints JSON");
     let call_id = v["callId"].as_str().expect("callId").to_string();
@@ -174,7 +191,12 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
         .output()
         .expect("run voice-agent");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("emulated"), "{stdout}");
     assert!(stdout.contains("COMPLETED"), "{stdout}");
     assert!(stdout.contains("Sam"), "the transcript is printed: {stdout}");

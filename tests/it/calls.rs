@@ -67,7 +67,10 @@ async fn conversation(config: Config, backend: pb::Backend) {
     assert!(heard_ms > 8000, "the callee heard {heard_ms} ms of agent audio");
     // The heard audio is speech, not silence: its energy is far above zero.
     let heard = stream.heard_bytes();
-    let rms = (heard.iter().map(|&b| f64::from(voice_agent_server::audio::ulaw_to_linear(b)).powi(2)).sum::<f64>()
+    let rms = (heard
+        .iter()
+        .map(|&b| f64::from(voice_agent_server::audio::ulaw_to_linear(b)).powi(2))
+        .sum::<f64>()
         / heard.len() as f64)
         .sqrt();
     assert!(rms > 500.0, "heard audio RMS {rms:.0}");
@@ -164,7 +167,10 @@ async fn ring_timeout_is_no_answer() {
     let started = std::time::Instant::now();
     let (_, events) = call_and_watch(&mut client, place("+15550107"), LIMIT).await;
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::NoAnswer));
-    assert!(started.elapsed() >= Duration::from_secs(5), "rang for the whole timeout");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "rang for the whole timeout"
+    );
     server.stop().await;
 }
 
@@ -183,7 +189,11 @@ async fn twilio_errors_map_to_grpc_codes_and_are_recorded() {
         assert_eq!(e.code(), code, "{number}: {e:?}");
         assert!(e.message().contains(needle), "{number}: {}", e.message());
     }
-    let list = client.list_calls(pb::ListCallsRequest::default()).await.unwrap().into_inner();
+    let list = client
+        .list_calls(pb::ListCallsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(list.calls.len(), 3, "every attempt is recorded");
     for call in &list.calls {
         assert_eq!(call.status(), pb::CallStatus::Failed);
@@ -230,7 +240,13 @@ async fn hang_up_mid_call_ends_it() {
         .unwrap()
         .into_inner();
     assert!(hung.call.is_some());
-    let rest = watch_all(&mut client, &placed.call_id, seen.last().unwrap().sequence, Duration::from_secs(15)).await;
+    let rest = watch_all(
+        &mut client,
+        &placed.call_id,
+        seen.last().unwrap().sequence,
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(statuses(&rest).last(), Some(&pb::CallStatus::Completed));
     let call = client
         .get_call(pb::GetCallRequest {
@@ -253,9 +269,15 @@ async fn forged_signatures_are_refused_and_change_nothing() {
     let http = reqwest::Client::new();
     let base = server.url();
     let id = &placed.call_id;
-    let form = [("CallSid", placed.provider_call_id.as_str()), ("CallStatus", "completed")];
+    let form = [
+        ("CallSid", placed.provider_call_id.as_str()),
+        ("CallStatus", "completed"),
+    ];
     for signature in [None, Some("bm90IGEgc2lnbmF0dXJl")] {
-        for path in [format!("/twilio/status?call_id={id}"), format!("/twilio/twiml?call_id={id}")] {
+        for path in [
+            format!("/twilio/status?call_id={id}"),
+            format!("/twilio/twiml?call_id={id}"),
+        ] {
             let mut req = http.post(format!("{base}{path}")).form(&form);
             if let Some(s) = signature {
                 req = req.header("X-Twilio-Signature", s);

@@ -238,7 +238,11 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
     if !path.exists() {
-        let package = if name == "voice-agent" { "voice-agent-cli" } else { "voice-agent-server" };
+        let package = if name == "voice-agent" {
+            "voice-agent-cli"
+        } else {
+            "voice-agent-server"
+        };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "-p", package, "--bin", name])
@@ -246,6 +250,10 @@ pub fn binary(name: &str) -> PathBuf {
             .expect("run cargo build");
         assert!(status.success(), "cargo build -p {package} --bin {name} failed");
     }
-    assert!(path.exists(), "{} missing: run `cargo build --workspace --bins` first", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }

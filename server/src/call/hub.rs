@@ -185,7 +185,12 @@ impl CallHub {
 
     /// Moves the call to `status` if that is a step forward (statuses never go
     /// back, terminal ones are final); returns whether it changed.
-    pub async fn set_status(&self, id: &CallId, status: CallStatus, detail: impl Into<String>) -> Result<bool, HubError> {
+    pub async fn set_status(
+        &self,
+        id: &CallId,
+        status: CallStatus,
+        detail: impl Into<String>,
+    ) -> Result<bool, HubError> {
         let detail = detail.into();
         let events = self
             .update(id, |rec| {

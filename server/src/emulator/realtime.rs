@@ -184,7 +184,9 @@ pub async fn start(config: RealtimeEmulatorConfig) -> std::io::Result<RealtimeEm
     let app = Router::new().fallback(upgrade).with_state(shared.clone());
     let stop = shared.shutdown.clone();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
     });
     Ok(RealtimeEmulatorHandle {
         addr,
@@ -443,12 +445,20 @@ impl Session {
         };
         let event_id = event.get("event_id").and_then(Value::as_str).map(str::to_string);
         let Some(ty) = event.get("type").and_then(Value::as_str).map(str::to_string) else {
-            self.error("invalid_event", "The 'type' field is missing.", None, event_id.as_deref());
+            self.error(
+                "invalid_event",
+                "The 'type' field is missing.",
+                None,
+                event_id.as_deref(),
+            );
             return;
         };
         self.report(|r| r.received.push(ty.clone()));
         if !client_event_types(self.dialect).contains(&ty.as_str()) {
-            let msg = format!("Invalid value: '{ty}'. Supported values are: {}.", client_event_types(self.dialect).join(", "));
+            let msg = format!(
+                "Invalid value: '{ty}'. Supported values are: {}.",
+                client_event_types(self.dialect).join(", ")
+            );
             self.error("invalid_value", &msg, Some("type"), event_id.as_deref());
             return;
         }
@@ -467,9 +477,12 @@ impl Session {
                     Err(_) => self.error("invalid_value", "Invalid base64 audio.", Some("audio"), eid),
                 },
             },
-            "input_audio_buffer.commit" => {
-                self.error("input_audio_buffer_commit_empty", "Error committing input audio buffer: the buffer is empty (server VAD commits it).", None, eid)
-            }
+            "input_audio_buffer.commit" => self.error(
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: the buffer is empty (server VAD commits it).",
+                None,
+                eid,
+            ),
             "input_audio_buffer.clear" => self.emit(json!({"type": "input_audio_buffer.cleared"})),
             "response.create" => {
                 if self.active.is_some() {
@@ -501,7 +514,12 @@ impl Session {
             "conversation.item.truncate" => self.on_truncate(&event, eid),
             "conversation.item.create" => {
                 let Some(item) = event.get("item") else {
-                    self.error("missing_required_parameter", "Missing required parameter: 'item'.", Some("item"), eid);
+                    self.error(
+                        "missing_required_parameter",
+                        "Missing required parameter: 'item'.",
+                        Some("item"),
+                        eid,
+                    );
                     return;
                 };
                 let id = self.id("item");
@@ -517,14 +535,21 @@ impl Session {
 
     fn on_session_update(&mut self, event: &Value, eid: Option<&str>) {
         let Some(s) = event.get("session").filter(|s| s.is_object()) else {
-            self.error("missing_required_parameter", "Missing required parameter: 'session'.", Some("session"), eid);
+            self.error(
+                "missing_required_parameter",
+                "Missing required parameter: 'session'.",
+                Some("session"),
+                eid,
+            );
             return;
         };
         self.report(|r| r.session_update = Some(event.clone()));
         if self.config.refuse_session {
             self.report(|r| r.errors_sent.push("session_failed".into()));
-            self.emit(json!({"type": "error", "error": {"type": "server_error", "code": "session_failed",
-                "message": "The session could not be configured (emulated refusal).", "param": null, "event_id": eid}}));
+            self.emit(
+                json!({"type": "error", "error": {"type": "server_error", "code": "session_failed",
+                "message": "The session could not be configured (emulated refusal).", "param": null, "event_id": eid}}),
+            );
             self.drop_now = true;
             return;
         }
@@ -539,8 +564,14 @@ impl Session {
                     );
                     return;
                 }
-                let f = s.pointer("/audio/input/format/type").and_then(Value::as_str).unwrap_or("audio/pcm");
-                (if f == "audio/pcmu" { "g711_ulaw" } else { "pcm16" }, s.pointer("/audio/input/turn_detection"))
+                let f = s
+                    .pointer("/audio/input/format/type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("audio/pcm");
+                (
+                    if f == "audio/pcmu" { "g711_ulaw" } else { "pcm16" },
+                    s.pointer("/audio/input/turn_detection"),
+                )
             }
             _ => (
                 s.get("input_audio_format").and_then(Value::as_str).unwrap_or("pcm16"),
@@ -558,11 +589,22 @@ impl Session {
         }
         if let Some(td) = td {
             self.threshold = td.get("threshold").and_then(Value::as_f64).unwrap_or(self.threshold);
-            self.prefix_ms = td.get("prefix_padding_ms").and_then(Value::as_u64).unwrap_or(self.prefix_ms);
-            self.silence_ms = td.get("silence_duration_ms").and_then(Value::as_u64).unwrap_or(self.silence_ms);
-            self.create_response = td.get("create_response").and_then(Value::as_bool).unwrap_or(self.create_response);
-            self.interrupt_response =
-                td.get("interrupt_response").and_then(Value::as_bool).unwrap_or(self.interrupt_response);
+            self.prefix_ms = td
+                .get("prefix_padding_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(self.prefix_ms);
+            self.silence_ms = td
+                .get("silence_duration_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(self.silence_ms);
+            self.create_response = td
+                .get("create_response")
+                .and_then(Value::as_bool)
+                .unwrap_or(self.create_response);
+            self.interrupt_response = td
+                .get("interrupt_response")
+                .and_then(Value::as_bool)
+                .unwrap_or(self.interrupt_response);
         }
         self.word_timestamps = self.dialect == Dialect::VoiceLive
             && s.get("output_audio_timestamp_types")
@@ -575,7 +617,10 @@ impl Session {
     /// Energy VAD over 10 ms blocks of the appended audio.
     fn on_audio(&mut self, bytes: &[u8]) {
         let samples: Vec<i16> = if self.pcm {
-            bytes.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]])).collect()
+            bytes
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .collect()
         } else {
             bytes.iter().map(|&b| ulaw_to_linear(b)).collect()
         };
@@ -612,12 +657,16 @@ impl Session {
     fn end_of_speech(&mut self) {
         self.in_speech = false;
         let item = self.speech_item.clone();
-        self.emit(json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.last_voice_ms, "item_id": item}));
+        self.emit(
+            json!({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": self.last_voice_ms, "item_id": item}),
+        );
         let previous = self.last_item.replace(item.clone());
         self.emit(json!({"type": "input_audio_buffer.committed", "previous_item_id": previous, "item_id": item}));
-        self.emit(json!({"type": "conversation.item.created", "previous_item_id": previous,
+        self.emit(
+            json!({"type": "conversation.item.created", "previous_item_id": previous,
             "item": {"id": item, "object": "realtime.item", "type": "message", "status": "completed",
-                     "role": "user", "content": [{"type": "input_audio", "transcript": null}]}}));
+                     "role": "user", "content": [{"type": "input_audio", "transcript": null}]}}),
+        );
         let transcript = self
             .config
             .script
@@ -636,7 +685,10 @@ impl Session {
 
     fn start_response(&mut self) {
         // Line 0 is the greeting; reply k answers utterance k.
-        let line = self.utterances.min(AGENT_LINES.len() - 1).max(if self.lines_spoken == 0 { 0 } else { 1 });
+        let line = self
+            .utterances
+            .min(AGENT_LINES.len() - 1)
+            .max(if self.lines_spoken == 0 { 0 } else { 1 });
         let id = self.id("resp");
         let item_id = self.id("item");
         let clip = AGENT_CLIPS[line];
@@ -647,18 +699,30 @@ impl Session {
         } else {
             (clip.to_vec(), 8)
         };
-        let modalities = if self.dialect == Dialect::OpenAiGa { json!(["audio"]) } else { json!(["text", "audio"]) };
-        self.emit(json!({"type": "response.created", "response": {"object": "realtime.response", "id": id,
-            "status": "in_progress", "status_details": null, "output": [], "output_modalities": modalities}}));
+        let modalities = if self.dialect == Dialect::OpenAiGa {
+            json!(["audio"])
+        } else {
+            json!(["text", "audio"])
+        };
+        self.emit(
+            json!({"type": "response.created", "response": {"object": "realtime.response", "id": id,
+            "status": "in_progress", "status_details": null, "output": [], "output_modalities": modalities}}),
+        );
         let previous = self.last_item.replace(item_id.clone());
-        self.emit(json!({"type": "response.output_item.added", "response_id": id, "output_index": 0,
+        self.emit(
+            json!({"type": "response.output_item.added", "response_id": id, "output_index": 0,
             "item": {"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
-                     "role": "assistant", "content": []}}));
-        self.emit(json!({"type": "conversation.item.created", "previous_item_id": previous,
+                     "role": "assistant", "content": []}}),
+        );
+        self.emit(
+            json!({"type": "conversation.item.created", "previous_item_id": previous,
             "item": {"id": item_id, "object": "realtime.item", "type": "message", "status": "in_progress",
-                     "role": "assistant", "content": []}}));
-        self.emit(json!({"type": "response.content_part.added", "response_id": id, "item_id": item_id,
-            "output_index": 0, "content_index": 0, "part": {"type": self.names.audio_part, "transcript": ""}}));
+                     "role": "assistant", "content": []}}),
+        );
+        self.emit(
+            json!({"type": "response.content_part.added", "response_id": id, "item_id": item_id,
+            "output_index": 0, "content_index": 0, "part": {"type": self.names.audio_part, "transcript": ""}}),
+        );
         self.lines_spoken += 1;
         let end_call = self.config.end_call_after_last_line && line == AGENT_LINES.len() - 1;
         self.active = Some(ActiveResponse {
@@ -681,8 +745,10 @@ impl Session {
         let chunk = 100 * a.bytes_per_ms;
         let end = (a.sent + chunk).min(a.audio.len());
         let delta = B64.encode(&a.audio[a.sent..end]);
-        self.emit(json!({"type": self.names.audio_delta, "response_id": a.id, "item_id": a.item_id,
-            "output_index": 0, "content_index": 0, "delta": delta}));
+        self.emit(
+            json!({"type": self.names.audio_delta, "response_id": a.id, "item_id": a.item_id,
+            "output_index": 0, "content_index": 0, "delta": delta}),
+        );
         // Words are released in proportion to the audio sent (an approximation
         // of real word timing; say so to anyone reading the timestamps).
         let words: Vec<&str> = a.transcript.split(' ').collect();
@@ -691,9 +757,15 @@ impl Session {
         let chars_total: usize = words.iter().map(|w| w.len() + 1).sum();
         while a.words_sent < due.min(words.len()) {
             let i = a.words_sent;
-            let piece = if i == 0 { words[i].to_string() } else { format!(" {}", words[i]) };
-            self.emit(json!({"type": self.names.transcript_delta, "response_id": a.id, "item_id": a.item_id,
-                "output_index": 0, "content_index": 0, "delta": piece}));
+            let piece = if i == 0 {
+                words[i].to_string()
+            } else {
+                format!(" {}", words[i])
+            };
+            self.emit(
+                json!({"type": self.names.transcript_delta, "response_id": a.id, "item_id": a.item_id,
+                "output_index": 0, "content_index": 0, "delta": piece}),
+            );
             if self.word_timestamps {
                 let before: usize = words[..i].iter().map(|w| w.len() + 1).sum();
                 let offset = total_ms * before as u64 / chars_total as u64;
@@ -705,7 +777,8 @@ impl Session {
             a.words_sent += 1;
         }
         a.sent = end;
-        self.item_audio_ms.insert(a.item_id.clone(), (a.sent / a.bytes_per_ms) as u64);
+        self.item_audio_ms
+            .insert(a.item_id.clone(), (a.sent / a.bytes_per_ms) as u64);
         let step = Duration::from_secs_f64(0.1 / self.config.speed.max(0.1));
         a.next_at += step;
         let done = a.sent >= a.audio.len();
@@ -722,27 +795,41 @@ impl Session {
         } else {
             a.transcript.split(' ').take(a.words_sent).collect::<Vec<_>>().join(" ")
         };
-        self.emit(json!({"type": self.names.audio_done, "response_id": a.id, "item_id": a.item_id,
-            "output_index": 0, "content_index": 0}));
-        self.emit(json!({"type": self.names.transcript_done, "response_id": a.id, "item_id": a.item_id,
-            "output_index": 0, "content_index": 0, "transcript": heard_text}));
-        self.emit(json!({"type": "response.content_part.done", "response_id": a.id, "item_id": a.item_id,
-            "output_index": 0, "content_index": 0, "part": {"type": self.names.audio_part, "transcript": heard_text}}));
+        self.emit(
+            json!({"type": self.names.audio_done, "response_id": a.id, "item_id": a.item_id,
+            "output_index": 0, "content_index": 0}),
+        );
+        self.emit(
+            json!({"type": self.names.transcript_done, "response_id": a.id, "item_id": a.item_id,
+            "output_index": 0, "content_index": 0, "transcript": heard_text}),
+        );
+        self.emit(
+            json!({"type": "response.content_part.done", "response_id": a.id, "item_id": a.item_id,
+            "output_index": 0, "content_index": 0, "part": {"type": self.names.audio_part, "transcript": heard_text}}),
+        );
         let message = json!({"id": a.item_id, "object": "realtime.item", "type": "message",
             "status": if status == "completed" { "completed" } else { "incomplete" }, "role": "assistant",
             "content": [{"type": self.names.audio_part, "transcript": heard_text}]});
-        self.emit(json!({"type": "response.output_item.done", "response_id": a.id, "output_index": 0, "item": message}));
+        self.emit(
+            json!({"type": "response.output_item.done", "response_id": a.id, "output_index": 0, "item": message}),
+        );
         let mut output = vec![message];
         if a.end_call && status == "completed" {
             let fc_id = self.id("item");
             let call_id = self.id("call");
             let fc = json!({"id": fc_id, "object": "realtime.item", "type": "function_call", "status": "in_progress",
                 "call_id": call_id, "name": "end_call", "arguments": ""});
-            self.emit(json!({"type": "response.output_item.added", "response_id": a.id, "output_index": 1, "item": fc}));
-            self.emit(json!({"type": "response.function_call_arguments.delta", "response_id": a.id,
-                "item_id": fc_id, "output_index": 1, "call_id": call_id, "delta": "{}"}));
-            self.emit(json!({"type": "response.function_call_arguments.done", "response_id": a.id,
-                "item_id": fc_id, "output_index": 1, "call_id": call_id, "name": "end_call", "arguments": "{}"}));
+            self.emit(
+                json!({"type": "response.output_item.added", "response_id": a.id, "output_index": 1, "item": fc}),
+            );
+            self.emit(
+                json!({"type": "response.function_call_arguments.delta", "response_id": a.id,
+                "item_id": fc_id, "output_index": 1, "call_id": call_id, "delta": "{}"}),
+            );
+            self.emit(
+                json!({"type": "response.function_call_arguments.done", "response_id": a.id,
+                "item_id": fc_id, "output_index": 1, "call_id": call_id, "name": "end_call", "arguments": "{}"}),
+            );
             let mut done = fc.clone();
             done["status"] = json!("completed");
             done["arguments"] = json!("{}");
@@ -750,9 +837,11 @@ impl Session {
             output.push(done);
         }
         let details = reason.map(|r| json!({"type": status, "reason": r}));
-        self.emit(json!({"type": "response.done", "response": {"object": "realtime.response", "id": a.id,
+        self.emit(
+            json!({"type": "response.done", "response": {"object": "realtime.response", "id": a.id,
             "status": status, "status_details": details, "output": output,
-            "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}}));
+            "usage": {"total_tokens": 120, "input_tokens": 80, "output_tokens": 40}}}),
+        );
         let _ = a.line;
         self.responses_done += 1;
         let n = self.responses_done;
@@ -787,6 +876,8 @@ impl Session {
         self.item_audio_ms.insert(item.to_string(), end);
         let item = item.to_string();
         self.report(|r| r.truncates.push((item.clone(), end)));
-        self.emit(json!({"type": "conversation.item.truncated", "item_id": item, "content_index": 0, "audio_end_ms": end}));
+        self.emit(
+            json!({"type": "conversation.item.truncated", "item_id": item, "content_index": 0, "audio_end_ms": end}),
+        );
     }
 }

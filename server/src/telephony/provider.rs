@@ -53,7 +53,11 @@ impl Telephony for Twilio {
     async fn hang_up(&self, provider_call_id: &str, answered: bool) -> Result<(), TelephonyError> {
         // `canceled` only applies while queued or ringing, `completed` after
         // the answer (protocols.md §1.4).
-        let update = if answered { UpdateCall::Complete } else { UpdateCall::Cancel };
+        let update = if answered {
+            UpdateCall::Complete
+        } else {
+            UpdateCall::Cancel
+        };
         match self.client.update_call(provider_call_id, &update).await {
             // `canceled` does not touch a call that was answered meanwhile
             // (it answers 200 with the call unchanged): complete it instead.

@@ -76,7 +76,10 @@ fn validate(doc: &Value, schema: &str, instance: &Value) {
         "components": doc["components"].clone(),
     });
     let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("{schema}: {e}"));
-    let errors: Vec<String> = validator.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect();
     assert!(errors.is_empty(), "{schema} rejects {instance}:\n{}", errors.join("\n"));
 }
 
@@ -151,15 +154,19 @@ fn ga_session_update_matches_the_openai_spec() {
         assert_eq!(td["create_response"], true);
         assert_eq!(td["interrupt_response"], true);
     }
-    let ulaw: Value =
-        serde_json::from_str(&session_update(Dialect::OpenAiGa, &config(AudioFormat::G711Ulaw, "alloy"))).unwrap();
+    let ulaw: Value = serde_json::from_str(&session_update(
+        Dialect::OpenAiGa,
+        &config(AudioFormat::G711Ulaw, "alloy"),
+    ))
+    .unwrap();
     assert_eq!(ulaw["session"]["audio"]["output"]["format"]["type"], "audio/pcmu");
 }
 
 #[test]
 fn preview_session_update_matches_the_preview_spec() {
     for audio in [AudioFormat::Pcm16_24k, AudioFormat::G711Ulaw] {
-        let msg: Value = serde_json::from_str(&session_update(Dialect::OpenAiPreview, &config(audio, "alloy"))).unwrap();
+        let msg: Value =
+            serde_json::from_str(&session_update(Dialect::OpenAiPreview, &config(audio, "alloy"))).unwrap();
         validate(&PREVIEW, "RealtimeClientEventSessionUpdate", &msg);
         let schema = &PREVIEW["components"]["schemas"]["RealtimeClientEventSessionUpdate"];
         assert_known_keys(&PREVIEW, schema, &msg, "");
@@ -242,15 +249,30 @@ fn voice_live_session_update_matches_the_sdk_models() {
 #[test]
 fn client_events_match_their_schemas() {
     let cases = [
-        (input_audio_append("//////8="), "RealtimeClientEventInputAudioBufferAppend"),
-        (item_truncate("item_1", 0, 1500), "RealtimeClientEventConversationItemTruncate"),
+        (
+            input_audio_append("//////8="),
+            "RealtimeClientEventInputAudioBufferAppend",
+        ),
+        (
+            item_truncate("item_1", 0, 1500),
+            "RealtimeClientEventConversationItemTruncate",
+        ),
         (response_cancel(Some("resp_1")), "RealtimeClientEventResponseCancel"),
         (response_cancel(None), "RealtimeClientEventResponseCancel"),
         (response_create(None), "RealtimeClientEventResponseCreate"),
-        (response_create(Some("Say goodbye.")), "RealtimeClientEventResponseCreate"),
-        (function_call_output("call_1", "{}"), "RealtimeClientEventConversationItemCreate"),
+        (
+            response_create(Some("Say goodbye.")),
+            "RealtimeClientEventResponseCreate",
+        ),
+        (
+            function_call_output("call_1", "{}"),
+            "RealtimeClientEventConversationItemCreate",
+        ),
         (user_text_item("DTMF 5"), "RealtimeClientEventConversationItemCreate"),
-        (restore_item(Dialect::OpenAiGa, "assistant", "Hi"), "RealtimeClientEventConversationItemCreate"),
+        (
+            restore_item(Dialect::OpenAiGa, "assistant", "Hi"),
+            "RealtimeClientEventConversationItemCreate",
+        ),
         (input_audio_commit(), "RealtimeClientEventInputAudioBufferCommit"),
     ];
     for (text, schema) in cases {
@@ -260,21 +282,28 @@ fn client_events_match_their_schemas() {
         for d in [Dialect::VoiceLive, Dialect::OpenAiGa, Dialect::OpenAiPreview] {
             assert!(client_event_types(d).contains(&ty), "{ty} in {d:?}");
         }
-        assert!(vl_enum("ClientEventType").contains(&ty.to_string()), "{ty} is a Voice Live client event");
+        assert!(
+            vl_enum("ClientEventType").contains(&ty.to_string()),
+            "{ty} is a Voice Live client event"
+        );
     }
 }
 
 #[test]
 fn server_event_names_exist_in_each_dialect() {
-    let names: Value =
-        serde_json::from_str(&std::fs::read_to_string(spec_path("openai_realtime_event_names_preview_vs_ga.json")).unwrap())
-            .unwrap();
+    let names: Value = serde_json::from_str(
+        &std::fs::read_to_string(spec_path("openai_realtime_event_names_preview_vs_ga.json")).unwrap(),
+    )
+    .unwrap();
     let text = names.to_string();
     let vl = vl_enum("ServerEventType");
     for d in [Dialect::OpenAiGa, Dialect::OpenAiPreview, Dialect::VoiceLive] {
         let n = server_names(d);
         for name in [n.audio_delta, n.audio_done, n.transcript_delta, n.transcript_done] {
-            assert!(text.contains(&format!("\"{name}\"")), "{name} ({d:?}) is a known event name");
+            assert!(
+                text.contains(&format!("\"{name}\"")),
+                "{name} ({d:?}) is a known event name"
+            );
             if d == Dialect::VoiceLive {
                 assert!(vl.contains(&name.to_string()), "{name} is a Voice Live server event");
             }
@@ -299,9 +328,14 @@ fn both_dialects_decode_to_the_same_events() {
             }
         );
     }
-    for ty in ["response.output_audio_transcript.done", "response.audio_transcript.done"] {
-        let e = parse_server_event(&format!(r#"{{"type":"{ty}","response_id":"r","item_id":"i","transcript":"Hi"}}"#))
-            .unwrap();
+    for ty in [
+        "response.output_audio_transcript.done",
+        "response.audio_transcript.done",
+    ] {
+        let e = parse_server_event(&format!(
+            r#"{{"type":"{ty}","response_id":"r","item_id":"i","transcript":"Hi"}}"#
+        ))
+        .unwrap();
         assert!(matches!(e, ServerEvent::TranscriptDone { ref transcript, .. } if transcript == "Hi"));
     }
     let e = parse_server_event(
@@ -333,15 +367,27 @@ fn both_dialects_decode_to_the_same_events() {
 
 #[test]
 fn the_spec_checks_can_fail() {
-    let mut msg: Value =
-        serde_json::from_str(&session_update(Dialect::OpenAiGa, &config(AudioFormat::Pcm16_24k, "marin"))).unwrap();
+    let mut msg: Value = serde_json::from_str(&session_update(
+        Dialect::OpenAiGa,
+        &config(AudioFormat::Pcm16_24k, "marin"),
+    ))
+    .unwrap();
     msg["session"]["audio"]["input"]["format"]["rate"] = serde_json::json!(16000);
     let bad_rate = std::panic::catch_unwind(|| validate(&GA, "RealtimeClientEventSessionUpdate", &msg));
-    assert!(bad_rate.is_err(), "a 16 kHz PCM format must be rejected (GA allows only 24 kHz)");
-    let mut msg: Value =
-        serde_json::from_str(&session_update(Dialect::OpenAiGa, &config(AudioFormat::Pcm16_24k, "marin"))).unwrap();
+    assert!(
+        bad_rate.is_err(),
+        "a 16 kHz PCM format must be rejected (GA allows only 24 kHz)"
+    );
+    let mut msg: Value = serde_json::from_str(&session_update(
+        Dialect::OpenAiGa,
+        &config(AudioFormat::Pcm16_24k, "marin"),
+    ))
+    .unwrap();
     msg["session"]["input_audio_format"] = serde_json::json!("pcm16");
     let schema = &GA["components"]["schemas"]["RealtimeClientEventSessionUpdate"];
     let preview_field = std::panic::catch_unwind(|| assert_known_keys(&GA, schema, &msg, ""));
-    assert!(preview_field.is_err(), "a preview-only field must be caught in a GA session");
+    assert!(
+        preview_field.is_err(),
+        "a preview-only field must be caught in a GA session"
+    );
 }
