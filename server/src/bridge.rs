@@ -118,6 +118,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         scratch2: Vec::with_capacity(8192),
         malformed: first_malformed,
         marks: VecDeque::new(),
+        last_ack_at: None,
         next_mark: 0,
         items: HashMap::new(),
         order: VecDeque::new(),
@@ -295,8 +296,12 @@ async fn ai_writer(
 struct PendingMark {
     name: String,
     item_id: String,
+    /// The item's μ-law byte position at the start of the chunk before this mark.
+    start_byte: usize,
     /// The item's μ-law byte position at the end of the chunk before this mark.
     end_byte: usize,
+    /// When the chunk was handed to Twilio.
+    sent_at: Instant,
 }
 
 /// Playback bookkeeping of one agent item.
@@ -355,6 +360,8 @@ struct MediaBridge {
     scratch2: Vec<u8>,
     malformed: u64,
     marks: VecDeque<PendingMark>,
+    /// When Twilio last acknowledged a mark (playback reached it).
+    last_ack_at: Option<Instant>,
     next_mark: u64,
     items: HashMap<String, AgentItem>,
     order: VecDeque<Slot>,
@@ -512,6 +519,7 @@ impl MediaBridge {
             return;
         };
         let acked: Vec<PendingMark> = self.marks.drain(..=pos).collect();
+        self.last_ack_at = Some(Instant::now());
         for m in &acked {
             if let Some(item) = self.items.get_mut(&m.item_id) {
                 item.heard_bytes = item.heard_bytes.max(m.end_byte);
@@ -697,6 +705,7 @@ impl MediaBridge {
         if item.response_id.is_empty() {
             item.response_id = response_id.to_string();
         }
+        let start_byte = item.sent_bytes;
         item.sent_bytes += ulaw_len;
         let end_byte = item.sent_bytes;
         self.current_item = Some(item_id.to_string());
@@ -706,7 +715,9 @@ impl MediaBridge {
         self.marks.push_back(PendingMark {
             name: mark.clone(),
             item_id: item_id.to_string(),
+            start_byte,
             end_byte,
+            sent_at: Instant::now(),
         });
         if let Some(turn) = &mut self.turn
             && turn.first_mark.is_none()
@@ -731,14 +742,25 @@ impl MediaBridge {
         }
         // Control first: Twilio stops playing before anything else happens.
         let _ = self.tw_ctrl.send(TwControl::Clear).await;
+        // Marks tell what played up to the last acknowledged chunk; within
+        // the chunk now playing, Twilio plays in real time (8 bytes per ms)
+        // from the later of that acknowledgement and the chunk's arrival.
+        if let Some(m) = self.marks.front().filter(|m| m.item_id == item_id) {
+            let started = self.last_ack_at.map_or(m.sent_at, |a| a.max(m.sent_at));
+            let played = started.elapsed().as_millis() as usize * ULAW_BYTES_PER_MS;
+            item.heard_bytes = item.heard_bytes.max((m.start_byte + played).min(m.end_byte));
+        }
         self.marks.clear();
         item.interrupted = true;
         let heard_ms = (item.heard_bytes.min(item.sent_bytes) / ULAW_BYTES_PER_MS) as u64;
         let response_id = item.response_id.clone();
         item.audio_done = true;
         self.ai_send(protocol::item_truncate(&item_id, 0, heard_ms)).await;
+        // The session runs server VAD with `interrupt_response: true`, so the
+        // service cancels the response itself on speech_started; a cancel of
+        // ours would race it and earn an error (protocols.md §8: cancel only
+        // when interrupt_response is false). Its late deltas are dropped below.
         if self.active_response.as_deref() == Some(response_id.as_str()) {
-            self.ai_send(protocol::response_cancel(Some(&response_id))).await;
             self.active_response = None;
         }
         if !response_id.is_empty() {

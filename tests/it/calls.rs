@@ -301,3 +301,328 @@ async fn forged_signatures_are_refused_and_change_nothing() {
     assert_eq!(after, events, "nothing changed");
     server.stop().await;
 }
+
+/// Opens the media WebSocket as Twilio would (signed upgrade) and sends
+/// `connected` + `start` with the given CallSid and secret.
+async fn twilio_media_socket(
+    server: &TestServer,
+    call_id: &str,
+    call_sid: &str,
+    secret: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!("ws://{}/ws/media/{call_id}", server.addr);
+    let token = server.state.twilio_auth_token.expose().to_string();
+    let signature = voice_agent_server::telephony::twilio::signature::compute(&token, &url, &[]);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut()
+        .insert("x-twilio-signature", signature.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("signed upgrade accepted");
+    ws.send(Message::Text(
+        r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let start = serde_json::json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ00000000000000000000000000000001",
+        "start": {"accountSid": "AC00000000000000000000000000000000", "streamSid": "MZ00000000000000000000000000000001",
+                  "callSid": call_sid, "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                  "customParameters": {"call_id": call_id, "secret": secret}}});
+    ws.send(Message::Text(start.to_string().into())).await.unwrap();
+    ws
+}
+
+/// Waits until the server closes the socket (or 5 s pass).
+async fn closed_by_server(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> bool {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let wait = async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return true,
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), wait)
+        .await
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn media_start_must_name_the_call_and_carry_its_secret_and_garbage_is_survived() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut config = Config::for_tests();
+    config.ring_timeout = Duration::from_secs(8);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    // This callee never answers, so the emulator opens no stream of its own.
+    let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+    let id = voice_agent_server::call::CallId::parse(&placed.call_id).unwrap();
+    let secret = server.state.hub.get(&id).await.unwrap().stream_secret;
+
+    let mut ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, "wrong-secret").await;
+    assert!(closed_by_server(&mut ws).await, "a wrong secret closes the socket");
+    let mut ws = twilio_media_socket(&server, &placed.call_id, "CA00000000000000000000000000000000", &secret).await;
+    assert!(closed_by_server(&mut ws).await, "another CallSid closes the socket");
+
+    // The right CallSid and secret: garbage does not end the call.
+    let mut ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, &secret).await;
+    for garbage in [
+        "not json",
+        r#"{"event":"media","media":{"payload":"!!!not base64!!!"}}"#,
+        r#"{"event":"mystery"}"#,
+    ] {
+        ws.send(Message::Text(garbage.into())).await.unwrap();
+    }
+    let frame = serde_json::json!({"event": "media", "sequenceNumber": "2", "streamSid": "MZ00000000000000000000000000000001",
+        "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": "/".repeat(212) + "/w=="}});
+    for _ in 0..10 {
+        ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rec = server.state.hub.get(&id).await.unwrap();
+    assert!(!rec.status.is_terminal(), "garbage did not end the call");
+    let sessions = server.state.emulators.realtime.as_ref().unwrap().sessions();
+    assert_eq!(sessions.len(), 1, "only the accepted stream opened an AI session");
+    assert!(
+        sessions[0].appends >= 10,
+        "audio after the garbage still reached the AI"
+    );
+
+    let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::NoAnswer));
+    let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
+    assert_eq!(codes.iter().filter(|c| *c == "media_refused").count(), 2, "{codes:?}");
+    assert!(codes.contains(&"media_malformed".to_string()), "{codes:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_and_stale_status_callbacks_change_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (placed, events) = call_and_watch(&mut client, place("+15550102"), LIMIT).await;
+    let token = server.state.twilio_auth_token.expose().to_string();
+    let url = format!("{}/twilio/status?call_id={}", server.url(), placed.call_id);
+    let http = reqwest::Client::new();
+    for (status, seq) in [
+        ("ringing", "1"),
+        ("in-progress", "9"),
+        ("completed", "3"),
+        ("busy", "3"),
+    ] {
+        let params: Vec<(String, String)> = [
+            ("AccountSid", "AC00000000000000000000000000000000"),
+            ("CallSid", placed.provider_call_id.as_str()),
+            ("CallStatus", status),
+            ("SequenceNumber", seq),
+            ("CallbackSource", "call-progress-events"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let sig = voice_agent_server::telephony::twilio::signature::compute(&token, &url, &params);
+        let resp = http
+            .post(&url)
+            .header("X-Twilio-Signature", sig)
+            .form(&params)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success(), "{status}: {}", resp.status());
+    }
+    let after = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+    assert_eq!(
+        after, events,
+        "a terminal status is final; late and duplicate callbacks add nothing"
+    );
+    server.stop().await;
+}
+
+async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEmulatorConfig, code: &str) {
+    let emu = voice_agent_server::emulator::realtime::start(emulator).await.unwrap();
+    let mut config = Config::for_tests();
+    config.voice_live = Some(voice_agent_server::config::VoiceLiveConfig {
+        endpoint: emu.url_base(),
+        api_version: "2025-10-01".into(),
+        model: "gpt-realtime".into(),
+        api_key: Some(voice_agent_server::config::Secret::new(emu.api_key())),
+    });
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        ..place("+15550100")
+    };
+    let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
+    assert!(!placed.emulated || server.state.emulators.twilio.is_some());
+    let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
+    assert!(codes.iter().any(|c| c == code), "{code} in {codes:?}");
+    assert_eq!(
+        statuses(&events).last(),
+        Some(&pb::CallStatus::Completed),
+        "a clean end"
+    );
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    assert!(
+        report.said.iter().any(|s| s == voice_agent_server::bridge::APOLOGY),
+        "the callee heard an apology: {:?}",
+        report.said
+    );
+    let call = client
+        .get_call(pb::GetCallRequest {
+            call_id: placed.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert!(call.end_reason.contains("AI"), "{}", call.end_reason);
+    server.stop().await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn ai_auth_failure_apologises_and_ends_cleanly() {
+    ai_failure(
+        voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+            reject_auth: true,
+            ..Default::default()
+        },
+        "ai_auth_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn ai_refusing_the_session_apologises_and_ends_cleanly() {
+    ai_failure(
+        voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+            refuse_session: true,
+            ..Default::default()
+        },
+        "ai_session_failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn azure_openai_preview_dialect() {
+    let emu = voice_agent_server::emulator::realtime::start(Default::default())
+        .await
+        .unwrap();
+    let mut config = Config::for_tests();
+    let mut endpoint = emu.url_base();
+    endpoint.set_scheme("http").unwrap();
+    config.azure_openai = Some(voice_agent_server::config::AzureOpenAiConfig {
+        endpoint,
+        deployment: "gpt-4o-realtime-preview".into(),
+        api_version: Some("2025-04-01-preview".into()),
+        api_key: Some(voice_agent_server::config::Secret::new(emu.api_key())),
+    });
+    conversation(config, pb::Backend::GptRealtime).await;
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(
+        sessions[0].dialect,
+        Some(voice_agent_server::realtime::protocol::Dialect::OpenAiPreview)
+    );
+    let update = sessions[0].session_update.as_ref().expect("session.update received");
+    assert_eq!(
+        update["session"]["input_audio_format"], "pcm16",
+        "preview shape, transcode mode"
+    );
+    assert!(sessions[0].errors_sent.is_empty(), "{:?}", sessions[0].errors_sent);
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
+    use voice_agent_server::emulator::realtime::{AGENT_CLIPS, AGENT_LINES};
+    use voice_agent_server::emulator::twilio::ServerMessage;
+    let mut config = Config::for_tests();
+    // μ-law end to end, so byte counts on both sides are the same audio.
+    config.audio_mode = AudioMode::Passthrough;
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let (placed, events) = call_and_watch(&mut client, place("+15550108"), LIMIT).await;
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    let stream = report.stream().unwrap();
+    assert!(stream.callee_lines.iter().any(|l| l.barged_in), "the callee barged in");
+    assert_eq!(
+        stream.clears_ms.len(),
+        1,
+        "exactly one clear: clears {:?}, callee {:?}, transcripts {:?}",
+        stream.clears_ms,
+        stream.callee_lines,
+        transcripts(&events)
+    );
+    let clear_at = stream.clears_ms[0];
+    let played_at_clear = stream
+        .marks_echoed
+        .iter()
+        .find(|m| m.cleared)
+        .map(|m| m.played_bytes)
+        .expect("pending marks were echoed by the clear");
+
+    let sessions = server.state.emulators.realtime.as_ref().unwrap().sessions();
+    let truncates = &sessions.last().unwrap().truncates;
+    assert_eq!(truncates.len(), 1, "{truncates:?}");
+    // The greeting played in full before the interrupted reply began.
+    let heard_ms = (played_at_clear as i64 - AGENT_CLIPS[0].len() as i64) / 8;
+    let truncated_ms = truncates[0].1 as i64;
+    eprintln!("interrupted reply: callee heard {heard_ms} ms, truncate audio_end_ms = {truncated_ms}");
+    assert!(heard_ms > 0);
+    assert!(
+        (truncated_ms - heard_ms).abs() <= 60,
+        "heard {heard_ms} ms, truncated at {truncated_ms} ms"
+    );
+
+    // No audio of the cancelled response after the clear: the next agent
+    // audio arrives only after the callee finished the line it barged in with.
+    let barge = stream.callee_lines.iter().find(|l| l.barged_in).unwrap();
+    let resumed_after = barge.ended_ms.expect("the barge-in line ended");
+    for m in &stream.server_messages {
+        if let ServerMessage::Media { at_ms, .. } = m {
+            assert!(
+                *at_ms <= clear_at || *at_ms >= resumed_after,
+                "audio at {at_ms} ms between the clear ({clear_at}) and the callee's end ({resumed_after})"
+            );
+        }
+    }
+
+    let lines = transcripts(&events);
+    let cut = lines
+        .iter()
+        .find(|(s, _, i)| *s == pb::Speaker::Agent && *i)
+        .unwrap_or_else(|| panic!("an interrupted agent line: {lines:?}"));
+    assert!(
+        AGENT_LINES[1].starts_with(cut.1.as_str()) && cut.1.len() < AGENT_LINES[1].len(),
+        "{cut:?}"
+    );
+    server.stop().await;
+}

@@ -23,9 +23,13 @@ lines=(
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
+# What is spoken: the same words, but sentence breaks inside a line become
+# plain word breaks, because espeak-ng pauses ~700 ms at a full stop (~500 ms at a comma) and a server VAD with
+# 500 ms silence_duration_ms (ours) would split the line into two turns.
 for i in "${!lines[@]}"; do
   n=$((i + 1))
-  espeak-ng -v en-us -s 150 -w "$tmp/line.wav" "${lines[$i]}"
+  spoken="$(printf '%s' "${lines[$i]}" | sed -E 's/\. ([A-Z])/ \L\1/g')"
+  espeak-ng -v en-us -s 150 -w "$tmp/line.wav" "$spoken"
   sox "$tmp/line.wav" -t raw -r 8000 -c 1 -e mu-law -b 8 "callee_$n.ulaw" \
     silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse gain -n -3
   echo "callee_$n.ulaw: $(stat -c %s "callee_$n.ulaw") bytes ($(( $(stat -c %s "callee_$n.ulaw") / 8 )) ms)"

@@ -1,0 +1,252 @@
+import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
+import { act, cleanup, render, screen, waitFor, within } from "@testing-library/react";
+import userEvent from "@testing-library/user-event";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { App } from "./App";
+import { defaultScript, FakeVoiceAgent, type FakeOptions, type ScriptKind } from "./fake/fakeService";
+import { Backend, CallStatus, Speaker, VoiceAgentService } from "./gen/voiceagent/v1/voice_agent_pb";
+import { AuthStore, authInterceptor } from "./rpc/auth";
+import { voiceAgentClient } from "./rpc/client";
+
+const FAST_BACKOFF = { initialMs: 5, maxMs: 20, factor: 2 };
+
+function setup(opts: FakeOptions = {}, pageSize?: number) {
+  const auth = new AuthStore(window.sessionStorage);
+  const fake = new FakeVoiceAgent({ stepMs: 1, ...opts, interceptors: [authInterceptor(auth)] });
+  const client = voiceAgentClient(fake.transport());
+  const user = userEvent.setup();
+  render(
+    <App client={client} auth={auth} watchBackoff={FAST_BACKOFF} {...(pageSize !== undefined ? { pageSize } : {})} />,
+  );
+  return { fake, auth, user };
+}
+
+const callView = () => screen.getByTestId("call-view");
+const lines = () => within(callView()).queryAllByTestId("transcript-line");
+const transcriptCount = (script: readonly ScriptKind[]) => script.filter((k) => k?.case === "transcript").length;
+
+beforeEach(() => {
+  window.history.replaceState(null, "", "/");
+  window.sessionStorage.clear();
+});
+afterEach(() => cleanup());
+
+describe("placing a call", () => {
+  it("checks the number before sending and points at the field", async () => {
+    const { fake, user } = setup();
+    const phone = screen.getByLabelText("Phone number");
+    await user.type(phone, "4155551212");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect(screen.getByTestId("error-to").textContent).toContain("Start with '+'");
+    expect(phone.getAttribute("aria-invalid")).toBe("true");
+    expect(phone.getAttribute("aria-describedby")).toContain(screen.getByTestId("error-to").id);
+    await waitFor(() => expect(document.activeElement).toBe(phone));
+    expect(fake.calls.size).toBe(0);
+  });
+
+  it("shows a backend refusal next to the backend field", async () => {
+    const { fake, user } = setup({ configuredBackends: [Backend.VOICE_LIVE] });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.selectOptions(screen.getByLabelText("AI backend"), String(Backend.GPT_REALTIME));
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    const err = await screen.findByTestId("error-backend");
+    expect(err.textContent).toContain("GPT_REALTIME is not configured");
+    expect(screen.getByLabelText("AI backend").getAttribute("aria-invalid")).toBe("true");
+    expect(fake.calls.size).toBe(0);
+  });
+
+  it("shows a server INVALID_ARGUMENT under the field it names, opening the optional fields", async () => {
+    const auth = new AuthStore(window.sessionStorage);
+    const transport = createRouterTransport(({ service }) =>
+      service(VoiceAgentService, {
+        placeCall: () => {
+          throw new ConnectError("voice: unknown voice 'zz'", Code.InvalidArgument);
+        },
+        listCalls: () => ({ calls: [] }),
+      }),
+    );
+    const user = userEvent.setup();
+    render(<App client={voiceAgentClient(transport)} auth={auth} />);
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Voice"), "zz");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-voice")).textContent).toBe("unknown voice 'zz'");
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText("Voice")));
+  });
+
+  it("sends the optional fields as the contract says", async () => {
+    const seen: unknown[] = [];
+    const transport = createRouterTransport(({ service }) =>
+      service(VoiceAgentService, {
+        placeCall: (req) => {
+          seen.push({
+            to: req.to,
+            backend: req.backend,
+            voice: req.voice,
+            instructions: req.instructions,
+            greeting: req.greeting,
+            max: req.maxDuration?.seconds,
+          });
+          throw new ConnectError("stop here", Code.Unavailable);
+        },
+        listCalls: () => ({ calls: [] }),
+      }),
+    );
+    const user = userEvent.setup();
+    render(<App client={voiceAgentClient(transport)} auth={new AuthStore(window.sessionStorage)} />);
+    await user.type(screen.getByLabelText("Phone number"), "+1 (415) 555-1212");
+    await user.selectOptions(screen.getByLabelText("AI backend"), String(Backend.VOICE_LIVE));
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Instructions for the agent"), "Be brief.");
+    await user.type(screen.getByLabelText("Voice"), "alloy");
+    await user.click(screen.getByLabelText("No greeting"));
+    await user.type(screen.getByLabelText("Maximum duration (seconds)"), "90");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-form")).textContent).toContain("stop here");
+    expect(seen).toEqual([
+      {
+        to: "+14155551212",
+        backend: Backend.VOICE_LIVE,
+        voice: "alloy",
+        instructions: "Be brief.",
+        greeting: "",
+        max: 90n,
+      },
+    ]);
+  });
+});
+
+describe("live call view", () => {
+  it("follows a call from queued to completed with the conversation, latencies and DTMF", async () => {
+    const { user } = setup();
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"), { timeout: 3000 });
+    const view = callView();
+    expect(view.dataset.ended).toBe("true");
+    expect(within(view).getByRole("heading", { level: 2 }).textContent).toContain("+15550100");
+    expect(within(view).getByTestId("end-step").textContent).toContain("callee hung up");
+    const steps = within(view).getByRole("list", { name: "Call status" });
+    expect(
+      within(steps)
+        .getAllByRole("listitem")
+        .map((li) => li.className.includes("step--done")),
+    ).toEqual([true, true, true, true, true]);
+    const chat = lines();
+    expect(chat).toHaveLength(transcriptCount(defaultScript()));
+    expect(chat[0]?.dataset.speaker).toBe("agent");
+    expect(chat[1]?.dataset.speaker).toBe("callee");
+    const interrupted = chat.filter((l) => l.className.includes("msg--interrupted"));
+    expect(interrupted).toHaveLength(1);
+    expect(interrupted[0]?.textContent).toContain("interrupted");
+    expect(
+      within(view)
+        .getAllByTestId("dtmf-line")
+        .map((d) => d.querySelector("kbd")?.textContent),
+    ).toEqual(["4", "2", "7"]);
+    expect(within(view).getAllByTestId("turn-row")).toHaveLength(3);
+    expect(within(view).getByTestId("notice-line").textContent).toContain("emulated");
+    expect(within(view).queryByRole("button", { name: "Hang up" })).toBeNull();
+    expect(screen.getByTestId("emulated-banner").textContent).toContain(
+      "Calls are emulated — no real phone is dialled",
+    );
+    expect(window.location.hash).toBe(`#/calls/${view.dataset.callId}`);
+  });
+
+  it("keeps the transcript whole and unrepeated across dropped streams", async () => {
+    const { user, fake } = setup({ dropStreamAfter: 2, repeatOnResume: true });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"), { timeout: 10_000 });
+    const seqs = lines().map((l) => Number(l.dataset.sequence));
+    expect(seqs).toHaveLength(transcriptCount(defaultScript()));
+    expect(new Set(seqs).size).toBe(seqs.length);
+    expect([...seqs].sort((a, b) => a - b)).toEqual(seqs);
+    expect(fake.watchRequests.length).toBeGreaterThan(5);
+  }, 15_000);
+
+  it("hangs up a live call", async () => {
+    const script: ScriptKind[] = [
+      { case: "status", value: { status: CallStatus.RINGING, detail: "" } },
+      { case: "status", value: { status: CallStatus.IN_PROGRESS, detail: "" } },
+      { case: "transcript", value: { speaker: Speaker.AGENT, text: "Hello?", interrupted: false } },
+    ];
+    const { user } = setup({ script });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(lines()).toHaveLength(1));
+    expect(callView().dataset.status).toBe("IN_PROGRESS");
+    expect(within(callView()).getByTestId("duration").textContent).toMatch(/^\d+:\d\d$/);
+    await user.click(within(callView()).getByRole("button", { name: "Hang up" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"));
+    expect(within(callView()).getByTestId("end-step").textContent).toContain("hung up by API");
+  });
+
+  it("shows error events and a call that cannot be found", async () => {
+    const script: ScriptKind[] = [
+      { case: "error", value: { code: "ai_unavailable", message: "the AI endpoint refused the connection" } },
+      { case: "status", value: { status: CallStatus.FAILED, detail: "AI unavailable" } },
+    ];
+    const { user } = setup({ script });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("FAILED"));
+    expect(within(callView()).getByTestId("error-line").textContent).toContain("ai_unavailable");
+    expect(within(callView()).getByTestId("end-step").textContent).toContain("AI unavailable");
+
+    act(() => window.history.pushState(null, "", "#/calls/nope"));
+    act(() => window.dispatchEvent(new PopStateEvent("popstate")));
+    expect(await within(callView()).findByRole("alert")).toHaveProperty(
+      "textContent",
+      expect.stringContaining("Not found"),
+    );
+  });
+});
+
+describe("calls list", () => {
+  it("pages newest first and replays a past call's transcript", async () => {
+    const { user } = setup({ seedCalls: 25 }, 10);
+    const list = await screen.findByTestId("calls-list");
+    await waitFor(() => expect(within(list).getAllByRole("button")).toHaveLength(10));
+    const ids = () =>
+      within(list)
+        .getAllByRole("button")
+        .map((b) => b.dataset.callId);
+    expect(ids()[0]).toBe("call-0025");
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+    await waitFor(() => expect(ids()).toHaveLength(20));
+    await user.click(screen.getByRole("button", { name: "Load more" }));
+    await waitFor(() => expect(ids()).toHaveLength(25));
+    expect(screen.queryByRole("button", { name: "Load more" })).toBeNull();
+    expect(ids().at(-1)).toBe("call-0001");
+    expect(new Set(ids()).size).toBe(25);
+    expect(screen.getByTestId("emulated-banner")).toBeTruthy();
+
+    await user.click(within(list).getAllByRole("button")[24]!);
+    await waitFor(() => expect(callView().dataset.ended).toBe("true"));
+    await waitFor(() => expect(lines()).toHaveLength(transcriptCount(defaultScript())));
+    expect(callView().dataset.callId).toBe("call-0001");
+    expect(callView().dataset.status).toBe("COMPLETED");
+  });
+
+  it("shows no emulated banner for real calls", async () => {
+    setup({ seedCalls: 2, emulated: false });
+    await waitFor(() => expect(within(screen.getByTestId("calls-list")).getAllByRole("button")).toHaveLength(2));
+    expect(screen.queryByTestId("emulated-banner")).toBeNull();
+  });
+});
+
+describe("API token", () => {
+  it("asks for a token when the server says UNAUTHENTICATED, and retries with it", async () => {
+    const { user } = setup({ token: "s3cret", seedCalls: 1 });
+    const field = await screen.findByLabelText("API token");
+    const alerts = screen.getAllByRole("alert").map((a) => a.textContent);
+    expect(alerts.some((t) => t?.includes("The server requires an API token"))).toBe(true);
+    await user.type(field, "s3cret");
+    await user.click(screen.getByRole("button", { name: "Save token" }));
+    await waitFor(() => expect(within(screen.getByTestId("calls-list")).getAllByRole("button")).toHaveLength(1));
+    expect(window.sessionStorage.getItem("voiceagent.apiToken")).toBe("s3cret");
+    expect(screen.queryByRole("alert")).toBeNull();
+  });
+});

@@ -1,0 +1,424 @@
+// The live call view: status timeline, conversation, latencies, duration and hang-up. It follows
+// the call with the resumable watcher and renders the pure view model (model/callView.ts).
+import { timestampDate } from "@bufbuild/protobuf/wkt";
+import { useEffect, useId, useReducer, useRef, useState } from "react";
+import { type Call, type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { formatDateTime, formatTime, useNow } from "../hooks";
+import {
+  applyEvent,
+  type CallViewModel,
+  type ChatEntry,
+  EMPTY_CALL_VIEW,
+  formatDuration,
+  latencySummary,
+  markGap,
+  talkSeconds,
+} from "../model/callView";
+import { backendLabel, isTerminal, speakerLabel, statusLabel } from "../model/labels";
+import { describeError } from "../model/rpcErrors";
+import { type BackoffPolicy, type WatchState, watchCallResumable } from "../model/watch";
+import { openWatchStream, type VoiceAgentClient } from "../rpc/client";
+
+type Action = { type: "event"; event: CallEvent } | { type: "gap"; from: bigint; to: bigint };
+
+function reduce(model: CallViewModel, action: Action): CallViewModel {
+  return action.type === "event" ? applyEvent(model, action.event) : markGap(model, action.from, action.to);
+}
+
+/** The steps of the timeline; the last one stands for whichever terminal status ended the call. */
+const TIMELINE: readonly CallStatus[] = [
+  CallStatus.QUEUED,
+  CallStatus.INITIATED,
+  CallStatus.RINGING,
+  CallStatus.IN_PROGRESS,
+];
+
+/** Props of CallView. */
+export interface CallViewProps {
+  readonly client: VoiceAgentClient;
+  readonly callId: string;
+  /** Number dialled, known before GetCall answers when the call was just placed here. */
+  readonly to?: string;
+  readonly onRpcError: (err: unknown) => void;
+  /** Reports `emulated` of the call record. */
+  readonly onCallRecord?: (call: Call) => void;
+  /** The call reached its terminal status (the list refreshes). */
+  readonly onEnded?: () => void;
+  /** The status shown changed (keeps the list's row current without polling). */
+  readonly onStatus?: (callId: string, status: CallStatus) => void;
+  readonly onClose?: () => void;
+  readonly backoff?: BackoffPolicy;
+  /** Move keyboard focus to the view's heading when it opens (the user just placed or picked this call). */
+  readonly focusOnOpen?: boolean;
+}
+
+/** Live (or replayed) view of one call. */
+export function CallView({
+  client,
+  callId,
+  to,
+  onRpcError,
+  onCallRecord,
+  onEnded,
+  onStatus,
+  onClose,
+  backoff,
+  focusOnOpen = false,
+}: CallViewProps) {
+  const uid = useId();
+  const [model, dispatch] = useReducer(reduce, EMPTY_CALL_VIEW);
+  const [call, setCall] = useState<Call | undefined>(undefined);
+  const [conn, setConn] = useState<WatchState>({ kind: "connecting", attempt: 0 });
+  const [fatal, setFatal] = useState<string | undefined>(undefined);
+  const [hangUpState, setHangUpState] = useState<"idle" | "pending" | "sent">("idle");
+  const [hangUpError, setHangUpError] = useState<string | undefined>(undefined);
+  // Callbacks change identity on every parent render; the effect below must not restart for that.
+  const headingRef = useRef<HTMLHeadingElement>(null);
+  useEffect(() => {
+    if (focusOnOpen) headingRef.current?.focus();
+    // Only when the view opens; later renders must not steal focus.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, []);
+  const callbacks = useRef({ onRpcError, onCallRecord, onEnded });
+  callbacks.current = { onRpcError, onCallRecord, onEnded };
+
+  useEffect(() => {
+    const abort = new AbortController();
+    const { signal } = abort;
+    const fetchRecord = async (): Promise<void> => {
+      try {
+        const res = await client.getCall({ callId }, { signal });
+        if (signal.aborted || !res.call) return;
+        setCall(res.call);
+        callbacks.current.onCallRecord?.(res.call);
+      } catch (err) {
+        if (signal.aborted) return;
+        // The watch reports NOT_FOUND / UNAUTHENTICATED itself; a failed record fetch alone only
+        // costs the header details, so it is not shown as a failure of the view.
+        callbacks.current.onRpcError(err);
+      }
+    };
+    void fetchRecord();
+    watchCallResumable(
+      openWatchStream(client),
+      { callId, signal, ...(backoff !== undefined ? { backoff } : {}) },
+      {
+        onEvent: (event) => dispatch({ type: "event", event }),
+        onGap: (from, to) => dispatch({ type: "gap", from, to }),
+        onState: (s) => {
+          if (!signal.aborted) setConn(s);
+        },
+      },
+    )
+      .then((result) => {
+        if (result === "ended") {
+          // The record now has end_reason, duration and latency percentiles.
+          void fetchRecord();
+          callbacks.current.onEnded?.();
+        }
+      })
+      .catch((err: unknown) => {
+        if (signal.aborted) return;
+        callbacks.current.onRpcError(err);
+        setFatal(describeError(err));
+      });
+    return () => abort.abort();
+  }, [client, callId, backoff]);
+
+  // The event log is the live truth; the record (GetCall) fills in before the first event and
+  // knows the end of a call whose replay is still arriving.
+  const recordEnded = call !== undefined && isTerminal(call.status);
+  const status = model.terminal
+    ? model.status
+    : recordEnded
+      ? call.status
+      : model.status !== CallStatus.UNSPECIFIED
+        ? model.status
+        : (call?.status ?? CallStatus.UNSPECIFIED);
+  const ended = model.terminal || recordEnded;
+  useEffect(() => {
+    if (status !== CallStatus.UNSPECIFIED) onStatus?.(callId, status);
+  }, [callId, status, onStatus]);
+  const answeredAt = model.answeredAt ?? (call?.answeredAt ? timestampDate(call.answeredAt) : undefined);
+  const endedAt = model.endedAt ?? (call?.endedAt ? timestampDate(call.endedAt) : undefined);
+  const live = !ended && fatal === undefined;
+  const now = useNow(live && answeredAt !== undefined);
+  const seconds = talkSeconds(answeredAt, ended ? (endedAt ?? answeredAt) : endedAt, now);
+  const endReason = model.endReason || call?.endReason || "";
+  const summary = latencySummary(model.turns);
+  const p50 = summary?.p50 ?? (call?.turnLatencyP50Ms || undefined);
+  const p95 = summary?.p95 ?? (call?.turnLatencyP95Ms || undefined);
+
+  const hangUp = async (): Promise<void> => {
+    setHangUpState("pending");
+    setHangUpError(undefined);
+    try {
+      const res = await client.hangUpCall({ callId });
+      if (res.call) setCall(res.call);
+      setHangUpState("sent");
+    } catch (err) {
+      onRpcError(err);
+      setHangUpError(describeError(err));
+      setHangUpState("idle");
+    }
+  };
+
+  const number = call?.to ?? to ?? "";
+  const titleId = `${uid}-title`;
+  return (
+    <section
+      className="card call-view"
+      aria-labelledby={titleId}
+      data-testid="call-view"
+      data-call-id={callId}
+      data-status={CallStatus[status]}
+      data-ended={ended ? "true" : "false"}
+    >
+      <header className="call-head">
+        <div>
+          <h2 id={titleId} ref={headingRef} tabIndex={-1}>
+            {ended ? "Call" : "Live call"} {number !== "" ? `to ${number}` : ""}
+          </h2>
+          <p className="muted small">
+            <span className="mono">{callId}</span>
+            {call && <> · {backendLabel(call.backend)}</>}
+            {call?.emulated && <span className="tag tag--emulated"> emulated</span>}
+          </p>
+        </div>
+        <div className="call-head-actions">
+          <ConnectionBadge state={conn} ended={ended} fatal={fatal} />
+          {onClose && (
+            <button type="button" className="secondary" onClick={onClose}>
+              Close
+            </button>
+          )}
+        </div>
+      </header>
+
+      {fatal !== undefined && (
+        <p className="form-error" role="alert">
+          Cannot follow this call: {fatal}
+        </p>
+      )}
+
+      <ol className="timeline" aria-label="Call status">
+        {TIMELINE.map((s) => {
+          const step = model.statusHistory.find((h) => h.status === s);
+          const current = status === s && !ended;
+          return (
+            <li
+              key={s}
+              className={`step ${step ? "step--done" : ""} ${current ? "step--current" : ""}`}
+              aria-current={current ? "step" : undefined}
+            >
+              <span className="step-label">{statusLabel(s)}</span>
+              <span className="step-time">{step ? formatTime(step.time) : "—"}</span>
+            </li>
+          );
+        })}
+        <li
+          className={`step step--end ${ended ? `step--done step--${status === CallStatus.COMPLETED ? "ok" : "bad"}` : ""}`}
+          aria-current={ended ? "step" : undefined}
+          data-testid="end-step"
+        >
+          <span className="step-label">{ended ? statusLabel(status) : "Ended"}</span>
+          <span className="step-time">{ended ? formatTime(endedAt) : "—"}</span>
+          {ended && endReason !== "" && <span className="step-detail">{endReason}</span>}
+        </li>
+      </ol>
+
+      <div className="call-facts">
+        <dl>
+          <div>
+            <dt>Status</dt>
+            <dd data-testid="status-text">{statusLabel(status)}</dd>
+          </div>
+          <div>
+            <dt>Duration</dt>
+            <dd data-testid="duration" aria-live="off">
+              {seconds !== undefined ? formatDuration(seconds) : "not answered"}
+            </dd>
+          </div>
+          <div>
+            <dt>Placed</dt>
+            <dd>{formatDateTime(call?.createdAt ? timestampDate(call.createdAt) : model.firstEventAt)}</dd>
+          </div>
+          {p50 !== undefined && (
+            <div>
+              <dt>Turn latency</dt>
+              <dd>
+                p50 {p50} ms{p95 !== undefined ? ` · p95 ${p95} ms` : ""}
+              </dd>
+            </div>
+          )}
+        </dl>
+        {!ended && fatal === undefined && (
+          <div className="hangup">
+            <button type="button" className="danger" onClick={() => void hangUp()} disabled={hangUpState !== "idle"}>
+              {hangUpState === "pending" ? "Hanging up…" : hangUpState === "sent" ? "Hang-up sent" : "Hang up"}
+            </button>
+            {hangUpError !== undefined && (
+              <p className="field-error" role="alert">
+                {hangUpError}
+              </p>
+            )}
+          </div>
+        )}
+      </div>
+
+      <div className="call-body">
+        <Conversation entries={model.entries} live={live} />
+        <TurnTable turns={model.turns} />
+      </div>
+    </section>
+  );
+}
+
+function ConnectionBadge({ state, ended, fatal }: { state: WatchState; ended: boolean; fatal: string | undefined }) {
+  let text: string;
+  let cls: string;
+  if (fatal !== undefined || state.kind === "failed") {
+    text = "Not following";
+    cls = "badge--bad";
+  } else if (ended || state.kind === "ended") {
+    text = "Ended";
+    cls = "badge--idle";
+  } else if (state.kind === "live") {
+    text = "Live";
+    cls = "badge--live";
+  } else if (state.kind === "retrying") {
+    text = `Reconnecting in ${Math.ceil(state.delayMs / 1000)} s (attempt ${state.attempt})`;
+    cls = "badge--warn";
+  } else {
+    text = state.attempt > 0 ? "Reconnecting…" : "Connecting…";
+    cls = "badge--warn";
+  }
+  return (
+    <span className={`badge ${cls}`} role="status" title={state.kind === "retrying" ? state.reason : undefined}>
+      {text}
+    </span>
+  );
+}
+
+function Conversation({ entries, live }: { entries: readonly ChatEntry[]; live: boolean }) {
+  const listRef = useRef<HTMLOListElement>(null);
+  const stickToBottom = useRef(true);
+  useEffect(() => {
+    const el = listRef.current;
+    // Follow new lines only when the reader is already at the bottom: never yank them away from
+    // something they scrolled up to read.
+    if (el && stickToBottom.current) el.scrollTop = el.scrollHeight;
+  }, [entries.length]);
+  const transcripts = entries.filter((e) => e.kind === "transcript").length;
+  return (
+    <div className="conversation">
+      <h3>
+        Conversation <span className="muted small">({transcripts} lines)</span>
+      </h3>
+      {entries.length === 0 ? (
+        <p className="muted">{live ? "Waiting for the conversation to start…" : "Nothing was said on this call."}</p>
+      ) : (
+        <ol
+          ref={listRef}
+          className="chat"
+          role="log"
+          aria-live="polite"
+          aria-label="Conversation"
+          tabIndex={0}
+          onScroll={(e) => {
+            const el = e.currentTarget;
+            stickToBottom.current = el.scrollHeight - el.scrollTop - el.clientHeight < 40;
+          }}
+        >
+          {entries.map((e) => (
+            <ChatLine key={`${e.kind}-${e.sequence}`} entry={e} />
+          ))}
+        </ol>
+      )}
+    </div>
+  );
+}
+
+function ChatLine({ entry }: { entry: ChatEntry }) {
+  switch (entry.kind) {
+    case "transcript": {
+      const side = entry.speaker === Speaker.AGENT ? "agent" : entry.speaker === Speaker.CALLEE ? "callee" : "other";
+      return (
+        <li
+          className={`msg msg--${side}${entry.interrupted ? " msg--interrupted" : ""}`}
+          data-testid="transcript-line"
+          data-speaker={side}
+          data-sequence={entry.sequence.toString()}
+        >
+          <span className="msg-who">
+            {speakerLabel(entry.speaker)}
+            <span className="msg-time"> {formatTime(entry.time)}</span>
+          </span>
+          <span className="msg-text">
+            {entry.text}
+            {entry.interrupted ? "…" : ""}
+          </span>
+          {entry.interrupted && (
+            <span className="tag tag--interrupted" title="The callee interrupted; this is the part that was played.">
+              interrupted
+            </span>
+          )}
+        </li>
+      );
+    }
+    case "dtmf":
+      return (
+        <li className="sys sys--dtmf" data-testid="dtmf-line">
+          Callee pressed <kbd>{entry.digit}</kbd> <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "error":
+      return (
+        <li className="sys sys--error" data-testid="error-line">
+          <strong>Error</strong> <code>{entry.code}</code>: {entry.message}{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "notice":
+      return (
+        <li className="sys sys--notice" data-testid="notice-line">
+          <strong>Notice</strong> <code>{entry.code}</code>: {entry.message}{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "gap":
+      return (
+        <li className="sys sys--error">
+          Events {entry.from.toString()}–{entry.to.toString()} could not be loaded from the server.
+        </li>
+      );
+  }
+}
+
+function TurnTable({ turns }: { turns: CallViewModel["turns"] }) {
+  if (turns.length === 0) return null;
+  return (
+    <div className="turns">
+      <h3>Turn latencies</h3>
+      <table>
+        <caption className="sr-only">Agent response latency per turn, in milliseconds</caption>
+        <thead>
+          <tr>
+            <th scope="col">Turn</th>
+            <th scope="col">First audio sent</th>
+            <th scope="col">First audio heard</th>
+          </tr>
+        </thead>
+        <tbody>
+          {turns.map((t) => (
+            <tr key={t.sequence.toString()} data-testid="turn-row">
+              <td>{t.turnIndex + 1}</td>
+              <td>{t.firstAudioSentMs} ms</td>
+              <td>{t.firstAudioHeardMs > 0 ? `${t.firstAudioHeardMs} ms` : "—"}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}

@@ -1,0 +1,356 @@
+// "Place a call": validates before sending and puts server errors next to the field they concern.
+import { type FormEvent, useEffect, useId, useRef, useState } from "react";
+import { Backend, type PlaceCallResponse } from "../gen/voiceagent/v1/voice_agent_pb";
+import { E164_HELP, normalizePhone, validateE164 } from "../model/e164";
+import { BACKEND_CHOICES, backendLabel } from "../model/labels";
+import { type PlaceCallField, placeCallFieldError } from "../model/rpcErrors";
+import type { VoiceAgentClient } from "../rpc/client";
+
+type GreetingMode = "default" | "none" | "custom";
+
+/** Limits from the proto comments, checked before sending so the user gets the message at once. */
+const MAX_INSTRUCTIONS_BYTES = 16384;
+const MAX_VOICE_BYTES = 128;
+const MAX_GREETING_BYTES = 1000;
+const MIN_MAX_DURATION_S = 10;
+const MAX_MAX_DURATION_S = 4 * 3600;
+
+const VOICE_SUGGESTIONS = [
+  "alloy",
+  "ash",
+  "ballad",
+  "coral",
+  "echo",
+  "sage",
+  "shimmer",
+  "verse",
+  "marin",
+  "cedar",
+  "en-US-AriaNeural",
+  "en-US-JennyNeural",
+  "en-US-GuyNeural",
+];
+
+type Errors = Partial<Record<PlaceCallField | "form", string>>;
+
+const FIELD_ORDER: readonly (PlaceCallField | "form")[] = [
+  "to",
+  "backend",
+  "instructions",
+  "voice",
+  "greeting",
+  "max_duration",
+  "metadata",
+  "form",
+];
+
+function byteLength(s: string): number {
+  return new TextEncoder().encode(s).length;
+}
+
+/** Props of PlaceCallForm. */
+export interface PlaceCallFormProps {
+  readonly client: VoiceAgentClient;
+  readonly onPlaced: (response: PlaceCallResponse, to: string) => void;
+  readonly onRpcError: (err: unknown) => void;
+}
+
+/** The form that places a call. */
+export function PlaceCallForm({ client, onPlaced, onRpcError }: PlaceCallFormProps) {
+  const uid = useId();
+  const id = (name: string): string => `${uid}-${name}`;
+  const [to, setTo] = useState("");
+  const [backend, setBackend] = useState<Backend>(Backend.UNSPECIFIED);
+  const [instructions, setInstructions] = useState("");
+  const [voice, setVoice] = useState("");
+  const [greetingMode, setGreetingMode] = useState<GreetingMode>("default");
+  const [greeting, setGreeting] = useState("");
+  const [maxDuration, setMaxDuration] = useState("");
+  const [errors, setErrors] = useState<Errors>({});
+  const [submitting, setSubmitting] = useState(false);
+  const [moreOpen, setMoreOpen] = useState(false);
+  // Bumped when a failed submit should move focus to the first field in error (after rendering,
+  // so that a field inside the collapsed options is visible by then).
+  const [focusTick, setFocusTick] = useState(0);
+  const refs = useRef<Partial<Record<PlaceCallField, HTMLElement | null>>>({});
+
+  const showErrors = (errs: Errors): void => {
+    setErrors(errs);
+    if (hasAny(errs, ["instructions", "voice", "greeting", "max_duration"])) setMoreOpen(true);
+    setFocusTick((t) => t + 1);
+  };
+
+  useEffect(() => {
+    if (focusTick === 0) return;
+    const first = FIELD_ORDER.find((f) => errors[f] !== undefined && f !== "form");
+    if (first !== undefined && first !== "form") refs.current[first]?.focus();
+    // Only a new failed submit moves focus; typing (which changes nothing here) must not.
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [focusTick]);
+
+  const validate = (): Errors => {
+    const errs: Errors = {};
+    const phoneError = validateE164(normalizePhone(to));
+    if (phoneError !== null) errs.to = phoneError;
+    if (byteLength(instructions) > MAX_INSTRUCTIONS_BYTES) {
+      errs.instructions = `At most ${MAX_INSTRUCTIONS_BYTES} bytes (now ${byteLength(instructions)}).`;
+    }
+    if (byteLength(voice.trim()) > MAX_VOICE_BYTES) errs.voice = `At most ${MAX_VOICE_BYTES} bytes.`;
+    if (greetingMode === "custom") {
+      if (greeting.trim() === "") errs.greeting = "Type the greeting, or choose the default or none.";
+      else if (byteLength(greeting) > MAX_GREETING_BYTES) errs.greeting = `At most ${MAX_GREETING_BYTES} bytes.`;
+    }
+    if (maxDuration.trim() !== "") {
+      const n = Number(maxDuration);
+      if (!Number.isInteger(n) || n < MIN_MAX_DURATION_S || n > MAX_MAX_DURATION_S) {
+        errs.max_duration = `A whole number of seconds from ${MIN_MAX_DURATION_S} to ${MAX_MAX_DURATION_S}.`;
+      }
+    }
+    return errs;
+  };
+
+  const onSubmit = async (e: FormEvent<HTMLFormElement>): Promise<void> => {
+    e.preventDefault();
+    if (submitting) return;
+    const errs = validate();
+    if (Object.keys(errs).length > 0) {
+      showErrors(errs);
+      return;
+    }
+    setErrors({});
+    const number = normalizePhone(to);
+    setSubmitting(true);
+    try {
+      const response = await client.placeCall({
+        to: number,
+        backend,
+        instructions: instructions.trim(),
+        voice: voice.trim(),
+        // Unset = the server's default greeting; "" = no greeting (see PlaceCallRequest.greeting).
+        greeting: greetingMode === "default" ? undefined : greetingMode === "none" ? "" : greeting.trim(),
+        maxDuration: maxDuration.trim() === "" ? undefined : { seconds: BigInt(Number(maxDuration)), nanos: 0 },
+      });
+      setErrors({});
+      onPlaced(response, number);
+    } catch (err) {
+      onRpcError(err);
+      const fe = placeCallFieldError(err);
+      showErrors(fe.field === undefined ? { form: fe.message } : { [fe.field]: fe.message });
+    } finally {
+      setSubmitting(false);
+    }
+  };
+
+  const describedBy = (field: string, help?: boolean): string | undefined => {
+    const parts = [
+      help === true ? id(`${field}-help`) : "",
+      errors[field as PlaceCallField] ? id(`${field}-error`) : "",
+    ];
+    const joined = parts.filter((p) => p !== "").join(" ");
+    return joined === "" ? undefined : joined;
+  };
+
+  const fieldError = (field: PlaceCallField) =>
+    errors[field] !== undefined ? (
+      <p id={id(`${field}-error`)} className="field-error" data-testid={`error-${field}`}>
+        {errors[field]}
+      </p>
+    ) : null;
+
+  return (
+    <form className="card place-call" onSubmit={(e) => void onSubmit(e)} noValidate aria-labelledby={id("title")}>
+      <h2 id={id("title")}>Place a call</h2>
+
+      <div className="field">
+        <label htmlFor={id("to")}>Phone number</label>
+        <input
+          id={id("to")}
+          ref={(el) => {
+            refs.current.to = el;
+          }}
+          name="to"
+          type="tel"
+          inputMode="tel"
+          autoComplete="tel"
+          placeholder="+14155551212"
+          value={to}
+          required
+          aria-invalid={errors.to !== undefined}
+          aria-describedby={describedBy("to", true)}
+          onChange={(e) => setTo(e.target.value)}
+        />
+        <p id={id("to-help")} className="help">
+          {E164_HELP}
+        </p>
+        {fieldError("to")}
+      </div>
+
+      <div className="field">
+        <label htmlFor={id("backend")}>AI backend</label>
+        <select
+          id={id("backend")}
+          ref={(el) => {
+            refs.current.backend = el;
+          }}
+          name="backend"
+          value={backend}
+          aria-invalid={errors.backend !== undefined}
+          aria-describedby={describedBy("backend", true)}
+          onChange={(e) => setBackend(Number(e.target.value) as Backend)}
+        >
+          {BACKEND_CHOICES.map((b) => (
+            <option key={b} value={b}>
+              {backendLabel(b)}
+            </option>
+          ))}
+        </select>
+        <p id={id("backend-help")} className="help">
+          The server refuses a backend it has no credentials for.
+        </p>
+        {fieldError("backend")}
+      </div>
+
+      <details
+        className="more-options"
+        open={moreOpen}
+        onToggle={(e) => setMoreOpen((e.currentTarget as HTMLDetailsElement).open)}
+      >
+        <summary>Instructions, voice and greeting (optional)</summary>
+
+        <div className="field">
+          <label htmlFor={id("instructions")}>Instructions for the agent</label>
+          <textarea
+            id={id("instructions")}
+            ref={(el) => {
+              refs.current.instructions = el;
+            }}
+            name="instructions"
+            rows={4}
+            value={instructions}
+            placeholder="Empty: the server's default system prompt"
+            aria-invalid={errors.instructions !== undefined}
+            aria-describedby={describedBy("instructions")}
+            onChange={(e) => setInstructions(e.target.value)}
+          />
+          {fieldError("instructions")}
+        </div>
+
+        <div className="field">
+          <label htmlFor={id("voice")}>Voice</label>
+          <input
+            id={id("voice")}
+            ref={(el) => {
+              refs.current.voice = el;
+            }}
+            name="voice"
+            list={id("voices")}
+            value={voice}
+            placeholder="Empty: the server's default voice"
+            autoComplete="off"
+            aria-invalid={errors.voice !== undefined}
+            aria-describedby={describedBy("voice", true)}
+            onChange={(e) => setVoice(e.target.value)}
+          />
+          <datalist id={id("voices")}>
+            {VOICE_SUGGESTIONS.map((v) => (
+              <option key={v} value={v} />
+            ))}
+          </datalist>
+          <p id={id("voice-help")} className="help">
+            gpt-realtime voices (e.g. alloy) or Azure voice names (e.g. en-US-AriaNeural) for Voice Live.
+          </p>
+          {fieldError("voice")}
+        </div>
+
+        <fieldset className="field">
+          <legend>Greeting before the agent joins</legend>
+          <div className="radios">
+            {(
+              [
+                ["default", "Server default"],
+                ["none", "No greeting"],
+                ["custom", "Custom"],
+              ] as const
+            ).map(([mode, label]) => (
+              <label key={mode} className="radio">
+                <input
+                  type="radio"
+                  name={id("greeting-mode")}
+                  value={mode}
+                  checked={greetingMode === mode}
+                  onChange={() => setGreetingMode(mode)}
+                />
+                {label}
+              </label>
+            ))}
+          </div>
+          {greetingMode === "custom" && (
+            <>
+              <label htmlFor={id("greeting")}>Greeting text</label>
+              <input
+                id={id("greeting")}
+                ref={(el) => {
+                  refs.current.greeting = el;
+                }}
+                name="greeting"
+                value={greeting}
+                aria-invalid={errors.greeting !== undefined}
+                aria-describedby={describedBy("greeting")}
+                onChange={(e) => setGreeting(e.target.value)}
+              />
+            </>
+          )}
+          {fieldError("greeting")}
+        </fieldset>
+
+        <div className="field">
+          <label htmlFor={id("max_duration")}>Maximum duration (seconds)</label>
+          <input
+            id={id("max_duration")}
+            ref={(el) => {
+              refs.current.max_duration = el;
+            }}
+            name="max_duration"
+            type="number"
+            inputMode="numeric"
+            min={MIN_MAX_DURATION_S}
+            max={MAX_MAX_DURATION_S}
+            step={1}
+            value={maxDuration}
+            placeholder="Empty: the server's limit"
+            aria-invalid={errors.max_duration !== undefined}
+            aria-describedby={describedBy("max_duration")}
+            onChange={(e) => setMaxDuration(e.target.value)}
+          />
+          {fieldError("max_duration")}
+        </div>
+      </details>
+
+      {errors.metadata !== undefined && (
+        <p className="field-error" data-testid="error-metadata">
+          Metadata: {errors.metadata}
+        </p>
+      )}
+      {errors.form !== undefined && (
+        <p className="form-error" role="alert" data-testid="error-form">
+          {errors.form}
+        </p>
+      )}
+      {Object.keys(errors).length > 0 && errors.form === undefined && (
+        <p className="sr-only" role="alert">
+          The call was not placed: please correct the highlighted field.
+        </p>
+      )}
+
+      <div className="actions">
+        <button type="submit" className="primary" disabled={submitting}>
+          {submitting ? "Placing call…" : "Place call"}
+        </button>
+      </div>
+    </form>
+  );
+}
+
+function hasAny(errors: Errors, fields: readonly PlaceCallField[]): boolean {
+  return fields.some((f) => errors[f] !== undefined);
+}

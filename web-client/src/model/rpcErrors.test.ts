@@ -1,0 +1,57 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { describe, expect, it } from "vitest";
+import { describeError, isUnauthenticated, placeCallFieldError } from "./rpcErrors";
+
+describe("placeCallFieldError", () => {
+  it("maps the field the server names first", () => {
+    const e = placeCallFieldError(
+      new ConnectError("to: must be E.164: '+' then 8 to 15 digits, e.g. +14155551212", Code.InvalidArgument),
+    );
+    expect(e).toEqual({
+      field: "to",
+      message: "must be E.164: '+' then 8 to 15 digits, e.g. +14155551212",
+      code: Code.InvalidArgument,
+    });
+    expect(placeCallFieldError(new ConnectError("max_duration: at least 10s", Code.InvalidArgument)).field).toBe(
+      "max_duration",
+    );
+    expect(placeCallFieldError(new ConnectError("greeting: at most 1000 bytes", Code.InvalidArgument)).field).toBe(
+      "greeting",
+    );
+    expect(placeCallFieldError(new ConnectError("metadata.key: too long", Code.InvalidArgument)).field).toBe(
+      "metadata",
+    );
+  });
+
+  it("puts a backend refusal next to the backend field", () => {
+    const e = placeCallFieldError(
+      new ConnectError("gpt-realtime backend is not configured (set OPENAI_API_KEY)", Code.FailedPrecondition),
+    );
+    expect(e.field).toBe("backend");
+    expect(e.message).toContain("not configured");
+  });
+
+  it("puts a provider refusal of the number next to the number", () => {
+    const e = placeCallFieldError(
+      new ConnectError("twilio 21211: The 'To' number +15005550001 is not a valid phone number.", Code.InvalidArgument),
+    );
+    expect(e.field).toBe("to");
+  });
+
+  it("keeps other failures for the whole form", () => {
+    const e = placeCallFieldError(new ConnectError("twilio unreachable", Code.Unavailable));
+    expect(e.field).toBeUndefined();
+    expect(e.message).toContain("twilio unreachable");
+    expect(placeCallFieldError(new ConnectError("unknown: field", Code.InvalidArgument)).field).toBeUndefined();
+    expect(placeCallFieldError(new TypeError("Failed to fetch")).field).toBeUndefined();
+  });
+});
+
+describe("describeError", () => {
+  it("names the code and keeps the server's words", () => {
+    expect(describeError(new ConnectError("bad token", Code.Unauthenticated))).toContain("API token");
+    expect(describeError(new ConnectError("call x not found", Code.NotFound))).toBe("Not found: call x not found");
+    expect(isUnauthenticated(new ConnectError("x", Code.Unauthenticated))).toBe(true);
+    expect(isUnauthenticated(new Error("x"))).toBe(false);
+  });
+});

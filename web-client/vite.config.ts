@@ -1,0 +1,24 @@
+import react from "@vitejs/plugin-react";
+import { defineConfig } from "vitest/config";
+
+// The Rust server serves grpc-web and this UI on one origin (default http://127.0.0.1:8000).
+// For UI work, `npm run dev` serves the UI from Vite and forwards the RPC paths to that server,
+// so the browser still talks to one origin. VOICE_AGENT_URL overrides the target.
+const target = process.env.VOICE_AGENT_URL ?? "http://127.0.0.1:8000";
+const proxy = {
+  "/voiceagent.v1.VoiceAgentService": { target, changeOrigin: true },
+};
+
+export default defineConfig({
+  plugins: [react()],
+  // Relative asset URLs keep the build working wherever the server mounts it.
+  base: "./",
+  build: { outDir: "dist", emptyOutDir: true, sourcemap: false },
+  server: { host: "127.0.0.1", port: 5173, proxy },
+  preview: { host: "127.0.0.1", port: 4173, proxy },
+  test: {
+    environment: "jsdom",
+    include: ["src/**/*.test.{ts,tsx}"],
+    restoreMocks: true,
+  },
+});
