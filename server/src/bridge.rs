@@ -39,6 +39,10 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 /// Spoken when the AI cannot be reached or fails for good.
 pub const APOLOGY: &str = "Sorry, our assistant is not available right now. Please try again later. Goodbye.";
+/// Spoken when the call reaches its maximum duration.
+pub const TIME_LIMIT_GOODBYE: &str = "We have reached the time limit for this call. Thank you for your time. Goodbye.";
+/// How long reconnecting to a dropped AI may take (issue: within 2 s).
+pub const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs the media side of one call on an upgraded Twilio WebSocket.
 pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSocket) {
@@ -100,7 +104,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
     let tw_writer = tokio::spawn(twilio_writer(tw_sink, stream_sid.clone(), tw_ctrl_rx, tw_data_rx));
     let (ai_sink, ai_stream) = ai.split();
     let (ai_tx, ai_rx) = mpsc::channel(256);
-    let ai_writer = tokio::spawn(ai_writer(ai_sink, ai_rx));
+    let ai_writer_task = tokio::spawn(ai_writer(ai_sink, ai_rx));
 
     let mode = state.config.audio_mode;
     let bridge = MediaBridge {
@@ -128,11 +132,16 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         turn: None,
         turns: 0,
         hangup_requested: false,
+        history: Vec::new(),
+        ai_writers: vec![ai_writer_task],
+        reconnected: false,
     };
-    let outcome = bridge.run(tw_stream, ai_stream).await;
+    let (outcome, ai_writers) = bridge.run(tw_stream, ai_stream).await;
     // Writers end when their channels close (the bridge dropped its senders);
     // bound the wait so no task outlives the call by more than a moment.
-    let _ = tokio::time::timeout(Duration::from_secs(1), ai_writer).await;
+    for w in ai_writers {
+        let _ = tokio::time::timeout(Duration::from_secs(1), w).await;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(1), tw_writer).await;
     tracing::info!(call_id = %id, ?outcome, "media bridge ended");
 }
@@ -342,6 +351,7 @@ enum Outcome {
     AiClosed,
     AiFatal,
     AgentHungUp,
+    TimeLimit,
 }
 
 /// The actor that owns one call's two sockets.
@@ -372,6 +382,12 @@ struct MediaBridge {
     turn: Option<Turn>,
     turns: u32,
     hangup_requested: bool,
+    /// Transcripts published so far, to restore the conversation on a new AI session.
+    history: Vec<(Speaker, String)>,
+    /// Writer tasks of every AI socket opened (the first, and a reconnect's).
+    ai_writers: Vec<tokio::task::JoinHandle<()>>,
+    /// The AI socket was re-opened once already.
+    reconnected: bool,
 }
 
 impl MediaBridge {
@@ -400,15 +416,19 @@ impl MediaBridge {
         mut self,
         mut tw_stream: futures_util::stream::SplitStream<WebSocket>,
         mut ai_stream: futures_util::stream::SplitStream<RealtimeSocket>,
-    ) -> Outcome {
+    ) -> (Outcome, Vec<tokio::task::JoinHandle<()>>) {
         // Configure the session, then let the agent speak first.
         let session = protocol::session_update(self.dialect, &self.session_config());
         self.ai_send(session).await;
         self.ai_send(protocol::response_create(None)).await;
+        // The provider's TimeLimit is a little longer (grpc.rs), so the callee
+        // hears a goodbye rather than a click when the time is up.
+        let limit = tokio::time::Instant::now() + Duration::from_secs(self.record.max_duration_secs);
 
         let outcome = loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => break Outcome::Cancelled,
+                _ = tokio::time::sleep_until(limit) => break Outcome::TimeLimit,
                 msg = tw_stream.next() => match msg {
                     None => break Outcome::TwilioClosed,
                     Some(Err(e)) => {
@@ -429,7 +449,10 @@ impl MediaBridge {
                     Some(Ok(_)) => {}
                 },
                 msg = ai_stream.next() => match msg {
-                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => break Outcome::AiClosed,
+                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => match self.reconnect().await {
+                        Some(stream) => ai_stream = stream,
+                        None => break Outcome::AiClosed,
+                    },
                     Some(Ok(AiMessage::Text(text))) => {
                         if let Some(o) = self.on_ai(&text).await {
                             break o;
@@ -453,12 +476,95 @@ impl MediaBridge {
             Outcome::AiFatal => {
                 end_with_apology(&self.state, &self.record, "the AI reported a fatal error").await;
             }
+            Outcome::TimeLimit => {
+                let _ = self
+                    .state
+                    .hub
+                    .update(self.id(), |r| {
+                        if r.end_reason.is_empty() {
+                            r.end_reason = format!("the call reached its maximum duration ({} s)", r.max_duration_secs);
+                        }
+                        vec![]
+                    })
+                    .await;
+                let sid = self
+                    .state
+                    .hub
+                    .get(self.id())
+                    .await
+                    .map(|r| r.provider_call_id)
+                    .unwrap_or_default();
+                if let Err(e) = self.state.telephony.say_and_hang_up(&sid, TIME_LIMIT_GOODBYE).await {
+                    self.event(EventKind::Error {
+                        code: "telephony_error".into(),
+                        message: format!("the time-limit goodbye failed: {e}"),
+                    })
+                    .await;
+                }
+            }
             Outcome::Cancelled | Outcome::TwilioClosed | Outcome::TwilioStopped | Outcome::AgentHungUp => {}
         }
         if self.malformed > 0 {
             tracing::warn!(call_id = %self.id(), count = self.malformed, "malformed media messages were ignored");
         }
-        outcome
+        let writers = std::mem::take(&mut self.ai_writers);
+        (outcome, writers)
+    }
+
+    /// The AI socket dropped: open a new one once, within [`RECONNECT_WITHIN`],
+    /// with the same instructions and the conversation so far.
+    async fn reconnect(&mut self) -> Option<futures_util::stream::SplitStream<RealtimeSocket>> {
+        if self.reconnected || self.cancel.is_cancelled() {
+            return None;
+        }
+        self.reconnected = true;
+        let started = Instant::now();
+        let connect = self.state.realtime.connect(self.record.backend);
+        let (socket, dialect) = match tokio::time::timeout(RECONNECT_WITHIN, connect).await {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                tracing::warn!(call_id = %self.id(), error = %e, "reconnecting to the AI failed");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let (sink, stream) = socket.split();
+        let (tx, rx) = mpsc::channel(256);
+        self.ai_writers.push(tokio::spawn(ai_writer(sink, rx)));
+        self.ai_tx = tx;
+        self.dialect = dialect;
+        // What the old session was saying is over: keep what was heard.
+        self.active_response = None;
+        self.current_item = None;
+        self.turn = None;
+        for item in self.items.values_mut() {
+            if item.heard_bytes < item.sent_bytes || !item.audio_done {
+                item.interrupted = true;
+                item.audio_done = true;
+                item.transcript_done = true;
+            }
+        }
+        self.flush_transcripts().await;
+        self.ai_send(protocol::session_update(dialect, &self.session_config()))
+            .await;
+        for (speaker, text) in self.history.clone() {
+            let role = if speaker == Speaker::Agent { "assistant" } else { "user" };
+            self.ai_send(protocol::restore_item(dialect, role, &text)).await;
+        }
+        // The agent owes an answer if the callee spoke last (or nobody yet).
+        if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
+            self.ai_send(protocol::response_create(None)).await;
+        }
+        self.event(EventKind::Notice {
+            code: "ai_reconnected".into(),
+            message: format!(
+                "the AI connection dropped and was re-established in {} ms with the conversation so far ({} turns)",
+                started.elapsed().as_millis(),
+                self.history.len()
+            ),
+        })
+        .await;
+        Some(stream)
     }
 
     async fn on_malformed(&mut self, what: &str) {
@@ -837,6 +943,7 @@ impl MediaBridge {
             let Some(slot) = self.order.pop_front() else { break };
             let text = slot.text.unwrap_or_default();
             if !text.is_empty() {
+                self.history.push((slot.speaker, text.clone()));
                 publish(
                     &self.state,
                     &self.record.call_id,

@@ -34,6 +34,9 @@ pub const MAX_METADATA_VALUE: usize = 512;
 /// Bounds of `max_duration`.
 pub const MAX_DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(4 * 3600));
 
+/// How much longer than `max_duration` the provider's own limit is.
+pub const TIME_LIMIT_MARGIN: Duration = Duration::from_secs(15);
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct VoiceAgent {
@@ -277,7 +280,9 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             twiml_url: format!("{public}/twilio/twiml?call_id={id}"),
             status_callback_url: format!("{public}/twilio/status?call_id={id}"),
             ring_timeout: state.config.ring_timeout,
-            time_limit: call.max_duration,
+            // A margin over max_duration: the bridge says goodbye at the limit
+            // itself; Twilio's hard TimeLimit is only the backstop.
+            time_limit: call.max_duration + TIME_LIMIT_MARGIN,
         };
         match state.telephony.dial(&dial).await {
             Ok(dialed) => {

@@ -465,7 +465,10 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     assert_eq!(first.sequence, 1);
     let started = std::time::Instant::now();
     server.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(8), "stopped within the grace period");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stopped within the grace period"
+    );
     // The stream ends (it does not hang), having delivered what was stored.
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         let mut n = 0;

@@ -626,3 +626,205 @@ async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
     );
     server.stop().await;
 }
+
+async fn server_with_ai(
+    emulator: voice_agent_server::emulator::realtime::RealtimeEmulatorConfig,
+) -> (
+    TestServer,
+    voice_agent_server::emulator::realtime::RealtimeEmulatorHandle,
+) {
+    let emu = voice_agent_server::emulator::realtime::start(emulator).await.unwrap();
+    let mut config = Config::for_tests();
+    config.voice_live = Some(voice_agent_server::config::VoiceLiveConfig {
+        endpoint: emu.url_base(),
+        api_version: "2025-10-01".into(),
+        model: "gpt-realtime".into(),
+        api_key: Some(voice_agent_server::config::Secret::new(emu.api_key())),
+    });
+    (TestServer::with_config(config).await, emu)
+}
+
+fn notices(events: &[pb::CallEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Notice(n)) => Some(n.code.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn ai_drop_mid_call_reconnects_once_with_the_conversation() {
+    let (server, emu) = server_with_ai(voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+        drop_after_responses: Some(2),
+        drop_sessions: 1,
+        ..Default::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        ..place("+15550100")
+    };
+    let (_, events) = call_and_watch(&mut client, req, LIMIT).await;
+    assert!(
+        notices(&events).contains(&"ai_reconnected".to_string()),
+        "{:?}",
+        notices(&events)
+    );
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+    let sessions = emu.sessions();
+    assert_eq!(sessions.len(), 2, "one reconnect");
+    // The new session got the instructions and the conversation so far.
+    assert!(sessions[1].session_update.is_some());
+    let restored = sessions[1]
+        .received
+        .iter()
+        .filter(|t| *t == "conversation.item.create")
+        .count();
+    assert!(restored >= 2, "restored turns: {:?}", sessions[1].received);
+    // The conversation went on to the end after the reconnect.
+    let lines = transcripts(&events);
+    assert!(lines.iter().any(|(_, t, _)| t.contains("Goodbye")), "{lines:?}");
+    server.stop().await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn ai_drop_without_recovery_apologises_and_ends() {
+    let (server, emu) = server_with_ai(voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+        drop_after_responses: Some(1),
+        ..Default::default()
+    })
+    .await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        ..place("+15550100")
+    };
+    let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
+    let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
+    assert!(codes.contains(&"ai_disconnected".to_string()), "{codes:?}");
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    assert!(
+        report.said.iter().any(|s| s == voice_agent_server::bridge::APOLOGY),
+        "{:?}",
+        report.said
+    );
+    assert_eq!(emu.sessions().len(), 2, "one reconnect was tried");
+    server.stop().await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn max_duration_ends_the_call_with_a_spoken_goodbye() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        max_duration: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+        ..place("+15550100")
+    };
+    let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    assert!(
+        report
+            .said
+            .iter()
+            .any(|s| s == voice_agent_server::bridge::TIME_LIMIT_GOODBYE),
+        "{:?}",
+        report.said
+    );
+    let call = client
+        .get_call(pb::GetCallRequest {
+            call_id: placed.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert!(call.end_reason.contains("maximum duration"), "{}", call.end_reason);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn end_call_waits_for_the_goodbye_and_turns_are_measured() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (placed, events) = call_and_watch(&mut client, place("+15550100"), LIMIT).await;
+    let call = client
+        .get_call(pb::GetCallRequest {
+            call_id: placed.call_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert_eq!(call.end_reason, "the agent ended the call");
+    // The goodbye was heard in full before the hang-up.
+    let lines = transcripts(&events);
+    let last = lines.last().unwrap();
+    assert_eq!(last.0, pb::Speaker::Agent);
+    assert_eq!(last.1, voice_agent_server::emulator::realtime::AGENT_LINES[3]);
+    assert!(!last.2, "not cut off");
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    let stream = report.stream().unwrap();
+    let marks = stream.marks_echoed.iter().filter(|m| !m.cleared).count();
+    assert_eq!(marks, stream.marks_echoed.len(), "no mark was flushed by a hang-up");
+    assert_eq!(
+        stream.audio_received_bytes as usize,
+        stream.heard_bytes().len(),
+        "everything sent was played before the call ended"
+    );
+
+    // One turn metric per callee turn, consistent with the emulator: the AI
+    // answers at once (sent soon after speech_stopped) and the first mark comes
+    // back after the first 100 ms chunk played.
+    let turns: Vec<&pb::TurnMetrics> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Turn(t)) => Some(t),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(turns.len(), 3, "{turns:?}");
+    for (i, t) in turns.iter().enumerate() {
+        assert_eq!(t.turn_index as usize, i);
+        assert!(t.first_audio_sent_ms <= t.first_audio_heard_ms, "{t:?}");
+        assert!(
+            t.first_audio_heard_ms >= 100,
+            "the first 100 ms chunk has to play first: {t:?}"
+        );
+        assert!(t.first_audio_heard_ms < 2000, "{t:?}");
+    }
+    assert!(call.turn_latency_p50_ms <= call.turn_latency_p95_ms);
+    let mut sent: Vec<u32> = turns.iter().map(|t| t.first_audio_sent_ms).collect();
+    sent.sort();
+    assert_eq!(call.turn_latency_p95_ms, *sent.last().unwrap());
+    server.stop().await;
+}

@@ -82,6 +82,8 @@ pub struct RealtimeEmulatorConfig {
     pub refuse_session: bool,
     /// Close the socket abruptly after this many finished responses.
     pub drop_after_responses: Option<usize>,
+    /// How many sessions (the first ones) `drop_after_responses` applies to.
+    pub drop_sessions: usize,
     /// After the last agent line, call the `end_call` tool.
     pub end_call_after_last_line: bool,
     /// How much faster than real time agent audio is streamed.
@@ -97,6 +99,7 @@ impl Default for RealtimeEmulatorConfig {
             reject_auth: false,
             refuse_session: false,
             drop_after_responses: None,
+            drop_sessions: usize::MAX,
             end_call_after_last_line: true,
             speed: 4.0,
         }
@@ -250,13 +253,13 @@ async fn upgrade(
         dialect: Some(dialect),
         ..Default::default()
     }));
-    shared
-        .sessions
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(report.clone());
+    let index = {
+        let mut sessions = shared.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.push(report.clone());
+        sessions.len() - 1
+    };
     ws.on_upgrade(move |socket| async move {
-        Session::new(dialect, shared.config.clone(), report)
+        Session::new(dialect, shared.config.clone(), report, index)
             .run(socket, shared.shutdown.clone())
             .await;
     })
@@ -303,10 +306,17 @@ struct Session {
     item_audio_ms: HashMap<String, u64>,
     responses_done: usize,
     drop_now: bool,
+    /// Position of this session among all the emulator served.
+    index: usize,
 }
 
 impl Session {
-    fn new(dialect: Dialect, config: Arc<RealtimeEmulatorConfig>, report: Arc<Mutex<SessionReport>>) -> Self {
+    fn new(
+        dialect: Dialect,
+        config: Arc<RealtimeEmulatorConfig>,
+        report: Arc<Mutex<SessionReport>>,
+        index: usize,
+    ) -> Self {
         Self {
             dialect,
             names: server_names(dialect),
@@ -333,6 +343,7 @@ impl Session {
             item_audio_ms: HashMap::new(),
             responses_done: 0,
             drop_now: false,
+            index,
         }
     }
 
@@ -522,6 +533,12 @@ impl Session {
                     );
                     return;
                 };
+                // A restored conversation (after a reconnect) moves the script on.
+                match item.get("role").and_then(Value::as_str) {
+                    Some("user") => self.utterances += 1,
+                    Some("assistant") => self.lines_spoken += 1,
+                    _ => {}
+                }
                 let id = self.id("item");
                 let mut item = item.clone();
                 item["id"] = json!(id);
@@ -846,7 +863,7 @@ impl Session {
         self.responses_done += 1;
         let n = self.responses_done;
         self.report(|r| r.responses = n);
-        if self.config.drop_after_responses.is_some_and(|limit| n >= limit) {
+        if self.index < self.config.drop_sessions && self.config.drop_after_responses.is_some_and(|limit| n >= limit) {
             self.drop_now = true;
         }
     }
