@@ -11,7 +11,9 @@ use voice_agent_server::realtime::protocol;
 use voice_agent_server::telephony::twilio::media;
 
 fn frame_ulaw() -> Vec<u8> {
-    (0..160).map(|i| linear_to_ulaw(((i as f64 * 0.3).sin() * 8000.0) as i16)).collect()
+    (0..160)
+        .map(|i| linear_to_ulaw(((i as f64 * 0.3).sin() * 8000.0) as i16))
+        .collect()
 }
 
 fn audio(c: &mut Criterion) {
@@ -24,7 +26,12 @@ fn audio(c: &mut Criterion) {
         b.iter(|| black_box(&ulaw).iter().map(|&x| ulaw_to_linear(x) as i32).sum::<i32>())
     });
     g.bench_function("mu-law encode 160 samples", |b| {
-        b.iter(|| black_box(&linear).iter().map(|&s| linear_to_ulaw(s) as u32).sum::<u32>())
+        b.iter(|| {
+            black_box(&linear)
+                .iter()
+                .map(|&s| linear_to_ulaw(s) as u32)
+                .sum::<u32>()
+        })
     });
     let mut up = Upsampler3::new();
     let mut out = Vec::with_capacity(1024);
@@ -69,7 +76,9 @@ fn messages(c: &mut Criterion) {
         r#"{{"type":"response.output_audio.delta","event_id":"event_1","response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,"delta":"{delta_payload}"}}"#
     );
     let mut g = c.benchmark_group("messages");
-    g.bench_function("parse Twilio media", |b| b.iter(|| media::parse_inbound(black_box(&twilio_media))));
+    g.bench_function("parse Twilio media", |b| {
+        b.iter(|| media::parse_inbound(black_box(&twilio_media)))
+    });
     g.bench_function("build Twilio media", |b| {
         b.iter(|| media::media_message(black_box("MZ00000000000000000000000000000001"), black_box(&payload)))
     });
