@@ -222,3 +222,23 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("E.164"), "{stderr}");
 }
+
+#[test]
+fn load_generator_quick_mode_runs() {
+    // Not a benchmark (no timing is asserted): it proves the load generator
+    // still drives calls end to end and loses no frame, so it cannot rot.
+    let out = Command::new(binary("loadgen"))
+        .arg("--quick")
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| transcode | 3 |") && stdout.contains("| passthrough | 3 |"),
+        "{stdout}"
+    );
+}
