@@ -11,8 +11,9 @@ const proxy = {
 
 export default defineConfig({
   plugins: [react()],
-  // Relative asset URLs keep the build working wherever the server mounts it.
-  base: "./",
+  // Absolute asset URLs: the server also answers deep links such as /calls/<id> with index.html,
+  // whose assets must still load from /assets/.
+  base: "/",
   build: { outDir: "dist", emptyOutDir: true, sourcemap: false },
   server: { host: "127.0.0.1", port: 5173, proxy },
   preview: { host: "127.0.0.1", port: 4173, proxy },

@@ -60,6 +60,8 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         Ok(ok) => ok,
         Err(why) => {
             tracing::warn!(call_id = %id, why = %why.message, "media stream refused");
+            // Closing the stream ends Twilio's <Connect> and so the call: keep why.
+            note_end_reason(&state, &id, &why.message).await;
             publish(
                 &state,
                 &id,
@@ -199,6 +201,22 @@ async fn wait_for_start(
             Ok(_) => {}
             Err(_) => malformed += 1,
         }
+    }
+}
+
+/// Records why the call is about to end, unless a reason is already set.
+async fn note_end_reason(state: &AppState, id: &CallId, reason: &str) {
+    let result = state
+        .hub
+        .update(id, |r| {
+            if r.end_reason.is_empty() {
+                r.end_reason = reason.to_string();
+            }
+            vec![]
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, "end reason not stored");
     }
 }
 
@@ -433,9 +451,11 @@ impl MediaBridge {
                     None => break Outcome::TwilioClosed,
                     Some(Err(e)) => {
                         // Includes messages over the 1 MiB limit.
+                        let message = format!("the media stream failed: {e}");
+                        note_end_reason(&self.state, self.id(), &message).await;
                         self.event(EventKind::Error {
                             code: "media_socket_error".into(),
-                            message: format!("the media stream failed: {e}"),
+                            message,
                         }).await;
                         break Outcome::TwilioClosed;
                     }

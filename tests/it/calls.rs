@@ -828,3 +828,56 @@ async fn end_call_waits_for_the_goodbye_and_turns_are_measured() {
     assert_eq!(call.turn_latency_p95_ms, *sent.last().unwrap());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn oversized_media_messages_close_the_stream_and_the_record_says_why() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut config = Config::for_tests();
+    config.ring_timeout = Duration::from_secs(8);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+    let id = voice_agent_server::call::CallId::parse(&placed.call_id).unwrap();
+    let secret = server.state.hub.get(&id).await.unwrap().stream_secret;
+    let mut ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, &secret).await;
+    let big = format!(r#"{{"event":"media","media":{{"payload":"{}"}}}}"#, "A".repeat(1 << 20));
+    let _ = ws.send(Message::Text(big.into())).await;
+    assert!(closed_by_server(&mut ws).await, "a message over 1 MiB closes the socket");
+    let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
+    let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
+    assert!(codes.contains(&"media_socket_error".to_string()), "{codes:?}");
+    let rec = server.state.hub.get(&id).await.unwrap();
+    assert!(rec.end_reason.contains("media stream failed"), "{}", rec.end_reason);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_start_within_10_s_closes_the_stream() {
+    let mut config = Config::for_tests();
+    config.ring_timeout = Duration::from_secs(20);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+    let url = format!("ws://{}/ws/media/{}", server.addr, placed.call_id);
+    let token = server.state.twilio_auth_token.expose().to_string();
+    let signature = voice_agent_server::telephony::twilio::signature::compute(&token, &url, &[]);
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+    req.headers_mut().insert("x-twilio-signature", signature.parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // Say nothing: the server gives up after 10 s.
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        use futures_util::StreamExt;
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "closed within 15 s");
+    let id = voice_agent_server::call::CallId::parse(&placed.call_id).unwrap();
+    let rec = server.state.hub.get(&id).await.unwrap();
+    assert!(rec.end_reason.contains("no 'start'"), "{}", rec.end_reason);
+    server.stop().await;
+}

@@ -250,3 +250,15 @@ describe("API token", () => {
     expect(screen.queryByRole("alert")).toBeNull();
   });
 });
+
+describe("deep links", () => {
+  it("opens the call named in a /calls/<id> path", async () => {
+    const auth = new AuthStore(window.sessionStorage);
+    const fake = new FakeVoiceAgent({ seedCalls: 2 });
+    window.history.replaceState(null, "", "/calls/call-0001");
+    render(<App client={voiceAgentClient(fake.transport())} auth={auth} />);
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"));
+    expect(callView().dataset.callId).toBe("call-0001");
+    expect(window.location.pathname + window.location.hash).toBe("/#/calls/call-0001");
+  });
+});

@@ -2,14 +2,32 @@
 import { useCallback, useEffect, useState } from "react";
 
 const CALL_HASH = /^#\/calls\/([^/?#]+)$/;
+const CALL_PATH = /^\/calls\/([^/?#]+)\/?$/;
+
+/** A deep link in path form (/calls/<id>, which the server answers with index.html) becomes the hash form. */
+function adoptPathLink(): void {
+  const m = CALL_PATH.exec(window.location.pathname);
+  if (m?.[1] !== undefined && window.location.hash === "") {
+    window.history.replaceState(null, "", `/${window.location.search}#/calls/${m[1]}`);
+  }
+}
 
 /** Call id from the location hash (`#/calls/<id>`), so a call view can be bookmarked and reloaded. */
 export function useHashCallId(): [string | undefined, (id: string | undefined) => void] {
   const read = (): string | undefined => {
     const m = CALL_HASH.exec(window.location.hash);
-    return m?.[1] !== undefined ? decodeURIComponent(m[1]) : undefined;
+    if (m?.[1] === undefined) return undefined;
+    try {
+      return decodeURIComponent(m[1]);
+    } catch {
+      // A hand-edited hash with a broken %-escape: show no call rather than crash the page.
+      return undefined;
+    }
   };
-  const [id, setId] = useState<string | undefined>(read);
+  const [id, setId] = useState<string | undefined>(() => {
+    adoptPathLink();
+    return read();
+  });
   useEffect(() => {
     const onChange = (): void => setId(read());
     window.addEventListener("hashchange", onChange);
