@@ -21,7 +21,7 @@ cargo test --workspace
 
 if [ -f web-client/package.json ]; then
   step "web client: install, generated code up to date, proto lint, type check, build, component tests"
-  (cd web-client && npm ci --no-audit --no-fund && npm run check-generated && npm run lint-proto && npm run build && npm test)
+  (cd web-client && npm ci --no-audit --no-fund && npm run ci)
 
   step "web client: end-to-end in headless Chromium against the real server"
   bash tests/e2e-web.sh
