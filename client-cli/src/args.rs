@@ -51,10 +51,17 @@ pub fn parse_key_value(input: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Where the server listens unless told otherwise (its HOST:PORT defaults).
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8000";
+
 /// Parses `--server`: an `http://` or `https://` URL; a bare `host:port`
 /// means `http://host:port` (the server speaks cleartext HTTP/2 by default).
 pub fn parse_server(input: &str) -> Result<String, String> {
     let text = input.trim();
+    if text.is_empty() {
+        // An empty VOICE_AGENT_SERVER in the environment means "not set".
+        return Ok(DEFAULT_SERVER.to_string());
+    }
     let url = if text.contains("://") {
         text.to_string()
     } else {
@@ -125,6 +132,7 @@ mod tests {
         assert!(parse_server("ftp://x").is_err());
         assert!(parse_server("http://host:8000/prefix").is_err());
         assert!(parse_server("http://").is_err());
+        assert_eq!(parse_server(""), Ok(DEFAULT_SERVER.into()));
         assert!(parse_server("http://host?x=1").is_err());
     }
 

@@ -67,7 +67,22 @@ pub fn connect(server: &str, token: Option<&str>) -> Result<Client, String> {
 /// `NOT_FOUND: call abc does not exist` — the gRPC code as its canonical
 /// name (what grpcurl and the gRPC docs use), then the message on one line.
 pub fn describe_status(status: &tonic::Status) -> String {
-    let message = crate::render::sanitize(status.message().trim());
+    let mut message = status.message().trim().to_string();
+    // Transport failures carry the useful part ("Connection refused") only
+    // in the source chain, e.g. "tcp connect error" → io::Error.
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !message.contains(&text) {
+            message = if message.is_empty() {
+                text
+            } else {
+                format!("{message}: {text}")
+            };
+        }
+        source = cause.source();
+    }
+    let message = crate::render::sanitize(&message);
     if message.is_empty() {
         code_name(status.code()).to_string()
     } else {
@@ -134,6 +149,13 @@ mod tests {
             "INVALID_ARGUMENT: to: expected E.164 like +14155551212"
         );
         assert_eq!(describe_status(&tonic::Status::unauthenticated("")), "UNAUTHENTICATED");
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let mut s = tonic::Status::unavailable("tcp connect error");
+        s.set_source(std::sync::Arc::new(refused));
+        assert_eq!(
+            describe_status(&s),
+            "UNAVAILABLE: tcp connect error: Connection refused"
+        );
     }
 
     #[tokio::test]

@@ -35,7 +35,7 @@ struct Cli {
         long,
         global = true,
         env = "VOICE_AGENT_SERVER",
-        default_value = "http://127.0.0.1:8000",
+        default_value = args::DEFAULT_SERVER,
         value_parser = args::parse_server
     )]
     server: String,
@@ -142,6 +142,9 @@ impl From<BackendArg> for pb::Backend {
     }
 }
 
+/// Said whenever PlaceCall reports `emulated` (contract §4: the CLI says so plainly).
+const EMULATED_NOTE: &str = "emulated call: no real phone is dialled";
+
 /// Why a command failed; each prints as one line on stderr.
 enum Failure {
     /// The server answered with an error status.
@@ -244,14 +247,18 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     match &cli.command {
         Command::Call(call) => {
             let placed = client.place_call(place_call_request(call)).await?.into_inner();
+            // The id comes first and alone on its line, so scripts can take
+            // `head -n1` (or use --json, where stdout stays pure JSON).
             if out.json {
                 line(&json::placed_json(&placed).to_string())?;
+                if placed.emulated {
+                    eprintln!("{EMULATED_NOTE}");
+                }
             } else {
-                // Only the id on stdout, so `id=$(voice-agent call …)` works.
                 line(&placed.call_id)?;
-            }
-            if placed.emulated {
-                eprintln!("emulated call: no real phone is dialled");
+                if placed.emulated {
+                    line(EMULATED_NOTE)?;
+                }
             }
             if call.watch {
                 return follow(&mut client, &placed.call_id, 0, call.reconnect.reconnect_tries, out).await;

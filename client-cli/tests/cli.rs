@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -256,6 +257,36 @@ async fn serve_on(fake: Fake, listener: tokio::net::TcpListener) {
         .unwrap();
 }
 
+/// Serves on its own thread and runtime, so that stopping it drops every
+/// connection task too (aborting a `serve` future leaves those running).
+fn start_killable(
+    fake: Fake,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<()>,
+) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            serve_on(fake, listener).await
+        });
+        let _ = runtime.block_on(stopped);
+        // Dropping a current-thread runtime drops every task on this thread
+        // before returning: the listener and all connections are closed.
+        drop(runtime);
+    });
+    (addr, stop, thread)
+}
+
 async fn start(fake: Fake) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -412,28 +443,40 @@ async fn the_watch_survives_a_server_restart() {
     );
     let second = Fake::default().with_call("c1", history, vec![all(End::Ok)]);
     let second_state = second.0.clone();
-    let first_state = first.0.clone();
-    let (addr, server) = start(first).await;
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voice-agent"))
+    let (addr, stop, server) = start_killable(first);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_voice-agent"))
         .args(["watch", "c1", "--server", &addr.to_string()])
         .env_remove("API_TOKEN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    // Wait until the first server has handed out its events (polling the
-    // fake's own record; no fixed sleep decides the outcome).
-    while first_state.lock().unwrap().watches.is_empty() {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    // The first server delivers two events and then hangs; kill it only once
+    // the watcher has printed both, so the resume point is known.
+    while seen.len() < 2 {
+        seen.push(lines.next_line().await.unwrap().expect("the watcher ended early"));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    server.abort();
-    let _ = server.await;
+    stop.send(()).unwrap();
+    tokio::task::spawn_blocking(move || server.join().unwrap())
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let _server = tokio::spawn(serve_on(second, listener));
-    let out = child.wait_with_output().await.unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out).lines().count(), 5, "{}", stdout(&out));
+    // A guard against hanging forever, not a timing assertion.
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push(line);
+        }
+        child.wait().await.unwrap()
+    })
+    .await
+    .expect("the watcher did not finish after the restart");
+    assert_eq!(rest.code(), Some(0));
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert!(seen[4].ends_with("status   COMPLETED"), "{seen:?}");
     assert_eq!(second_state.lock().unwrap().watches, [("c1".to_string(), 2)]);
 }
 
@@ -463,8 +506,7 @@ async fn call_prints_the_id_says_emulated_and_sends_every_option() {
     )
     .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "done\n");
-    assert!(stderr(&out).contains("emulated call: no real phone is dialled"));
+    assert_eq!(stdout(&out), "done\nemulated call: no real phone is dialled\n");
     let placed = state.lock().unwrap().placed[0].clone();
     assert_eq!(placed.backend, pb::Backend::VoiceLive as i32);
     assert_eq!(placed.instructions, "Be brief.");
@@ -485,6 +527,7 @@ async fn call_watch_follows_the_new_call() {
     assert_eq!(lines[0]["callId"], "done");
     assert_eq!(lines[0]["emulated"], true);
     assert_eq!(lines[5]["status"]["status"], "CALL_STATUS_NO_ANSWER");
+    assert!(stderr(&out).contains("emulated call: no real phone is dialled"));
 }
 
 #[tokio::test]
