@@ -136,6 +136,8 @@ pub struct Options {
     pub telephony: Option<(Arc<dyn Telephony>, Secret)>,
     /// How long shutdown waits for connections to finish (default 5 s).
     pub grace: Option<Duration>,
+    /// Microsoft Entra ID token source (default: the credential chain of the environment).
+    pub entra: Option<EntraAuth>,
 }
 
 /// A started server: bound, store open, emulators running; call [`Server::run`].
@@ -230,7 +232,7 @@ impl Server {
         let realtime = RealtimeBackends::from_config(
             &config,
             emulator_key.as_ref().map(|(u, k)| (u, k)),
-            EntraAuth::from_environment(),
+            options.entra.unwrap_or_else(EntraAuth::from_environment),
         );
         if let Some(t) = &twilio_emulator {
             tracing::warn!(

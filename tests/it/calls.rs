@@ -19,7 +19,7 @@ async fn conversation(config: Config, backend: pb::Backend) {
     let mut client = server.client().await;
     let req = pb::PlaceCallRequest {
         backend: backend as i32,
-        ..place("+15550100")
+        ..place("+15550199")
     };
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
     assert!(placed.emulated);
@@ -459,7 +459,7 @@ async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEm
     let mut client = server.client().await;
     let req = pb::PlaceCallRequest {
         backend: pb::Backend::VoiceLive as i32,
-        ..place("+15550100")
+        ..place("+15550199")
     };
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
     assert!(!placed.emulated || server.state.emulators.twilio.is_some());
@@ -665,7 +665,7 @@ async fn ai_drop_mid_call_reconnects_once_with_the_conversation() {
     let mut client = server.client().await;
     let req = pb::PlaceCallRequest {
         backend: pb::Backend::VoiceLive as i32,
-        ..place("+15550100")
+        ..place("+15550199")
     };
     let (_, events) = call_and_watch(&mut client, req, LIMIT).await;
     assert!(
@@ -701,7 +701,7 @@ async fn ai_drop_without_recovery_apologises_and_ends() {
     let mut client = server.client().await;
     let req = pb::PlaceCallRequest {
         backend: pb::Backend::VoiceLive as i32,
-        ..place("+15550100")
+        ..place("+15550199")
     };
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
     let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
@@ -731,7 +731,7 @@ async fn max_duration_ends_the_call_with_a_spoken_goodbye() {
     let mut client = server.client().await;
     let req = pb::PlaceCallRequest {
         max_duration: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
-        ..place("+15550100")
+        ..place("+15550199")
     };
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
@@ -768,7 +768,7 @@ async fn max_duration_ends_the_call_with_a_spoken_goodbye() {
 async fn end_call_waits_for_the_goodbye_and_turns_are_measured() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let (placed, events) = call_and_watch(&mut client, place("+15550100"), LIMIT).await;
+    let (placed, events) = call_and_watch(&mut client, place("+15550199"), LIMIT).await;
     let call = client
         .get_call(pb::GetCallRequest {
             call_id: placed.call_id.clone(),
@@ -843,7 +843,10 @@ async fn oversized_media_messages_close_the_stream_and_the_record_says_why() {
     let mut ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, &secret).await;
     let big = format!(r#"{{"event":"media","media":{{"payload":"{}"}}}}"#, "A".repeat(1 << 20));
     let _ = ws.send(Message::Text(big.into())).await;
-    assert!(closed_by_server(&mut ws).await, "a message over 1 MiB closes the socket");
+    assert!(
+        closed_by_server(&mut ws).await,
+        "a message over 1 MiB closes the socket"
+    );
     let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
     let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
     assert!(codes.contains(&"media_socket_error".to_string()), "{codes:?}");
@@ -863,7 +866,8 @@ async fn no_start_within_10_s_closes_the_stream() {
     let token = server.state.twilio_auth_token.expose().to_string();
     let signature = voice_agent_server::telephony::twilio::signature::compute(&token, &url, &[]);
     let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
-    req.headers_mut().insert("x-twilio-signature", signature.parse().unwrap());
+    req.headers_mut()
+        .insert("x-twilio-signature", signature.parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     // Say nothing: the server gives up after 10 s.
     let closed = tokio::time::timeout(Duration::from_secs(15), async {
@@ -880,4 +884,69 @@ async fn no_start_within_10_s_closes_the_stream() {
     let rec = server.state.hub.get(&id).await.unwrap();
     assert!(rec.end_reason.contains("no 'start'"), "{}", rec.end_reason);
     server.stop().await;
+}
+
+/// A credential that hands out one fixed token, counting requests.
+#[derive(Debug, Default)]
+struct FakeCredential {
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl azure_core::credentials::TokenCredential for FakeCredential {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        _options: Option<azure_core::credentials::TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<azure_core::credentials::AccessToken> {
+        assert_eq!(scopes, ["https://ai.azure.com/.default"], "the Voice Live scope");
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(azure_core::credentials::AccessToken::new(
+            "fake-entra-token",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn entra_id_token_is_sent_as_bearer_when_no_key_is_set() {
+    let emu =
+        voice_agent_server::emulator::realtime::start(voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+            accepted_bearer: Some("fake-entra-token".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut config = Config::for_tests();
+    config.voice_live = Some(voice_agent_server::config::VoiceLiveConfig {
+        endpoint: emu.url_base(),
+        api_version: "2025-10-01".into(),
+        model: "gpt-realtime".into(),
+        api_key: None, // → Microsoft Entra ID
+    });
+    let credential = std::sync::Arc::new(FakeCredential::default());
+    let options = Options {
+        entra: Some(voice_agent_server::realtime::entra::EntraAuth::with_credential(
+            credential.clone(),
+        )),
+        ..Default::default()
+    };
+    let server = TestServer::with_options(config, options).await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        ..place("+15550199")
+    };
+    let (_, events) = call_and_watch(&mut client, req, LIMIT).await;
+    // The emulator answers 401 to anything but that bearer token: a conversation proves it was sent.
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    assert!(transcripts(&events).len() >= 4, "{:?}", transcripts(&events));
+    assert_eq!(emu.sessions().len(), 1);
+    assert_eq!(
+        credential.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched once, then cached"
+    );
+    server.stop().await;
+    emu.shutdown();
 }

@@ -15,8 +15,9 @@ use tonic::Request;
 use tonic::transport::Channel;
 use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
+pub use voice_agent_server::Options;
 pub use voice_agent_server::config::Config;
-use voice_agent_server::{AppState, Options, Server};
+use voice_agent_server::{AppState, Server};
 
 /// A running server.
 pub struct TestServer {
@@ -36,8 +37,13 @@ impl TestServer {
 
     /// Starts a server with `config`.
     pub async fn with_config(config: Config) -> Self {
+        Self::with_options(config, Options::default()).await
+    }
+
+    /// Starts a server with `config` and replaced parts.
+    pub async fn with_options(config: Config, options: Options) -> Self {
         let listener = TcpListener::bind(config.bind).await.expect("bind 127.0.0.1:0");
-        let server = Server::with_listener(config, listener, Options::default())
+        let server = Server::with_listener(config, listener, options)
             .await
             .expect("server starts");
         let addr = server.local_addr();

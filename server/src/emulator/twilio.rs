@@ -35,7 +35,7 @@
 //! | `+15550105`    | answers; says line 1; hangs up ~0.8 s into the agent's reply (`completed`) |
 //! | `+15550106`    | answers; presses DTMF `1`, `2`, `#` when it first gets the floor, then converses |
 //! | `+15550107`    | rings for the request's `Timeout` seconds, then `no-answer` |
-//! | `+15550108`    | answers; barges in: starts line 2 ~1.5 s into the agent's reply to line 1 |
+//! | `+15550100`, `+15550108` | answers; barges in: starts line 2 ~1.5 s into the agent's reply to line 1 (the README demo) |
 //! | anything else  | answers after `ring_time` and converses (the three [`CALLEE_LINES`]) |
 //!
 //! More numbers can be mapped with [`TwilioEmulatorConfig::numbers`].
@@ -164,7 +164,9 @@ impl Scenario {
                 ..ScenarioOpts::default()
             }),
             "+15550107" => Scenario::NoAnswerAtTimeout,
-            "+15550108" => Scenario::Answer(ScenarioOpts {
+            // The README's demo number shows the whole repertoire: a barge-in
+            // on the agent's first reply, and the agent's end_call at the end.
+            "+15550100" | "+15550108" => Scenario::Answer(ScenarioOpts {
                 barge_in: true,
                 ..ScenarioOpts::default()
             }),

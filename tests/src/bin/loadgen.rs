@@ -295,6 +295,7 @@ async fn run_level(n: usize, seconds: u64, mode: AudioMode) -> LevelResult {
         Options {
             telephony: Some((telephony, Secret::new(TOKEN))),
             grace: Some(Duration::from_secs(2)),
+            entra: None,
         },
     )
     .await
