@@ -9,7 +9,7 @@ seconds="${2:-20}"
 out=docs/benchmarks-results.md
 
 cargo build --release -p voice-agent-tests --bin loadgen
-micro="$(cargo bench -p voice-agent-server --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
+micro="$(cargo bench -p voice-agent-server --bench audio --bench hot_path -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
   | grep -E '^[a-zA-Z].*|time:' | paste - - | sed -E 's/ +/ /g')"
 load="$(./target/release/loadgen --levels "$levels" --seconds "$seconds")"
 
