@@ -5,6 +5,7 @@
 # 165 words/min, trimmed, -3 dBFS, headerless G.711 mu-law 8 kHz mono. The
 # emulator sends them as they are in mu-law sessions and converts them to
 # PCM16 24 kHz (with crate::audio) in PCM sessions.
+# sox -D (no dither) makes reruns byte-identical.
 #
 # The texts must stay identical to AGENT_LINES in emulator/realtime.rs.
 #
@@ -24,7 +25,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 for i in "${!lines[@]}"; do
   espeak-ng -v en-us+f3 -s 165 -w "$tmp/line.wav" "${lines[$i]}"
-  sox "$tmp/line.wav" -t raw -r 8000 -c 1 -e mu-law -b 8 "agent_$i.ulaw" \
+  sox -D "$tmp/line.wav" -t raw -r 8000 -c 1 -e mu-law -b 8 "agent_$i.ulaw" \
     silence 1 0.02 0.5% reverse silence 1 0.02 0.5% reverse gain -n -3
   echo "agent_$i.ulaw: $(stat -c %s "agent_$i.ulaw") bytes ($(( $(stat -c %s "agent_$i.ulaw") / 8 )) ms)"
 done

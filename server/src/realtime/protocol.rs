@@ -39,31 +39,122 @@ pub enum AudioFormat {
     G711Ulaw,
 }
 
+/// A voice: OpenAI's by name, or an Azure text-to-speech voice (Voice Live only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Voice {
+    /// An OpenAI voice (`alloy`, `marin`, …).
+    OpenAi(String),
+    /// An Azure voice (`en-US-AriaNeural`, `en-US-Ava:DragonHDLatestNeural`).
+    Azure(String),
+}
+
+impl Voice {
+    /// Azure voice names are locale-prefixed (`en-US-…`); OpenAI's are single words.
+    pub fn parse(name: &str) -> Self {
+        if name.contains('-') {
+            Self::Azure(name.to_string())
+        } else {
+            Self::OpenAi(name.to_string())
+        }
+    }
+
+    /// The name as configured.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::OpenAi(n) | Self::Azure(n) => n,
+        }
+    }
+
+    /// Voice Live's voice object (protocols.md §6.4): `azure-standard` or `openai`.
+    fn voice_live_json(&self) -> Value {
+        match self {
+            Self::Azure(n) => json!({"type": "azure-standard", "name": n}),
+            Self::OpenAi(n) => json!({"type": "openai", "name": n}),
+        }
+    }
+}
+
+/// Server VAD settings (protocols.md §6.5, §7.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Vad {
+    /// Activation threshold, 0–1.
+    pub threshold: f64,
+    /// Audio kept before detected speech, ms.
+    pub prefix_padding_ms: u32,
+    /// Silence that ends a turn, ms.
+    pub silence_duration_ms: u32,
+}
+
+impl Default for Vad {
+    /// The documented defaults: 0.5, 300 ms, 500 ms (§6.5).
+    fn default() -> Self {
+        Self {
+            threshold: 0.5,
+            prefix_padding_ms: 300,
+            silence_duration_ms: 500,
+        }
+    }
+}
+
+/// A function tool the model may call (protocols.md §7.6); one shape in every dialect.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolDef {
+    /// Function name.
+    pub name: String,
+    /// When the model should call it.
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+}
+
+impl ToolDef {
+    /// The tool the agent calls to hang up once the conversation is over.
+    pub fn end_call() -> Self {
+        Self {
+            name: "end_call".into(),
+            description: "Hang up the phone call. Call this after you have said goodbye, when the caller is done or asks to end the call.".into(),
+            parameters: json!({"type": "object", "properties": {}, "required": []}),
+        }
+    }
+
+    /// `{"type":"function","name",…}` as the APIs define it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "type": "function",
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters
+        })
+    }
+}
+
+/// The tool the agent calls to hang up (see [`ToolDef::end_call`]).
+pub fn end_call_tool() -> ToolDef {
+    ToolDef::end_call()
+}
+
 /// What a call's AI session is configured with.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// System instructions.
     pub instructions: String,
-    /// Voice name: an Azure voice (contains '-', e.g. `en-US-AriaNeural`) or an OpenAI voice.
-    pub voice: String,
+    /// The agent's voice.
+    pub voice: Voice,
     /// Audio format both ways.
     pub audio: AudioFormat,
     /// Input transcription model.
     pub transcription_model: String,
-    /// Server VAD threshold, 0–1.
-    pub vad_threshold: f32,
-    /// Audio kept before detected speech, ms.
-    pub prefix_padding_ms: u32,
-    /// Silence that ends a turn, ms.
-    pub silence_duration_ms: u32,
-    /// Function tools (JSON objects as the APIs define them).
-    pub tools: Vec<Value>,
+    /// Server VAD; `create_response` and `interrupt_response` are always sent, true.
+    pub vad: Vad,
+    /// Function tools.
+    pub tools: Vec<ToolDef>,
     /// Voice Live: `azure_deep_noise_suppression`.
     pub noise_suppression: bool,
     /// Voice Live: `server_echo_cancellation`.
     pub echo_cancellation: bool,
-    /// Voice Live: word timestamps of the agent's audio (exact barge-in transcripts).
-    pub word_timestamps: bool,
+    /// Voice Live: word timestamps of the agent's audio (`output_audio_timestamp_types: ["word"]`),
+    /// for exact barge-in transcripts.
+    pub voice_live_word_timestamps: bool,
 }
 
 impl SessionConfig {
@@ -71,28 +162,16 @@ impl SessionConfig {
     pub fn new(instructions: &str, voice: &str, audio: AudioFormat) -> Self {
         Self {
             instructions: instructions.to_string(),
-            voice: voice.to_string(),
+            voice: Voice::parse(voice),
             audio,
             transcription_model: "whisper-1".into(),
-            vad_threshold: 0.5,
-            prefix_padding_ms: 300,
-            silence_duration_ms: 500,
-            tools: vec![end_call_tool()],
+            vad: Vad::default(),
+            tools: vec![ToolDef::end_call()],
             noise_suppression: true,
             echo_cancellation: true,
-            word_timestamps: true,
+            voice_live_word_timestamps: true,
         }
     }
-}
-
-/// The tool the agent calls to hang up once the conversation is over (§7.6).
-pub fn end_call_tool() -> Value {
-    json!({
-        "type": "function",
-        "name": "end_call",
-        "description": "Hang up the phone call. Call this after you have said goodbye, when the caller is done or asks to end the call.",
-        "parameters": {"type": "object", "properties": {}, "required": []}
-    })
 }
 
 fn turn_detection(c: &SessionConfig) -> Value {
@@ -100,16 +179,19 @@ fn turn_detection(c: &SessionConfig) -> Value {
     // default false while its docs say true (protocols.md §6.5 CONFLICT).
     json!({
         "type": "server_vad",
-        "threshold": c.vad_threshold,
-        "prefix_padding_ms": c.prefix_padding_ms,
-        "silence_duration_ms": c.silence_duration_ms,
+        "threshold": c.vad.threshold,
+        "prefix_padding_ms": c.vad.prefix_padding_ms,
+        "silence_duration_ms": c.vad.silence_duration_ms,
         "create_response": true,
         "interrupt_response": true
     })
 }
 
-/// `session.update` for the dialect (JSON text).
+/// `session.update` for the dialect (JSON text). An Azure voice is sent as
+/// is to the OpenAI dialects, whose service then answers with a recoverable
+/// `invalid_value` error and keeps its default voice.
 pub fn session_update(dialect: Dialect, c: &SessionConfig) -> String {
+    let tools: Vec<Value> = c.tools.iter().map(ToolDef::to_json).collect();
     let session = match dialect {
         Dialect::OpenAiGa => {
             let format = match c.audio {
@@ -128,9 +210,9 @@ pub fn session_update(dialect: Dialect, c: &SessionConfig) -> String {
                         "transcription": {"model": c.transcription_model},
                         "turn_detection": turn_detection(c)
                     },
-                    "output": {"format": format, "voice": c.voice}
+                    "output": {"format": format, "voice": c.voice.name()}
                 },
-                "tools": c.tools,
+                "tools": tools,
                 "tool_choice": "auto"
             })
         }
@@ -146,16 +228,12 @@ pub fn session_update(dialect: Dialect, c: &SessionConfig) -> String {
                 "output_audio_format": format,
                 "input_audio_transcription": {"model": c.transcription_model},
                 "turn_detection": turn_detection(c),
-                "tools": c.tools,
+                "tools": tools,
                 "tool_choice": "auto"
             });
             if dialect == Dialect::VoiceLive {
                 // Azure voices are objects; OpenAI voices may be too (§6.4).
-                s["voice"] = if c.voice.contains('-') {
-                    json!({"type": "azure-standard", "name": c.voice})
-                } else {
-                    json!({"type": "openai", "name": c.voice})
-                };
+                s["voice"] = c.voice.voice_live_json();
                 if c.audio == AudioFormat::Pcm16_24k {
                     s["input_audio_sampling_rate"] = json!(24000);
                 }
@@ -165,11 +243,11 @@ pub fn session_update(dialect: Dialect, c: &SessionConfig) -> String {
                 if c.echo_cancellation {
                     s["input_audio_echo_cancellation"] = json!({"type": "server_echo_cancellation"});
                 }
-                if c.word_timestamps {
+                if c.voice_live_word_timestamps {
                     s["output_audio_timestamp_types"] = json!(["word"]);
                 }
             } else {
-                s["voice"] = json!(c.voice);
+                s["voice"] = json!(c.voice.name());
             }
             s
         }
@@ -675,4 +753,4 @@ pub fn server_names(dialect: Dialect) -> ServerNames {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
