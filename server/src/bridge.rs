@@ -204,6 +204,11 @@ async fn wait_for_start(
     }
 }
 
+/// The provider's id of the call as stored now (it may arrive after the record was read).
+async fn provider_sid(state: &AppState, id: &CallId) -> String {
+    state.hub.get(id).await.map(|r| r.provider_call_id).unwrap_or_default()
+}
+
 /// Records why the call is about to end, unless a reason is already set.
 async fn note_end_reason(state: &AppState, id: &CallId, reason: &str) {
     let result = state
@@ -235,16 +240,8 @@ async fn publish(state: &AppState, id: &CallId, kind: EventKind) {
 /// the caller is never left in silence).
 async fn end_with_apology(state: &AppState, record: &CallRecord, cause: &str) {
     let id = &record.call_id;
-    let _ = state
-        .hub
-        .update(id, |r| {
-            if r.end_reason.is_empty() {
-                r.end_reason = format!("the AI failed: {cause}");
-            }
-            vec![]
-        })
-        .await;
-    let sid = state.hub.get(id).await.map(|r| r.provider_call_id).unwrap_or_default();
+    note_end_reason(state, id, &format!("the AI failed: {cause}")).await;
+    let sid = provider_sid(state, id).await;
     if sid.is_empty() {
         return;
     }
@@ -497,23 +494,12 @@ impl MediaBridge {
                 end_with_apology(&self.state, &self.record, "the AI reported a fatal error").await;
             }
             Outcome::TimeLimit => {
-                let _ = self
-                    .state
-                    .hub
-                    .update(self.id(), |r| {
-                        if r.end_reason.is_empty() {
-                            r.end_reason = format!("the call reached its maximum duration ({} s)", r.max_duration_secs);
-                        }
-                        vec![]
-                    })
-                    .await;
-                let sid = self
-                    .state
-                    .hub
-                    .get(self.id())
-                    .await
-                    .map(|r| r.provider_call_id)
-                    .unwrap_or_default();
+                let reason = format!(
+                    "the call reached its maximum duration ({} s)",
+                    self.record.max_duration_secs
+                );
+                note_end_reason(&self.state, self.id(), &reason).await;
+                let sid = provider_sid(&self.state, self.id()).await;
                 if let Err(e) = self.state.telephony.say_and_hang_up(&sid, TIME_LIMIT_GOODBYE).await {
                     self.event(EventKind::Error {
                         code: "telephony_error".into(),
@@ -904,23 +890,8 @@ impl MediaBridge {
         if unplayed || self.active_response.is_some() {
             return None;
         }
-        let _ = self
-            .state
-            .hub
-            .update(self.id(), |r| {
-                if r.end_reason.is_empty() {
-                    r.end_reason = "the agent ended the call".into();
-                }
-                vec![]
-            })
-            .await;
-        let sid = self
-            .state
-            .hub
-            .get(self.id())
-            .await
-            .map(|r| r.provider_call_id)
-            .unwrap_or_default();
+        note_end_reason(&self.state, self.id(), "the agent ended the call").await;
+        let sid = provider_sid(&self.state, self.id()).await;
         if let Err(e) = self.state.telephony.hang_up(&sid, true).await {
             self.event(EventKind::Error {
                 code: "telephony_error".into(),
