@@ -107,15 +107,7 @@ async fn terminal(number: &str) -> (pb::PlaceCallResponse, Vec<pb::CallEvent>, p
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let (placed, events) = call_and_watch(&mut client, place(number), LIMIT).await;
-    let call = client
-        .get_call(pb::GetCallRequest {
-            call_id: placed.call_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .call
-        .unwrap();
+    let call = get_call(&mut client, &placed.call_id).await;
     server.stop().await;
     (placed, events, call)
 }
@@ -248,15 +240,7 @@ async fn hang_up_mid_call_ends_it() {
     )
     .await;
     assert_eq!(statuses(&rest).last(), Some(&pb::CallStatus::Completed));
-    let call = client
-        .get_call(pb::GetCallRequest {
-            call_id: placed.call_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .call
-        .unwrap();
+    let call = get_call(&mut client, &placed.call_id).await;
     assert!(call.end_reason.contains("HangUpCall"), "{}", call.end_reason);
     server.stop().await;
 }
@@ -483,15 +467,7 @@ async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEm
         "the callee heard an apology: {:?}",
         report.said
     );
-    let call = client
-        .get_call(pb::GetCallRequest {
-            call_id: placed.call_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .call
-        .unwrap();
+    let call = get_call(&mut client, &placed.call_id).await;
     assert!(call.end_reason.contains("AI"), "{}", call.end_reason);
     server.stop().await;
     emu.shutdown();
@@ -751,15 +727,7 @@ async fn max_duration_ends_the_call_with_a_spoken_goodbye() {
         "{:?}",
         report.said
     );
-    let call = client
-        .get_call(pb::GetCallRequest {
-            call_id: placed.call_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .call
-        .unwrap();
+    let call = get_call(&mut client, &placed.call_id).await;
     assert!(call.end_reason.contains("maximum duration"), "{}", call.end_reason);
     server.stop().await;
 }
@@ -769,15 +737,7 @@ async fn end_call_waits_for_the_goodbye_and_turns_are_measured() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let (placed, events) = call_and_watch(&mut client, place("+15550199"), LIMIT).await;
-    let call = client
-        .get_call(pb::GetCallRequest {
-            call_id: placed.call_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .call
-        .unwrap();
+    let call = get_call(&mut client, &placed.call_id).await;
     assert_eq!(call.end_reason, "the agent ended the call");
     // The goodbye was heard in full before the hang-up.
     let lines = transcripts(&events);

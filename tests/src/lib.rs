@@ -116,6 +116,19 @@ pub async fn call_and_watch(
     (placed, events)
 }
 
+/// The stored record of a call (panics if the RPC fails).
+pub async fn get_call(client: &mut VoiceAgentServiceClient<Channel>, call_id: &str) -> pb::Call {
+    client
+        .get_call(pb::GetCallRequest {
+            call_id: call_id.to_string(),
+        })
+        .await
+        .expect("GetCall")
+        .into_inner()
+        .call
+        .expect("call set")
+}
+
 /// Collects a WatchCall stream until it ends (panics after `limit`).
 pub async fn watch_all(
     client: &mut VoiceAgentServiceClient<Channel>,
