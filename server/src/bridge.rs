@@ -21,7 +21,7 @@ use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as AiMessage;
 use tokio_util::sync::CancellationToken;
 
@@ -101,12 +101,21 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         }
     };
 
+    let _live = state.metrics.active_bridges.track();
     let (tw_ctrl, tw_ctrl_rx) = mpsc::channel(16);
     let (tw_data, tw_data_rx) = mpsc::channel(1024);
-    let tw_writer = tokio::spawn(twilio_writer(tw_sink, stream_sid.clone(), tw_ctrl_rx, tw_data_rx));
+    let tw_writer = tokio::spawn(twilio_writer(
+        tw_sink,
+        stream_sid.clone(),
+        tw_ctrl_rx,
+        tw_data_rx,
+        state.clone(),
+    ));
     let (ai_sink, ai_stream) = ai.split();
     let (ai_tx, ai_rx) = mpsc::channel(256);
-    let ai_writer_task = tokio::spawn(ai_writer(ai_sink, ai_rx));
+    let ai_writer_task = tokio::spawn(ai_writer(ai_sink, ai_rx, state.clone()));
+    let (events, events_rx) = mpsc::unbounded_channel();
+    tokio::spawn(publisher(state.clone(), id.clone(), events_rx));
 
     let mode = state.config.audio_mode;
     let bridge = MediaBridge {
@@ -137,6 +146,8 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         history: Vec::new(),
         ai_writers: vec![ai_writer_task],
         reconnected: false,
+        epoch: 0,
+        events,
     };
     let (outcome, ai_writers) = bridge.run(tw_stream, ai_stream).await;
     // Writers end when their channels close (the bridge dropped its senders);
@@ -261,44 +272,128 @@ async fn end_with_apology(state: &AppState, record: &CallRecord, cause: &str) {
     }
 }
 
-enum TwOut {
-    Media { payload: String, mark: String },
+/// Agent audio for Twilio, followed by its mark.
+struct TwOut {
+    payload: String,
+    mark: String,
+    /// The barge-in epoch it belongs to: a `clear` of a later epoch makes it stale.
+    epoch: u64,
+    /// When the AI delta it came from reached the bridge.
+    received: Instant,
 }
 
 enum TwControl {
-    Clear,
+    /// Stop playback; audio of epochs before `epoch` is stale.
+    Clear { epoch: u64, received: Instant },
 }
+
+/// Work for a call's event publisher.
+enum Publish {
+    Event(EventKind),
+    /// Answered once everything queued before it is stored.
+    Settled(oneshot::Sender<()>),
+}
+
+/// Stores and broadcasts a call's events in order, off the media path.
+async fn publisher(state: Arc<AppState>, id: CallId, mut rx: mpsc::UnboundedReceiver<Publish>) {
+    while let Some(p) = rx.recv().await {
+        match p {
+            Publish::Event(kind) => publish(&state, &id, kind).await,
+            Publish::Settled(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// A message for the AI socket.
+struct AiOut {
+    text: String,
+    /// For audio: when the Twilio frame it came from reached the bridge.
+    frame_received: Option<Instant>,
+}
+
+/// Most messages written to a socket before one flush (one syscall): enough
+/// to catch up after a stall, small enough that a `clear` never waits long.
+const MAX_BATCH: usize = 16;
 
 async fn twilio_writer(
     mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
     stream_sid: String,
     mut ctrl: mpsc::Receiver<TwControl>,
     mut data: mpsc::Receiver<TwOut>,
+    state: Arc<AppState>,
 ) {
-    loop {
-        tokio::select! {
+    let metrics = &state.metrics;
+    let clear = tw::clear_message(&stream_sid);
+    let mut epoch = 0u64;
+    let mut sent: Vec<Instant> = Vec::with_capacity(MAX_BATCH);
+    'run: loop {
+        let first = tokio::select! {
             biased;
             c = ctrl.recv() => match c {
-                Some(TwControl::Clear) => {
-                    // Audio still queued here belongs to what is being cleared.
-                    while data.try_recv().is_ok() {}
-                    if sink.send(WsMessage::Text(tw::clear_message(&stream_sid).into())).await.is_err() {
+                Some(c) => {
+                    if sink.send(WsMessage::Text(clear.as_str().into())).await.is_err() {
                         break;
                     }
+                    let TwControl::Clear { epoch: e, received } = c;
+                    epoch = e;
+                    metrics.barge_in.record(received.elapsed());
+                    continue;
                 }
                 None => break,
             },
             d = data.recv() => match d {
-                Some(TwOut::Media { payload, mark }) => {
-                    if sink.send(WsMessage::Text(tw::media_message(&stream_sid, &payload).into())).await.is_err() {
-                        break;
-                    }
-                    if sink.send(WsMessage::Text(tw::mark_message(&stream_sid, &mark).into())).await.is_err() {
-                        break;
-                    }
-                }
+                Some(d) => d,
                 None => break,
             },
+        };
+        // Media and its mark, and whatever else is queued, go out in one
+        // write. Audio queued before a `clear` is stale and dropped by its
+        // epoch (never by position, so that audio of the next response
+        // queued meanwhile survives); a pending `clear` ends the batch.
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            if out.epoch > epoch {
+                // The bridge queues a clear before any audio of its epoch:
+                // it is waiting in `ctrl`; the batch so far plays before it.
+                if sink.flush().await.is_err() {
+                    break 'run;
+                }
+                while epoch < out.epoch {
+                    let Ok(TwControl::Clear { epoch: e, received }) = ctrl.try_recv() else {
+                        break;
+                    };
+                    if sink.send(WsMessage::Text(clear.as_str().into())).await.is_err() {
+                        break 'run;
+                    }
+                    epoch = e;
+                    metrics.barge_in.record(received.elapsed());
+                }
+            }
+            if out.epoch < epoch {
+                metrics.frames_dropped_barge_in.inc();
+            } else {
+                let media = tw::media_message(&stream_sid, &out.payload);
+                let mark = tw::mark_message(&stream_sid, &out.mark);
+                if sink.feed(WsMessage::Text(media.into())).await.is_err()
+                    || sink.feed(WsMessage::Text(mark.into())).await.is_err()
+                {
+                    break 'run;
+                }
+                sent.push(out.received);
+            }
+            if sent.len() >= MAX_BATCH || !ctrl.is_empty() {
+                break;
+            }
+            next = data.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+        metrics.frames_to_twilio.add(sent.len() as u64);
+        for t in sent.drain(..) {
+            metrics.outbound_frame.record(t.elapsed());
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(None))).await;
@@ -306,11 +401,32 @@ async fn twilio_writer(
 
 async fn ai_writer(
     mut sink: futures_util::stream::SplitSink<RealtimeSocket, AiMessage>,
-    mut rx: mpsc::Receiver<String>,
+    mut rx: mpsc::Receiver<AiOut>,
+    state: Arc<AppState>,
 ) {
-    while let Some(text) = rx.recv().await {
-        if sink.send(AiMessage::Text(text.into())).await.is_err() {
+    let metrics = &state.metrics;
+    let mut frames: Vec<Instant> = Vec::with_capacity(MAX_BATCH);
+    'run: while let Some(first) = rx.recv().await {
+        // Whatever is queued goes out in one write.
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(out) = next.take() {
+            if sink.feed(AiMessage::Text(out.text.into())).await.is_err() {
+                break 'run;
+            }
+            frames.extend(out.frame_received);
+            n += 1;
+            if n >= MAX_BATCH {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
             break;
+        }
+        metrics.frames_to_ai.add(frames.len() as u64);
+        for t in frames.drain(..) {
+            metrics.inbound_frame.record(t.elapsed());
         }
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
@@ -378,7 +494,7 @@ struct MediaBridge {
     cancel: CancellationToken,
     tw_ctrl: mpsc::Sender<TwControl>,
     tw_data: mpsc::Sender<TwOut>,
-    ai_tx: mpsc::Sender<String>,
+    ai_tx: mpsc::Sender<AiOut>,
     inbound: InboundTranscoder,
     outbound: OutboundTranscoder,
     scratch: Vec<u8>,
@@ -403,6 +519,11 @@ struct MediaBridge {
     ai_writers: Vec<tokio::task::JoinHandle<()>>,
     /// The AI socket was re-opened once already.
     reconnected: bool,
+    /// Barge-ins so far: agent audio is tagged with it, so the Twilio writer
+    /// can tell audio a `clear` made stale from audio that came after.
+    epoch: u64,
+    /// The call's event publisher.
+    events: mpsc::UnboundedSender<Publish>,
 }
 
 impl MediaBridge {
@@ -410,13 +531,31 @@ impl MediaBridge {
         &self.record.call_id
     }
 
-    async fn event(&self, kind: EventKind) {
-        publish(&self.state, self.id(), kind).await;
+    /// Queues an event for the call's publisher: the media path never
+    /// waits for the store (a commit, or a WAL checkpoint, can take
+    /// milliseconds, and every frame of the call would wait behind it).
+    fn event(&self, kind: EventKind) {
+        // The publisher lives as long as the bridge; a send cannot fail before it ends.
+        let _ = self.events.send(Publish::Event(kind));
+    }
+
+    /// Waits until every event queued so far is stored (and broadcast).
+    async fn settle(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Publish::Settled(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     async fn ai_send(&self, text: String) {
         // A closed writer means the AI socket is gone; the reader sees that too.
-        let _ = self.ai_tx.send(text).await;
+        let _ = self
+            .ai_tx
+            .send(AiOut {
+                text,
+                frame_received: None,
+            })
+            .await;
     }
 
     fn session_config(&self) -> protocol::SessionConfig {
@@ -453,11 +592,11 @@ impl MediaBridge {
                         self.event(EventKind::Error {
                             code: "media_socket_error".into(),
                             message,
-                        }).await;
+                        });
                         break Outcome::TwilioClosed;
                     }
                     Some(Ok(WsMessage::Text(text))) => {
-                        if let Some(o) = self.on_twilio(&text).await {
+                        if let Some(o) = self.on_twilio(&text, Instant::now()).await {
                             break o;
                         }
                     }
@@ -471,7 +610,7 @@ impl MediaBridge {
                         None => break Outcome::AiClosed,
                     },
                     Some(Ok(AiMessage::Text(text))) => {
-                        if let Some(o) = self.on_ai(&text).await {
+                        if let Some(o) = self.on_ai(&text, Instant::now()).await {
                             break o;
                         }
                     }
@@ -481,13 +620,14 @@ impl MediaBridge {
         };
 
         self.finish_transcripts().await;
+        // What the conversation produced is stored before the call is wound up.
+        self.settle().await;
         match outcome {
             Outcome::AiClosed => {
                 self.event(EventKind::Error {
                     code: "ai_disconnected".into(),
                     message: "the realtime AI closed the connection mid-call; apologising and hanging up".into(),
-                })
-                .await;
+                });
                 end_with_apology(&self.state, &self.record, "the AI connection dropped").await;
             }
             Outcome::AiFatal => {
@@ -504,8 +644,7 @@ impl MediaBridge {
                     self.event(EventKind::Error {
                         code: "telephony_error".into(),
                         message: format!("the time-limit goodbye failed: {e}"),
-                    })
-                    .await;
+                    });
                 }
             }
             Outcome::Cancelled | Outcome::TwilioClosed | Outcome::TwilioStopped | Outcome::AgentHungUp => {}
@@ -513,6 +652,7 @@ impl MediaBridge {
         if self.malformed > 0 {
             tracing::warn!(call_id = %self.id(), count = self.malformed, "malformed media messages were ignored");
         }
+        self.settle().await;
         let writers = std::mem::take(&mut self.ai_writers);
         (outcome, writers)
     }
@@ -536,7 +676,8 @@ impl MediaBridge {
         };
         let (sink, stream) = socket.split();
         let (tx, rx) = mpsc::channel(256);
-        self.ai_writers.push(tokio::spawn(ai_writer(sink, rx)));
+        self.ai_writers
+            .push(tokio::spawn(ai_writer(sink, rx, self.state.clone())));
         self.ai_tx = tx;
         self.dialect = dialect;
         // What the old session was saying is over: keep what was heard.
@@ -568,24 +709,24 @@ impl MediaBridge {
                 started.elapsed().as_millis(),
                 self.history.len()
             ),
-        })
-        .await;
+        });
         Some(stream)
     }
 
     async fn on_malformed(&mut self, what: &str) {
         self.malformed += 1;
+        self.state.metrics.media_malformed.inc();
         if self.malformed == 1 {
             self.event(EventKind::Error {
                 code: "media_malformed".into(),
                 message: format!("ignored a malformed media message ({what}); the call goes on"),
-            })
-            .await;
+            });
         }
         tracing::debug!(call_id = %self.id(), what, count = self.malformed, "malformed media message");
     }
 
-    async fn on_twilio(&mut self, text: &str) -> Option<Outcome> {
+    /// One Twilio message; `received` is when the socket handed it over.
+    async fn on_twilio(&mut self, text: &str, received: Instant) -> Option<Outcome> {
         let msg = match tw::parse_inbound(text) {
             Ok(m) => m,
             Err(_) => {
@@ -594,9 +735,9 @@ impl MediaBridge {
             }
         };
         match msg {
-            TwilioInbound::Media(media) => self.on_inbound_audio(&media.payload).await,
+            TwilioInbound::Media(media) => self.on_inbound_audio(&media.payload, received).await,
             TwilioInbound::Mark(name) => self.on_mark(&name).await,
-            TwilioInbound::Dtmf(digit) => self.event(EventKind::Dtmf { digit }).await,
+            TwilioInbound::Dtmf(digit) => self.event(EventKind::Dtmf { digit }),
             TwilioInbound::Stop => return Some(Outcome::TwilioStopped),
             TwilioInbound::Connected | TwilioInbound::Start(_) | TwilioInbound::Unknown => {}
         }
@@ -606,7 +747,8 @@ impl MediaBridge {
         None
     }
 
-    async fn on_inbound_audio(&mut self, payload: &str) {
+    async fn on_inbound_audio(&mut self, payload: &str, received: Instant) {
+        self.state.metrics.frames_from_twilio.inc();
         self.scratch.clear();
         if B64.decode_vec(payload, &mut self.scratch).is_err() {
             self.on_malformed("media payload is not base64").await;
@@ -621,7 +763,13 @@ impl MediaBridge {
                 protocol::input_audio_append(&B64.encode(&self.scratch2))
             }
         };
-        self.ai_send(msg).await;
+        let _ = self
+            .ai_tx
+            .send(AiOut {
+                text: msg,
+                frame_received: Some(received),
+            })
+            .await;
     }
 
     async fn on_mark(&mut self, name: &str) {
@@ -652,13 +800,13 @@ impl MediaBridge {
                 turn_index: index,
                 first_audio_sent_ms: sent,
                 first_audio_heard_ms: heard,
-            })
-            .await;
+            });
         }
         self.flush_transcripts().await;
     }
 
-    async fn on_ai(&mut self, text: &str) -> Option<Outcome> {
+    /// One AI event; `received` is when the socket handed it over.
+    async fn on_ai(&mut self, text: &str, received: Instant) -> Option<Outcome> {
         let event = match protocol::parse_server_event(text) {
             Ok(e) => e,
             Err(e) => {
@@ -672,7 +820,7 @@ impl MediaBridge {
                 item_id,
                 delta,
             } => {
-                self.on_agent_audio(&response_id, &item_id, &delta).await;
+                self.on_agent_audio(&response_id, &item_id, &delta, received).await;
             }
             ServerEvent::AudioDone { item_id, .. } => {
                 if let Some(item) = self.items.get_mut(&item_id) {
@@ -716,7 +864,7 @@ impl MediaBridge {
                 item.response_id = response_id;
                 self.ensure_slot(&item_id, Speaker::Agent);
             }
-            ServerEvent::SpeechStarted { .. } => self.on_barge_in().await,
+            ServerEvent::SpeechStarted { .. } => self.on_barge_in(received).await,
             ServerEvent::SpeechStopped { .. } => {
                 self.turn = Some(Turn {
                     speech_stopped: Instant::now(),
@@ -738,8 +886,7 @@ impl MediaBridge {
                 self.event(EventKind::Error {
                     code: "ai_transcription_failed".into(),
                     message: format!("the callee's words could not be transcribed: {error}"),
-                })
-                .await;
+                });
             }
             ServerEvent::ResponseCreated { response_id } => self.active_response = Some(response_id),
             ServerEvent::ResponseDone { response_id, .. } => {
@@ -777,8 +924,7 @@ impl MediaBridge {
                     self.event(EventKind::Error {
                         code: format!("ai_{}", code.as_deref().unwrap_or(&r#type)),
                         message,
-                    })
-                    .await;
+                    });
                 }
                 if fatal {
                     return Some(Outcome::AiFatal);
@@ -793,9 +939,12 @@ impl MediaBridge {
         None
     }
 
-    async fn on_agent_audio(&mut self, response_id: &str, item_id: &str, delta: &str) {
+    async fn on_agent_audio(&mut self, response_id: &str, item_id: &str, delta: &str, received: Instant) {
+        self.state.metrics.frames_from_ai.inc();
         if self.cancelled_responses.iter().any(|r| r == response_id) {
-            return; // late audio of a response cut by a barge-in
+            // Late audio of a response cut by a barge-in.
+            self.state.metrics.frames_dropped_barge_in.inc();
+            return;
         }
         self.scratch.clear();
         if B64.decode_vec(delta, &mut self.scratch).is_err() {
@@ -837,12 +986,20 @@ impl MediaBridge {
             turn.first_sent_ms = Some(turn.speech_stopped.elapsed().as_millis() as u32);
             turn.first_mark = Some(mark.clone());
         }
-        let _ = self.tw_data.send(TwOut::Media { payload, mark }).await;
+        let _ = self
+            .tw_data
+            .send(TwOut {
+                payload,
+                mark,
+                epoch: self.epoch,
+                received,
+            })
+            .await;
     }
 
     /// The callee started speaking: if agent audio is still unplayed, stop it
     /// at once and make the AI forget what was not heard (§7.5).
-    async fn on_barge_in(&mut self) {
+    async fn on_barge_in(&mut self, received: Instant) {
         let Some(item_id) = self.current_item.clone() else {
             return;
         };
@@ -853,7 +1010,14 @@ impl MediaBridge {
             return; // everything was played: nothing to interrupt
         }
         // Control first: Twilio stops playing before anything else happens.
-        let _ = self.tw_ctrl.send(TwControl::Clear).await;
+        self.epoch += 1;
+        let _ = self
+            .tw_ctrl
+            .send(TwControl::Clear {
+                epoch: self.epoch,
+                received,
+            })
+            .await;
         // Marks tell what played up to the last acknowledged chunk; within
         // the chunk now playing, Twilio plays in real time (8 bytes per ms)
         // from the later of that acknowledgement and the chunk's arrival.
@@ -896,8 +1060,7 @@ impl MediaBridge {
             self.event(EventKind::Error {
                 code: "telephony_error".into(),
                 message: format!("hang-up after end_call failed: {e}"),
-            })
-            .await;
+            });
         }
         Some(Outcome::AgentHungUp)
     }
@@ -935,16 +1098,11 @@ impl MediaBridge {
             let text = slot.text.unwrap_or_default();
             if !text.is_empty() {
                 self.history.push((slot.speaker, text.clone()));
-                publish(
-                    &self.state,
-                    &self.record.call_id,
-                    EventKind::Transcript {
-                        speaker: slot.speaker,
-                        text,
-                        interrupted: slot.interrupted,
-                    },
-                )
-                .await;
+                self.event(EventKind::Transcript {
+                    speaker: slot.speaker,
+                    text,
+                    interrupted: slot.interrupted,
+                });
             }
         }
     }

@@ -272,6 +272,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         }
         state.hub.update(&id, |_| first).await.map_err(hub_status)?;
         tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
+        state.metrics.calls_placed.inc();
 
         let public = state.public_url.as_str().trim_end_matches('/');
         let dial = DialRequest {
@@ -569,6 +570,19 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
     }
 }
 
+/// The token of an `authorization: Bearer <token>` value ("" when absent).
+pub fn bearer(authorization: Option<&str>) -> &str {
+    authorization
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .unwrap_or("")
+}
+
+/// Compares a presented token with the configured one in constant time.
+pub fn token_matches(given: &str, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
 /// Checks `authorization: Bearer <API_TOKEN>` in constant time.
 #[derive(Clone)]
 pub struct AuthInterceptor {
@@ -589,14 +603,8 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let Some(token) = &self.token else {
             return Ok(req);
         };
-        let given = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or("");
-        use subtle::ConstantTimeEq;
-        if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        let given = bearer(req.metadata().get("authorization").and_then(|v| v.to_str().ok()));
+        if token_matches(given, token) {
             Ok(req)
         } else if given.is_empty() {
             Err(Status::unauthenticated(

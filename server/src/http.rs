@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twilio/twiml", post(twiml_webhook))
         .route("/twilio/status", post(status_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
+        .route("/metrics", get(metrics))
         .with_state(state);
     router = match web_dir {
         Some(dir) if dir.join("index.html").is_file() => {
@@ -255,6 +256,28 @@ fn status_detail(status: CallStatus, error: Option<&str>, sip: Option<&str>, end
     }
 }
 
+/// `GET /metrics`: the media path's latency histograms and frame counters
+/// (Prometheus text format). Behind `API_TOKEN` like the gRPC API, since
+/// call volume is nobody else's business.
+async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &state.config.api_token {
+        let given = crate::grpc::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        if !crate::grpc::token_matches(given, token.expose()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "missing or invalid 'authorization: Bearer <API_TOKEN>'\n",
+            )
+                .into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
 /// `GET /ws/media/{call_id}`: Twilio opens the Media Streams WebSocket.
 async fn media_upgrade(
     State(state): State<Arc<AppState>>,
@@ -278,5 +301,6 @@ async fn media_upgrade(
     };
     ws.max_message_size(MAX_MEDIA_MESSAGE)
         .max_frame_size(MAX_MEDIA_MESSAGE)
+        .read_buffer_size(crate::realtime::WS_READ_BUFFER)
         .on_upgrade(move |socket| crate::bridge::serve_media(state, record, socket))
 }

@@ -18,6 +18,7 @@
 //! realtime.rs  RealtimeBackend: endpoints, auth (keys, Entra ID), the socket
 //!   realtime/protocol  client/server events of Voice Live and OpenAI (GA, preview)
 //! bridge.rs    per-call MediaBridge actor: Twilio media ↔ realtime AI, events
+//! metrics.rs   lock-free latency histograms and counters of the media path (GET /metrics)
 //! audio.rs     μ-law codec and resamplers (pure, benchmarked)
 //! emulator.rs  built-in Twilio and realtime-AI emulators (real wire protocols)
 //! ```
@@ -35,6 +36,7 @@ pub mod config;
 pub mod emulator;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod realtime;
 pub mod store;
 pub mod telephony;
@@ -44,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -81,6 +84,8 @@ pub struct AppState {
     pub emulators: Emulators,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
+    /// Latency and frame counters of the media path.
+    pub metrics: metrics::Metrics,
 }
 
 impl AppState {
@@ -265,6 +270,7 @@ impl Server {
                 realtime: realtime_emulator,
             },
             shutdown,
+            metrics: metrics::Metrics::default(),
         });
         Ok(Self {
             state,
@@ -296,7 +302,15 @@ impl Server {
         let addr = self.local_addr();
         tracing::info!("voice-agent listening on http://{addr} (gRPC, grpc-web, Twilio webhooks, web UI)");
         let shutdown = self.state.shutdown.clone();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // Media frames are small and latency-bound: Nagle's algorithm would hold
+        // a mark behind the unacknowledged media message before it (and the
+        // peer's delayed ACK makes that up to 40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
+            }
+        });
+        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serve = tokio::spawn(async move { serve.await });
         shutdown.cancelled().await;
         match tokio::time::timeout(self.grace, serve).await {

@@ -22,6 +22,13 @@ use crate::realtime::protocol::Dialect;
 /// An open realtime-AI socket.
 pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// Initial read buffer of the media-path WebSockets (Twilio's and the AI's).
+/// tungstenite's default is 128 KiB, which it zero-fills before every read:
+/// with two sockets per call that alone is 256 KiB per call and a 128 KiB
+/// memset per message. Our messages are a few hundred bytes to a few KiB; a
+/// larger one grows the buffer as needed.
+pub const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// How long opening the AI socket may take (TCP, TLS, upgrade).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -239,7 +246,11 @@ impl RealtimeBackends {
                 headers.insert("authorization", header(&format!("Bearer {token}"))?);
             }
         }
-        let connect = tokio_tungstenite::connect_async(request);
+        // No Nagle: each 20 ms append must leave at once, not wait for the
+        // previous one's ACK.
+        let config =
+            tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(WS_READ_BUFFER);
+        let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
         let (socket, _response) = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Err(_) => return Err(RealtimeError::Timeout(CONNECT_TIMEOUT)),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {

@@ -1,0 +1,225 @@
+//! The realtime AI's side (OpenAI GA dialect, protocols.md §6–§8): per call
+//! a WebSocket that checks the key, answers `session.update`, and talks in
+//! turns: the agent speaks for [`AGENT_FRAMES`] frames (the first
+//! [`LEAD_FRAMES`] at once, as the service runs ahead of playback, then one
+//! per 20 ms), the callee barges in (`speech_started`; the service cancels
+//! the response itself, `interrupt_response`), speaks for a while, stops, and
+//! the agent answers again.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+
+use crate::{FRAME, Run, tone_pcm24k, tone_ulaw};
+
+/// The key the server is configured with.
+pub const API_KEY: &str = "loadgen-openai-key";
+/// Frames of agent audio per response before the callee interrupts (3 s).
+pub const AGENT_FRAMES: usize = 150;
+/// Frames sent at once when a response starts (200 ms ahead of playback).
+pub const LEAD_FRAMES: usize = 10;
+/// How long the callee speaks after interrupting.
+const CALLEE_SPEAKS: Duration = Duration::from_millis(400);
+/// From the callee's end of speech to the agent's next response.
+const THINKS: Duration = Duration::from_millis(100);
+
+/// What one call's AI side saw, times in µs since the run started.
+#[derive(Default)]
+pub struct AiRecord {
+    /// The call's key (its instructions).
+    pub key: String,
+    /// When each `input_audio_buffer.append` arrived.
+    pub appends: Vec<u32>,
+    /// Per response, when each audio delta was written.
+    pub responses: Vec<Vec<u32>>,
+    /// When each `speech_started` was written.
+    pub speech_started: Vec<u32>,
+    /// How late each paced delta was written after its slot.
+    pub lag: Vec<u32>,
+    /// `conversation.item.truncate` received (one per barge-in expected).
+    pub truncates: usize,
+}
+
+/// Starts the AI endpoint on 127.0.0.1:0 (`OPENAI_REALTIME_URL` = `ws://addr/v1/realtime`).
+pub async fn start(run: Arc<Run>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let r = run.clone();
+    let app = Router::new().route(
+        "/v1/realtime",
+        axum::routing::get(move |headers: HeaderMap, ws: WebSocketUpgrade| {
+            let run = r.clone();
+            async move { upgrade(run, headers, ws) }
+        }),
+    );
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = run.close.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(addr)
+}
+
+fn upgrade(run: Arc<Run>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let ok = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {API_KEY}"));
+    if !ok {
+        return (StatusCode::UNAUTHORIZED, "invalid api key").into_response();
+    }
+    ws.read_buffer_size(8 * 1024).on_upgrade(move |socket| async move {
+        let record = session(&run, socket).await;
+        run.ai_records.lock().unwrap_or_else(|p| p.into_inner()).push(record);
+    })
+}
+
+enum Turn {
+    /// Before the first `response.create`.
+    Idle,
+    /// The agent speaks response `n`; `sent` frames so far.
+    Speaking { n: usize, sent: usize },
+    /// The callee speaks until the instant.
+    Listening(Instant),
+    /// The service prepares its answer until the instant.
+    Thinking(Instant),
+}
+
+async fn session(run: &Run, socket: WebSocket) -> AiRecord {
+    let (mut sink, mut source) = socket.split();
+    let mut record = AiRecord::default();
+    let capacity = run.expected_frames();
+    record.appends.reserve(capacity);
+    record.lag.reserve(capacity);
+    let delta = if run.pcm {
+        B64.encode(tone_pcm24k())
+    } else {
+        B64.encode(tone_ulaw())
+    };
+    let created = r#"{"type":"session.created","event_id":"event_0","session":{"type":"realtime","object":"realtime.session","id":"sess_loadgen"}}"#;
+    if sink.send(Message::Text(created.into())).await.is_err() {
+        return record;
+    }
+    let mut turn = Turn::Idle;
+    let mut tick = tokio::time::interval_at(run.phase_start(&run.ai_phase), FRAME);
+    let sending = run.stop_sending.clone();
+    loop {
+        tokio::select! {
+            scheduled = tick.tick(), if !sending.is_cancelled() && !matches!(turn, Turn::Idle) => {
+                let now = Instant::now();
+                let mut out: Vec<String> = Vec::new();
+                match &mut turn {
+                    Turn::Idle => {}
+                    Turn::Speaking { n, sent } => {
+                        // The first tick of a response sends the lead at once.
+                        let count = if *sent == 0 { LEAD_FRAMES } else { 1 };
+                        let r = &mut record.responses[*n];
+                        for _ in 0..count {
+                            *sent += 1;
+                            out.push(format!(
+                                r#"{{"type":"response.output_audio.delta","event_id":"ev_{n}_{sent}","response_id":"resp_{n}","item_id":"item_{n}","output_index":0,"content_index":0,"delta":"{delta}"}}"#
+                            ));
+                            r.push(run.us_at(now));
+                            if *sent % 10 == 0 {
+                                out.push(format!(
+                                    r#"{{"type":"response.output_audio_transcript.delta","event_id":"tr_{n}_{sent}","response_id":"resp_{n}","item_id":"item_{n}","output_index":0,"content_index":0,"delta":"word{sent} "}}"#
+                                ));
+                            }
+                        }
+                        if *sent > LEAD_FRAMES {
+                            record.lag.push(now.saturating_duration_since(scheduled.into_std()).as_micros() as u32);
+                        }
+                        if *sent >= AGENT_FRAMES {
+                            // The callee barges in; the service cancels the response itself.
+                            record.speech_started.push(run.us_at(now));
+                            out.push(format!(r#"{{"type":"input_audio_buffer.speech_started","event_id":"ss_{n}","audio_start_ms":{},"item_id":"in_{n}"}}"#, *n * 3500));
+                            out.push(format!(r#"{{"type":"response.output_audio_transcript.done","event_id":"td_{n}","response_id":"resp_{n}","item_id":"item_{n}","output_index":0,"content_index":0,"transcript":"an agent reply that the callee interrupts"}}"#));
+                            out.push(format!(r#"{{"type":"response.done","event_id":"rd_{n}","response":{{"id":"resp_{n}","object":"realtime.response","status":"cancelled","status_details":{{"type":"cancelled","reason":"turn_detected"}},"output":[]}}}}"#));
+                            turn = Turn::Listening(now + CALLEE_SPEAKS);
+                        }
+                    }
+                    Turn::Listening(until) => {
+                        if now >= *until {
+                            let n = record.responses.len() - 1;
+                            out.push(format!(r#"{{"type":"input_audio_buffer.speech_stopped","event_id":"sp_{n}","audio_end_ms":{},"item_id":"in_{n}"}}"#, n * 3500 + 400));
+                            out.push(format!(r#"{{"type":"input_audio_buffer.committed","event_id":"co_{n}","previous_item_id":null,"item_id":"in_{n}"}}"#));
+                            out.push(format!(r#"{{"type":"conversation.item.input_audio_transcription.completed","event_id":"it_{n}","item_id":"in_{n}","content_index":0,"transcript":"the callee interrupts"}}"#));
+                            turn = Turn::Thinking(now + THINKS);
+                        }
+                    }
+                    Turn::Thinking(until) => {
+                        if now >= *until {
+                            out.extend(start_response(&mut record));
+                            turn = Turn::Speaking { n: record.responses.len() - 1, sent: 0 };
+                        }
+                    }
+                }
+                for m in out {
+                    if sink.feed(Message::Text(m.into())).await.is_err() {
+                        return record;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return record;
+                }
+            }
+            msg = source.next() => match msg {
+                Some(Ok(Message::Text(text))) => {
+                    let t = text.as_str();
+                    if t.starts_with(r#"{"type":"input_audio_buffer.append""#) {
+                        record.appends.push(run.us());
+                    } else if t.contains(r#""type":"conversation.item.truncate""#) {
+                        record.truncates += 1;
+                    } else if t.contains(r#""type":"session.update""#) {
+                        let v: serde_json::Value = serde_json::from_str(t).unwrap_or_default();
+                        record.key = v["session"]["instructions"].as_str().unwrap_or_default().to_string();
+                        let updated = r#"{"type":"session.updated","event_id":"event_1","session":{"type":"realtime","object":"realtime.session","id":"sess_loadgen"}}"#;
+                        if sink.send(Message::Text(updated.into())).await.is_err() {
+                            return record;
+                        }
+                    } else if t.contains(r#""type":"response.create""#) && matches!(turn, Turn::Idle) {
+                        run.ai_started.fetch_add(1, Ordering::Relaxed);
+                        for m in start_response(&mut record) {
+                            if sink.feed(Message::Text(m.into())).await.is_err() {
+                                return record;
+                            }
+                        }
+                        let _ = sink.flush().await;
+                        turn = Turn::Speaking { n: record.responses.len() - 1, sent: 0 };
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return record,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}
+
+/// `response.created` and the output item of a new response.
+fn start_response(record: &mut AiRecord) -> [String; 2] {
+    let n = record.responses.len();
+    record.responses.push(Vec::with_capacity(AGENT_FRAMES));
+    [
+        format!(
+            r#"{{"type":"response.created","event_id":"rc_{n}","response":{{"id":"resp_{n}","object":"realtime.response","status":"in_progress","output":[]}}}}"#
+        ),
+        format!(
+            r#"{{"type":"response.output_item.added","event_id":"oi_{n}","response_id":"resp_{n}","output_index":0,"item":{{"id":"item_{n}","object":"realtime.item","type":"message","status":"in_progress","role":"assistant","content":[]}}}}"#
+        ),
+    ]
+}
