@@ -75,6 +75,39 @@ pub fn placed_json(placed: &pb::PlaceCallResponse) -> Value {
     })
 }
 
+/// A `GetServerInfoResponse` (what `info` prints).
+pub fn server_info_json(info: &pb::GetServerInfoResponse) -> Value {
+    let backends: Vec<Value> = info
+        .backends
+        .iter()
+        .map(|b| json!({"backend": backend(b.backend), "emulated": b.emulated, "defaultVoice": b.default_voice}))
+        .collect();
+    json!({
+        "backends": backends,
+        "defaultBackend": backend(info.default_backend),
+        "telephonyEmulated": info.telephony_emulated,
+        "defaultGreeting": info.default_greeting,
+        "defaultMaxDuration": duration(info.default_max_duration.as_ref()),
+        "audioMode": enum_value(pb::AudioMode::try_from(info.audio_mode).ok().map(|m| m.as_str_name()), info.audio_mode),
+        "serverVersion": info.server_version,
+    })
+}
+
+/// proto3 JSON writes a Duration as seconds with an `s` suffix and 0, 3, 6
+/// or 9 fractional digits, e.g. "600s" or "1.500s"; unset is `null`.
+fn duration(d: Option<&prost_types::Duration>) -> Value {
+    let Some(d) = d else { return Value::Null };
+    let sign = if d.seconds < 0 || d.nanos < 0 { "-" } else { "" };
+    let (seconds, nanos) = (d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
+    let fraction = match nanos {
+        0 => String::new(),
+        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
+        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
+        n => format!(".{n:09}"),
+    };
+    Value::String(format!("{sign}{seconds}{fraction}s"))
+}
+
 /// proto3 JSON writes 64-bit integers as strings (JavaScript numbers lose
 /// precision beyond 2^53).
 fn uint64(n: u64) -> Value {
@@ -205,6 +238,50 @@ mod tests {
         assert_eq!(v["eventCount"], "12");
         assert_eq!(v["emulated"], true);
         assert_eq!(v.as_object().map(|o| o.len()), Some(20));
+    }
+
+    #[test]
+    fn server_info_has_every_field() {
+        let v = server_info_json(&pb::GetServerInfoResponse {
+            backends: vec![pb::BackendInfo {
+                backend: pb::Backend::GptRealtime as i32,
+                emulated: false,
+                default_voice: "alloy".into(),
+            }],
+            default_backend: pb::Backend::GptRealtime as i32,
+            telephony_emulated: true,
+            default_greeting: "Hi".into(),
+            default_max_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            audio_mode: pb::AudioMode::Passthrough as i32,
+            server_version: "1.2.3".into(),
+        });
+        assert_eq!(
+            v,
+            json!({
+                "backends": [{"backend": "BACKEND_GPT_REALTIME", "emulated": false, "defaultVoice": "alloy"}],
+                "defaultBackend": "BACKEND_GPT_REALTIME",
+                "telephonyEmulated": true,
+                "defaultGreeting": "Hi",
+                "defaultMaxDuration": "600s",
+                "audioMode": "AUDIO_MODE_PASSTHROUGH",
+                "serverVersion": "1.2.3",
+            })
+        );
+        let unset = server_info_json(&pb::GetServerInfoResponse::default());
+        assert_eq!(unset["defaultMaxDuration"], Value::Null);
+        assert_eq!(unset["backends"], json!([]));
+        assert_eq!(unset["audioMode"], "AUDIO_MODE_UNSPECIFIED");
+    }
+
+    #[test]
+    fn durations_match_protojson() {
+        let d = |seconds, nanos| duration(Some(&prost_types::Duration { seconds, nanos }));
+        assert_eq!(d(600, 0), "600s");
+        assert_eq!(d(1, 500_000_000), "1.500s");
+        assert_eq!(d(0, 1_000), "0.000001s");
+        assert_eq!(d(0, 1), "0.000000001s");
+        assert_eq!(d(-1, -500_000_000), "-1.500s");
+        assert_eq!(d(0, -5_000_000), "-0.005s");
     }
 
     #[test]

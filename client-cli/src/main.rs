@@ -1,6 +1,6 @@
 //! `voice-agent`: the command-line client of `voiceagent.v1.VoiceAgentService`
 //! (the generated tonic client). Places calls, follows them live, hangs up,
-//! shows and lists call records.
+//! shows and lists call records, and shows what the server offers.
 //!
 //! Layout: `args` parses values, `client` builds the connection (auth
 //! interceptor, gRPC error text), `watch` follows a call with reconnects,
@@ -87,6 +87,8 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// Show what the server offers: its backends (and which are emulated), the call defaults, its version.
+    Info,
 }
 
 #[derive(Debug, Args)]
@@ -317,6 +319,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 }
                 token = page.next_page_token;
             }
+        }
+        Command::Info => {
+            let info = client.get_server_info(pb::GetServerInfoRequest {}).await?.into_inner();
+            if out.json {
+                line(&json::server_info_json(&info).to_string())?;
+            } else {
+                line(&render::server_info(&info))?;
+            }
+            Ok(EXIT_OK)
         }
     }
 }

@@ -240,6 +240,58 @@ where
         .join("\n")
 }
 
+/// `transcode` / `passthrough` (the `AUDIO_MODE` spelling); an unknown value shows its number.
+pub fn audio_mode_name(raw: i32) -> String {
+    match pb::AudioMode::try_from(raw) {
+        Ok(pb::AudioMode::Transcode) => "transcode".into(),
+        Ok(pb::AudioMode::Passthrough) => "passthrough".into(),
+        Ok(pb::AudioMode::Unspecified) => "not reported".into(),
+        Err(_) => format!("audio-mode-{raw}"),
+    }
+}
+
+/// What `info` prints: `name  value` lines like `get`, one line per backend.
+pub fn server_info(info: &pb::GetServerInfoResponse) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("version", non_empty(&info.server_version).unwrap_or_else(|| "-".into())),
+        (
+            "telephony",
+            if info.telephony_emulated {
+                "emulated: the built-in Twilio emulator answers; no real phone is dialled".into()
+            } else {
+                "Twilio: real phones are dialled".into()
+            },
+        ),
+    ];
+    if info.backends.is_empty() {
+        rows.push(("backends", "none".into()));
+    }
+    for (i, b) in info.backends.iter().enumerate() {
+        let ai = if b.emulated { "emulated" } else { "real" };
+        let mut text = format!("{:<12}  {ai:<8}", backend_name(b.backend));
+        if !b.default_voice.is_empty() {
+            text.push_str(&format!("  voice {}", sanitize(&b.default_voice)));
+        }
+        rows.push((if i == 0 { "backends" } else { "" }, text.trim_end().to_string()));
+    }
+    rows.push(("default", backend_name(info.default_backend)));
+    rows.push((
+        "greeting",
+        non_empty(&info.default_greeting).unwrap_or_else(|| "none".into()),
+    ));
+    rows.push((
+        "max duration",
+        info.default_max_duration
+            .as_ref()
+            .map_or_else(|| "-".into(), |d| format!("{} s", d.seconds)),
+    ));
+    rows.push(("audio mode", audio_mode_name(info.audio_mode)));
+    rows.into_iter()
+        .map(|(name, value)| format!("{name:<15}{value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| sanitize(s))
 }
@@ -397,6 +449,51 @@ mod tests {
             call_row(&record(), &Utc),
             "c1  COMPLETED    2023-11-14 22:13:20  +14155551212  voice-live  emulated  callee hung up"
         );
+    }
+
+    #[test]
+    fn server_info_lists_each_backend_on_its_own_line() {
+        let info = pb::GetServerInfoResponse {
+            backends: vec![
+                pb::BackendInfo {
+                    backend: pb::Backend::VoiceLive as i32,
+                    emulated: true,
+                    default_voice: "en-US-AriaNeural".into(),
+                },
+                pb::BackendInfo {
+                    backend: pb::Backend::GptRealtime as i32,
+                    emulated: true,
+                    default_voice: "alloy".into(),
+                },
+            ],
+            default_backend: pb::Backend::VoiceLive as i32,
+            telephony_emulated: true,
+            default_greeting: "Hello\nthere".into(),
+            default_max_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
+            audio_mode: pb::AudioMode::Transcode as i32,
+            server_version: "0.1.0".into(),
+        };
+        assert_eq!(
+            server_info(&info),
+            [
+                "version        0.1.0",
+                "telephony      emulated: the built-in Twilio emulator answers; no real phone is dialled",
+                "backends       voice-live    emulated  voice en-US-AriaNeural",
+                "               gpt-realtime  emulated  voice alloy",
+                "default        voice-live",
+                "greeting       Hello there",
+                "max duration   600 s",
+                "audio mode     transcode",
+            ]
+            .join("\n")
+        );
+        let bare = server_info(&pb::GetServerInfoResponse::default());
+        assert!(bare.contains("backends       none"), "{bare}");
+        assert!(
+            bare.contains("telephony      Twilio: real phones are dialled"),
+            "{bare}"
+        );
+        assert!(bare.contains("greeting       none"), "{bare}");
     }
 
     #[test]

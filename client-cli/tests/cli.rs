@@ -47,6 +47,8 @@ struct State {
     auth: Vec<String>,
     /// The PlaceCall requests seen.
     placed: Vec<pb::PlaceCallRequest>,
+    /// What GetServerInfo answers; `None` = UNIMPLEMENTED (a server older than the RPC).
+    info: Option<pb::GetServerInfoResponse>,
 }
 
 #[derive(Clone, Default)]
@@ -61,6 +63,11 @@ impl Fake {
             .unwrap_or_default()
             .to_string();
         self.0.lock().unwrap().auth.push(auth);
+    }
+
+    fn with_info(self, info: pb::GetServerInfoResponse) -> Fake {
+        self.0.lock().unwrap().info = Some(info);
+        self
     }
 
     fn with_call(self, call_id: &str, history: Vec<pb::CallEvent>, plans: Vec<Plan>) -> Fake {
@@ -194,6 +201,17 @@ impl VoiceAgentService for Fake {
             calls,
             next_page_token: next.into(),
         }))
+    }
+
+    async fn get_server_info(
+        &self,
+        request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        self.note_auth(&request);
+        match self.0.lock().unwrap().info.clone() {
+            Some(info) => Ok(Response::new(info)),
+            None => Err(Status::unimplemented("unknown method GetServerInfo")),
+        }
     }
 }
 
@@ -616,4 +634,99 @@ async fn usage_errors_exit_2_and_help_documents_exit_codes() {
     let out = cli(addr, &["watch", "--help"]).await;
     assert_eq!(out.status.code(), Some(0));
     assert!(stdout(&out).contains("7  the event stream broke"), "{}", stdout(&out));
+}
+
+/// A server with real Twilio, only gpt-realtime configured (real), passthrough audio.
+fn real_info() -> pb::GetServerInfoResponse {
+    pb::GetServerInfoResponse {
+        backends: vec![pb::BackendInfo {
+            backend: pb::Backend::GptRealtime as i32,
+            emulated: false,
+            default_voice: "marin".into(),
+        }],
+        default_backend: pb::Backend::GptRealtime as i32,
+        telephony_emulated: false,
+        default_greeting: "One moment please.".into(),
+        default_max_duration: Some(prost_types::Duration { seconds: 300, nanos: 0 }),
+        audio_mode: pb::AudioMode::Passthrough as i32,
+        server_version: "9.8.7".into(),
+    }
+}
+
+#[tokio::test]
+async fn info_prints_what_the_server_offers() {
+    let fake = Fake::default().with_info(real_info());
+    let state = fake.0.clone();
+    let (addr, _server) = start(fake).await;
+    let out = cli(addr, &["info", "--token", "t"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "version        9.8.7\n\
+         telephony      Twilio: real phones are dialled\n\
+         backends       gpt-realtime  real      voice marin\n\
+         default        gpt-realtime\n\
+         greeting       One moment please.\n\
+         max duration   300 s\n\
+         audio mode     passthrough\n"
+    );
+    assert_eq!(
+        state.lock().unwrap().auth,
+        ["Bearer t"],
+        "the token travels with info too"
+    );
+
+    let out = cli(addr, &["--json", "info"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+    assert_eq!(stdout(&out).lines().count(), 1);
+    assert_eq!(v["backends"].as_array().map(Vec::len), Some(1));
+    assert_eq!(v["backends"][0]["backend"], "BACKEND_GPT_REALTIME");
+    assert_eq!(v["backends"][0]["emulated"], false);
+    assert_eq!(v["backends"][0]["defaultVoice"], "marin");
+    assert_eq!(v["defaultBackend"], "BACKEND_GPT_REALTIME");
+    assert_eq!(v["telephonyEmulated"], false);
+    assert_eq!(v["defaultMaxDuration"], "300s");
+    assert_eq!(v["audioMode"], "AUDIO_MODE_PASSTHROUGH");
+    assert_eq!(v["serverVersion"], "9.8.7");
+}
+
+#[tokio::test]
+async fn info_says_what_is_emulated() {
+    let mut info = real_info();
+    info.telephony_emulated = true;
+    info.backends = vec![
+        pb::BackendInfo {
+            backend: pb::Backend::VoiceLive as i32,
+            emulated: true,
+            default_voice: "en-US-AriaNeural".into(),
+        },
+        pb::BackendInfo {
+            backend: pb::Backend::GptRealtime as i32,
+            emulated: true,
+            default_voice: "alloy".into(),
+        },
+    ];
+    let (addr, _server) = start(Fake::default().with_info(info)).await;
+    let out = cli(addr, &["info"]).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("telephony      emulated: the built-in Twilio emulator answers; no real phone is dialled\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("backends       voice-live    emulated  voice en-US-AriaNeural\n               gpt-realtime  emulated  voice alloy\n"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn info_from_a_server_without_the_rpc_is_one_line() {
+    let (addr, _server) = start(Fake::default()).await;
+    let out = cli(addr, &["info"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).starts_with("error: UNIMPLEMENTED: "), "{}", stderr(&out));
+    assert_eq!(stderr(&out).lines().count(), 1);
+    assert!(out.stdout.is_empty());
 }

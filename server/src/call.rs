@@ -54,6 +54,9 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Every backend, in the order clients list them.
+    pub const ALL: [Backend; 2] = [Backend::VoiceLive, Backend::GptRealtime];
+
     /// Parses the `DEFAULT_BACKEND` / CLI spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {

@@ -549,6 +549,16 @@ impl Config {
         })
     }
 
+    /// The backends a PlaceCall may ask for, in [`Backend::ALL`] order: those
+    /// [`Self::backend_unavailable`] lets through (both when no AI is
+    /// configured, else only the configured ones).
+    pub fn available_backends(&self) -> Vec<Backend> {
+        Backend::ALL
+            .into_iter()
+            .filter(|b| self.backend_unavailable(*b).is_none())
+            .collect()
+    }
+
     /// Checks that only make sense at start (not in tests that build configs by hand).
     pub fn check_startup(&self, allow_unauthenticated: bool) -> Result<(), ConfigError> {
         if !self.bind.ip().is_loopback() && self.api_token.is_none() && !allow_unauthenticated {
@@ -656,6 +666,26 @@ mod tests {
         assert_eq!(c.check_startup(false).unwrap_err().variable, "DEFAULT_BACKEND");
         assert_eq!(c.effective_default_backend(), Backend::VoiceLive);
         let c = parse(&[("OPENAI_API_KEY", "sk")]).unwrap();
+        assert_eq!(c.effective_default_backend(), Backend::GptRealtime);
+    }
+
+    #[test]
+    fn available_backends_are_all_when_none_is_configured_else_the_configured_ones() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.available_backends(), [Backend::VoiceLive, Backend::GptRealtime]);
+        let c = parse(&[("OPENAI_API_KEY", "sk")]).unwrap();
+        assert_eq!(c.available_backends(), [Backend::GptRealtime]);
+        assert!(c.available_backends().contains(&c.effective_default_backend()));
+        let c = parse(&[("AZURE_VOICE_LIVE_ENDPOINT", "https://x.services.ai.azure.com")]).unwrap();
+        assert_eq!(c.available_backends(), [Backend::VoiceLive]);
+        assert_eq!(c.effective_default_backend(), Backend::VoiceLive);
+        let c = parse(&[
+            ("AZURE_VOICE_LIVE_ENDPOINT", "https://x.services.ai.azure.com"),
+            ("OPENAI_API_KEY", "sk"),
+            ("DEFAULT_BACKEND", "gpt-realtime"),
+        ])
+        .unwrap();
+        assert_eq!(c.available_backends(), [Backend::VoiceLive, Backend::GptRealtime]);
         assert_eq!(c.effective_default_backend(), Backend::GptRealtime);
     }
 

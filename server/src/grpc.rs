@@ -16,7 +16,7 @@ use voice_agent_proto::v1 as pb;
 use crate::AppState;
 use crate::call::hub::HubError;
 use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, EventKind, Speaker};
-use crate::config::{DEFAULT_GREETING, is_e164};
+use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::telephony::{DialRequest, FailureClass, TelephonyError};
 
 /// Longest `instructions`, bytes.
@@ -183,12 +183,10 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
             Duration::from_secs(d.seconds as u64)
         }
     };
-    let voice = if !req.voice.is_empty() {
-        req.voice
-    } else if backend == Backend::VoiceLive {
-        config.azure_tts_voice.clone()
+    let voice = if req.voice.is_empty() {
+        default_voice(config, backend).to_string()
     } else {
-        config.voice.clone()
+        req.voice
     };
     let instructions = if req.instructions.is_empty() {
         config.system_prompt.clone()
@@ -204,6 +202,14 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         metadata: req.metadata.into_iter().collect(),
         max_duration,
     })
+}
+
+/// The voice a call on `backend` gets when PlaceCall leaves `voice` empty.
+fn default_voice(config: &Config, backend: Backend) -> &str {
+    match backend {
+        Backend::VoiceLive => &config.azure_tts_voice,
+        Backend::GptRealtime => &config.voice,
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -466,6 +472,44 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             calls,
             next_page_token: page.next.map(|n| format!("p{n}")).unwrap_or_default(),
         }))
+    }
+
+    async fn get_server_info(
+        &self,
+        _request: Request<pb::GetServerInfoRequest>,
+    ) -> Result<Response<pb::GetServerInfoResponse>, Status> {
+        Ok(Response::new(server_info(&self.state)))
+    }
+}
+
+/// What GetServerInfo says: the same decisions PlaceCall makes (which backends
+/// it accepts, what the unspecified one resolves to, which defaults apply),
+/// and nothing secret: no keys, endpoints or system prompt.
+pub fn server_info(state: &AppState) -> pb::GetServerInfoResponse {
+    let config = &state.config;
+    let backends = config
+        .available_backends()
+        .into_iter()
+        .map(|b| pb::BackendInfo {
+            backend: backend_to_pb(b) as i32,
+            emulated: state.ai_emulated(b),
+            default_voice: default_voice(config, b).to_string(),
+        })
+        .collect();
+    pb::GetServerInfoResponse {
+        backends,
+        default_backend: backend_to_pb(config.effective_default_backend()) as i32,
+        telephony_emulated: state.emulated_telephony,
+        default_greeting: DEFAULT_GREETING.to_string(),
+        default_max_duration: Some(prost_types::Duration {
+            seconds: i64::try_from(config.max_call_duration.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+        audio_mode: match config.audio_mode {
+            AudioMode::Transcode => pb::AudioMode::Transcode,
+            AudioMode::Passthrough => pb::AudioMode::Passthrough,
+        } as i32,
+        server_version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
 

@@ -481,3 +481,155 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     .expect("the watch stream ends with the server");
     eprintln!("{rest} more events after the first");
 }
+
+/// (backend, emulated, default voice) of each entry, in order.
+fn offered(info: &pb::GetServerInfoResponse) -> Vec<(pb::Backend, bool, String)> {
+    info.backends
+        .iter()
+        .map(|b| {
+            (
+                pb::Backend::try_from(b.backend).expect("a known backend"),
+                b.emulated,
+                b.default_voice.clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_info_in_emulator_mode_offers_both_backends_emulated() {
+    let mut config = Config::for_tests();
+    config.voice = "verse".into();
+    config.max_call_duration = Duration::from_secs(120);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let info = client
+        .get_server_info(pb::GetServerInfoRequest::default())
+        .await
+        .expect("GetServerInfo")
+        .into_inner();
+    assert_eq!(
+        offered(&info),
+        [
+            (pb::Backend::VoiceLive, true, "en-US-AriaNeural".to_string()),
+            (pb::Backend::GptRealtime, true, "verse".to_string()),
+        ]
+    );
+    assert_eq!(info.default_backend(), pb::Backend::VoiceLive);
+    assert!(info.telephony_emulated);
+    assert_eq!(info.default_greeting, voice_agent_server::config::DEFAULT_GREETING);
+    assert_eq!(info.default_max_duration.map(|d| d.seconds), Some(120));
+    assert_eq!(info.audio_mode(), pb::AudioMode::Transcode);
+    assert_eq!(info.server_version, env!("CARGO_PKG_VERSION"));
+
+    // What it says is what PlaceCall does: every offered backend is accepted,
+    // and an unspecified one becomes the default with that backend's voice.
+    for (backend, _, voice) in offered(&info) {
+        let placed = client
+            .place_call(pb::PlaceCallRequest {
+                backend: backend as i32,
+                ..place("+15550102")
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?} is offered but refused: {e}"))
+            .into_inner();
+        assert!(placed.emulated);
+        assert_eq!(get_call(&mut client, &placed.call_id).await.voice, voice);
+    }
+    let placed = client.place_call(place("+15550102")).await.unwrap().into_inner();
+    let call = get_call(&mut client, &placed.call_id).await;
+    assert_eq!(call.backend, info.default_backend);
+    assert_eq!(call.voice, info.backends[0].default_voice);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_info_offers_only_the_configured_backend() {
+    let emu = voice_agent_server::emulator::realtime::start(Default::default())
+        .await
+        .unwrap();
+    let mut config = Config::for_tests();
+    config.audio_mode = voice_agent_server::config::AudioMode::Passthrough;
+    let url = emu.url_base().join("/v1/realtime").unwrap();
+    config.openai = Some(voice_agent_server::config::OpenAiConfig {
+        api_key: Secret::new(emu.api_key()),
+        url: url.clone(),
+        model: "gpt-realtime".into(),
+    });
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let info = client
+        .get_server_info(pb::GetServerInfoRequest::default())
+        .await
+        .expect("GetServerInfo")
+        .into_inner();
+    assert_eq!(offered(&info), [(pb::Backend::GptRealtime, false, "alloy".to_string())]);
+    assert_eq!(info.default_backend(), pb::Backend::GptRealtime);
+    assert!(info.telephony_emulated, "Twilio is still the emulator");
+    assert_eq!(info.audio_mode(), pb::AudioMode::Passthrough);
+    let text = format!("{info:?}");
+    assert!(!text.contains(emu.api_key()), "no key in {text}");
+    let endpoint = format!("127.0.0.1:{}", url.port().expect("a port"));
+    assert!(!text.contains(&endpoint), "no endpoint in {text}");
+
+    // PlaceCall agrees: the backend left out is refused.
+    let e = client
+        .place_call(pb::PlaceCallRequest {
+            backend: pb::Backend::VoiceLive as i32,
+            ..place("+15550102")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    let placed = client.place_call(place("+15550102")).await.unwrap().into_inner();
+    assert_eq!(
+        get_call(&mut client, &placed.call_id).await.backend(),
+        pb::Backend::GptRealtime
+    );
+    server.stop().await;
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn server_info_needs_the_token_like_every_rpc() {
+    let mut config = Config::for_tests();
+    config.api_token = Some(Secret::new("s3cret"));
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    for req in [
+        tonic::Request::new(pb::GetServerInfoRequest::default()),
+        with_token(pb::GetServerInfoRequest::default(), "wrong"),
+    ] {
+        let e = client.get_server_info(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    }
+    let info = client
+        .get_server_info(with_token(pb::GetServerInfoRequest::default(), "s3cret"))
+        .await
+        .expect("the right token is accepted")
+        .into_inner();
+    assert_eq!(info.backends.len(), 2);
+
+    // The browser's path: grpc-web over HTTP/1.1.
+    let method = "voiceagent.v1.VoiceAgentService/GetServerInfo";
+    let (_, frames, trailers) = grpc_web(&server.url(), method, &pb::GetServerInfoRequest::default(), &[]).await;
+    assert!(frames.is_empty());
+    assert!(
+        trailers.iter().any(|(k, v)| k == "grpc-status" && v == "16"),
+        "{trailers:?}"
+    );
+    let (_, frames, trailers) = grpc_web(
+        &server.url(),
+        method,
+        &pb::GetServerInfoRequest::default(),
+        &[("authorization", "Bearer s3cret")],
+    )
+    .await;
+    assert!(
+        trailers.iter().any(|(k, v)| k == "grpc-status" && v == "0"),
+        "{trailers:?}"
+    );
+    let decoded = pb::GetServerInfoResponse::decode(&frames[0][..]).expect("one message");
+    assert_eq!(decoded, info);
+    server.stop().await;
+}

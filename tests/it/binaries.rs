@@ -134,51 +134,155 @@ fn run_grpcurl(grpcurl: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The grpcurl lines of the README's "grpcurl" section, each split into its
+/// arguments as the shell would (single quotes group).
+fn readme_grpcurl_examples() -> Vec<Vec<String>> {
+    let readme = include_str!("../../README.md");
+    let section = readme
+        .split("\n## grpcurl\n")
+        .nth(1)
+        .expect("the README has a grpcurl section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("the grpcurl section has a sh block");
+    block
+        .lines()
+        .filter(|l| l.starts_with("grpcurl "))
+        .map(shell_words)
+        .collect()
+}
+
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut in_word) = (Vec::new(), String::new(), false, false);
+    for c in line.chars() {
+        match c {
+            '\'' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut word));
+                    in_word = false;
+                }
+            }
+            c => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    assert!(!quoted, "unbalanced quote in {line:?}");
+    if in_word {
+        words.push(word);
+    }
+    words
+}
+
 #[test]
 fn grpcurl_examples_from_the_readme_work() {
     let Some(grpcurl) = grpcurl() else { return };
     let server = ServerProcess::start(&[]);
     let addr = server.addr.as_str();
 
-    let list = run_grpcurl(&grpcurl, &["-plaintext", addr, "list"]);
-    assert!(list.contains("voiceagent.v1.VoiceAgentService"), "{list}");
-    assert!(list.contains("grpc.health.v1.Health"), "{list}");
-    let describe = run_grpcurl(
-        &grpcurl,
-        &["-plaintext", addr, "describe", "voiceagent.v1.VoiceAgentService"],
-    );
-    assert!(describe.contains("rpc WatchCall"), "{describe}");
-    let health = run_grpcurl(&grpcurl, &["-plaintext", addr, "grpc.health.v1.Health/Check"]);
-    assert!(health.contains("SERVING"), "{health}");
+    // Every example of the README runs, in its order, against this server
+    // (its address for 127.0.0.1:8000, PlaceCall's callId for the placeholder).
+    let mut call_id: Option<String> = None;
+    let mut checked = Vec::new();
+    for example in readme_grpcurl_examples() {
+        let args: Vec<String> = example[1..]
+            .iter()
+            .map(|a| {
+                let a = a.replace("127.0.0.1:8000", addr);
+                if a.contains("<callId from PlaceCall>") {
+                    let id = call_id.as_deref().expect("PlaceCall comes before WatchCall");
+                    a.replace("<callId from PlaceCall>", id)
+                } else {
+                    a
+                }
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let target = args.last().copied().unwrap_or_default().to_string();
+        let started = Instant::now();
+        let out = run_grpcurl(&grpcurl, &args);
+        match target.as_str() {
+            "list" => {
+                assert!(out.contains("voiceagent.v1.VoiceAgentService"), "{out}");
+                assert!(out.contains("grpc.health.v1.Health"), "{out}");
+            }
+            "voiceagent.v1.VoiceAgentService" => {
+                assert!(out.contains("rpc WatchCall"), "{out}");
+                assert!(out.contains("rpc GetServerInfo"), "{out}");
+            }
+            "voiceagent.v1.VoiceAgentService/GetServerInfo" => {
+                let v: serde_json::Value = serde_json::from_str(&out).expect("GetServerInfo prints JSON");
+                let backends: Vec<(&str, bool)> = v["backends"]
+                    .as_array()
+                    .expect("backends")
+                    .iter()
+                    .map(|b| (b["backend"].as_str().unwrap_or(""), b["emulated"] == true))
+                    .collect();
+                assert_eq!(
+                    backends,
+                    [("BACKEND_VOICE_LIVE", true), ("BACKEND_GPT_REALTIME", true)],
+                    "{out}"
+                );
+                assert_eq!(v["defaultBackend"], "BACKEND_VOICE_LIVE", "{out}");
+                assert_eq!(v["telephonyEmulated"], true, "{out}");
+                assert_eq!(v["serverVersion"], env!("CARGO_PKG_VERSION"), "{out}");
+            }
+            "voiceagent.v1.VoiceAgentService/PlaceCall" => {
+                let v: serde_json::Value = serde_json::from_str(&out).expect("PlaceCall prints JSON");
+                call_id = Some(v["callId"].as_str().expect("callId").to_string());
+                assert_eq!(v["emulated"], true);
+            }
+            "voiceagent.v1.VoiceAgentService/WatchCall" => {
+                // The demo conversation plays in real time (about half a minute).
+                assert!(started.elapsed() < Duration::from_secs(120), "{:?}", started.elapsed());
+                assert!(out.contains("CALL_STATUS_QUEUED"), "{out}");
+                assert!(out.contains("CALL_STATUS_COMPLETED"), "{out}");
+                assert!(out.contains("SPEAKER_CALLEE"), "{out}");
+            }
+            "grpc.health.v1.Health/Check" => assert!(out.contains("SERVING"), "{out}"),
+            other => panic!("the README's grpcurl example for {other} is not checked here: add it"),
+        }
+        checked.push(target);
+    }
+    for needed in [
+        "list",
+        "voiceagent.v1.VoiceAgentService",
+        "voiceagent.v1.VoiceAgentService/GetServerInfo",
+        "voiceagent.v1.VoiceAgentService/PlaceCall",
+        "voiceagent.v1.VoiceAgentService/WatchCall",
+        "grpc.health.v1.Health/Check",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == needed),
+            "the README lost its {needed} example: {checked:?}"
+        );
+    }
 
-    let placed = run_grpcurl(
+    // `voice-agent --json info` prints what grpcurl prints with -emit-defaults.
+    let grpcurl_info = run_grpcurl(
         &grpcurl,
         &[
             "-plaintext",
-            "-d",
-            r#"{"to": "+15550102"}"#,
+            "-emit-defaults",
             addr,
-            "voiceagent.v1.VoiceAgentService/PlaceCall",
+            "voiceagent.v1.VoiceAgentService/GetServerInfo",
         ],
     );
-    let v: serde_json::Value = serde_json::from_str(&placed).expect("PlaceCall prints JSON");
-    let call_id = v["callId"].as_str().expect("callId").to_string();
-    assert_eq!(v["emulated"], true);
-
-    let started = Instant::now();
-    let watch = run_grpcurl(
-        &grpcurl,
-        &[
-            "-plaintext",
-            "-d",
-            &format!(r#"{{"call_id": "{call_id}"}}"#),
-            addr,
-            "voiceagent.v1.VoiceAgentService/WatchCall",
-        ],
-    );
-    assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(watch.contains("CALL_STATUS_QUEUED"), "{watch}");
-    assert!(watch.contains("CALL_STATUS_BUSY"), "{watch}");
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &format!("http://{addr}"), "--json", "info"])
+        .output()
+        .expect("run voice-agent info");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli: serde_json::Value = serde_json::from_slice(&out.stdout).expect("info --json prints JSON");
+    let grpcurl_info: serde_json::Value = serde_json::from_str(&grpcurl_info).expect("JSON");
+    assert_eq!(cli, grpcurl_info);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 // @ts-check
 // End-to-end test in real headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core)
 // against a running voice-agent server in emulator mode:
+//   before any call, the emulated banner (Twilio and AI) and the backends the server reports
+//   (GetServerInfo: default + Voice Live + gpt-realtime, both emulated) →
 //   place a call to +15550100 from the form → statuses and ≥2 transcript lines appear live →
 //   the call ends COMPLETED → reopen it from the list and see the same transcript.
 // A screenshot of the live call view is saved to e2e-artifacts/live-call.png.
@@ -114,6 +116,28 @@ try {
   log(`opening ${baseUrl}`);
   await page.goto(baseUrl, { waitUntil: "load" });
   await page.getByRole("heading", { name: "Place a call" }).waitFor({ timeout: 15_000 });
+
+  // Before any call is placed, GetServerInfo alone brings the banner and the backend choices.
+  // (In emulator mode both backends are offered, both emulated; the ?demo fake offers Voice Live.)
+  const select = page.locator('select[name="backend"]');
+  await page.locator('select[name="backend"][data-backends="ready"]').waitFor({ timeout: 15_000 });
+  const options = await select.locator("option").allTextContents();
+  const expectedOptions = demo
+    ? ["Server default (Voice Live)", "Voice Live (emulated)"]
+    : ["Server default (Voice Live)", "Voice Live (emulated)", "gpt-realtime (emulated)"];
+  check(
+    JSON.stringify(options) === JSON.stringify(expectedOptions),
+    `backend options ${JSON.stringify(options)}, expected ${JSON.stringify(expectedOptions)}`,
+  );
+  log(`backend choices from the server: ${options.join(" | ")}`);
+  const earlyBanner = page.getByTestId("emulated-banner");
+  await earlyBanner.waitFor({ state: "visible", timeout: 15_000 });
+  const emulatedParts = await earlyBanner.getAttribute("data-emulated");
+  check(emulatedParts === "twilio ai", `the banner is about Twilio and the AI (data-emulated=${emulatedParts})`);
+  const earlyText = (await earlyBanner.textContent()) ?? "";
+  check(earlyText.includes("Calls are emulated — no real phone is dialled"), `banner before any call: ${earlyText}`);
+  check((await page.locator('[data-testid="call-view"]').count()) === 0, "no call is open yet");
+  log("emulated banner shown before any call");
 
   log(`placing a call to ${number}`);
   await page.getByLabel("Phone number").fill(number);

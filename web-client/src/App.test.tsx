@@ -2,7 +2,7 @@ import { Code, ConnectError, createRouterTransport } from "@connectrpc/connect";
 import { act, cleanup, render, screen, waitFor, within } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { App } from "./App";
+import { App, EMULATED_BANNER } from "./App";
 import { defaultScript, FakeVoiceAgent, type FakeOptions, type ScriptKind } from "./fake/fakeService";
 import { Backend, CallStatus, Speaker, VoiceAgentService } from "./gen/voiceagent/v1/voice_agent_pb";
 import { AuthStore, authInterceptor } from "./rpc/auth";
@@ -21,6 +21,8 @@ function setup(opts: FakeOptions = {}, pageSize?: number) {
   return { fake, auth, user };
 }
 
+const backendSelect = () => screen.getByLabelText<HTMLSelectElement>("AI backend");
+const optionLabels = () => [...backendSelect().options].map((o) => o.textContent);
 const callView = () => screen.getByTestId("call-view");
 const lines = () => within(callView()).queryAllByTestId("transcript-line");
 const transcriptCount = (script: readonly ScriptKind[]) => script.filter((k) => k?.case === "transcript").length;
@@ -45,7 +47,9 @@ describe("placing a call", () => {
   });
 
   it("shows a backend refusal next to the backend field", async () => {
-    const { fake, user } = setup({ configuredBackends: [Backend.VOICE_LIVE] });
+    // A server that cannot say which backends it has: all are listed, and it refuses one it lacks.
+    const { fake, user } = setup({ configuredBackends: [Backend.VOICE_LIVE], serverInfoError: Code.Unimplemented });
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("failed"));
     await user.type(screen.getByLabelText("Phone number"), "+15550100");
     await user.selectOptions(screen.getByLabelText("AI backend"), String(Backend.GPT_REALTIME));
     await user.click(screen.getByRole("button", { name: "Place call" }));
@@ -233,7 +237,92 @@ describe("calls list", () => {
   it("shows no emulated banner for real calls", async () => {
     setup({ seedCalls: 2, emulated: false });
     await waitFor(() => expect(within(screen.getByTestId("calls-list")).getAllByRole("button")).toHaveLength(2));
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
     expect(screen.queryByTestId("emulated-banner")).toBeNull();
+  });
+});
+
+describe("server info", () => {
+  it("offers only the backends the server reports, naming its default", async () => {
+    const { fake, user } = setup({ configuredBackends: [Backend.GPT_REALTIME], emulated: false });
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(optionLabels()).toEqual(["Server default (gpt-realtime)", "gpt-realtime"]);
+    expect([...backendSelect().options].map((o) => Number(o.value))).toEqual([
+      Backend.UNSPECIFIED,
+      Backend.GPT_REALTIME,
+    ]);
+    expect(screen.getByTestId("backend-help").textContent).toBe("The backends this server has credentials for.");
+    expect(screen.queryByTestId("emulated-banner")).toBeNull();
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.selectOptions(backendSelect(), String(Backend.GPT_REALTIME));
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(fake.calls.size).toBe(1));
+    expect([...fake.calls.values()][0]?.call.backend).toBe(Backend.GPT_REALTIME);
+    expect(screen.queryByTestId("error-backend")).toBeNull();
+  });
+
+  it("marks the emulated backends and shows the banner before any call", async () => {
+    const { fake } = setup({ configuredBackends: [Backend.VOICE_LIVE, Backend.GPT_REALTIME] });
+    const banner = await screen.findByTestId("emulated-banner");
+    expect(fake.calls.size).toBe(0);
+    expect(banner.dataset.emulated).toBe("twilio ai");
+    expect(banner.textContent).toContain(EMULATED_BANNER);
+    expect(banner.textContent).toContain("Twilio emulator and realtime-AI emulator");
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(optionLabels()).toEqual(["Server default (Voice Live)", "Voice Live (emulated)", "gpt-realtime (emulated)"]);
+  });
+
+  it("says real phones are dialled when only the AI is emulated", async () => {
+    setup({ emulated: false, aiEmulated: true });
+    const banner = await screen.findByTestId("emulated-banner");
+    expect(banner.dataset.emulated).toBe("ai");
+    expect(banner.textContent).toContain("real phones are dialled");
+    expect(banner.textContent).not.toContain(EMULATED_BANNER);
+    expect(optionLabels()).toEqual(["Server default (Voice Live)", "Voice Live (emulated)"]);
+  });
+
+  it("says only Twilio is emulated when the AI is real", async () => {
+    setup({ emulated: true, aiEmulated: false, configuredBackends: [Backend.GPT_REALTIME] });
+    const banner = await screen.findByTestId("emulated-banner");
+    expect(banner.dataset.emulated).toBe("twilio");
+    expect(banner.textContent).toContain(EMULATED_BANNER);
+    expect(banner.textContent).toContain("the AI is real (gpt-realtime)");
+    expect(optionLabels()).toEqual(["Server default (gpt-realtime)", "gpt-realtime"]);
+  });
+
+  it("lists every backend while asking, then drops a choice the server does not offer", async () => {
+    let answer = (): void => undefined;
+    const serverInfoGate = new Promise<void>((resolve) => {
+      answer = resolve;
+    });
+    const { user } = setup({ configuredBackends: [Backend.VOICE_LIVE], serverInfoGate });
+    expect(backendSelect().dataset.backends).toBe("loading");
+    expect(optionLabels()).toEqual(["Server default", "Voice Live", "gpt-realtime"]);
+    expect(screen.getByTestId("backend-help").textContent).toContain("all are listed meanwhile");
+    await user.selectOptions(backendSelect(), String(Backend.GPT_REALTIME));
+    expect(backendSelect().value).toBe(String(Backend.GPT_REALTIME));
+    act(() => answer());
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(optionLabels()).toEqual(["Server default (Voice Live)", "Voice Live (emulated)"]);
+    expect(backendSelect().value).toBe(String(Backend.UNSPECIFIED));
+  });
+
+  it("falls back to every backend, and says so, when GetServerInfo fails", async () => {
+    const { user } = setup({ serverInfoError: Code.Unavailable });
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("failed"));
+    expect(optionLabels()).toEqual(["Server default", "Voice Live", "gpt-realtime"]);
+    const help = screen.getByTestId("backend-help").textContent ?? "";
+    expect(help).toContain("Could not ask the server which backends it offers");
+    expect(help).toContain("GetServerInfo refused by the fake");
+    // Not a page-level alert: the form still works.
+    expect(screen.queryByRole("alert")).toBeNull();
+    expect(screen.queryByTestId("emulated-banner")).toBeNull();
+    // The calls' own flag still brings the banner, without claiming what was emulated.
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    const banner = await screen.findByTestId("emulated-banner");
+    expect(banner.dataset.emulated).toBe("unknown");
+    expect(banner.textContent).toContain("Calls are emulated");
   });
 });
 
@@ -248,6 +337,23 @@ describe("API token", () => {
     await waitFor(() => expect(within(screen.getByTestId("calls-list")).getAllByRole("button")).toHaveLength(1));
     expect(window.sessionStorage.getItem("voiceagent.apiToken")).toBe("s3cret");
     expect(screen.queryByRole("alert")).toBeNull();
+  });
+
+  it("asks for the server info again once a token is saved", async () => {
+    const { fake, user } = setup({ token: "s3cret", configuredBackends: [Backend.GPT_REALTIME] });
+    const field = await screen.findByLabelText("API token");
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("failed"));
+    expect(screen.getByTestId("backend-help").textContent).toContain("API token");
+    expect(optionLabels()).toEqual(["Server default", "Voice Live", "gpt-realtime"]);
+    expect(screen.queryByTestId("emulated-banner")).toBeNull();
+    const asked = fake.serverInfoRequests;
+    expect(asked).toBeGreaterThan(0);
+    await user.type(field, "s3cret");
+    await user.click(screen.getByRole("button", { name: "Save token" }));
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(fake.serverInfoRequests).toBeGreaterThan(asked);
+    expect(optionLabels()).toEqual(["Server default (gpt-realtime)", "gpt-realtime (emulated)"]);
+    expect((await screen.findByTestId("emulated-banner")).dataset.emulated).toBe("twilio ai");
   });
 });
 

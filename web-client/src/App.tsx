@@ -6,8 +6,9 @@ import { CallView } from "./components/CallView";
 import { PlaceCallForm } from "./components/PlaceCallForm";
 import { TokenPanel } from "./components/TokenPanel";
 import type { Call, CallStatus, PlaceCallResponse } from "./gen/voiceagent/v1/voice_agent_pb";
-import { useHashCallId } from "./hooks";
+import { useHashCallId, useServerInfo } from "./hooks";
 import { isUnauthenticated } from "./model/rpcErrors";
+import { emulationBanner } from "./model/serverInfo";
 import type { BackoffPolicy } from "./model/watch";
 import type { AuthStore } from "./rpc/auth";
 import type { VoiceAgentClient } from "./rpc/client";
@@ -23,8 +24,8 @@ export interface AppProps {
   readonly watchBackoff?: BackoffPolicy;
 }
 
-/** Banner text; the e2e test and the contract ("the web UI says plainly…") rely on it. */
-export const EMULATED_BANNER = "Calls are emulated — no real phone is dialled";
+/** Banner headline when Twilio is emulated; the e2e test and the contract ("the web UI says plainly…") rely on it. */
+export { EMULATED_BANNER } from "./model/serverInfo";
 
 /** Root component. */
 export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppProps) {
@@ -84,6 +85,11 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
 
   const onCallRecord = useCallback((call: Call) => noteEmulated(call.callId, call.emulated), [noteEmulated]);
 
+  // Asked on load and again with every new token; until it answers, the banner can only come from
+  // the calls seen, and the form lists every backend.
+  const serverInfo = useServerInfo(client, authSnap.version, onRpcError);
+  const banner = emulationBanner(serverInfo, emulatedCallIds.size > 0);
+
   return (
     <div className="app">
       <a className="skip-link" href="#main">
@@ -94,9 +100,14 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
         <p className="muted">Outbound AI phone calls — operator console</p>
       </header>
 
-      {emulatedCallIds.size > 0 && (
-        <div className="banner banner--emulated" role="status" data-testid="emulated-banner">
-          <strong>{EMULATED_BANNER}.</strong> The server runs its built-in Twilio and AI emulators.
+      {banner !== undefined && (
+        <div
+          className="banner banner--emulated"
+          role="status"
+          data-testid="emulated-banner"
+          data-emulated={banner.parts}
+        >
+          <strong>{banner.headline}.</strong> {banner.detail}
         </div>
       )}
       {demo && (
@@ -108,7 +119,7 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
 
       <main id="main" className="layout">
         <div className="col col--left">
-          <PlaceCallForm client={client} onPlaced={onPlaced} onRpcError={onRpcError} />
+          <PlaceCallForm client={client} onPlaced={onPlaced} onRpcError={onRpcError} serverInfo={serverInfo} />
           <CallsList
             client={client}
             refreshKey={listKey * 1000 + authSnap.version}

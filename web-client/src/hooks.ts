@@ -1,5 +1,8 @@
 // Small React hooks shared by the views.
 import { useCallback, useEffect, useState } from "react";
+import { describeError } from "./model/rpcErrors";
+import type { ServerInfoState } from "./model/serverInfo";
+import type { VoiceAgentClient } from "./rpc/client";
 
 const CALL_HASH = /^#\/calls\/([^/?#]+)$/;
 const CALL_PATH = /^\/calls\/([^/?#]+)\/?$/;
@@ -70,4 +73,33 @@ export function formatDateTime(d: Date | undefined): string {
   return d
     ? d.toLocaleString([], { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit", second: "2-digit" })
     : "—";
+}
+
+/**
+ * GetServerInfo, asked on mount and again whenever `refreshKey` changes (a new API token). A failure
+ * goes to `onError` (which asks for a token on UNAUTHENTICATED) and leaves the state "failed"; a
+ * refresh keeps the last answer on screen until the new one arrives.
+ */
+export function useServerInfo(
+  client: VoiceAgentClient,
+  refreshKey: number,
+  onError: (err: unknown) => void,
+): ServerInfoState {
+  const [state, setState] = useState<ServerInfoState>({ status: "loading" });
+  useEffect(() => {
+    const abort = new AbortController();
+    setState((prev) => (prev.status === "ready" ? prev : { status: "loading" }));
+    client.getServerInfo({}, { signal: abort.signal }).then(
+      (info) => {
+        if (!abort.signal.aborted) setState({ status: "ready", info });
+      },
+      (err: unknown) => {
+        if (abort.signal.aborted) return;
+        onError(err);
+        setState({ status: "failed", message: describeError(err) });
+      },
+    );
+    return () => abort.abort();
+  }, [client, refreshKey, onError]);
+  return state;
 }

@@ -2,8 +2,8 @@
 import { type FormEvent, useEffect, useId, useRef, useState } from "react";
 import { Backend, type PlaceCallResponse } from "../gen/voiceagent/v1/voice_agent_pb";
 import { E164_HELP, normalizePhone, validateE164 } from "../model/e164";
-import { BACKEND_CHOICES, backendLabel } from "../model/labels";
 import { type PlaceCallField, placeCallFieldError } from "../model/rpcErrors";
+import { backendHelp, backendOptions, type ServerInfoState } from "../model/serverInfo";
 import type { VoiceAgentClient } from "../rpc/client";
 
 type GreetingMode = "default" | "none" | "custom";
@@ -53,10 +53,12 @@ export interface PlaceCallFormProps {
   readonly client: VoiceAgentClient;
   readonly onPlaced: (response: PlaceCallResponse, to: string) => void;
   readonly onRpcError: (err: unknown) => void;
+  /** What the server offers; until it has said, every backend is listed. */
+  readonly serverInfo: ServerInfoState;
 }
 
 /** The form that places a call. */
-export function PlaceCallForm({ client, onPlaced, onRpcError }: PlaceCallFormProps) {
+export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: PlaceCallFormProps) {
   const uid = useId();
   const id = (name: string): string => `${uid}-${name}`;
   const [to, setTo] = useState("");
@@ -73,6 +75,14 @@ export function PlaceCallForm({ client, onPlaced, onRpcError }: PlaceCallFormPro
   // so that a field inside the collapsed options is visible by then).
   const [focusTick, setFocusTick] = useState(0);
   const refs = useRef<Partial<Record<PlaceCallField, HTMLElement | null>>>({});
+  const backendChoices = backendOptions(serverInfo);
+  const backendOffered = backendChoices.some((o) => o.value === backend);
+
+  // A backend picked from the fallback list that the server then turns out not to offer goes back
+  // to the server's default, rather than being sent and refused.
+  useEffect(() => {
+    if (!backendOffered) setBackend(Backend.UNSPECIFIED);
+  }, [backendOffered]);
 
   const showErrors = (errs: Errors): void => {
     setErrors(errs);
@@ -123,7 +133,7 @@ export function PlaceCallForm({ client, onPlaced, onRpcError }: PlaceCallFormPro
     try {
       const response = await client.placeCall({
         to: number,
-        backend,
+        backend: backendOffered ? backend : Backend.UNSPECIFIED,
         instructions: instructions.trim(),
         voice: voice.trim(),
         // Unset = the server's default greeting; "" = no greeting (see PlaceCallRequest.greeting).
@@ -193,19 +203,20 @@ export function PlaceCallForm({ client, onPlaced, onRpcError }: PlaceCallFormPro
             refs.current.backend = el;
           }}
           name="backend"
-          value={backend}
+          value={backendOffered ? backend : Backend.UNSPECIFIED}
+          data-backends={serverInfo.status}
           aria-invalid={errors.backend !== undefined}
           aria-describedby={describedBy("backend", true)}
           onChange={(e) => setBackend(Number(e.target.value) as Backend)}
         >
-          {BACKEND_CHOICES.map((b) => (
-            <option key={b} value={b}>
-              {backendLabel(b)}
+          {backendChoices.map((o) => (
+            <option key={o.value} value={o.value}>
+              {o.label}
             </option>
           ))}
         </select>
-        <p id={id("backend-help")} className="help">
-          The server refuses a backend it has no credentials for.
+        <p id={id("backend-help")} className="help" data-testid="backend-help">
+          {backendHelp(serverInfo)}
         </p>
         {fieldError("backend")}
       </div>

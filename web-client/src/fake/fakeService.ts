@@ -1,7 +1,8 @@
 // In-memory VoiceAgentService: a scripted call that goes queued → ringing → in progress → talk → ended.
 // Used by the component tests and by the `?demo` page (no server needed). It keeps the contract's
 // semantics that the UI relies on: gapless sequences from 1, history-then-live WatchCall that ends
-// after the terminal status, NOT_FOUND, UNAUTHENTICATED, field-named INVALID_ARGUMENT, paging.
+// after the terminal status, NOT_FOUND, UNAUTHENTICATED, field-named INVALID_ARGUMENT, paging, and a
+// GetServerInfo that offers exactly the backends PlaceCall accepts.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
@@ -14,12 +15,15 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import {
+  AudioMode,
   Backend,
   type Call,
   type CallEvent,
   CallEventSchema,
   CallSchema,
   CallStatus,
+  type GetServerInfoResponse,
+  GetServerInfoResponseSchema,
   Speaker,
   VoiceAgentService,
 } from "../gen/voiceagent/v1/voice_agent_pb";
@@ -33,12 +37,22 @@ export type ScriptKind = MessageInitShape<typeof CallEventSchema>["kind"];
 export interface FakeOptions {
   /** Milliseconds between scripted events (default 700). */
   readonly stepMs?: number;
-  /** Value of `emulated` on calls (default true). */
+  /** Whether "Twilio" is emulated (GetServerInfo's `telephony_emulated`; default true). A call is
+   * `emulated` when Twilio or its backend is. */
   readonly emulated?: boolean;
+  /** Whether the offered backends are answered by the "realtime-AI emulator" (default: `emulated`). */
+  readonly aiEmulated?: boolean;
   /** When set, every RPC needs `authorization: Bearer <token>`. */
   readonly token?: string;
-  /** Backends that "are configured"; others get FAILED_PRECONDITION (default: Voice Live only). */
+  /** Backends that "are configured": GetServerInfo offers these, PlaceCall refuses the others with
+   * FAILED_PRECONDITION (default: Voice Live only). */
   readonly configuredBackends?: readonly Backend[];
+  /** What BACKEND_UNSPECIFIED becomes (default: the first configured backend). */
+  readonly defaultBackend?: Backend;
+  /** GetServerInfo fails with this code (e.g. UNIMPLEMENTED, as a server older than the RPC would). */
+  readonly serverInfoError?: Code;
+  /** GetServerInfo answers only once this promise settles (to test what shows while it is asked). */
+  readonly serverInfoGate?: Promise<void>;
   /** WatchCall fails with UNAVAILABLE after this many events per stream (simulates drops). */
   readonly dropStreamAfter?: number;
   /** On a resumed WatchCall, first repeat the event at after_sequence (simulates duplicates). */
@@ -100,6 +114,8 @@ function utf8Length(s: string): number {
 export class FakeVoiceAgent {
   readonly calls = new Map<string, FakeCall>();
   readonly watchRequests: { callId: string; afterSequence: bigint }[] = [];
+  /** How many GetServerInfo requests reached the handler (including refused ones). */
+  serverInfoRequests = 0;
   private nextId = 1;
   private readonly opts: FakeOptions;
 
@@ -109,6 +125,42 @@ export class FakeVoiceAgent {
       const fc = this.newCall(`+1555010${String(1000 + i).slice(-4)}`, Backend.VOICE_LIVE);
       for (const k of defaultScript()) this.append(fc, k);
     }
+  }
+
+  /** Backends PlaceCall accepts, in the server's order (Voice Live, then gpt-realtime). */
+  get configuredBackends(): Backend[] {
+    const configured = this.opts.configuredBackends ?? [Backend.VOICE_LIVE];
+    return [Backend.VOICE_LIVE, Backend.GPT_REALTIME].filter((b) => configured.includes(b));
+  }
+
+  /** What UNSPECIFIED becomes. */
+  get defaultBackend(): Backend {
+    return this.opts.defaultBackend ?? this.configuredBackends[0] ?? Backend.VOICE_LIVE;
+  }
+
+  private get telephonyEmulated(): boolean {
+    return this.opts.emulated ?? true;
+  }
+
+  private get aiEmulated(): boolean {
+    return this.opts.aiEmulated ?? this.telephonyEmulated;
+  }
+
+  /** GetServerInfo's answer, consistent with what PlaceCall accepts and how calls are flagged. */
+  serverInfo(): GetServerInfoResponse {
+    return create(GetServerInfoResponseSchema, {
+      backends: this.configuredBackends.map((backend) => ({
+        backend,
+        emulated: this.aiEmulated,
+        defaultVoice: backend === Backend.VOICE_LIVE ? "en-US-AriaNeural" : "alloy",
+      })),
+      defaultBackend: this.defaultBackend,
+      telephonyEmulated: this.telephonyEmulated,
+      defaultGreeting: "Please wait while we connect you to our AI assistant.",
+      defaultMaxDuration: { seconds: 600n, nanos: 0 },
+      audioMode: AudioMode.TRANSCODE,
+      serverVersion: "0.0.0-fake",
+    });
   }
 
   /** Router transport serving this fake. */
@@ -150,11 +202,11 @@ export class FakeVoiceAgent {
         callId: id,
         to,
         from: "+15550009999",
-        backend: backend === Backend.UNSPECIFIED ? Backend.VOICE_LIVE : backend,
+        backend: backend === Backend.UNSPECIFIED ? this.defaultBackend : backend,
         status: CallStatus.UNSPECIFIED,
         providerCallId: `CA${id.replace(/[^0-9]/g, "").padStart(32, "0")}`,
         createdAt: timestampFromDate(new Date(Date.now())),
-        emulated: this.opts.emulated ?? true,
+        emulated: this.telephonyEmulated || this.aiEmulated,
       }),
       events: [],
       listeners: new Set(),
@@ -205,8 +257,7 @@ export class FakeVoiceAgent {
         if (utf8Length(req.instructions) > 16384) {
           throw new ConnectError("instructions: at most 16384 bytes", Code.InvalidArgument);
         }
-        const configured = this.opts.configuredBackends ?? [Backend.VOICE_LIVE];
-        if (req.backend !== Backend.UNSPECIFIED && !configured.includes(req.backend)) {
+        if (req.backend !== Backend.UNSPECIFIED && !this.configuredBackends.includes(req.backend)) {
           throw new ConnectError(
             `backend: ${Backend[req.backend] ?? req.backend} is not configured on this server`,
             Code.FailedPrecondition,
@@ -276,6 +327,15 @@ export class FakeVoiceAgent {
         const page = newestFirst.slice(offset, offset + size);
         const end = offset + page.length;
         return { calls: page, nextPageToken: end < newestFirst.length ? String(end) : "" };
+      },
+      getServerInfo: async (_req, ctx) => {
+        this.serverInfoRequests += 1;
+        this.checkAuth(ctx);
+        await this.opts.serverInfoGate;
+        if (this.opts.serverInfoError !== undefined) {
+          throw new ConnectError("GetServerInfo refused by the fake", this.opts.serverInfoError);
+        }
+        return this.serverInfo();
       },
     };
   }

@@ -70,6 +70,6 @@ export function speakerLabel(speaker: Speaker): string {
   }
 }
 
-/** The backends offered in the form. There is no RPC listing the configured ones yet, so all are offered
- * and the server's refusal is shown next to the field. */
+/** Every backend this build knows, in the form's order. The form offers them all only until GetServerInfo
+ * has said which the server has (see model/serverInfo.ts). */
 export const BACKEND_CHOICES: readonly Backend[] = [Backend.UNSPECIFIED, Backend.VOICE_LIVE, Backend.GPT_REALTIME];

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIrMCChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZyJ7ChFQbGFjZUNhbGxSZXNwb25zZRIPCgdjYWxsX2lkGAEgASgJEhgKEHByb3ZpZGVyX2NhbGxfaWQYAiABKAkSKQoGc3RhdHVzGAMgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhAKCGVtdWxhdGVkGAQgASgIIjsKEFdhdGNoQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCI8ChFXYXRjaENhbGxSZXNwb25zZRInCgVldmVudBgBIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEV2ZW50ItUCCglDYWxsRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAMgASgLMhwudm9pY2VhZ2VudC52MS5TdGF0dXNDaGFuZ2VkSAASLwoKdHJhbnNjcmlwdBgEIAEoCzIZLnZvaWNlYWdlbnQudjEuVHJhbnNjcmlwdEgAEikKBWVycm9yGAUgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXJyb3JIABIjCgRkdG1mGAYgASgLMhMudm9pY2VhZ2VudC52MS5EdG1mSAASKgoEdHVybhgHIAEoCzIaLnZvaWNlYWdlbnQudjEuVHVybk1ldHJpY3NIABInCgZub3RpY2UYCCABKAsyFS52b2ljZWFnZW50LnYxLk5vdGljZUgAQgYKBGtpbmQiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiOQoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+gQKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKlQKB0JhY2tlbmQSFwoTQkFDS0VORF9VTlNQRUNJRklFRBAAEhYKEkJBQ0tFTkRfVk9JQ0VfTElWRRABEhgKFEJBQ0tFTkRfR1BUX1JFQUxUSU1FEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAjKiAwoRVm9pY2VBZ2VudFNlcnZpY2USTgoJUGxhY2VDYWxsEh8udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXNwb25zZRJQCglXYXRjaENhbGwSHy52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlc3BvbnNlMAESUQoKSGFuZ1VwQ2FsbBIgLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlcXVlc3QaIS52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXNwb25zZRJICgdHZXRDYWxsEh0udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVxdWVzdBoeLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlc3BvbnNlEk4KCUxpc3RDYWxscxIfLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIrMCChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZyJ7ChFQbGFjZUNhbGxSZXNwb25zZRIPCgdjYWxsX2lkGAEgASgJEhgKEHByb3ZpZGVyX2NhbGxfaWQYAiABKAkSKQoGc3RhdHVzGAMgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhAKCGVtdWxhdGVkGAQgASgIIjsKEFdhdGNoQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCI8ChFXYXRjaENhbGxSZXNwb25zZRInCgVldmVudBgBIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEV2ZW50ItUCCglDYWxsRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAMgASgLMhwudm9pY2VhZ2VudC52MS5TdGF0dXNDaGFuZ2VkSAASLwoKdHJhbnNjcmlwdBgEIAEoCzIZLnZvaWNlYWdlbnQudjEuVHJhbnNjcmlwdEgAEikKBWVycm9yGAUgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXJyb3JIABIjCgRkdG1mGAYgASgLMhMudm9pY2VhZ2VudC52MS5EdG1mSAASKgoEdHVybhgHIAEoCzIaLnZvaWNlYWdlbnQudjEuVHVybk1ldHJpY3NIABInCgZub3RpY2UYCCABKAsyFS52b2ljZWFnZW50LnYxLk5vdGljZUgAQgYKBGtpbmQiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiOQoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCSJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+gQKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0IqsCChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USLAoIYmFja2VuZHMYASADKAsyGi52b2ljZWFnZW50LnYxLkJhY2tlbmRJbmZvEi8KD2RlZmF1bHRfYmFja2VuZBgCIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIaChJ0ZWxlcGhvbnlfZW11bGF0ZWQYAyABKAgSGAoQZGVmYXVsdF9ncmVldGluZxgEIAEoCRI3ChRkZWZhdWx0X21heF9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIsCgphdWRpb19tb2RlGAYgASgOMhgudm9pY2VhZ2VudC52MS5BdWRpb01vZGUSFgoOc2VydmVyX3ZlcnNpb24YByABKAkiXwoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJKlQKB0JhY2tlbmQSFwoTQkFDS0VORF9VTlNQRUNJRklFRBAAEhYKEkJBQ0tFTkRfVk9JQ0VfTElWRRABEhgKFEJBQ0tFTkRfR1BUX1JFQUxUSU1FEAIqXQoJQXVkaW9Nb2RlEhoKFkFVRElPX01PREVfVU5TUEVDSUZJRUQQABIYChRBVURJT19NT0RFX1RSQU5TQ09ERRABEhoKFkFVRElPX01PREVfUEFTU1RIUk9VR0gQAiqQAgoKQ2FsbFN0YXR1cxIbChdDQUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkNBTExfU1RBVFVTX1FVRVVFRBABEhkKFUNBTExfU1RBVFVTX0lOSVRJQVRFRBACEhcKE0NBTExfU1RBVFVTX1JJTkdJTkcQAxIbChdDQUxMX1NUQVRVU19JTl9QUk9HUkVTUxAEEhkKFUNBTExfU1RBVFVTX0NPTVBMRVRFRBAFEhQKEENBTExfU1RBVFVTX0JVU1kQBhIZChVDQUxMX1NUQVRVU19OT19BTlNXRVIQBxIYChRDQUxMX1NUQVRVU19DQU5DRUxFRBAIEhYKEkNBTExfU1RBVFVTX0ZBSUxFRBAJKkkKB1NwZWFrZXISFwoTU1BFQUtFUl9VTlNQRUNJRklFRBAAEhIKDlNQRUFLRVJfQ0FMTEVFEAESEQoNU1BFQUtFUl9BR0VOVBACMv4DChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -740,6 +740,127 @@ export const CallSchema: GenMessage<Call> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
+ * GetServerInfoRequest asks for the server's description; it has no fields.
+ *
+ * @generated from message voiceagent.v1.GetServerInfoRequest
+ */
+export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest"> & {
+};
+
+/**
+ * Describes the message voiceagent.v1.GetServerInfoRequest.
+ * Use `create(GetServerInfoRequestSchema)` to create a new message.
+ */
+export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
+
+/**
+ * GetServerInfoResponse describes what the server offers a client.
+ *
+ * @generated from message voiceagent.v1.GetServerInfoResponse
+ */
+export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse"> & {
+  /**
+   * The backends a PlaceCall may ask for, in a stable order (Voice Live, then
+   * gpt-realtime). With no AI credentials configured at all, both are offered,
+   * answered by the built-in realtime-AI emulator; otherwise only the
+   * configured ones are, and PlaceCall refuses the others with
+   * FAILED_PRECONDITION.
+   *
+   * @generated from field: repeated voiceagent.v1.BackendInfo backends = 1;
+   */
+  backends: BackendInfo[];
+
+  /**
+   * What BACKEND_UNSPECIFIED resolves to (`DEFAULT_BACKEND`, else the one that
+   * is configured); one of `backends`.
+   *
+   * @generated from field: voiceagent.v1.Backend default_backend = 2;
+   */
+  defaultBackend: Backend;
+
+  /**
+   * True when calls go to the built-in Twilio emulator: no real phone is dialled.
+   *
+   * @generated from field: bool telephony_emulated = 3;
+   */
+  telephonyEmulated: boolean;
+
+  /**
+   * Spoken before the AI joins when PlaceCall leaves `greeting` unset.
+   *
+   * @generated from field: string default_greeting = 4;
+   */
+  defaultGreeting: string;
+
+  /**
+   * Longest an answered call may last when PlaceCall leaves `max_duration`
+   * unset (`MAX_CALL_DURATION`).
+   *
+   * @generated from field: google.protobuf.Duration default_max_duration = 5;
+   */
+  defaultMaxDuration?: Duration | undefined;
+
+  /**
+   * How call audio crosses the bridge.
+   *
+   * @generated from field: voiceagent.v1.AudioMode audio_mode = 6;
+   */
+  audioMode: AudioMode;
+
+  /**
+   * The server's version, e.g. "0.1.0".
+   *
+   * @generated from field: string server_version = 7;
+   */
+  serverVersion: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.GetServerInfoResponse.
+ * Use `create(GetServerInfoResponseSchema)` to create a new message.
+ */
+export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
+
+/**
+ * BackendInfo describes one backend a PlaceCall may ask for.
+ *
+ * @generated from message voiceagent.v1.BackendInfo
+ */
+export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
+  /**
+   * The backend.
+   *
+   * @generated from field: voiceagent.v1.Backend backend = 1;
+   */
+  backend: Backend;
+
+  /**
+   * True when its calls are answered by the built-in realtime-AI emulator
+   * (no credentials for this backend are configured).
+   *
+   * @generated from field: bool emulated = 2;
+   */
+  emulated: boolean;
+
+  /**
+   * Voice of the agent when PlaceCall leaves `voice` empty
+   * (`AZURE_TTS_VOICE_NAME` for Voice Live, `VOICE` for gpt-realtime).
+   *
+   * @generated from field: string default_voice = 3;
+   */
+  defaultVoice: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.BackendInfo.
+ * Use `create(BackendInfoSchema)` to create a new message.
+ */
+export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
+
+/**
  * Backend selects the realtime speech-to-speech AI that answers the call.
  *
  * @generated from enum voiceagent.v1.Backend
@@ -772,6 +893,40 @@ export enum Backend {
  */
 export const BackendSchema: GenEnum<Backend> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * AudioMode is how call audio crosses the bridge (`AUDIO_MODE`).
+ *
+ * @generated from enum voiceagent.v1.AudioMode
+ */
+export enum AudioMode {
+  /**
+   * Not reported (a server older than this field).
+   *
+   * @generated from enum value: AUDIO_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * G.711 μ-law 8 kHz from Twilio is transcoded to PCM16 24 kHz for the AI, and back.
+   *
+   * @generated from enum value: AUDIO_MODE_TRANSCODE = 1;
+   */
+  TRANSCODE = 1,
+
+  /**
+   * G.711 μ-law end to end: the AI session takes and returns μ-law.
+   *
+   * @generated from enum value: AUDIO_MODE_PASSTHROUGH = 2;
+   */
+  PASSTHROUGH = 2,
+}
+
+/**
+ * Describes the enum voiceagent.v1.AudioMode.
+ */
+export const AudioModeSchema: GenEnum<AudioMode> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 1);
 
 /**
  * CallStatus is where a call is in its life. Terminal: COMPLETED, BUSY,
@@ -855,7 +1010,7 @@ export enum CallStatus {
  * Describes the enum voiceagent.v1.CallStatus.
  */
 export const CallStatusSchema: GenEnum<CallStatus> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 1);
+  enumDesc(file_voiceagent_v1_voice_agent, 2);
 
 /**
  * Speaker tells the two sides of the conversation apart.
@@ -889,7 +1044,7 @@ export enum Speaker {
  * Describes the enum voiceagent.v1.Speaker.
  */
 export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 2);
+  enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
@@ -958,6 +1113,20 @@ export const VoiceAgentService: GenService<{
     methodKind: "unary";
     input: typeof ListCallsRequestSchema;
     output: typeof ListCallsResponseSchema;
+  },
+  /**
+   * GetServerInfo tells a client what this server offers before it places a
+   * call: the backends a PlaceCall may ask for, what is emulated, and the
+   * defaults a call gets. It never contains secrets, endpoints or the system
+   * prompt. Like every other RPC it needs the API token when one is set, so an
+   * UNAUTHENTICATED answer tells a client to ask for the token.
+   *
+   * @generated from rpc voiceagent.v1.VoiceAgentService.GetServerInfo
+   */
+  getServerInfo: {
+    methodKind: "unary";
+    input: typeof GetServerInfoRequestSchema;
+    output: typeof GetServerInfoResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiceagent_v1_voice_agent, 0);
