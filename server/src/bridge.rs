@@ -4,10 +4,14 @@
 //!
 //! Shape (architecture.md "Actors for long-lived tasks"): [`serve_media`]
 //! checks the stream's `start`, opens the AI socket and runs [`MediaBridge::run`],
-//! a `select!` over Twilio in, AI in and the call's cancellation. Writes to each
-//! socket go through a writer task; the Twilio writer serves control (`clear`)
-//! before queued audio, and drops the queued audio a `clear` makes stale
-//! ("control before data").
+//! a `select!` over Twilio in, AI in and the call's cancellation. The actor
+//! writes both sockets itself, with no queue in between: what one message
+//! produces is fed to the socket, and everything fed is written in one go as
+//! soon as nothing more is ready to read (an [`Outbox`]). So a barge-in's
+//! `clear` is never behind queued audio of ours ("control before data"), a
+//! frame costs no task hand-over, and a burst costs one write. Events go to
+//! the store through a per-call publisher task, so a slow commit never holds
+//! up audio.
 //!
 //! What the callee has *heard* is known from mark acknowledgements
 //! (protocols.md §5.3): every audio chunk sent to Twilio is followed by a mark
@@ -29,6 +33,7 @@ use crate::AppState;
 use crate::audio::{InboundTranscoder, OutboundTranscoder, ULAW_BYTES_PER_MS};
 use crate::call::{CallId, CallRecord, EventKind, Speaker};
 use crate::config::AudioMode;
+use crate::metrics::{Counter, Histogram};
 use crate::realtime::RealtimeSocket;
 use crate::realtime::protocol::{self, AudioFormat, Dialect, ServerEvent};
 use crate::telephony::twilio::media::{self as tw, TwilioInbound};
@@ -102,18 +107,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
     };
 
     let _live = state.metrics.active_bridges.track();
-    let (tw_ctrl, tw_ctrl_rx) = mpsc::channel(16);
-    let (tw_data, tw_data_rx) = mpsc::channel(1024);
-    let tw_writer = tokio::spawn(twilio_writer(
-        tw_sink,
-        stream_sid.clone(),
-        tw_ctrl_rx,
-        tw_data_rx,
-        state.clone(),
-    ));
     let (ai_sink, ai_stream) = ai.split();
-    let (ai_tx, ai_rx) = mpsc::channel(256);
-    let ai_writer_task = tokio::spawn(ai_writer(ai_sink, ai_rx, state.clone()));
     let (events, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(publisher(state.clone(), id.clone(), events_rx));
 
@@ -124,9 +118,9 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         dialect,
         mode,
         cancel,
-        tw_ctrl,
-        tw_data,
-        ai_tx,
+        tw_out: Outbox::new(tw_sink),
+        ai_out: Outbox::new(ai_sink),
+        stream_sid,
         inbound: InboundTranscoder::new(),
         outbound: OutboundTranscoder::new(),
         scratch: Vec::with_capacity(4096),
@@ -144,18 +138,11 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         turns: 0,
         hangup_requested: false,
         history: Vec::new(),
-        ai_writers: vec![ai_writer_task],
         reconnected: false,
-        epoch: 0,
+        tw_failed: false,
         events,
     };
-    let (outcome, ai_writers) = bridge.run(tw_stream, ai_stream).await;
-    // Writers end when their channels close (the bridge dropped its senders);
-    // bound the wait so no task outlives the call by more than a moment.
-    for w in ai_writers {
-        let _ = tokio::time::timeout(Duration::from_secs(1), w).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), tw_writer).await;
+    let outcome = bridge.run(tw_stream, ai_stream).await;
     tracing::info!(call_id = %id, ?outcome, "media bridge ended");
 }
 
@@ -272,21 +259,6 @@ async fn end_with_apology(state: &AppState, record: &CallRecord, cause: &str) {
     }
 }
 
-/// Agent audio for Twilio, followed by its mark.
-struct TwOut {
-    payload: String,
-    mark: String,
-    /// The barge-in epoch it belongs to: a `clear` of a later epoch makes it stale.
-    epoch: u64,
-    /// When the AI delta it came from reached the bridge.
-    received: Instant,
-}
-
-enum TwControl {
-    /// Stop playback; audio of epochs before `epoch` is stale.
-    Clear { epoch: u64, received: Instant },
-}
-
 /// Work for a call's event publisher.
 enum Publish {
     Event(EventKind),
@@ -306,131 +278,78 @@ async fn publisher(state: Arc<AppState>, id: CallId, mut rx: mpsc::UnboundedRece
     }
 }
 
-/// A message for the AI socket.
-struct AiOut {
-    text: String,
-    /// For audio: when the Twilio frame it came from reached the bridge.
-    frame_received: Option<Instant>,
-}
-
-/// Most messages written to a socket before one flush (one syscall): enough
-/// to catch up after a stall, small enough that a `clear` never waits long.
+/// Most messages fed to a socket before they are flushed regardless.
 const MAX_BATCH: usize = 16;
+/// A socket that takes nothing for this long is treated as gone.
+const WRITE_STALL: Duration = Duration::from_secs(5);
 
-async fn twilio_writer(
-    mut sink: futures_util::stream::SplitSink<WebSocket, WsMessage>,
-    stream_sid: String,
-    mut ctrl: mpsc::Receiver<TwControl>,
-    mut data: mpsc::Receiver<TwOut>,
-    state: Arc<AppState>,
-) {
-    let metrics = &state.metrics;
-    let clear = tw::clear_message(&stream_sid);
-    let mut epoch = 0u64;
-    let mut sent: Vec<Instant> = Vec::with_capacity(MAX_BATCH);
-    'run: loop {
-        let first = tokio::select! {
-            biased;
-            c = ctrl.recv() => match c {
-                Some(c) => {
-                    if sink.send(WsMessage::Text(clear.as_str().into())).await.is_err() {
-                        break;
-                    }
-                    let TwControl::Clear { epoch: e, received } = c;
-                    epoch = e;
-                    metrics.barge_in.record(received.elapsed());
-                    continue;
-                }
-                None => break,
-            },
-            d = data.recv() => match d {
-                Some(d) => d,
-                None => break,
-            },
-        };
-        // Media and its mark, and whatever else is queued, go out in one
-        // write. Audio queued before a `clear` is stale and dropped by its
-        // epoch (never by position, so that audio of the next response
-        // queued meanwhile survives); a pending `clear` ends the batch.
-        let mut next = Some(first);
-        while let Some(out) = next.take() {
-            if out.epoch > epoch {
-                // The bridge queues a clear before any audio of its epoch:
-                // it is waiting in `ctrl`; the batch so far plays before it.
-                if sink.flush().await.is_err() {
-                    break 'run;
-                }
-                while epoch < out.epoch {
-                    let Ok(TwControl::Clear { epoch: e, received }) = ctrl.try_recv() else {
-                        break;
-                    };
-                    if sink.send(WsMessage::Text(clear.as_str().into())).await.is_err() {
-                        break 'run;
-                    }
-                    epoch = e;
-                    metrics.barge_in.record(received.elapsed());
-                }
-            }
-            if out.epoch < epoch {
-                metrics.frames_dropped_barge_in.inc();
-            } else {
-                let media = tw::media_message(&stream_sid, &out.payload);
-                let mark = tw::mark_message(&stream_sid, &out.mark);
-                if sink.feed(WsMessage::Text(media.into())).await.is_err()
-                    || sink.feed(WsMessage::Text(mark.into())).await.is_err()
-                {
-                    break 'run;
-                }
-                sent.push(out.received);
-            }
-            if sent.len() >= MAX_BATCH || !ctrl.is_empty() {
-                break;
-            }
-            next = data.try_recv().ok();
-        }
-        if sink.flush().await.is_err() {
-            break;
-        }
-        metrics.frames_to_twilio.add(sent.len() as u64);
-        for t in sent.drain(..) {
-            metrics.outbound_frame.record(t.elapsed());
-        }
-    }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(WsMessage::Close(None))).await;
+/// The outgoing side of one socket, written by the bridge itself (no writer
+/// task, no queue): messages are fed as they are produced and flushed in one
+/// write as soon as nothing more is ready to be read, so what arrived together
+/// leaves together, and a `clear` is never behind audio of ours.
+struct Outbox<S> {
+    sink: S,
+    /// When the frames fed since the last flush reached the bridge.
+    frames: Vec<Instant>,
+    fed: usize,
 }
 
-async fn ai_writer(
-    mut sink: futures_util::stream::SplitSink<RealtimeSocket, AiMessage>,
-    mut rx: mpsc::Receiver<AiOut>,
-    state: Arc<AppState>,
-) {
-    let metrics = &state.metrics;
-    let mut frames: Vec<Instant> = Vec::with_capacity(MAX_BATCH);
-    'run: while let Some(first) = rx.recv().await {
-        // Whatever is queued goes out in one write.
-        let mut next = Some(first);
-        let mut n = 0;
-        while let Some(out) = next.take() {
-            if sink.feed(AiMessage::Text(out.text.into())).await.is_err() {
-                break 'run;
-            }
-            frames.extend(out.frame_received);
-            n += 1;
-            if n >= MAX_BATCH {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if sink.flush().await.is_err() {
-            break;
-        }
-        metrics.frames_to_ai.add(frames.len() as u64);
-        for t in frames.drain(..) {
-            metrics.inbound_frame.record(t.elapsed());
+/// The socket stopped taking data (closed, failed, or stalled for [`WRITE_STALL`]).
+#[derive(Debug)]
+struct WriteFailed;
+
+impl<S> Outbox<S> {
+    fn new(sink: S) -> Self {
+        Self {
+            sink,
+            frames: Vec::with_capacity(MAX_BATCH),
+            fed: 0,
         }
     }
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.close()).await;
+
+    fn dirty(&self) -> bool {
+        self.fed > 0
+    }
+
+    /// Buffers `msg` (`frame`: when the audio it carries reached the bridge).
+    async fn feed<M>(&mut self, msg: M, frame: Option<Instant>) -> Result<(), WriteFailed>
+    where
+        S: futures_util::Sink<M> + Unpin,
+    {
+        match tokio::time::timeout(WRITE_STALL, self.sink.feed(msg)).await {
+            Ok(Ok(())) => {
+                self.frames.extend(frame);
+                self.fed += 1;
+                Ok(())
+            }
+            _ => Err(WriteFailed),
+        }
+    }
+
+    /// Writes what was fed; records the frames' latency and count.
+    async fn flush<M>(&mut self, latency: &Histogram, frames: &Counter) -> Result<(), WriteFailed>
+    where
+        S: futures_util::Sink<M> + Unpin,
+    {
+        if self.fed == 0 {
+            return Ok(());
+        }
+        self.fed = 0;
+        match tokio::time::timeout(WRITE_STALL, SinkExt::<M>::flush(&mut self.sink)).await {
+            Ok(Ok(())) => {
+                frames.add(self.frames.len() as u64);
+                for t in self.frames.drain(..) {
+                    latency.record(t.elapsed());
+                }
+                Ok(())
+            }
+            _ => Err(WriteFailed),
+        }
+    }
 }
+
+type TwilioSink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
+type AiSink = futures_util::stream::SplitSink<RealtimeSocket, AiMessage>;
 
 /// A mark we sent and Twilio has not echoed yet.
 struct PendingMark {
@@ -492,9 +411,9 @@ struct MediaBridge {
     dialect: Dialect,
     mode: AudioMode,
     cancel: CancellationToken,
-    tw_ctrl: mpsc::Sender<TwControl>,
-    tw_data: mpsc::Sender<TwOut>,
-    ai_tx: mpsc::Sender<AiOut>,
+    tw_out: Outbox<TwilioSink>,
+    ai_out: Outbox<AiSink>,
+    stream_sid: String,
     inbound: InboundTranscoder,
     outbound: OutboundTranscoder,
     scratch: Vec<u8>,
@@ -515,13 +434,10 @@ struct MediaBridge {
     hangup_requested: bool,
     /// Transcripts published so far, to restore the conversation on a new AI session.
     history: Vec<(Speaker, String)>,
-    /// Writer tasks of every AI socket opened (the first, and a reconnect's).
-    ai_writers: Vec<tokio::task::JoinHandle<()>>,
     /// The AI socket was re-opened once already.
     reconnected: bool,
-    /// Barge-ins so far: agent audio is tagged with it, so the Twilio writer
-    /// can tell audio a `clear` made stale from audio that came after.
-    epoch: u64,
+    /// Twilio's socket stopped taking data.
+    tw_failed: bool,
     /// The call's event publisher.
     events: mpsc::UnboundedSender<Publish>,
 }
@@ -547,15 +463,19 @@ impl MediaBridge {
         }
     }
 
-    async fn ai_send(&self, text: String) {
-        // A closed writer means the AI socket is gone; the reader sees that too.
-        let _ = self
-            .ai_tx
-            .send(AiOut {
-                text,
-                frame_received: None,
-            })
-            .await;
+    /// Queues a control message for the AI (flushed with the next batch).
+    async fn ai_send(&mut self, text: String) {
+        // A failed write means the AI socket is gone; its reader sees that
+        // too and reconnects or ends the call.
+        let _ = self.ai_out.feed(AiMessage::Text(text.into()), None).await;
+    }
+
+    /// Writes what was fed to either socket. Err: Twilio's socket is gone.
+    async fn flush(&mut self) -> Result<(), WriteFailed> {
+        let m = &self.state.metrics;
+        // The AI's side failing shows up on its reader (reconnect).
+        let _ = self.ai_out.flush(&m.inbound_frame, &m.frames_to_ai).await;
+        self.tw_out.flush(&m.outbound_frame, &m.frames_to_twilio).await
     }
 
     fn session_config(&self) -> protocol::SessionConfig {
@@ -570,19 +490,46 @@ impl MediaBridge {
         mut self,
         mut tw_stream: futures_util::stream::SplitStream<WebSocket>,
         mut ai_stream: futures_util::stream::SplitStream<RealtimeSocket>,
-    ) -> (Outcome, Vec<tokio::task::JoinHandle<()>>) {
+    ) -> Outcome {
         // Configure the session, then let the agent speak first.
         let session = protocol::session_update(self.dialect, &self.session_config());
         self.ai_send(session).await;
         self.ai_send(protocol::response_create(None)).await;
         // The provider's TimeLimit is a little longer (grpc.rs), so the callee
         // hears a goodbye rather than a click when the time is up.
-        let limit = tokio::time::Instant::now() + Duration::from_secs(self.record.max_duration_secs);
+        let limit = tokio::time::sleep(Duration::from_secs(self.record.max_duration_secs));
+        // Made once, not per message: each would register a timer or a waiter.
+        let cancelled = self.cancel.clone().cancelled_owned();
+        tokio::pin!(limit, cancelled);
 
         let outcome = loop {
+            if self.tw_failed {
+                let why = "the media stream stopped taking audio";
+                note_end_reason(&self.state, self.id(), why).await;
+                self.event(EventKind::Error {
+                    code: "media_socket_error".into(),
+                    message: why.into(),
+                });
+                break Outcome::TwilioClosed;
+            }
+            let dirty = self.tw_out.dirty() || self.ai_out.dirty();
+            // Biased: the AI's events (agent audio, barge-ins) first, then
+            // Twilio's; writing waits until neither has anything ready.
             tokio::select! {
-                _ = self.cancel.cancelled() => break Outcome::Cancelled,
-                _ = tokio::time::sleep_until(limit) => break Outcome::TimeLimit,
+                biased;
+                _ = &mut cancelled => break Outcome::Cancelled,
+                msg = ai_stream.next() => match msg {
+                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => match self.reconnect().await {
+                        Some(stream) => ai_stream = stream,
+                        None => break Outcome::AiClosed,
+                    },
+                    Some(Ok(AiMessage::Text(text))) => {
+                        if let Some(o) = self.on_ai(&text, Instant::now()).await {
+                            break o;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                },
                 msg = tw_stream.next() => match msg {
                     None => break Outcome::TwilioClosed,
                     Some(Err(e)) => {
@@ -604,20 +551,20 @@ impl MediaBridge {
                     Some(Ok(WsMessage::Binary(_))) => self.on_malformed("binary frame").await,
                     Some(Ok(_)) => {}
                 },
-                msg = ai_stream.next() => match msg {
-                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => match self.reconnect().await {
-                        Some(stream) => ai_stream = stream,
-                        None => break Outcome::AiClosed,
-                    },
-                    Some(Ok(AiMessage::Text(text))) => {
-                        if let Some(o) = self.on_ai(&text, Instant::now()).await {
-                            break o;
-                        }
+                _ = &mut limit => break Outcome::TimeLimit,
+                // Nothing else is ready: write what the messages so far produced.
+                () = std::future::ready(()), if dirty => {
+                    if self.flush().await.is_err() {
+                        self.tw_failed = true;
                     }
-                    Some(Ok(_)) => {}
-                },
+                }
+            }
+            if (self.tw_out.fed >= MAX_BATCH || self.ai_out.fed >= MAX_BATCH) && self.flush().await.is_err() {
+                self.tw_failed = true;
             }
         };
+        // What is fed goes out before the sockets close (a goodbye, a truncate).
+        let _ = self.flush().await;
 
         self.finish_transcripts().await;
         // What the conversation produced is stored before the call is wound up.
@@ -653,8 +600,10 @@ impl MediaBridge {
             tracing::warn!(call_id = %self.id(), count = self.malformed, "malformed media messages were ignored");
         }
         self.settle().await;
-        let writers = std::mem::take(&mut self.ai_writers);
-        (outcome, writers)
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tw_out.sink.send(WsMessage::Close(None))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<AiMessage>::close(&mut self.ai_out.sink)).await;
+        outcome
     }
 
     /// The AI socket dropped: open a new one once, within [`RECONNECT_WITHIN`],
@@ -675,10 +624,8 @@ impl MediaBridge {
             Err(_) => return None,
         };
         let (sink, stream) = socket.split();
-        let (tx, rx) = mpsc::channel(256);
-        self.ai_writers
-            .push(tokio::spawn(ai_writer(sink, rx, self.state.clone())));
-        self.ai_tx = tx;
+        // The old socket is dead; what was fed to it is lost with it.
+        self.ai_out = Outbox::new(sink);
         self.dialect = dialect;
         // What the old session was saying is over: keep what was heard.
         self.active_response = None;
@@ -760,16 +707,11 @@ impl MediaBridge {
             AudioMode::Transcode => {
                 self.scratch2.clear();
                 self.inbound.process(&self.scratch, &mut self.scratch2);
-                protocol::input_audio_append(&B64.encode(&self.scratch2))
+                protocol::input_audio_append_bytes(&self.scratch2)
             }
         };
-        let _ = self
-            .ai_tx
-            .send(AiOut {
-                text: msg,
-                frame_received: Some(received),
-            })
-            .await;
+        // A failed write: the AI's reader sees the socket go and reconnects.
+        let _ = self.ai_out.feed(AiMessage::Text(msg.into()), Some(received)).await;
     }
 
     async fn on_mark(&mut self, name: &str) {
@@ -951,12 +893,16 @@ impl MediaBridge {
             tracing::warn!(call_id = %self.id(), "AI audio delta is not base64; dropped");
             return;
         }
-        let (payload, ulaw_len) = match self.mode {
-            AudioMode::Passthrough => (delta.to_string(), self.scratch.len()),
+        let (media, ulaw_len) = match self.mode {
+            // μ-law both ways: the delta's base64 goes to Twilio as it came.
+            AudioMode::Passthrough => (tw::media_message(&self.stream_sid, delta), self.scratch.len()),
             AudioMode::Transcode => {
                 self.scratch2.clear();
                 self.outbound.process(&self.scratch, &mut self.scratch2);
-                (B64.encode(&self.scratch2), self.scratch2.len())
+                (
+                    tw::media_message_from_ulaw(&self.stream_sid, &self.scratch2),
+                    self.scratch2.len(),
+                )
             }
         };
         if ulaw_len == 0 {
@@ -986,15 +932,12 @@ impl MediaBridge {
             turn.first_sent_ms = Some(turn.speech_stopped.elapsed().as_millis() as u32);
             turn.first_mark = Some(mark.clone());
         }
-        let _ = self
-            .tw_data
-            .send(TwOut {
-                payload,
-                mark,
-                epoch: self.epoch,
-                received,
-            })
-            .await;
+        let mark = tw::mark_message(&self.stream_sid, &mark);
+        if self.tw_out.feed(WsMessage::Text(media.into()), Some(received)).await.is_err()
+            || self.tw_out.feed(WsMessage::Text(mark.into()), None).await.is_err()
+        {
+            self.tw_failed = true;
+        }
     }
 
     /// The callee started speaking: if agent audio is still unplayed, stop it
@@ -1003,21 +946,24 @@ impl MediaBridge {
         let Some(item_id) = self.current_item.clone() else {
             return;
         };
-        let Some(item) = self.items.get_mut(&item_id) else {
-            return;
-        };
-        if item.heard_bytes >= item.sent_bytes {
+        if self
+            .items
+            .get(&item_id)
+            .is_none_or(|item| item.heard_bytes >= item.sent_bytes)
+        {
             return; // everything was played: nothing to interrupt
         }
         // Control first: Twilio stops playing before anything else happens.
-        self.epoch += 1;
-        let _ = self
-            .tw_ctrl
-            .send(TwControl::Clear {
-                epoch: self.epoch,
-                received,
-            })
-            .await;
+        // Audio fed but not yet written goes first: the clear discards it too.
+        let clear = tw::clear_message(&self.stream_sid);
+        if self.tw_out.feed(WsMessage::Text(clear.into()), None).await.is_err() || self.flush().await.is_err() {
+            self.tw_failed = true;
+        } else {
+            self.state.metrics.barge_in.record(received.elapsed());
+        }
+        let Some(item) = self.items.get_mut(&item_id) else {
+            return;
+        };
         // Marks tell what played up to the last acknowledged chunk; within
         // the chunk now playing, Twilio plays in real time (8 bytes per ms)
         // from the later of that acknowledgement and the chunk's arrival.

@@ -98,8 +98,9 @@ impl Histogram {
             let le = bucket_upper_ns(i) as f64 / 1e9;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le:e}\"}} {cumulative}");
         }
-        // The count is read after the buckets, so +Inf is never below the last bucket.
-        let count = self.count.load(Ordering::Relaxed).max(cumulative);
+        // The total of the buckets as read, not `count`: records landing while
+        // this runs would otherwise show up in +Inf only.
+        let count = cumulative;
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
         let braces = if labels.is_empty() {

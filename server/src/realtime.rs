@@ -27,7 +27,7 @@ pub type RealtimeSocket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// with two sockets per call that alone is 256 KiB per call and a 128 KiB
 /// memset per message. Our messages are a few hundred bytes to a few KiB; a
 /// larger one grows the buffer as needed.
-pub const WS_READ_BUFFER: usize = 8 * 1024;
+pub const WS_READ_BUFFER: usize = 4 * 1024;
 
 /// How long opening the AI socket may take (TCP, TLS, upgrade).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -19,7 +19,11 @@ use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
 use crate::store::{Store, StoreError};
 
 /// Events buffered per live call for watchers that are momentarily behind.
-const BROADCAST_CAPACITY: usize = 1024;
+/// A call makes a few events a second at most, and a watcher that falls
+/// further behind re-reads the store, so a small ring is enough; tokio
+/// allocates and initialises every slot up front, so 1024 cost ~110 KiB of
+/// resident memory per live call.
+const BROADCAST_CAPACITY: usize = 64;
 /// Events buffered per watcher stream before the watcher's own task waits.
 const WATCH_BUFFER: usize = 64;
 

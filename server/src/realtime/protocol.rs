@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -260,6 +262,15 @@ pub fn input_audio_append(b64: &str) -> String {
     let mut s = String::with_capacity(b64.len() + 48);
     s.push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
     s.push_str(b64);
+    s.push_str(r#""}"#);
+    s
+}
+
+/// [`input_audio_append`] of raw audio, base64-encoded in place.
+pub fn input_audio_append_bytes(audio: &[u8]) -> String {
+    let mut s = String::with_capacity(audio.len().div_ceil(3) * 4 + 48);
+    s.push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
+    B64.encode_string(audio, &mut s);
     s.push_str(r#""}"#);
     s
 }

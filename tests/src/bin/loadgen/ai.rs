@@ -1,8 +1,8 @@
 //! The realtime AI's side (OpenAI GA dialect, protocols.md §6–§8): per call
 //! a WebSocket that checks the key, answers `session.update`, and talks in
-//! turns: the agent speaks for [`AGENT_FRAMES`] frames (the first
-//! [`LEAD_FRAMES`] at once, as the service runs ahead of playback, then one
-//! per 20 ms), the callee barges in (`speech_started`; the service cancels
+//! turns: the agent speaks for [`AGENT_SPEAKS`] in deltas of the run's chunk
+//! size (the first [`LEAD`] at once, as the service runs ahead of playback,
+//! then one chunk per chunk length), the callee barges in (`speech_started`; the service cancels
 //! the response itself, `interrupt_response`), speaks for a while, stops, and
 //! the agent answers again.
 
@@ -25,10 +25,10 @@ use crate::{FRAME, Run, tone_pcm24k, tone_ulaw};
 
 /// The key the server is configured with.
 pub const API_KEY: &str = "loadgen-openai-key";
-/// Frames of agent audio per response before the callee interrupts (3 s).
-pub const AGENT_FRAMES: usize = 150;
-/// Frames sent at once when a response starts (200 ms ahead of playback).
-pub const LEAD_FRAMES: usize = 10;
+/// Agent audio per response before the callee interrupts.
+const AGENT_SPEAKS: Duration = Duration::from_secs(3);
+/// Audio sent at once when a response starts (the service runs ahead of playback).
+const LEAD: Duration = Duration::from_millis(200);
 /// How long the callee speaks after interrupting.
 const CALLEE_SPEAKS: Duration = Duration::from_millis(400);
 /// From the callee's end of speech to the agent's next response.
@@ -106,17 +106,17 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
     let capacity = run.expected_frames();
     record.appends.reserve(capacity);
     record.lag.reserve(capacity);
-    let delta = if run.pcm {
-        B64.encode(tone_pcm24k())
-    } else {
-        B64.encode(tone_ulaw())
-    };
+    let frames_per_chunk = (run.ai_chunk.as_millis() / FRAME.as_millis()).max(1) as usize;
+    let tone = if run.pcm { tone_pcm24k() } else { tone_ulaw() };
+    let delta = B64.encode(tone.repeat(frames_per_chunk));
+    let agent_chunks = (AGENT_SPEAKS.as_millis() / run.ai_chunk.as_millis()).max(1) as usize;
+    let lead_chunks = (LEAD.as_millis() / run.ai_chunk.as_millis()).max(1) as usize;
     let created = r#"{"type":"session.created","event_id":"event_0","session":{"type":"realtime","object":"realtime.session","id":"sess_loadgen"}}"#;
     if sink.send(Message::Text(created.into())).await.is_err() {
         return record;
     }
     let mut turn = Turn::Idle;
-    let mut tick = tokio::time::interval_at(run.phase_start(&run.ai_phase), FRAME);
+    let mut tick = tokio::time::interval_at(run.phase_start(&run.ai_phase, run.ai_chunk), run.ai_chunk);
     let sending = run.stop_sending.clone();
     loop {
         tokio::select! {
@@ -127,7 +127,7 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
                     Turn::Idle => {}
                     Turn::Speaking { n, sent } => {
                         // The first tick of a response sends the lead at once.
-                        let count = if *sent == 0 { LEAD_FRAMES } else { 1 };
+                        let count = if *sent == 0 { lead_chunks } else { 1 };
                         let r = &mut record.responses[*n];
                         for _ in 0..count {
                             *sent += 1;
@@ -135,16 +135,16 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
                                 r#"{{"type":"response.output_audio.delta","event_id":"ev_{n}_{sent}","response_id":"resp_{n}","item_id":"item_{n}","output_index":0,"content_index":0,"delta":"{delta}"}}"#
                             ));
                             r.push(run.us_at(now));
-                            if *sent % 10 == 0 {
+                            if *sent % 5 == 0 {
                                 out.push(format!(
                                     r#"{{"type":"response.output_audio_transcript.delta","event_id":"tr_{n}_{sent}","response_id":"resp_{n}","item_id":"item_{n}","output_index":0,"content_index":0,"delta":"word{sent} "}}"#
                                 ));
                             }
                         }
-                        if *sent > LEAD_FRAMES {
+                        if *sent > lead_chunks {
                             record.lag.push(now.saturating_duration_since(scheduled.into_std()).as_micros() as u32);
                         }
-                        if *sent >= AGENT_FRAMES {
+                        if *sent >= agent_chunks {
                             // The callee barges in; the service cancels the response itself.
                             record.speech_started.push(run.us_at(now));
                             out.push(format!(r#"{{"type":"input_audio_buffer.speech_started","event_id":"ss_{n}","audio_start_ms":{},"item_id":"in_{n}"}}"#, *n * 3500));
@@ -213,7 +213,7 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
 /// `response.created` and the output item of a new response.
 fn start_response(record: &mut AiRecord) -> [String; 2] {
     let n = record.responses.len();
-    record.responses.push(Vec::with_capacity(AGENT_FRAMES));
+    record.responses.push(Vec::with_capacity(150));
     [
         format!(
             r#"{{"type":"response.created","event_id":"rc_{n}","response":{{"id":"resp_{n}","object":"realtime.response","status":"in_progress","output":[]}}}}"#

@@ -64,6 +64,10 @@ struct Args {
     /// Warm-up after every call is up, seconds.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Length of one AI audio delta, ms (a multiple of 20): 20 is one delta per
+    /// Twilio frame, the most messages; the built-in emulator sends 100.
+    #[arg(long, default_value_t = 20)]
+    ai_chunk_ms: u64,
     /// Go on with higher levels after one is not carried.
     #[arg(long)]
     keep_going: bool,
@@ -82,6 +86,8 @@ pub struct Run {
     seconds: u64,
     /// Transcode mode: the AI speaks PCM16 24 kHz; passthrough: μ-law.
     pub pcm: bool,
+    /// Audio per AI delta.
+    pub ai_chunk: Duration,
     /// Both sides stop sending audio.
     pub stop_sending: CancellationToken,
     /// Twilio ends the streams; the fakes stop.
@@ -128,13 +134,13 @@ impl Run {
 
     /// The next free frame phase: calls' 20 ms slots are spread evenly over
     /// the period, as calls that start at random times would be.
-    pub fn phase_start(&self, counter: &AtomicUsize) -> tokio::time::Instant {
+    pub fn phase_start(&self, counter: &AtomicUsize, period: Duration) -> tokio::time::Instant {
         let k = counter.fetch_add(1, Ordering::Relaxed) % self.calls.max(1);
-        let offset = FRAME * k as u32 / self.calls.max(1) as u32;
+        let offset = period * k as u32 / self.calls.max(1) as u32;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.t0 + offset);
-        let periods = elapsed.as_micros() / FRAME.as_micros() + 1;
-        (self.t0 + offset + FRAME * periods as u32).into()
+        let periods = elapsed.as_micros() / period.as_micros() + 1;
+        (self.t0 + offset + period * periods as u32).into()
     }
 }
 
@@ -231,6 +237,7 @@ async fn run_level(
     seconds: u64,
     warmup: u64,
     transcode: bool,
+    ai_chunk: Duration,
 ) -> Result<LevelResult, String> {
     let mode = if transcode { "transcode" } else { "passthrough" };
     let run = Arc::new(Run {
@@ -238,6 +245,7 @@ async fn run_level(
         calls,
         seconds,
         pcm: transcode,
+        ai_chunk,
         stop_sending: CancellationToken::new(),
         close: CancellationToken::new(),
         media_started: AtomicUsize::new(0),
@@ -269,6 +277,11 @@ async fn run_level(
         ("AUDIO_MODE", mode.into()),
         ("MAX_CALL_DURATION", "3600".into()),
     ];
+    let mut env = env;
+    // Runtime tuning of the server under test, when the operator sets it.
+    if let Ok(n) = std::env::var("SERVER_TOKIO_WORKER_THREADS") {
+        env.push(("TOKIO_WORKER_THREADS", n));
+    }
     let server = ServerProcess::start(binary, &env)?;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
@@ -586,7 +599,8 @@ fn main() -> std::process::ExitCode {
     for transcode in modes {
         let mut best = 0;
         for &n in &levels {
-            let r = match runtime.block_on(run_level(&binary, n, seconds, warmup, transcode)) {
+            let chunk = Duration::from_millis(args.ai_chunk_ms.clamp(20, 1000) / 20 * 20);
+            let r = match runtime.block_on(run_level(&binary, n, seconds, warmup, transcode, chunk)) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("level {n}: {e}");

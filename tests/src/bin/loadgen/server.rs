@@ -37,7 +37,15 @@ impl ServerProcess {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let mut cmd = Command::new(binary);
+        // `SERVER_CPUS=0` (a taskset list) runs the server on those CPUs only.
+        let mut cmd = match std::env::var("SERVER_CPUS") {
+            Ok(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(binary);
+                c
+            }
+            Err(_) => Command::new(binary),
+        };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .current_dir(&dir)

@@ -302,7 +302,7 @@ async fn media(
     record.lag.reserve(capacity);
     record.received.reserve(capacity);
     record.segments.push(0);
-    let mut tick = tokio::time::interval_at(run.phase_start(&run.tw_phase), FRAME);
+    let mut tick = tokio::time::interval_at(run.phase_start(&run.tw_phase, FRAME), FRAME);
     // Playback: (bytes still to play, mark to echo once they have played).
     let mut playback: VecDeque<(usize, Option<String>)> = VecDeque::new();
     let mut echoes: Vec<String> = Vec::new();
@@ -352,11 +352,14 @@ async fn media(
                     let text = text.as_str();
                     if text.starts_with(r#"{"event":"media""#) {
                         record.received.push(run.us());
-                        playback.push_back((20 * BYTES_PER_MS, None));
+                        // Base64 length → μ-law bytes to play.
+                        let b64 = text.split(r#""payload":""#).nth(1).and_then(|p| p.split('"').next()).unwrap_or("");
+                        let padding = b64.bytes().rev().take_while(|b| *b == b'=').count();
+                        playback.push_back((b64.len() / 4 * 3 - padding, None));
                     } else if text.starts_with(r#"{"event":"mark""#) {
-                        let v: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
-                        let name = v["mark"]["name"].as_str().unwrap_or("").to_string();
-                        playback.push_back((0, Some(name)));
+                        // The server writes `"name":"…"` last; no JSON parse on the hot path.
+                        let name = text.split(r#""name":""#).nth(1).and_then(|n| n.split('"').next()).unwrap_or("");
+                        playback.push_back((0, Some(name.to_string())));
                     } else if text.starts_with(r#"{"event":"clear""#) {
                         record.clears.push(run.us());
                         record.segments.push(record.received.len());
