@@ -17,20 +17,21 @@
 //! (protocols.md §5.3): every audio chunk sent to Twilio is followed by a mark
 //! carrying the item's byte position; Twilio echoes it once that audio played.
 
+pub mod frames;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as AiMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
-use crate::audio::{InboundTranscoder, OutboundTranscoder, ULAW_BYTES_PER_MS};
+use crate::audio::ULAW_BYTES_PER_MS;
+use crate::bridge::frames::FrameCodec;
 use crate::call::{CallId, CallRecord, EventKind, Speaker};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram};
@@ -46,6 +47,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
 pub const APOLOGY: &str = "Sorry, our assistant is not available right now. Please try again later. Goodbye.";
 /// Spoken when the call reaches its maximum duration.
 pub const TIME_LIMIT_GOODBYE: &str = "We have reached the time limit for this call. Thank you for your time. Goodbye.";
+/// Barge-ins whose response's late deltas are still recognised and dropped.
+const CANCELLED_KEPT: usize = 8;
 /// How long reconnecting to a dropped AI may take (issue: within 2 s).
 pub const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
 
@@ -55,10 +58,10 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
     let Some(cancel) = state.hub.media_token(&id) else {
         return;
     };
-    let (mut tw_sink, mut tw_stream) = socket.split();
+    let mut socket = socket;
 
     let start = tokio::select! {
-        s = wait_for_start(&mut tw_stream, &record) => s,
+        s = wait_for_start(&mut socket, &record) => s,
         _ = cancel.cancelled() => return,
     };
     let (stream_sid, first_malformed) = match start {
@@ -78,7 +81,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
             .await;
             let _ = tokio::time::timeout(
                 CLOSE_TIMEOUT,
-                tw_sink.send(WsMessage::Close(Some(CloseFrame {
+                socket.send(WsMessage::Close(Some(CloseFrame {
                     code: 1008,
                     reason: "refused".into(),
                 }))),
@@ -107,7 +110,6 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
     };
 
     let _live = state.metrics.active_bridges.track();
-    let (ai_sink, ai_stream) = ai.split();
     let (events, events_rx) = mpsc::unbounded_channel();
     tokio::spawn(publisher(state.clone(), id.clone(), events_rx));
 
@@ -118,13 +120,10 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         dialect,
         mode,
         cancel,
-        tw_out: Outbox::new(tw_sink),
-        ai_out: Outbox::new(ai_sink),
+        tw: Socket::new(socket),
+        ai: Socket::new(ai),
         stream_sid,
-        inbound: InboundTranscoder::new(),
-        outbound: OutboundTranscoder::new(),
-        scratch: Vec::with_capacity(4096),
-        scratch2: Vec::with_capacity(8192),
+        frames: FrameCodec::new(mode),
         malformed: first_malformed,
         marks: VecDeque::new(),
         last_ack_at: None,
@@ -133,7 +132,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         order: VecDeque::new(),
         current_item: None,
         active_response: None,
-        cancelled_responses: Vec::new(),
+        cancelled_responses: VecDeque::new(),
         turn: None,
         turns: 0,
         hangup_requested: false,
@@ -142,7 +141,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         tw_failed: false,
         events,
     };
-    let outcome = bridge.run(tw_stream, ai_stream).await;
+    let outcome = bridge.run().await;
     tracing::info!(call_id = %id, ?outcome, "media bridge ended");
 }
 
@@ -153,10 +152,7 @@ struct Refusal {
 }
 
 /// Waits for `connected` and `start`; checks the CallSid and the per-call secret.
-async fn wait_for_start(
-    stream: &mut futures_util::stream::SplitStream<WebSocket>,
-    record: &CallRecord,
-) -> Result<(String, u64), Refusal> {
+async fn wait_for_start(stream: &mut WebSocket, record: &CallRecord) -> Result<(String, u64), Refusal> {
     let deadline = tokio::time::Instant::now() + START_TIMEOUT;
     let mut malformed = 0u64;
     loop {
@@ -283,12 +279,13 @@ const MAX_BATCH: usize = 16;
 /// A socket that takes nothing for this long is treated as gone.
 const WRITE_STALL: Duration = Duration::from_secs(5);
 
-/// The outgoing side of one socket, written by the bridge itself (no writer
-/// task, no queue): messages are fed as they are produced and flushed in one
-/// write as soon as nothing more is ready to be read, so what arrived together
-/// leaves together, and a `clear` is never behind audio of ours.
-struct Outbox<S> {
-    sink: S,
+/// One of the bridge's two sockets, read and written by the bridge itself
+/// (no writer task, no queue, no split halves with their lock): messages are
+/// fed as they are produced and flushed in one write as soon as nothing more
+/// is ready to be read, so what arrived together leaves together, and a
+/// `clear` is never behind audio of ours.
+struct Socket<S> {
+    ws: S,
     /// When the frames fed since the last flush reached the bridge.
     frames: Vec<Instant>,
     fed: usize,
@@ -298,10 +295,10 @@ struct Outbox<S> {
 #[derive(Debug)]
 struct WriteFailed;
 
-impl<S> Outbox<S> {
-    fn new(sink: S) -> Self {
+impl<S> Socket<S> {
+    fn new(ws: S) -> Self {
         Self {
-            sink,
+            ws,
             frames: Vec::with_capacity(MAX_BATCH),
             fed: 0,
         }
@@ -316,7 +313,7 @@ impl<S> Outbox<S> {
     where
         S: futures_util::Sink<M> + Unpin,
     {
-        match tokio::time::timeout(WRITE_STALL, self.sink.feed(msg)).await {
+        match tokio::time::timeout(WRITE_STALL, self.ws.feed(msg)).await {
             Ok(Ok(())) => {
                 self.frames.extend(frame);
                 self.fed += 1;
@@ -335,7 +332,7 @@ impl<S> Outbox<S> {
             return Ok(());
         }
         self.fed = 0;
-        match tokio::time::timeout(WRITE_STALL, SinkExt::<M>::flush(&mut self.sink)).await {
+        match tokio::time::timeout(WRITE_STALL, SinkExt::<M>::flush(&mut self.ws)).await {
             Ok(Ok(())) => {
                 frames.add(self.frames.len() as u64);
                 for t in self.frames.drain(..) {
@@ -348,13 +345,11 @@ impl<S> Outbox<S> {
     }
 }
 
-type TwilioSink = futures_util::stream::SplitSink<WebSocket, WsMessage>;
-type AiSink = futures_util::stream::SplitSink<RealtimeSocket, AiMessage>;
-
 /// A mark we sent and Twilio has not echoed yet.
 struct PendingMark {
-    name: String,
-    item_id: String,
+    /// Its number: the mark is named `m<number>` on the wire.
+    number: u64,
+    item_id: Arc<str>,
     /// The item's μ-law byte position at the start of the chunk before this mark.
     start_byte: usize,
     /// The item's μ-law byte position at the end of the chunk before this mark.
@@ -366,6 +361,8 @@ struct PendingMark {
 /// Playback bookkeeping of one agent item.
 #[derive(Default)]
 struct AgentItem {
+    /// Its id (shared with the marks that point at it).
+    id: Arc<str>,
     response_id: String,
     sent_bytes: usize,
     heard_bytes: usize,
@@ -389,7 +386,7 @@ struct Slot {
 struct Turn {
     speech_stopped: Instant,
     first_sent_ms: Option<u32>,
-    first_mark: Option<String>,
+    first_mark: Option<u64>,
 }
 
 /// Why the bridge stopped.
@@ -411,24 +408,22 @@ struct MediaBridge {
     dialect: Dialect,
     mode: AudioMode,
     cancel: CancellationToken,
-    tw_out: Outbox<TwilioSink>,
-    ai_out: Outbox<AiSink>,
+    tw: Socket<WebSocket>,
+    ai: Socket<RealtimeSocket>,
     stream_sid: String,
-    inbound: InboundTranscoder,
-    outbound: OutboundTranscoder,
-    scratch: Vec<u8>,
-    scratch2: Vec<u8>,
+    /// The per-frame conversions (transcoders and their buffers).
+    frames: FrameCodec,
     malformed: u64,
     marks: VecDeque<PendingMark>,
     /// When Twilio last acknowledged a mark (playback reached it).
     last_ack_at: Option<Instant>,
     next_mark: u64,
-    items: HashMap<String, AgentItem>,
+    items: HashMap<Arc<str>, AgentItem>,
     order: VecDeque<Slot>,
     /// The agent item whose audio was sent last.
     current_item: Option<String>,
     active_response: Option<String>,
-    cancelled_responses: Vec<String>,
+    cancelled_responses: VecDeque<String>,
     turn: Option<Turn>,
     turns: u32,
     hangup_requested: bool,
@@ -456,10 +451,14 @@ impl MediaBridge {
     }
 
     /// Waits until every event queued so far is stored (and broadcast).
-    async fn settle(&self) {
+    /// (It borrows nothing while it waits: the bridge holds sockets, which are not `Sync`.)
+    fn settle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        if self.events.send(Publish::Settled(tx)).is_ok() {
-            let _ = rx.await;
+        let queued = self.events.send(Publish::Settled(tx)).is_ok();
+        async move {
+            if queued {
+                let _ = rx.await;
+            }
         }
     }
 
@@ -467,15 +466,15 @@ impl MediaBridge {
     async fn ai_send(&mut self, text: String) {
         // A failed write means the AI socket is gone; its reader sees that
         // too and reconnects or ends the call.
-        let _ = self.ai_out.feed(AiMessage::Text(text.into()), None).await;
+        let _ = self.ai.feed(AiMessage::Text(text.into()), None).await;
     }
 
     /// Writes what was fed to either socket. Err: Twilio's socket is gone.
     async fn flush(&mut self) -> Result<(), WriteFailed> {
         let m = &self.state.metrics;
         // The AI's side failing shows up on its reader (reconnect).
-        let _ = self.ai_out.flush(&m.inbound_frame, &m.frames_to_ai).await;
-        self.tw_out.flush(&m.outbound_frame, &m.frames_to_twilio).await
+        let _ = self.ai.flush(&m.inbound_frame, &m.frames_to_ai).await;
+        self.tw.flush(&m.outbound_frame, &m.frames_to_twilio).await
     }
 
     fn session_config(&self) -> protocol::SessionConfig {
@@ -486,11 +485,7 @@ impl MediaBridge {
         protocol::SessionConfig::new(&self.record.instructions, &self.record.voice, audio)
     }
 
-    async fn run(
-        mut self,
-        mut tw_stream: futures_util::stream::SplitStream<WebSocket>,
-        mut ai_stream: futures_util::stream::SplitStream<RealtimeSocket>,
-    ) -> Outcome {
+    async fn run(mut self) -> Outcome {
         // Configure the session, then let the agent speak first.
         let session = protocol::session_update(self.dialect, &self.session_config());
         self.ai_send(session).await;
@@ -512,17 +507,20 @@ impl MediaBridge {
                 });
                 break Outcome::TwilioClosed;
             }
-            let dirty = self.tw_out.dirty() || self.ai_out.dirty();
+            let dirty = self.tw.dirty() || self.ai.dirty();
             // Biased: the AI's events (agent audio, barge-ins) first, then
-            // Twilio's; writing waits until neither has anything ready.
+            // Twilio's; the cancellation and the time limit are looked at when
+            // neither has a message ready (a few times per 20 ms at most, and
+            // it keeps their bookkeeping off the per-message path); writing
+            // waits until nothing at all is ready.
             tokio::select! {
                 biased;
-                _ = &mut cancelled => break Outcome::Cancelled,
-                msg = ai_stream.next() => match msg {
-                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => match self.reconnect().await {
-                        Some(stream) => ai_stream = stream,
-                        None => break Outcome::AiClosed,
-                    },
+                msg = self.ai.ws.next() => match msg {
+                    None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => {
+                        if !self.reconnect().await {
+                            break Outcome::AiClosed;
+                        }
+                    }
                     Some(Ok(AiMessage::Text(text))) => {
                         if let Some(o) = self.on_ai(&text, Instant::now()).await {
                             break o;
@@ -530,7 +528,7 @@ impl MediaBridge {
                     }
                     Some(Ok(_)) => {}
                 },
-                msg = tw_stream.next() => match msg {
+                msg = self.tw.ws.next() => match msg {
                     None => break Outcome::TwilioClosed,
                     Some(Err(e)) => {
                         // Includes messages over the 1 MiB limit.
@@ -551,6 +549,7 @@ impl MediaBridge {
                     Some(Ok(WsMessage::Binary(_))) => self.on_malformed("binary frame").await,
                     Some(Ok(_)) => {}
                 },
+                _ = &mut cancelled => break Outcome::Cancelled,
                 _ = &mut limit => break Outcome::TimeLimit,
                 // Nothing else is ready: write what the messages so far produced.
                 () = std::future::ready(()), if dirty => {
@@ -559,7 +558,7 @@ impl MediaBridge {
                     }
                 }
             }
-            if (self.tw_out.fed >= MAX_BATCH || self.ai_out.fed >= MAX_BATCH) && self.flush().await.is_err() {
+            if (self.tw.fed >= MAX_BATCH || self.ai.fed >= MAX_BATCH) && self.flush().await.is_err() {
                 self.tw_failed = true;
             }
         };
@@ -601,16 +600,17 @@ impl MediaBridge {
         }
         self.settle().await;
         let _ = self.flush().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tw_out.sink.send(WsMessage::Close(None))).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<AiMessage>::close(&mut self.ai_out.sink)).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tw.ws.send(WsMessage::Close(None))).await;
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<AiMessage>::close(&mut self.ai.ws)).await;
         outcome
     }
 
     /// The AI socket dropped: open a new one once, within [`RECONNECT_WITHIN`],
-    /// with the same instructions and the conversation so far.
-    async fn reconnect(&mut self) -> Option<futures_util::stream::SplitStream<RealtimeSocket>> {
+    /// with the same instructions and the conversation so far. False when
+    /// that is not possible (already done once, or it failed).
+    async fn reconnect(&mut self) -> bool {
         if self.reconnected || self.cancel.is_cancelled() {
-            return None;
+            return false;
         }
         self.reconnected = true;
         let started = Instant::now();
@@ -619,13 +619,12 @@ impl MediaBridge {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {
                 tracing::warn!(call_id = %self.id(), error = %e, "reconnecting to the AI failed");
-                return None;
+                return false;
             }
-            Err(_) => return None,
+            Err(_) => return false,
         };
-        let (sink, stream) = socket.split();
         // The old socket is dead; what was fed to it is lost with it.
-        self.ai_out = Outbox::new(sink);
+        self.ai = Socket::new(socket);
         self.dialect = dialect;
         // What the old session was saying is over: keep what was heard.
         self.active_response = None;
@@ -657,7 +656,7 @@ impl MediaBridge {
                 self.history.len()
             ),
         });
-        Some(stream)
+        true
     }
 
     async fn on_malformed(&mut self, what: &str) {
@@ -674,6 +673,20 @@ impl MediaBridge {
 
     /// One Twilio message; `received` is when the socket handed it over.
     async fn on_twilio(&mut self, text: &str, received: Instant) -> Option<Outcome> {
+        match tw::parse_hot(text) {
+            Some(tw::HotInbound::Media(payload)) => self.on_inbound_audio(&payload, received).await,
+            Some(tw::HotInbound::Mark(name)) => self.on_mark(&name).await,
+            None => return self.on_twilio_other(text).await,
+        }
+        if self.hangup_requested {
+            return self.maybe_hang_up().await;
+        }
+        None
+    }
+
+    /// A Twilio message other than `media` or `mark`.
+    async fn on_twilio_other(&mut self, text: &str) -> Option<Outcome> {
+        let received = Instant::now();
         let msg = match tw::parse_inbound(text) {
             Ok(m) => m,
             Err(_) => {
@@ -696,28 +709,21 @@ impl MediaBridge {
 
     async fn on_inbound_audio(&mut self, payload: &str, received: Instant) {
         self.state.metrics.frames_from_twilio.inc();
-        self.scratch.clear();
-        if B64.decode_vec(payload, &mut self.scratch).is_err() {
+        let Ok(msg) = self.frames.twilio_to_ai(payload) else {
             self.on_malformed("media payload is not base64").await;
             return;
-        }
-        let msg = match self.mode {
-            // μ-law both ways: the payload goes on as it came.
-            AudioMode::Passthrough => protocol::input_audio_append(payload),
-            AudioMode::Transcode => {
-                self.scratch2.clear();
-                self.inbound.process(&self.scratch, &mut self.scratch2);
-                protocol::input_audio_append_bytes(&self.scratch2)
-            }
         };
         // A failed write: the AI's reader sees the socket go and reconnects.
-        let _ = self.ai_out.feed(AiMessage::Text(msg.into()), Some(received)).await;
+        let _ = self.ai.feed(AiMessage::Text(msg.into()), Some(received)).await;
     }
 
     async fn on_mark(&mut self, name: &str) {
         // Marks come back in the order sent; anything not pending was flushed
         // by a `clear` and proves nothing about playback (§5.3).
-        let Some(pos) = self.marks.iter().position(|m| m.name == name) else {
+        let Some(number) = name.strip_prefix('m').and_then(|n| n.parse::<u64>().ok()) else {
+            return; // not one of ours
+        };
+        let Some(pos) = self.marks.iter().position(|m| m.number == number) else {
             return;
         };
         let acked: Vec<PendingMark> = self.marks.drain(..=pos).collect();
@@ -728,10 +734,7 @@ impl MediaBridge {
             }
         }
         if let Some(turn) = &self.turn
-            && turn
-                .first_mark
-                .as_deref()
-                .is_some_and(|f| acked.iter().any(|m| m.name == f))
+            && turn.first_mark.is_some_and(|f| acked.iter().any(|m| m.number == f))
         {
             let heard = turn.speech_stopped.elapsed().as_millis() as u32;
             let sent = turn.first_sent_ms.unwrap_or(heard);
@@ -749,6 +752,14 @@ impl MediaBridge {
 
     /// One AI event; `received` is when the socket handed it over.
     async fn on_ai(&mut self, text: &str, received: Instant) -> Option<Outcome> {
+        if let Some(d) = protocol::parse_audio_delta(text) {
+            self.on_agent_audio(&d.response_id, &d.item_id, &d.delta, received)
+                .await;
+            if self.hangup_requested {
+                return self.maybe_hang_up().await;
+            }
+            return None;
+        }
         let event = match protocol::parse_server_event(text) {
             Ok(e) => e,
             Err(e) => {
@@ -765,12 +776,12 @@ impl MediaBridge {
                 self.on_agent_audio(&response_id, &item_id, &delta, received).await;
             }
             ServerEvent::AudioDone { item_id, .. } => {
-                if let Some(item) = self.items.get_mut(&item_id) {
+                if let Some(item) = self.items.get_mut(item_id.as_str()) {
                     item.audio_done = true;
                 }
             }
             ServerEvent::TranscriptDelta { item_id, delta } => {
-                if let Some(item) = self.items.get_mut(&item_id)
+                if let Some(item) = self.items.get_mut(item_id.as_str())
                     && !item.transcript_done
                 {
                     item.transcript.push_str(&delta);
@@ -779,7 +790,7 @@ impl MediaBridge {
             ServerEvent::TranscriptDone {
                 item_id, transcript, ..
             } => {
-                let item = self.items.entry(item_id.clone()).or_default();
+                let item = self.item_mut(&item_id);
                 item.transcript = transcript;
                 item.transcript_done = true;
                 self.ensure_slot(&item_id, Speaker::Agent);
@@ -790,11 +801,9 @@ impl MediaBridge {
                 audio_offset_ms,
                 audio_duration_ms,
             } => {
-                self.items.entry(item_id).or_default().words.push((
-                    text,
-                    audio_offset_ms,
-                    audio_offset_ms + audio_duration_ms,
-                ));
+                self.item_mut(&item_id)
+                    .words
+                    .push((text, audio_offset_ms, audio_offset_ms + audio_duration_ms));
             }
             ServerEvent::OutputItemAdded {
                 response_id,
@@ -802,7 +811,7 @@ impl MediaBridge {
                 kind: protocol::ItemKind::Message,
                 ..
             } => {
-                let item = self.items.entry(item_id.clone()).or_default();
+                let item = self.item_mut(&item_id);
                 item.response_id = response_id;
                 self.ensure_slot(&item_id, Speaker::Agent);
             }
@@ -888,40 +897,34 @@ impl MediaBridge {
             self.state.metrics.frames_dropped_barge_in.inc();
             return;
         }
-        self.scratch.clear();
-        if B64.decode_vec(delta, &mut self.scratch).is_err() {
+        let Ok((media, ulaw_len)) = self.frames.ai_to_twilio(&self.stream_sid, delta) else {
             tracing::warn!(call_id = %self.id(), "AI audio delta is not base64; dropped");
             return;
-        }
-        let (media, ulaw_len) = match self.mode {
-            // μ-law both ways: the delta's base64 goes to Twilio as it came.
-            AudioMode::Passthrough => (tw::media_message(&self.stream_sid, delta), self.scratch.len()),
-            AudioMode::Transcode => {
-                self.scratch2.clear();
-                self.outbound.process(&self.scratch, &mut self.scratch2);
-                (
-                    tw::media_message_from_ulaw(&self.stream_sid, &self.scratch2),
-                    self.scratch2.len(),
-                )
-            }
         };
         if ulaw_len == 0 {
             return;
         }
-        let item = self.items.entry(item_id.to_string()).or_default();
+        // Per delta, nothing is allocated for the bookkeeping but the mark.
+        let item = self.item_mut(item_id);
         if item.response_id.is_empty() {
             item.response_id = response_id.to_string();
         }
+        let first_audio = item.sent_bytes == 0;
         let start_byte = item.sent_bytes;
         item.sent_bytes += ulaw_len;
         let end_byte = item.sent_bytes;
-        self.current_item = Some(item_id.to_string());
-        self.ensure_slot(item_id, Speaker::Agent);
+        let item_key = item.id.clone();
+        if self.current_item.as_deref() != Some(item_id) {
+            self.current_item = Some(item_id.to_string());
+        }
+        if first_audio {
+            self.ensure_slot(item_id, Speaker::Agent);
+        }
         self.next_mark += 1;
-        let mark = format!("m{}", self.next_mark);
+        let number = self.next_mark;
         self.marks.push_back(PendingMark {
-            name: mark.clone(),
-            item_id: item_id.to_string(),
+            number,
+            item_id: item_key,
             start_byte,
             end_byte,
             sent_at: Instant::now(),
@@ -930,11 +933,15 @@ impl MediaBridge {
             && turn.first_mark.is_none()
         {
             turn.first_sent_ms = Some(turn.speech_stopped.elapsed().as_millis() as u32);
-            turn.first_mark = Some(mark.clone());
+            turn.first_mark = Some(number);
         }
-        let mark = tw::mark_message(&self.stream_sid, &mark);
-        if self.tw_out.feed(WsMessage::Text(media.into()), Some(received)).await.is_err()
-            || self.tw_out.feed(WsMessage::Text(mark.into()), None).await.is_err()
+        let mark = tw::mark_message(&self.stream_sid, &format!("m{number}"));
+        if self
+            .tw
+            .feed(WsMessage::Text(media.into()), Some(received))
+            .await
+            .is_err()
+            || self.tw.feed(WsMessage::Text(mark.into()), None).await.is_err()
         {
             self.tw_failed = true;
         }
@@ -948,7 +955,7 @@ impl MediaBridge {
         };
         if self
             .items
-            .get(&item_id)
+            .get(item_id.as_str())
             .is_none_or(|item| item.heard_bytes >= item.sent_bytes)
         {
             return; // everything was played: nothing to interrupt
@@ -956,18 +963,18 @@ impl MediaBridge {
         // Control first: Twilio stops playing before anything else happens.
         // Audio fed but not yet written goes first: the clear discards it too.
         let clear = tw::clear_message(&self.stream_sid);
-        if self.tw_out.feed(WsMessage::Text(clear.into()), None).await.is_err() || self.flush().await.is_err() {
+        if self.tw.feed(WsMessage::Text(clear.into()), None).await.is_err() || self.flush().await.is_err() {
             self.tw_failed = true;
         } else {
             self.state.metrics.barge_in.record(received.elapsed());
         }
-        let Some(item) = self.items.get_mut(&item_id) else {
+        let Some(item) = self.items.get_mut(item_id.as_str()) else {
             return;
         };
         // Marks tell what played up to the last acknowledged chunk; within
         // the chunk now playing, Twilio plays in real time (8 bytes per ms)
         // from the later of that acknowledgement and the chunk's arrival.
-        if let Some(m) = self.marks.front().filter(|m| m.item_id == item_id) {
+        if let Some(m) = self.marks.front().filter(|m| *m.item_id == *item_id) {
             let started = self.last_ack_at.map_or(m.sent_at, |a| a.max(m.sent_at));
             let played = started.elapsed().as_millis() as usize * ULAW_BYTES_PER_MS;
             item.heard_bytes = item.heard_bytes.max((m.start_byte + played).min(m.end_byte));
@@ -986,7 +993,11 @@ impl MediaBridge {
             self.active_response = None;
         }
         if !response_id.is_empty() {
-            self.cancelled_responses.push(response_id);
+            // Late deltas only trail the cut by moments: the last few cuts suffice.
+            if self.cancelled_responses.len() == CANCELLED_KEPT {
+                self.cancelled_responses.pop_front();
+            }
+            self.cancelled_responses.push_back(response_id);
         }
         self.turn = None;
         self.flush_transcripts().await;
@@ -1011,6 +1022,21 @@ impl MediaBridge {
         Some(Outcome::AgentHungUp)
     }
 
+    /// The agent item `id`, created on first mention.
+    fn item_mut(&mut self, id: &str) -> &mut AgentItem {
+        if !self.items.contains_key(id) {
+            let key: Arc<str> = Arc::from(id);
+            self.items.insert(
+                key.clone(),
+                AgentItem {
+                    id: key,
+                    ..AgentItem::default()
+                },
+            );
+        }
+        self.items.get_mut(id).expect("inserted above")
+    }
+
     fn ensure_slot(&mut self, item_id: &str, speaker: Speaker) {
         if !self.order.iter().any(|s| s.item_id == item_id) {
             self.order.push_back(Slot {
@@ -1029,7 +1055,7 @@ impl MediaBridge {
             if slot.speaker != Speaker::Agent || slot.text.is_some() {
                 continue;
             }
-            let Some(item) = self.items.get(&slot.item_id) else {
+            let Some(item) = self.items.get(slot.item_id.as_str()) else {
                 continue;
             };
             if item.interrupted && item.transcript_done {
@@ -1062,7 +1088,7 @@ impl MediaBridge {
             match slot.speaker {
                 Speaker::Callee => slot.text = Some(String::new()),
                 Speaker::Agent => {
-                    if let Some(item) = self.items.get(&slot.item_id) {
+                    if let Some(item) = self.items.get(slot.item_id.as_str()) {
                         let complete = item.heard_bytes >= item.sent_bytes && item.audio_done;
                         slot.interrupted = !complete;
                         slot.text = Some(if complete {

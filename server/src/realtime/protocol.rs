@@ -571,6 +571,49 @@ struct Raw<'a> {
     warning: Option<RawError>,
 }
 
+/// An audio delta borrowed from its event's text: the one event that comes
+/// many times a second, so the bridge reads it without copying the audio.
+#[derive(Debug, PartialEq)]
+pub struct AudioDeltaRef<'a> {
+    /// The response it belongs to.
+    pub response_id: Cow<'a, str>,
+    /// The output item it belongs to.
+    pub item_id: Cow<'a, str>,
+    /// Base64 audio in the session's output format.
+    pub delta: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RawDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    response_id: Cow<'a, str>,
+    #[serde(borrow, default)]
+    item_id: Cow<'a, str>,
+    #[serde(borrow)]
+    delta: Cow<'a, str>,
+}
+
+/// `response.output_audio.delta` (GA) or `response.audio.delta` (preview,
+/// Voice Live); `None` for any other event, which [`parse_server_event`] reads.
+pub fn parse_audio_delta(text: &str) -> Option<AudioDeltaRef<'_>> {
+    // Cheap pre-check: other events skip the second parse.
+    if !text.contains("audio.delta") {
+        return None;
+    }
+    let raw: RawDelta<'_> = serde_json::from_str(text).ok()?;
+    matches!(
+        raw.kind.as_ref(),
+        "response.output_audio.delta" | "response.audio.delta"
+    )
+    .then_some(AudioDeltaRef {
+        response_id: raw.response_id,
+        item_id: raw.item_id,
+        delta: raw.delta,
+    })
+}
+
 /// Decodes a server event of any dialect.
 pub fn parse_server_event(text: &str) -> Result<ServerEvent, ProtocolError> {
     let raw: Raw<'_> = serde_json::from_str(text).map_err(|e| ProtocolError(e.to_string()))?;

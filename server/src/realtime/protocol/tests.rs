@@ -314,6 +314,36 @@ fn server_event_names_exist_in_each_dialect() {
 }
 
 #[test]
+fn the_delta_fast_path_agrees_with_the_general_parser() {
+    for ty in ["response.output_audio.delta", "response.audio.delta"] {
+        let text = format!(
+            r#"{{"type":"{ty}","event_id":"e","response_id":"r","item_id":"i","output_index":0,"content_index":0,"delta":"AAA="}}"#
+        );
+        let fast = parse_audio_delta(&text).unwrap();
+        let ServerEvent::AudioDelta {
+            response_id,
+            item_id,
+            delta,
+        } = parse_server_event(&text).unwrap()
+        else {
+            panic!("not a delta: {text}")
+        };
+        assert_eq!(
+            (fast.response_id.as_ref(), fast.item_id.as_ref(), fast.delta.as_ref()),
+            (response_id.as_str(), item_id.as_str(), delta.as_str())
+        );
+    }
+    for other in [
+        r#"{"type":"response.output_audio_transcript.delta","item_id":"i","delta":"the audio.delta word"}"#,
+        r#"{"type":"response.audio_timestamp.delta","item_id":"i","text":"Hi","audio_offset_ms":0,"audio_duration_ms":5}"#,
+        r#"{"type":"response.output_audio.delta","delta":7}"#,
+        r#"{"type":"session.updated","session":{}}"#,
+    ] {
+        assert_eq!(parse_audio_delta(other), None, "{other}");
+    }
+}
+
+#[test]
 fn both_dialects_decode_to_the_same_events() {
     for ty in ["response.output_audio.delta", "response.audio.delta"] {
         let e = parse_server_event(&format!(

@@ -13,6 +13,7 @@
 //! Numeric-looking fields (`sequenceNumber`, `chunk`, `timestamp`) are strings
 //! on the wire (§5.1) and are kept as strings here.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -233,6 +234,50 @@ pub fn parse_inbound(text: &str) -> Result<TwilioInbound, MediaError> {
     })
 }
 
+/// The two messages that arrive many times a second per call, borrowed
+/// from the text: callee audio (every 20 ms) and mark echoes.
+#[derive(Debug, PartialEq)]
+pub enum HotInbound<'a> {
+    /// `media.payload`: base64 μ-law.
+    Media(Cow<'a, str>),
+    /// `mark.name`.
+    Mark(Cow<'a, str>),
+}
+
+#[derive(Deserialize)]
+struct HotEnvelope<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    media: Option<HotMedia<'a>>,
+    #[serde(borrow, default)]
+    mark: Option<HotName<'a>>,
+}
+
+#[derive(Deserialize)]
+struct HotMedia<'a> {
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct HotName<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+}
+
+/// `media` and `mark` in one pass with no copies (the general
+/// [`parse_inbound`] buffers an internally tagged enum and copies every
+/// field); `None` for anything else, which [`parse_inbound`] then reads.
+pub fn parse_hot(text: &str) -> Option<HotInbound<'_>> {
+    let env: HotEnvelope<'_> = serde_json::from_str(text).ok()?;
+    match env.event.as_ref() {
+        "media" => env.media.map(|m| HotInbound::Media(m.payload)),
+        "mark" => env.mark.map(|m| HotInbound::Mark(m.name)),
+        _ => None,
+    }
+}
+
 /// A message we send to Twilio on a bidirectional stream (§5.3), as on the wire.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
@@ -425,6 +470,36 @@ mod tests {
         );
         assert!(parse_inbound("not json").is_err());
         assert!(parse_inbound(r#"{"event":"media"}"#).is_err());
+    }
+
+    #[test]
+    fn the_hot_path_reads_media_and_marks_like_the_general_parser() {
+        let media = r#"{"event":"media","sequenceNumber":"4","media":{"track":"inbound","chunk":"2","timestamp":"5","payload":"/w=="},"streamSid":"MZ2"}"#;
+        // Field order and whitespace do not matter; escapes are decoded.
+        let reordered =
+            r#"{ "streamSid" : "MZ2", "media" : { "payload" : "/w==", "track" : "inbound" }, "event" : "media" }"#;
+        let mark = r#"{"event":"mark","sequenceNumber":"4","streamSid":"MZ2","mark":{"name":"a \"b\""}}"#;
+        for text in [media, reordered] {
+            assert_eq!(parse_hot(text), Some(HotInbound::Media("/w==".into())));
+            let TwilioInbound::Media(m) = parse_inbound(text).unwrap() else {
+                panic!("not media")
+            };
+            assert_eq!(m.payload, "/w==");
+        }
+        assert_eq!(parse_hot(mark), Some(HotInbound::Mark("a \"b\"".into())));
+        assert_eq!(parse_inbound(mark).unwrap(), TwilioInbound::Mark("a \"b\"".into()));
+        // Everything else, and broken messages, go to the general parser.
+        for other in [
+            START,
+            r#"{"event":"connected","protocol":"Call","version":"1.0.0"}"#,
+            r##"{"event":"dtmf","streamSid":"MZ2","dtmf":{"track":"inbound_track","digit":"#"}}"##,
+            r#"{"event":"stop","stop":{"callSid":"CA1"},"streamSid":"MZ2"}"#,
+            r#"{"event":"media"}"#,
+            r#"{"event":"media","media":{"payload":7}}"#,
+            "not json",
+        ] {
+            assert_eq!(parse_hot(other), None, "{other}");
+        }
     }
 
     #[test]
