@@ -132,6 +132,67 @@ async fn auth_is_required_when_a_token_is_set() {
 }
 
 #[tokio::test]
+async fn metrics_are_prometheus_text_behind_the_api_token() {
+    let mut config = Config::for_tests();
+    config.api_token = Some(Secret::new("s3cret"));
+    let server = TestServer::with_config(config).await;
+    let url = format!("{}/metrics", server.url());
+    let http = reqwest::Client::new();
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = http.get(&url);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{auth:?}");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    }
+    let resp = http.get(&url).bearer_auth("s3cret").send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().await.unwrap();
+    // A fresh server: every family is there, with nothing counted yet.
+    for family in [
+        "voice_agent_bridge_frame_latency_seconds histogram",
+        "voice_agent_barge_in_reaction_seconds histogram",
+        "voice_agent_bridge_frames_total counter",
+        "voice_agent_active_media_bridges gauge",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family}")), "{family} in\n{text}");
+    }
+    assert_eq!(
+        metric(
+            &text,
+            "voice_agent_bridge_frame_latency_seconds_bucket{direction=\"inbound\",le=\"+Inf\"}"
+        ),
+        0.0
+    );
+    assert_eq!(metric(&text, "voice_agent_calls_placed_total"), 0.0);
+    // A placed call is counted.
+    let mut client = server.client().await;
+    client
+        .place_call(with_token(place("+15550103"), "s3cret"))
+        .await
+        .unwrap();
+    let text = http
+        .get(&url)
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(metric(&text, "voice_agent_calls_placed_total"), 1.0);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn every_validation_error_names_its_field() {
     let server = TestServer::start().await;
     let mut client = server.client().await;

@@ -591,6 +591,43 @@ async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
         }
     }
 
+    // The bridge's own account (GET /metrics) agrees with both far ends: every
+    // append it wrote reached the AI, every media message reached Twilio, one
+    // barge-in reaction was timed, and no bridge is left running.
+    let text = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let appends: usize = sessions.iter().map(|s| s.appends).sum();
+    let media_heard = stream
+        .server_messages
+        .iter()
+        .filter(|m| matches!(m, ServerMessage::Media { .. }))
+        .count();
+    assert_eq!(
+        metric(&text, "voice_agent_bridge_frames_total{hop=\"to_ai\"}"),
+        appends as f64
+    );
+    assert_eq!(
+        metric(&text, "voice_agent_bridge_frames_total{hop=\"to_twilio\"}"),
+        media_heard as f64
+    );
+    assert!(
+        metric(&text, "voice_agent_bridge_frames_total{hop=\"from_twilio\"}") >= appends as f64 && appends > 0,
+        "{text}"
+    );
+    assert_eq!(metric(&text, "voice_agent_barge_in_reaction_seconds_count"), 1.0);
+    assert_eq!(
+        metric(
+            &text,
+            "voice_agent_bridge_frame_latency_seconds_count{direction=\"outbound\"}"
+        ),
+        media_heard as f64
+    );
+    assert_eq!(metric(&text, "voice_agent_active_media_bridges"), 0.0);
+
     let lines = transcripts(&events);
     let cut = lines
         .iter()

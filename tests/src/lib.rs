@@ -249,6 +249,14 @@ pub async fn grpc_web(
     (status, frames, trailers)
 }
 
+/// The value of one series in a Prometheus text exposition (panics when absent).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+}
+
 /// Path of a binary of this workspace, built with `cargo build --workspace --bins`
 /// (the README's test command does that first).
 pub fn binary(name: &str) -> PathBuf {
@@ -257,10 +265,10 @@ pub fn binary(name: &str) -> PathBuf {
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
     let path = dir.join(name);
     if !path.exists() {
-        let package = if name == "voice-agent" {
-            "voice-agent-cli"
-        } else {
-            "voice-agent-server"
+        let package = match name {
+            "voice-agent" => "voice-agent-cli",
+            "loadgen" => "voice-agent-tests",
+            _ => "voice-agent-server",
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)

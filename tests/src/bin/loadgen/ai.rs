@@ -45,8 +45,8 @@ pub struct AiRecord {
     pub responses: Vec<Vec<u32>>,
     /// When each `speech_started` was written.
     pub speech_started: Vec<u32>,
-    /// How late each paced delta was written after its slot.
-    pub lag: Vec<u32>,
+    /// (when, how late) each paced delta was written after its slot.
+    pub lag: Vec<(u32, u32)>,
     /// `conversation.item.truncate` received (one per barge-in expected).
     pub truncates: usize,
 }
@@ -142,7 +142,8 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
                             }
                         }
                         if *sent > lead_chunks {
-                            record.lag.push(now.saturating_duration_since(scheduled.into_std()).as_micros() as u32);
+                            let late = now.saturating_duration_since(scheduled.into_std()).as_micros() as u32;
+                            record.lag.push((run.us_at(now), late));
                         }
                         if *sent >= agent_chunks {
                             // The callee barges in; the service cancels the response itself.

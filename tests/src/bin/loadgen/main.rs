@@ -53,7 +53,7 @@ const LATE_MS: f64 = 20.0;
 #[command(about = "Drives N concurrent calls through the real server and measures the bridge")]
 struct Args {
     /// Concurrent calls per level, comma-separated.
-    #[arg(long, default_value = "50,100,250,500,1000", value_delimiter = ',')]
+    #[arg(long, default_value = "100,200,300,400,500,600,800,1000", value_delimiter = ',')]
     levels: Vec<usize>,
     /// Length of the measurement window per level, seconds.
     #[arg(long, default_value_t = 20)]
@@ -77,6 +77,20 @@ struct Args {
     /// The server binary (default: voice-agent-server beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
+    /// Run the server on these CPUs only (a `taskset -c` list, e.g. `0`);
+    /// run this generator under `taskset -c 1` to give each its own core.
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// The server's tokio worker threads (`TOKIO_WORKER_THREADS`; default: one per CPU it may use).
+    #[arg(long)]
+    server_workers: Option<usize>,
+}
+
+/// How the server under test is started.
+struct Launch<'a> {
+    binary: &'a std::path::Path,
+    cpus: Option<&'a str>,
+    workers: Option<usize>,
 }
 
 /// State of one level's run, shared by both sides and the coordinator.
@@ -232,7 +246,7 @@ async fn metrics(http: &reqwest::Client, base: &str) -> Result<Snapshot, String>
 }
 
 async fn run_level(
-    binary: &std::path::Path,
+    launch: &Launch<'_>,
     calls: usize,
     seconds: u64,
     warmup: u64,
@@ -278,11 +292,10 @@ async fn run_level(
         ("MAX_CALL_DURATION", "3600".into()),
     ];
     let mut env = env;
-    // Runtime tuning of the server under test, when the operator sets it.
-    if let Ok(n) = std::env::var("SERVER_TOKIO_WORKER_THREADS") {
-        env.push(("TOKIO_WORKER_THREADS", n));
+    if let Some(n) = launch.workers {
+        env.push(("TOKIO_WORKER_THREADS", n.to_string()));
     }
-    let server = ServerProcess::start(binary, &env)?;
+    let server = ServerProcess::start(launch.binary, launch.cpus, &env)?;
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -439,9 +452,9 @@ async fn run_level(
             run.problem(format!("no AI session matches call {}", t.call_id));
             continue;
         };
-        for a_lag in &a.lag {
-            // The AI side's pacing counts as the generator's too (not windowed: it is rarely late).
-            if *a_lag as f64 / 1000.0 > LATE_MS {
+        for (at, lag) in &a.lag {
+            // The AI side's pacing counts as the generator's too.
+            if in_window(*at) && *lag as f64 / 1000.0 > LATE_MS {
                 r.late_generator += 1;
             }
         }
@@ -567,6 +580,20 @@ fn row(r: &LevelResult) -> String {
     )
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list`), when restricted.
+fn allowed_cpus() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+        .trim()
+        .to_string();
+    let all = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Unrestricted: the list covers every CPU of the machine.
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    (online.trim() != list || all == 0).then_some(list)
+}
+
 fn fmt1(x: f64) -> String {
     if x.is_nan() { "–".into() } else { format!("{x:.2}") }
 }
@@ -584,6 +611,11 @@ fn main() -> std::process::ExitCode {
         _ => vec![true, false],
     };
     let binary = args.server_bin.clone().unwrap_or_else(server::default_binary);
+    let launch = Launch {
+        binary: &binary,
+        cpus: args.server_cpus.as_deref(),
+        workers: args.server_workers,
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -591,6 +623,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    println!(
+        "AI deltas of {} ms; server on CPUs {}; generator on CPUs {}; {} s per level after {} s of warm-up\n",
+        args.ai_chunk_ms.clamp(20, 1000) / 20 * 20,
+        args.server_cpus.as_deref().unwrap_or("any"),
+        allowed_cpus().unwrap_or_else(|| "any".into()),
+        seconds,
+        warmup
+    );
     println!(
         "| mode | calls | bridge in ms p50 / p99 / p99.9 / max | bridge out ms p50 / p99 / p99.9 / max | barge-in ms p50 / p99 | end-to-end in ms p50 / p99 / p99.9 / max | end-to-end out ms | end-to-end barge-in ms p50 / p99 | late bridge / e2e / generator | lost in / out | server CPU s per call-minute | CPU server / loadgen | server RSS KiB per call | carried |"
     );
@@ -600,7 +640,7 @@ fn main() -> std::process::ExitCode {
         let mut best = 0;
         for &n in &levels {
             let chunk = Duration::from_millis(args.ai_chunk_ms.clamp(20, 1000) / 20 * 20);
-            let r = match runtime.block_on(run_level(&binary, n, seconds, warmup, transcode, chunk)) {
+            let r = match runtime.block_on(run_level(&launch, n, seconds, warmup, transcode, chunk)) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("level {n}: {e}");
@@ -618,11 +658,19 @@ fn main() -> std::process::ExitCode {
                     r.server_warnings.0, r.server_warnings.1
                 );
             }
+            // Quick mode checks what must hold at any speed (never a timing).
             if args.quick
                 && (r.bridge_in.count() == 0
                     || r.bridge_out.count() == 0
+                    || r.e2e_in.is_empty()
+                    || r.e2e_out.is_empty()
+                    || r.barge_ins == 0
                     || r.lost_in != 0
                     || r.lost_out != 0
+                    || r.missing_clears != 0
+                    || r.missing_truncates != 0
+                    || r.ended_early != 0
+                    || r.placed != r.calls
                     || r.problems.0 > 0)
             {
                 failed = true;

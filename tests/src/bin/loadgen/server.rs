@@ -30,21 +30,21 @@ impl ServerProcess {
     /// Starts `binary` with exactly `env` (nothing inherited but PATH), in a
     /// fresh directory (so no `.env` is read and the SQLite file is new), and
     /// waits for its "listening on" line.
-    pub fn start(binary: &Path, env: &[(&str, String)]) -> Result<Self, String> {
+    /// `cpus`: a `taskset -c` list the server is confined to.
+    pub fn start(binary: &Path, cpus: Option<&str>, env: &[(&str, String)]) -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!(
             "voice-agent-loadgen-{}-{}",
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        // `SERVER_CPUS=0` (a taskset list) runs the server on those CPUs only.
-        let mut cmd = match std::env::var("SERVER_CPUS") {
-            Ok(cpus) => {
+        let mut cmd = match cpus {
+            Some(cpus) => {
                 let mut c = Command::new("taskset");
                 c.arg("-c").arg(cpus).arg(binary);
                 c
             }
-            Err(_) => Command::new(binary),
+            None => Command::new(binary),
         };
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
