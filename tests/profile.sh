@@ -32,7 +32,8 @@ perf report -i "$work/perf.data" --no-children --sort dso --stdio 2>/dev/null | 
 echo
 echo "== inclusive share of the socket syscalls and of the runtime's idle path"
 perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
-  | grep -E '\] (__x64_sys_sendto|__x64_sys_recvfrom|__x64_sys_epoll_wait|__x64_sys_futex|process_backlog|sock_def_readable)$' || true
+  | grep -E '\[k\] (__x64_sys_sendto|__x64_sys_recvfrom|__x64_sys_epoll_wait|__x64_sys_futex|process_backlog|sock_def_readable) ' \
+  | sed -E 's/ +- +- *$//' || true
 echo
 echo "== hottest functions (self time)"
 perf report -i "$work/perf.data" --no-children --sort symbol --stdio -g none 2>/dev/null \

@@ -18,6 +18,7 @@
 //! realtime.rs  RealtimeBackend: endpoints, auth (keys, Entra ID), the socket
 //!   realtime/protocol  client/server events of Voice Live and OpenAI (GA, preview)
 //! bridge.rs    per-call MediaBridge actor: Twilio media ↔ realtime AI, events
+//!   bridge/frames  the per-frame conversions (transcode, base64, message text)
 //! metrics.rs   lock-free latency histograms and counters of the media path (GET /metrics)
 //! audio.rs     μ-law codec and resamplers (pure, benchmarked)
 //! emulator.rs  built-in Twilio and realtime-AI emulators (real wire protocols)

@@ -208,12 +208,20 @@ struct LevelResult {
     loadgen_cpu_pct: f64,
     rss_idle_kib: f64,
     rss_per_call_kib: f64,
-    generator_lag_p99_ms: f64,
+    generator_lag_p999_ms: f64,
     problems: (usize, Vec<String>),
     server_warnings: (usize, Vec<String>),
 }
 
 impl LevelResult {
+    /// Carried: no frame late in the bridge (> 20 ms, the server's own
+    /// measure) and none lost, every barge-in answered, no call ended early;
+    /// and, as a guard against saturation (a saturated server queues frames
+    /// in the kernel, where its own clock cannot see them), 99.9 % of frames
+    /// delivered end to end within 20 ms, sent on time by the generator.
+    /// The end-to-end figures include the generator's scheduling and this
+    /// machine's hiccups, hence a percentile rather than none at all (see
+    /// docs/benchmarks.md); their counts are reported beside.
     fn carried(&self) -> bool {
         self.placed == self.calls
             && self.bridge_in.count() > 0
@@ -221,8 +229,9 @@ impl LevelResult {
             && !self.e2e_in.is_empty()
             && !self.e2e_out.is_empty()
             && self.late_bridge == 0
-            && self.late_e2e == 0
-            && self.late_generator == 0
+            && percentile(&self.e2e_in, 99.9) <= LATE_MS
+            && percentile(&self.e2e_out, 99.9) <= LATE_MS
+            && self.generator_lag_p999_ms <= LATE_MS
             && self.lost_in == 0
             && self.lost_out == 0
             && self.missing_clears == 0
@@ -433,7 +442,7 @@ async fn run_level(
         } else {
             (rss.iter().sum::<f64>() / rss.len() as f64 - rss_idle).max(0.0) / calls as f64
         },
-        generator_lag_p99_ms: f64::NAN,
+        generator_lag_p999_ms: f64::NAN,
         problems: (0, vec![]),
         server_warnings,
     };
@@ -453,9 +462,9 @@ async fn run_level(
             continue;
         };
         for (at, lag) in &a.lag {
-            // The AI side's pacing counts as the generator's too.
-            if in_window(*at) && *lag as f64 / 1000.0 > LATE_MS {
-                r.late_generator += 1;
+            // The AI side's pacing is the generator's too.
+            if in_window(*at) {
+                lags.push(*lag as f64 / 1000.0);
             }
         }
         // Inbound: frames map one to one, in order, none dropped by design.
@@ -509,14 +518,14 @@ async fn run_level(
         v.sort_by(f64::total_cmp);
     }
     r.late_e2e = r.e2e_in.iter().chain(&r.e2e_out).filter(|l| **l > LATE_MS).count();
-    r.generator_lag_p99_ms = percentile(&lags, 99.0);
-    r.late_generator += lags.iter().filter(|l| **l > LATE_MS).count();
+    r.generator_lag_p999_ms = percentile(&lags, 99.9);
+    r.late_generator = lags.iter().filter(|l| **l > LATE_MS).count();
     eprintln!(
-        "{mode} {calls}: set up in {:.1} s; {} barge-ins; {} frames dropped by them; generator lag p99 {:.2} ms; server idle RSS {:.0} KiB",
+        "{mode} {calls}: set up in {:.1} s; {} barge-ins; {} frames dropped by them; generator lag p99.9 {:.2} ms; server idle RSS {:.0} KiB",
         setup.as_secs_f64(),
         r.barge_ins,
         dropped,
-        r.generator_lag_p99_ms,
+        r.generator_lag_p999_ms,
         r.rss_idle_kib
     );
     r.problems = run.problems.lock().unwrap_or_else(|p| p.into_inner()).clone();
