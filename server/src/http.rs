@@ -1,5 +1,6 @@
 //! HTTP routes beside gRPC: Twilio's webhooks and media WebSocket (each
-//! checks `X-Twilio-Signature`, protocols.md §3), the web UI, and plain 404s.
+//! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` (behind
+//! `API_TOKEN`), the web UI, and plain 404s.
 //!
 //! Handlers only check, translate and hand over: decisions about a call live
 //! in the [`crate::call`] hub and the [`crate::bridge`].

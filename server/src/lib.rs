@@ -8,7 +8,7 @@
 //! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP
 //! config.rs    `Config` from the environment / `.env` (contract §3)
 //! grpc.rs      VoiceAgentService: validation, domain ↔ protobuf (calls, server info), auth interceptor
-//! http.rs      Twilio webhooks (signed), media WebSocket upgrade, static web UI, 404s
+//! http.rs      Twilio webhooks (signed), media WebSocket upgrade, /metrics, static web UI, 404s
 //! call.rs      CallId, CallStatus, CallRecord, EventKind
 //!   call/hub   live calls: commit-then-broadcast fan-out, WatchCall streams
 //! store.rs     SQLite call store with migrations; append-only event log

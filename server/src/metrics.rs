@@ -48,7 +48,6 @@ pub fn bucket_upper_ns(index: usize) -> u64 {
 /// A lock-free latency histogram.
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
-    count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
@@ -56,7 +55,6 @@ impl Default for Histogram {
     fn default() -> Self {
         Self {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-            count: AtomicU64::new(0),
             sum_ns: AtomicU64::new(0),
         }
     }
@@ -67,13 +65,13 @@ impl Histogram {
     pub fn record(&self, d: Duration) {
         let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         self.buckets[bucket_index(ns)].fetch_add(1, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
-    /// Number of durations recorded.
+    /// Number of durations recorded (the buckets' total: no separate counter
+    /// to bump on every frame).
     pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
     /// Per-bucket counts (not cumulative), a consistent-enough copy for reports.
@@ -98,8 +96,7 @@ impl Histogram {
             let le = bucket_upper_ns(i) as f64 / 1e9;
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le:e}\"}} {cumulative}");
         }
-        // The total of the buckets as read, not `count`: records landing while
-        // this runs would otherwise show up in +Inf only.
+        // The total of the buckets as read, so +Inf always matches them.
         let count = cumulative;
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
@@ -193,8 +190,9 @@ pub struct Metrics {
     pub frames_from_ai: Counter,
     /// Media messages written to Twilio.
     pub frames_to_twilio: Counter,
-    /// Agent audio not sent because a barge-in made it stale (queued when the
-    /// `clear` went out, or late deltas of the cancelled response).
+    /// Agent audio not sent because a barge-in made it stale: late deltas of
+    /// the response the callee cut off (the bridge keeps no queue of its own
+    /// for a `clear` to discard).
     pub frames_dropped_barge_in: Counter,
     /// Media Streams messages that could not be read.
     pub media_malformed: Counter,

@@ -544,6 +544,16 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
 }
 
 /// (backend, emulated, default voice) of each entry, in order.
+async fn server_info(
+    client: &mut voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient<tonic::transport::Channel>,
+) -> pb::GetServerInfoResponse {
+    client
+        .get_server_info(pb::GetServerInfoRequest::default())
+        .await
+        .expect("GetServerInfo")
+        .into_inner()
+}
+
 fn offered(info: &pb::GetServerInfoResponse) -> Vec<(pb::Backend, bool, String)> {
     info.backends
         .iter()
@@ -564,11 +574,7 @@ async fn server_info_in_emulator_mode_offers_both_backends_emulated() {
     config.max_call_duration = Duration::from_secs(120);
     let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
-    let info = client
-        .get_server_info(pb::GetServerInfoRequest::default())
-        .await
-        .expect("GetServerInfo")
-        .into_inner();
+    let info = server_info(&mut client).await;
     assert_eq!(
         offered(&info),
         [
@@ -619,11 +625,7 @@ async fn server_info_offers_only_the_configured_backend() {
     });
     let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
-    let info = client
-        .get_server_info(pb::GetServerInfoRequest::default())
-        .await
-        .expect("GetServerInfo")
-        .into_inner();
+    let info = server_info(&mut client).await;
     assert_eq!(offered(&info), [(pb::Backend::GptRealtime, false, "alloy".to_string())]);
     assert_eq!(info.default_backend(), pb::Backend::GptRealtime);
     assert!(info.telephony_emulated, "Twilio is still the emulator");

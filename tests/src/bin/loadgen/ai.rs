@@ -15,13 +15,11 @@ use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 
-use crate::{FRAME, Run, tone_pcm24k, tone_ulaw};
+use crate::{FRAME, Run, serve_until_closed, tone_pcm24k, tone_ulaw};
 
 /// The key the server is configured with.
 pub const API_KEY: &str = "loadgen-openai-key";
@@ -53,8 +51,6 @@ pub struct AiRecord {
 
 /// Starts the AI endpoint on 127.0.0.1:0 (`OPENAI_REALTIME_URL` = `ws://addr/v1/realtime`).
 pub async fn start(run: Arc<Run>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let r = run.clone();
     let app = Router::new().route(
         "/v1/realtime",
@@ -63,16 +59,7 @@ pub async fn start(run: Arc<Run>) -> std::io::Result<SocketAddr> {
             async move { upgrade(run, headers, ws) }
         }),
     );
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let stop = run.close.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
-    Ok(addr)
+    serve_until_closed(&run, app).await
 }
 
 fn upgrade(run: Arc<Run>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {

@@ -158,6 +158,24 @@ impl Run {
     }
 }
 
+/// Serves `app` on 127.0.0.1:0 (no Nagle, like the server's own sockets)
+/// until the run closes; returns the address.
+pub async fn serve_until_closed(run: &Run, app: axum::Router) -> std::io::Result<std::net::SocketAddr> {
+    use axum::serve::ListenerExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = run.close.clone();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+    });
+    Ok(addr)
+}
+
 /// 20 ms of a 440 Hz tone at −12 dBFS as PCM16 24 kHz little-endian.
 pub fn tone_pcm24k() -> &'static [u8] {
     static TONE: OnceLock<Vec<u8>> = OnceLock::new();

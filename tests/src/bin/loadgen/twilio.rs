@@ -17,12 +17,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use voice_agent_server::telephony::twilio::{signature, twiml};
 
-use crate::{FRAME, Run, tone_ulaw};
+use crate::{FRAME, Run, serve_until_closed, tone_ulaw};
 
 /// The account the server is configured with.
 pub const ACCOUNT_SID: &str = "AC0123456789abcdef0123456789abcdef";
@@ -59,8 +58,6 @@ struct Fake {
 
 /// Starts the REST API on 127.0.0.1:0; its base URL goes to `TWILIO_API_BASE_URL`.
 pub async fn start(run: Arc<Run>) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let fake = Arc::new(Fake {
         run: run.clone(),
         http: reqwest::Client::builder()
@@ -74,13 +71,7 @@ pub async fn start(run: Arc<Run>) -> std::io::Result<SocketAddr> {
         let fake = fake.clone();
         async move { fake.rest(method, uri, headers, body).await }
     });
-    let stop = run.close.clone();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-    });
-    Ok(addr)
+    serve_until_closed(&run, app).await
 }
 
 fn resource(sid: &str, status: &str) -> String {
