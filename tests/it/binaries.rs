@@ -346,3 +346,20 @@ fn load_generator_quick_mode_runs() {
         "{stdout}"
     );
 }
+
+#[test]
+fn floor_benchmark_runs() {
+    // Like the load generator's quick mode: not a benchmark here, only proof that
+    // the floor tool still runs its message pattern and measures something.
+    let out = Command::new(binary("floor"))
+        .args(["--levels", "3", "--seconds", "1", "--no-pin"])
+        .output()
+        .expect("run floor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\n| 3 | "), "{stdout}");
+}
