@@ -8,14 +8,17 @@
 #   - the server on CPU 0 and the load generator on CPU 1 (each its own core),
 #     both audio modes, with AI deltas of 20 ms (one per Twilio frame, the most
 #     messages) and of 100 ms (the size the built-in AI emulator streams);
-#   - no pinning at all (server and generator share both cores), transcode, 20 ms.
+#   - no pinning at all (server and generator share both cores), transcode, 20 ms;
+# then the floor (tests/src/bin/floor.rs): the same message pattern over the
+# same loopback TCP with no server or generator work at all, which is what this
+# machine's kernel alone allows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 levels="${1:-100,200,300,400,500,600,800,1000}"
 seconds="${2:-20}"
 out=docs/benchmarks-results.md
 
-cargo build --release -p voice-agent-tests --bin loadgen -p voice-agent-server --bin voice-agent-server
+cargo build --release -p voice-agent-tests --bin loadgen --bin floor -p voice-agent-server --bin voice-agent-server
 micro="$(cargo bench -p voice-agent-server --bench audio --bench hot_path -- --output-format bencher 2>/dev/null \
   | sed -n 's/^test \(.*\) \.\.\. bench: *\([0-9,]*\) ns\/iter.*/| \1 | \2 |/p')"
 
@@ -57,5 +60,16 @@ fi
   fi
   ramp "No pinning (server and load generator share every core), transcode, AI deltas of 20 ms" \
     "$lg" --mode transcode --levels "$levels" --seconds "$seconds" --ai-chunk-ms 20
+  echo "## The floor: the same messages with no work at all (floor)"
+  echo
+  echo "The relay takes the server's place and the ends the generator's; see docs/benchmarks.md."
+  echo
+  fl=./target/release/floor
+  floor_levels="250,500,1000,1500,2000"
+  for args in "" "--no-pin" "--ai-chunk-ms 100" "--passthrough"; do
+    # shellcheck disable=SC2086 # the arguments are meant to split
+    "$fl" --levels "$floor_levels" --seconds 10 $args
+    echo
+  done
 } > "$out"
 echo "wrote $out"
