@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AppState;
 use crate::audio::ULAW_BYTES_PER_MS;
 use crate::bridge::frames::FrameCodec;
-use crate::call::{CallId, CallRecord, EventKind, Speaker};
+use crate::call::{CallId, CallRecord, CallStatus, EventKind, Speaker};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram};
 use crate::realtime::RealtimeSocket;
@@ -51,6 +51,8 @@ pub const TIME_LIMIT_GOODBYE: &str = "We have reached the time limit for this ca
 const CANCELLED_KEPT: usize = 8;
 /// How long reconnecting to a dropped AI may take (issue: within 2 s).
 pub const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
+/// The end reason of a call the server stopped under.
+pub const SHUTDOWN_REASON: &str = "the server is shutting down";
 
 /// Runs the media side of one call on an upgraded Twilio WebSocket.
 pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSocket) {
@@ -62,7 +64,13 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
 
     let start = tokio::select! {
         s = wait_for_start(&mut socket, &record) => s,
-        _ = cancel.cancelled() => return,
+        _ = cancel.cancelled() => {
+            if state.shutdown.is_cancelled() {
+                // Dropping the socket on return closes the stream, which hangs up.
+                end_on_shutdown(&state, &id).await;
+            }
+            return;
+        }
     };
     let (stream_sid, first_malformed) = match start {
         Ok(ok) => ok,
@@ -216,6 +224,32 @@ async fn note_end_reason(state: &AppState, id: &CallId, reason: &str) {
         .await;
     if let Err(e) = result {
         tracing::error!(call_id = %id, error = %e, "end reason not stored");
+    }
+}
+
+/// The server is stopping under a live call: records why, and that the call
+/// is over. The provider's final status callback would say so, but it can no
+/// longer reach a server that has stopped accepting connections. What hangs
+/// up is closing the media stream, which the caller does next: nothing
+/// follows `<Connect>` in the call's TwiML (protocols.md §4).
+async fn end_on_shutdown(state: &AppState, id: &CallId) {
+    let result = state
+        .hub
+        .update(id, |r| {
+            if r.status.is_terminal() {
+                return vec![];
+            }
+            if r.end_reason.is_empty() {
+                r.end_reason = SHUTDOWN_REASON.to_string();
+            }
+            vec![EventKind::Status {
+                status: CallStatus::Completed,
+                detail: r.end_reason.clone(),
+            }]
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, "the end of the call at shutdown was not stored");
     }
 }
 
@@ -394,7 +428,9 @@ struct Turn {
 enum Outcome {
     TwilioStopped,
     TwilioClosed,
+    /// HangUpCall, or the call ended.
     Cancelled,
+    ServerShutdown,
     AiClosed,
     AiFatal,
     AgentHungUp,
@@ -549,7 +585,15 @@ impl MediaBridge {
                     Some(Ok(WsMessage::Binary(_))) => self.on_malformed("binary frame").await,
                     Some(Ok(_)) => {}
                 },
-                _ = &mut cancelled => break Outcome::Cancelled,
+                _ = &mut cancelled => {
+                    // The media token is a child of the server's: tell a
+                    // shutdown from HangUpCall or the call's end.
+                    break if self.state.shutdown.is_cancelled() {
+                        Outcome::ServerShutdown
+                    } else {
+                        Outcome::Cancelled
+                    };
+                }
                 _ = &mut limit => break Outcome::TimeLimit,
                 // Nothing else is ready: write what the messages so far produced.
                 () = std::future::ready(()), if dirty => {
@@ -579,6 +623,8 @@ impl MediaBridge {
             Outcome::AiFatal => {
                 end_with_apology(&self.state, &self.record, "the AI reported a fatal error").await;
             }
+            // Closing the media stream below is what hangs up.
+            Outcome::ServerShutdown => end_on_shutdown(&self.state, self.id()).await,
             Outcome::TimeLimit => {
                 let reason = format!(
                     "the call reached its maximum duration ({} s)",

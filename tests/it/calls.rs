@@ -667,6 +667,31 @@ fn notices(events: &[pb::CallEvent]) -> Vec<String> {
         .collect()
 }
 
+/// A Twilio emulator of the test's own (its own numbers; it outlives the
+/// server) and the options that make the server dial through it.
+async fn own_twilio(
+    config: voice_agent_server::emulator::twilio::TwilioEmulatorConfig,
+) -> (voice_agent_server::emulator::twilio::TwilioEmulatorHandle, Options) {
+    use voice_agent_server::telephony::twilio::TwilioClient;
+    let emu = voice_agent_server::emulator::twilio::TwilioEmulator::start(config)
+        .await
+        .unwrap();
+    let client = TwilioClient::new(
+        &emu.base_url(),
+        emu.account_sid(),
+        emu.auth_token(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let telephony: std::sync::Arc<dyn voice_agent_server::telephony::Telephony> =
+        std::sync::Arc::new(voice_agent_server::telephony::provider::Twilio::new(client));
+    let options = Options {
+        telephony: Some((telephony, voice_agent_server::config::Secret::new(emu.auth_token()))),
+        ..Default::default()
+    };
+    (emu, options)
+}
+
 #[tokio::test]
 async fn ai_drop_mid_call_reconnects_once_with_the_conversation() {
     let (server, emu) = server_with_ai(voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
@@ -946,4 +971,83 @@ async fn entra_id_token_is_sent_as_bearer_when_no_key_is_set() {
     );
     server.stop().await;
     emu.shutdown();
+}
+
+#[tokio::test]
+async fn server_shutdown_mid_call_ends_it_with_that_reason_and_keeps_it() {
+    use voice_agent_server::emulator::twilio::{EndCause, StreamEnd};
+    let dir = std::env::temp_dir().join(format!("va-shutdown-{}", uuid::Uuid::new_v4()));
+    let mut config = Config::for_tests();
+    config.database = voice_agent_server::config::DatabaseLocation::File(dir.join("calls.db"));
+    // Twilio of the test's own outlives the server, so it can say how the call ended on its side.
+    let (twilio, options) = own_twilio(Default::default()).await;
+    let server = TestServer::with_options(config.clone(), options).await;
+    let mut client = server.client().await;
+    let placed = client.place_call(place("+15550199")).await.unwrap().into_inner();
+    let mut stream = client
+        .watch_call(pb::WatchCallRequest {
+            call_id: placed.call_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Shut down once the conversation runs (the first transcript).
+    let mut seen = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(m) = stream.message().await.unwrap() {
+            let ev = m.event.unwrap();
+            let is_transcript = matches!(ev.kind, Some(pb::call_event::Kind::Transcript(_)));
+            seen.push(ev);
+            if is_transcript {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a transcript arrives");
+    server.stop().await;
+
+    // The watcher gets the end of the call before its stream ends.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(m)) = stream.message().await {
+            seen.push(m.event.unwrap());
+        }
+    })
+    .await
+    .expect("the watch stream ends with the server");
+    let Some(pb::call_event::Kind::Status(last)) = seen.last().and_then(|e| e.kind.clone()) else {
+        panic!("the stream ends with a status: {seen:?}");
+    };
+    assert_eq!(last.status(), pb::CallStatus::Completed, "{seen:?}");
+    assert_eq!(last.detail, voice_agent_server::bridge::SHUTDOWN_REASON);
+
+    // On Twilio's side the call was hung up by the media stream closing.
+    let report = tokio::time::timeout(LIMIT, twilio.wait_finished(&placed.provider_call_id))
+        .await
+        .expect("the emulated call ends")
+        .expect("the emulator knows the call");
+    assert_eq!(report.stream().unwrap().ended, Some(StreamEnd::ServerClosed));
+    assert_eq!(report.end_cause, Some(EndCause::TwimlEnded));
+
+    // The record and the conversation are kept: after a restart, GetCall
+    // says why it ended and WatchCall replays what the watcher saw.
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let call = get_call(&mut client, &placed.call_id).await;
+    assert_eq!(call.status(), pb::CallStatus::Completed);
+    assert_eq!(call.end_reason, voice_agent_server::bridge::SHUTDOWN_REASON);
+    assert!(call.ended_at.is_some());
+    let replay = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+    assert_eq!(replay, seen);
+    assert!(
+        transcripts(&replay)
+            .iter()
+            .any(|(s, t, _)| *s == pb::Speaker::Agent && t == voice_agent_server::emulator::realtime::AGENT_LINES[0]),
+        "{:?}",
+        transcripts(&replay)
+    );
+    server.stop().await;
+    twilio.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
 }
