@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::AppState;
 use crate::audio::ULAW_BYTES_PER_MS;
 use crate::bridge::frames::FrameCodec;
-use crate::call::{CallId, CallRecord, EventKind, Speaker};
+use crate::call::{CallId, CallRecord, CallStatus, EventKind, Speaker};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram};
 use crate::realtime::RealtimeSocket;
@@ -51,6 +51,8 @@ pub const TIME_LIMIT_GOODBYE: &str = "We have reached the time limit for this ca
 const CANCELLED_KEPT: usize = 8;
 /// How long reconnecting to a dropped AI may take (issue: within 2 s).
 pub const RECONNECT_WITHIN: Duration = Duration::from_secs(2);
+/// The end reason of a call the server stopped under.
+pub const SHUTDOWN_REASON: &str = "the server is shutting down";
 
 /// Runs the media side of one call on an upgraded Twilio WebSocket.
 pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSocket) {
@@ -62,7 +64,13 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
 
     let start = tokio::select! {
         s = wait_for_start(&mut socket, &record) => s,
-        _ = cancel.cancelled() => return,
+        _ = cancel.cancelled() => {
+            if state.shutdown.is_cancelled() {
+                // Dropping the socket on return closes the stream, which hangs up.
+                end_on_shutdown(&state, &id).await;
+            }
+            return;
+        }
     };
     let (stream_sid, first_malformed) = match start {
         Ok(ok) => ok,
@@ -138,7 +146,6 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         hangup_requested: false,
         history: Vec::new(),
         reconnected: false,
-        tw_failed: false,
         events,
     };
     let outcome = bridge.run().await;
@@ -219,6 +226,32 @@ async fn note_end_reason(state: &AppState, id: &CallId, reason: &str) {
     }
 }
 
+/// The server is stopping under a live call: records why, and that the call
+/// is over. The provider's final status callback would say so, but it can no
+/// longer reach a server that has stopped accepting connections. What hangs
+/// up is closing the media stream, which the caller does next: nothing
+/// follows `<Connect>` in the call's TwiML (protocols.md §4).
+async fn end_on_shutdown(state: &AppState, id: &CallId) {
+    let result = state
+        .hub
+        .update(id, |r| {
+            if r.status.is_terminal() {
+                return vec![];
+            }
+            if r.end_reason.is_empty() {
+                r.end_reason = SHUTDOWN_REASON.to_string();
+            }
+            vec![EventKind::Status {
+                status: CallStatus::Completed,
+                detail: r.end_reason.clone(),
+            }]
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, "the end of the call at shutdown was not stored");
+    }
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
@@ -289,11 +322,33 @@ struct Socket<S> {
     /// When the frames fed since the last flush reached the bridge.
     frames: Vec<Instant>,
     fed: usize,
+    /// The first write that failed. Nothing is written after it: on a
+    /// stalled socket every attempt would wait [`WRITE_STALL`] anew. The
+    /// bridge acts on it at the top of its loop.
+    failed: Option<WriteFailed>,
 }
 
-/// The socket stopped taking data (closed, failed, or stalled for [`WRITE_STALL`]).
-#[derive(Debug)]
-struct WriteFailed;
+/// Why a socket stopped taking data.
+#[derive(Clone, Debug)]
+enum WriteFailed {
+    /// Nothing could be written for this long: the peer stopped reading
+    /// and the buffers in between are full.
+    Stalled(Duration),
+    /// The write failed (the connection closed or broke).
+    Broken(String),
+}
+
+impl WriteFailed {
+    /// What happened, for the record, naming the socket (`what`).
+    fn describe(&self, what: &str) -> String {
+        match self {
+            Self::Stalled(after) => {
+                format!("{what} stopped taking data: nothing could be written to it for {after:?}")
+            }
+            Self::Broken(e) => format!("writing to {what} failed: {e}"),
+        }
+    }
+}
 
 impl<S> Socket<S> {
     fn new(ws: S) -> Self {
@@ -301,35 +356,43 @@ impl<S> Socket<S> {
             ws,
             frames: Vec::with_capacity(MAX_BATCH),
             fed: 0,
+            failed: None,
         }
     }
 
     fn dirty(&self) -> bool {
-        self.fed > 0
+        self.fed > 0 && self.failed.is_none()
     }
 
     /// Buffers `msg` (`frame`: when the audio it carries reached the bridge).
-    async fn feed<M>(&mut self, msg: M, frame: Option<Instant>) -> Result<(), WriteFailed>
+    /// A failure is kept in [`Socket::failed`].
+    async fn feed<M>(&mut self, msg: M, frame: Option<Instant>)
     where
         S: futures_util::Sink<M> + Unpin,
+        S::Error: std::fmt::Display,
     {
+        if self.failed.is_some() {
+            return;
+        }
         match tokio::time::timeout(WRITE_STALL, self.ws.feed(msg)).await {
             Ok(Ok(())) => {
                 self.frames.extend(frame);
                 self.fed += 1;
-                Ok(())
             }
-            _ => Err(WriteFailed),
+            Ok(Err(e)) => self.failed = Some(WriteFailed::Broken(e.to_string())),
+            Err(_) => self.failed = Some(WriteFailed::Stalled(WRITE_STALL)),
         }
     }
 
-    /// Writes what was fed; records the frames' latency and count.
-    async fn flush<M>(&mut self, latency: &Histogram, frames: &Counter) -> Result<(), WriteFailed>
+    /// Writes what was fed; records the frames' latency and count. A
+    /// failure is kept in [`Socket::failed`].
+    async fn flush<M>(&mut self, latency: &Histogram, frames: &Counter)
     where
         S: futures_util::Sink<M> + Unpin,
+        S::Error: std::fmt::Display,
     {
-        if self.fed == 0 {
-            return Ok(());
+        if self.fed == 0 || self.failed.is_some() {
+            return;
         }
         self.fed = 0;
         match tokio::time::timeout(WRITE_STALL, SinkExt::<M>::flush(&mut self.ws)).await {
@@ -338,9 +401,9 @@ impl<S> Socket<S> {
                 for t in self.frames.drain(..) {
                     latency.record(t.elapsed());
                 }
-                Ok(())
             }
-            _ => Err(WriteFailed),
+            Ok(Err(e)) => self.failed = Some(WriteFailed::Broken(e.to_string())),
+            Err(_) => self.failed = Some(WriteFailed::Stalled(WRITE_STALL)),
         }
     }
 }
@@ -394,8 +457,14 @@ struct Turn {
 enum Outcome {
     TwilioStopped,
     TwilioClosed,
+    /// Writing to Twilio's socket failed or stalled.
+    TwilioWriteFailed,
+    /// HangUpCall, or the call ended.
     Cancelled,
+    ServerShutdown,
     AiClosed,
+    /// The AI's socket stopped taking data, and reconnecting did not help.
+    AiStalled(String),
     AiFatal,
     AgentHungUp,
     TimeLimit,
@@ -431,8 +500,6 @@ struct MediaBridge {
     history: Vec<(Speaker, String)>,
     /// The AI socket was re-opened once already.
     reconnected: bool,
-    /// Twilio's socket stopped taking data.
-    tw_failed: bool,
     /// The call's event publisher.
     events: mpsc::UnboundedSender<Publish>,
 }
@@ -464,17 +531,15 @@ impl MediaBridge {
 
     /// Queues a control message for the AI (flushed with the next batch).
     async fn ai_send(&mut self, text: String) {
-        // A failed write means the AI socket is gone; its reader sees that
-        // too and reconnects or ends the call.
-        let _ = self.ai.feed(AiMessage::Text(text.into()), None).await;
+        self.ai.feed(AiMessage::Text(text.into()), None).await;
     }
 
-    /// Writes what was fed to either socket. Err: Twilio's socket is gone.
-    async fn flush(&mut self) -> Result<(), WriteFailed> {
+    /// Writes what was fed to either socket. A socket that fails keeps the
+    /// failure, and the loop in [`MediaBridge::run`] acts on it.
+    async fn flush(&mut self) {
         let m = &self.state.metrics;
-        // The AI's side failing shows up on its reader (reconnect).
-        let _ = self.ai.flush(&m.inbound_frame, &m.frames_to_ai).await;
-        self.tw.flush(&m.outbound_frame, &m.frames_to_twilio).await
+        self.ai.flush(&m.inbound_frame, &m.frames_to_ai).await;
+        self.tw.flush(&m.outbound_frame, &m.frames_to_twilio).await;
     }
 
     fn session_config(&self) -> protocol::SessionConfig {
@@ -498,14 +563,34 @@ impl MediaBridge {
         tokio::pin!(limit, cancelled);
 
         let outcome = loop {
-            if self.tw_failed {
-                let why = "the media stream stopped taking audio";
-                note_end_reason(&self.state, self.id(), why).await;
+            // Write failures, kept by the sockets, are acted on here: the
+            // handlers that write go on as if nothing happened.
+            if let Some(why) = &self.tw.failed {
+                let message = why.describe("Twilio's media stream");
+                note_end_reason(&self.state, self.id(), &message).await;
                 self.event(EventKind::Error {
                     code: "media_socket_error".into(),
-                    message: why.into(),
+                    message,
                 });
-                break Outcome::TwilioClosed;
+                break Outcome::TwilioWriteFailed;
+            }
+            if let Some(why) = &self.ai.failed {
+                // A broken socket is a dropped one, whichever side noticed
+                // first; an AI that takes nothing is as good as gone. Either
+                // way: the one reconnect.
+                let (cause, otherwise) = match why {
+                    WriteFailed::Broken(e) => {
+                        tracing::warn!(call_id = %self.id(), error = %e, "writing to the AI failed");
+                        ("the AI connection dropped".to_string(), Outcome::AiClosed)
+                    }
+                    WriteFailed::Stalled(_) => {
+                        let cause = why.describe("the AI connection");
+                        (cause.clone(), Outcome::AiStalled(cause))
+                    }
+                };
+                if !self.reconnect(&cause).await {
+                    break otherwise;
+                }
             }
             let dirty = self.tw.dirty() || self.ai.dirty();
             // Biased: the AI's events (agent audio, barge-ins) first, then
@@ -517,7 +602,7 @@ impl MediaBridge {
                 biased;
                 msg = self.ai.ws.next() => match msg {
                     None | Some(Err(_)) | Some(Ok(AiMessage::Close(_))) => {
-                        if !self.reconnect().await {
+                        if !self.reconnect("the AI connection dropped").await {
                             break Outcome::AiClosed;
                         }
                     }
@@ -549,26 +634,30 @@ impl MediaBridge {
                     Some(Ok(WsMessage::Binary(_))) => self.on_malformed("binary frame").await,
                     Some(Ok(_)) => {}
                 },
-                _ = &mut cancelled => break Outcome::Cancelled,
+                _ = &mut cancelled => {
+                    // The media token is a child of the server's: tell a
+                    // shutdown from HangUpCall or the call's end.
+                    break if self.state.shutdown.is_cancelled() {
+                        Outcome::ServerShutdown
+                    } else {
+                        Outcome::Cancelled
+                    };
+                }
                 _ = &mut limit => break Outcome::TimeLimit,
                 // Nothing else is ready: write what the messages so far produced.
-                () = std::future::ready(()), if dirty => {
-                    if self.flush().await.is_err() {
-                        self.tw_failed = true;
-                    }
-                }
+                () = std::future::ready(()), if dirty => self.flush().await,
             }
-            if (self.tw.fed >= MAX_BATCH || self.ai.fed >= MAX_BATCH) && self.flush().await.is_err() {
-                self.tw_failed = true;
+            if self.tw.fed >= MAX_BATCH || self.ai.fed >= MAX_BATCH {
+                self.flush().await;
             }
         };
         // What is fed goes out before the sockets close (a goodbye, a truncate).
-        let _ = self.flush().await;
+        self.flush().await;
 
         self.finish_transcripts().await;
         // What the conversation produced is stored before the call is wound up.
         self.settle().await;
-        match outcome {
+        match &outcome {
             Outcome::AiClosed => {
                 self.event(EventKind::Error {
                     code: "ai_disconnected".into(),
@@ -576,9 +665,31 @@ impl MediaBridge {
                 });
                 end_with_apology(&self.state, &self.record, "the AI connection dropped").await;
             }
+            Outcome::AiStalled(cause) => {
+                self.event(EventKind::Error {
+                    code: "ai_socket_error".into(),
+                    message: format!("{cause}; apologising and hanging up"),
+                });
+                end_with_apology(&self.state, &self.record, cause).await;
+            }
             Outcome::AiFatal => {
                 end_with_apology(&self.state, &self.record, "the AI reported a fatal error").await;
             }
+            Outcome::TwilioWriteFailed => {
+                // The socket cannot carry our close (on a stalled one it
+                // would queue behind the unread audio), so Twilio might only
+                // notice the stream is gone when a write of its own fails:
+                // hang up through the REST API, which needs no media socket.
+                let sid = provider_sid(&self.state, self.id()).await;
+                if let Err(e) = self.state.telephony.hang_up(&sid, true).await {
+                    self.event(EventKind::Error {
+                        code: "telephony_error".into(),
+                        message: format!("hang-up after the media stream failed: {e}"),
+                    });
+                }
+            }
+            // Closing the media stream below is what hangs up.
+            Outcome::ServerShutdown => end_on_shutdown(&self.state, self.id()).await,
             Outcome::TimeLimit => {
                 let reason = format!(
                     "the call reached its maximum duration ({} s)",
@@ -599,16 +710,24 @@ impl MediaBridge {
             tracing::warn!(call_id = %self.id(), count = self.malformed, "malformed media messages were ignored");
         }
         self.settle().await;
-        let _ = self.flush().await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tw.ws.send(WsMessage::Close(None))).await;
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<AiMessage>::close(&mut self.ai.ws)).await;
+        self.flush().await;
+        // Closing is best effort (the peer may be gone already), and only
+        // tried on a socket that still takes data: a stalled one would just
+        // hold us for CLOSE_TIMEOUT. Dropping the socket closes it anyway.
+        if self.tw.failed.is_none() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.tw.ws.send(WsMessage::Close(None))).await;
+        }
+        if self.ai.failed.is_none() {
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::<AiMessage>::close(&mut self.ai.ws)).await;
+        }
         outcome
     }
 
-    /// The AI socket dropped: open a new one once, within [`RECONNECT_WITHIN`],
-    /// with the same instructions and the conversation so far. False when
-    /// that is not possible (already done once, or it failed).
-    async fn reconnect(&mut self) -> bool {
+    /// The AI socket dropped or stopped taking data (`why`): open a new one
+    /// once, within [`RECONNECT_WITHIN`], with the same instructions and the
+    /// conversation so far. False when that is not possible (already done
+    /// once, or it failed).
+    async fn reconnect(&mut self, why: &str) -> bool {
         if self.reconnected || self.cancel.is_cancelled() {
             return false;
         }
@@ -651,7 +770,7 @@ impl MediaBridge {
         self.event(EventKind::Notice {
             code: "ai_reconnected".into(),
             message: format!(
-                "the AI connection dropped and was re-established in {} ms with the conversation so far ({} turns)",
+                "{why}; re-established in {} ms with the conversation so far ({} turns)",
                 started.elapsed().as_millis(),
                 self.history.len()
             ),
@@ -713,8 +832,7 @@ impl MediaBridge {
             self.on_malformed("media payload is not base64").await;
             return;
         };
-        // A failed write: the AI's reader sees the socket go and reconnects.
-        let _ = self.ai.feed(AiMessage::Text(msg.into()), Some(received)).await;
+        self.ai.feed(AiMessage::Text(msg.into()), Some(received)).await;
     }
 
     async fn on_mark(&mut self, name: &str) {
@@ -936,15 +1054,8 @@ impl MediaBridge {
             turn.first_mark = Some(number);
         }
         let mark = tw::mark_message(&self.stream_sid, &format!("m{number}"));
-        if self
-            .tw
-            .feed(WsMessage::Text(media.into()), Some(received))
-            .await
-            .is_err()
-            || self.tw.feed(WsMessage::Text(mark.into()), None).await.is_err()
-        {
-            self.tw_failed = true;
-        }
+        self.tw.feed(WsMessage::Text(media.into()), Some(received)).await;
+        self.tw.feed(WsMessage::Text(mark.into()), None).await;
     }
 
     /// The callee started speaking: if agent audio is still unplayed, stop it
@@ -963,9 +1074,9 @@ impl MediaBridge {
         // Control first: Twilio stops playing before anything else happens.
         // Audio fed but not yet written goes first: the clear discards it too.
         let clear = tw::clear_message(&self.stream_sid);
-        if self.tw.feed(WsMessage::Text(clear.into()), None).await.is_err() || self.flush().await.is_err() {
-            self.tw_failed = true;
-        } else {
+        self.tw.feed(WsMessage::Text(clear.into()), None).await;
+        self.flush().await;
+        if self.tw.failed.is_none() {
             self.state.metrics.barge_in.record(received.elapsed());
         }
         let Some(item) = self.items.get_mut(item_id.as_str()) else {

@@ -300,8 +300,10 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
+    // Tracked, so that a shutdown waits for the bridge to record how the call ended.
+    let bridges = state.bridges.clone();
     ws.max_message_size(MAX_MEDIA_MESSAGE)
         .max_frame_size(MAX_MEDIA_MESSAGE)
         .read_buffer_size(crate::realtime::WS_READ_BUFFER)
-        .on_upgrade(move |socket| crate::bridge::serve_media(state, record, socket))
+        .on_upgrade(move |socket| bridges.track_future(crate::bridge::serve_media(state, record, socket)))
 }

@@ -50,6 +50,7 @@ use axum::Router;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use url::Url;
 use voice_agent_proto::v1::voice_agent_service_server::VoiceAgentServiceServer;
 
@@ -85,6 +86,9 @@ pub struct AppState {
     pub emulators: Emulators,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
+    /// The running media bridges: a shutdown waits for them to record how
+    /// their calls ended before it ends the watchers and closes the store.
+    pub bridges: TaskTracker,
     /// Latency and frame counters of the media path.
     pub metrics: metrics::Metrics,
 }
@@ -271,6 +275,7 @@ impl Server {
                 realtime: realtime_emulator,
             },
             shutdown,
+            bridges: TaskTracker::new(),
             metrics: metrics::Metrics::default(),
         });
         Ok(Self {
@@ -296,8 +301,9 @@ impl Server {
     }
 
     /// Serves until the shutdown token is cancelled, then stops accepting,
-    /// lets watchers receive what is stored, closes the store, and returns
-    /// within the grace period.
+    /// lets the live calls' media bridges end their calls, lets watchers
+    /// receive what is stored, closes the store, and returns within the
+    /// grace period.
     pub async fn run(self) -> Result<(), StartError> {
         let router = router(self.state.clone()).await?;
         let addr = self.local_addr();
@@ -314,7 +320,19 @@ impl Server {
         let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let serve = tokio::spawn(async move { serve.await });
         shutdown.cancelled().await;
-        match tokio::time::timeout(self.grace, serve).await {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        // The bridges saw the same cancellation: each records why its call
+        // ended and hangs it up. Only then are the watchers ended, so those
+        // still streaming get the end of their call, not a cut-off history.
+        self.state.bridges.close();
+        if tokio::time::timeout_at(deadline, self.state.bridges.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(grace = ?self.grace, "media bridges still running after the grace period");
+        }
+        self.state.hub.end_watchers();
+        match tokio::time::timeout_at(deadline, serve).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),

@@ -640,6 +640,18 @@ async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
     server.stop().await;
 }
 
+/// Voice Live answered by the realtime-AI emulator `emu`.
+fn voice_live_on(
+    emu: &voice_agent_server::emulator::realtime::RealtimeEmulatorHandle,
+) -> Option<voice_agent_server::config::VoiceLiveConfig> {
+    Some(voice_agent_server::config::VoiceLiveConfig {
+        endpoint: emu.url_base(),
+        api_version: "2025-10-01".into(),
+        model: "gpt-realtime".into(),
+        api_key: Some(voice_agent_server::config::Secret::new(emu.api_key())),
+    })
+}
+
 async fn server_with_ai(
     emulator: voice_agent_server::emulator::realtime::RealtimeEmulatorConfig,
 ) -> (
@@ -648,12 +660,7 @@ async fn server_with_ai(
 ) {
     let emu = voice_agent_server::emulator::realtime::start(emulator).await.unwrap();
     let mut config = Config::for_tests();
-    config.voice_live = Some(voice_agent_server::config::VoiceLiveConfig {
-        endpoint: emu.url_base(),
-        api_version: "2025-10-01".into(),
-        model: "gpt-realtime".into(),
-        api_key: Some(voice_agent_server::config::Secret::new(emu.api_key())),
-    });
+    config.voice_live = voice_live_on(&emu);
     (TestServer::with_config(config).await, emu)
 }
 
@@ -665,6 +672,31 @@ fn notices(events: &[pb::CallEvent]) -> Vec<String> {
             _ => None,
         })
         .collect()
+}
+
+/// A Twilio emulator of the test's own (its own numbers; it outlives the
+/// server) and the options that make the server dial through it.
+async fn own_twilio(
+    config: voice_agent_server::emulator::twilio::TwilioEmulatorConfig,
+) -> (voice_agent_server::emulator::twilio::TwilioEmulatorHandle, Options) {
+    use voice_agent_server::telephony::twilio::TwilioClient;
+    let emu = voice_agent_server::emulator::twilio::TwilioEmulator::start(config)
+        .await
+        .unwrap();
+    let client = TwilioClient::new(
+        &emu.base_url(),
+        emu.account_sid(),
+        emu.auth_token(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let telephony: std::sync::Arc<dyn voice_agent_server::telephony::Telephony> =
+        std::sync::Arc::new(voice_agent_server::telephony::provider::Twilio::new(client));
+    let options = Options {
+        telephony: Some((telephony, voice_agent_server::config::Secret::new(emu.auth_token()))),
+        ..Default::default()
+    };
+    (emu, options)
 }
 
 #[tokio::test]
@@ -946,4 +978,265 @@ async fn entra_id_token_is_sent_as_bearer_when_no_key_is_set() {
     );
     server.stop().await;
     emu.shutdown();
+}
+
+#[tokio::test]
+async fn server_shutdown_mid_call_ends_it_with_that_reason_and_keeps_it() {
+    use voice_agent_server::emulator::twilio::{EndCause, StreamEnd};
+    let dir = std::env::temp_dir().join(format!("va-shutdown-{}", uuid::Uuid::new_v4()));
+    let mut config = Config::for_tests();
+    config.database = voice_agent_server::config::DatabaseLocation::File(dir.join("calls.db"));
+    // Twilio of the test's own outlives the server, so it can say how the call ended on its side.
+    let (twilio, options) = own_twilio(Default::default()).await;
+    let server = TestServer::with_options(config.clone(), options).await;
+    let mut client = server.client().await;
+    let placed = client.place_call(place("+15550199")).await.unwrap().into_inner();
+    let mut stream = client
+        .watch_call(pb::WatchCallRequest {
+            call_id: placed.call_id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Shut down once the conversation runs (the first transcript).
+    let mut seen = Vec::new();
+    tokio::time::timeout(LIMIT, async {
+        while let Some(m) = stream.message().await.unwrap() {
+            let ev = m.event.unwrap();
+            let is_transcript = matches!(ev.kind, Some(pb::call_event::Kind::Transcript(_)));
+            seen.push(ev);
+            if is_transcript {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("a transcript arrives");
+    server.stop().await;
+
+    // The watcher gets the end of the call before its stream ends.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(m)) = stream.message().await {
+            seen.push(m.event.unwrap());
+        }
+    })
+    .await
+    .expect("the watch stream ends with the server");
+    let Some(pb::call_event::Kind::Status(last)) = seen.last().and_then(|e| e.kind.clone()) else {
+        panic!("the stream ends with a status: {seen:?}");
+    };
+    assert_eq!(last.status(), pb::CallStatus::Completed, "{seen:?}");
+    assert_eq!(last.detail, voice_agent_server::bridge::SHUTDOWN_REASON);
+
+    // On Twilio's side the call was hung up by the media stream closing.
+    let report = tokio::time::timeout(LIMIT, twilio.wait_finished(&placed.provider_call_id))
+        .await
+        .expect("the emulated call ends")
+        .expect("the emulator knows the call");
+    assert_eq!(report.stream().unwrap().ended, Some(StreamEnd::ServerClosed));
+    assert_eq!(report.end_cause, Some(EndCause::TwimlEnded));
+
+    // The record and the conversation are kept: after a restart, GetCall
+    // says why it ended and WatchCall replays what the watcher saw.
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let call = get_call(&mut client, &placed.call_id).await;
+    assert_eq!(call.status(), pb::CallStatus::Completed);
+    assert_eq!(call.end_reason, voice_agent_server::bridge::SHUTDOWN_REASON);
+    assert!(call.ended_at.is_some());
+    let replay = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+    assert_eq!(replay, seen);
+    assert!(
+        transcripts(&replay)
+            .iter()
+            .any(|(s, t, _)| *s == pb::Speaker::Agent && t == voice_agent_server::emulator::realtime::AGENT_LINES[0]),
+        "{:?}",
+        transcripts(&replay)
+    );
+    server.stop().await;
+    twilio.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn twilio_that_stops_reading_is_hung_up_and_the_record_says_so() {
+    use voice_agent_server::emulator::realtime::{AGENT_CLIPS, AGENT_LINES, DEFAULT_SCRIPT};
+    use voice_agent_server::emulator::twilio::{EndCause, Scenario, ScenarioOpts, TwilioEmulatorConfig};
+    // A callee whose media stream stops reading after its first line...
+    let number = "+15550190";
+    let (twilio, options) = own_twilio(TwilioEmulatorConfig {
+        numbers: [(
+            number.to_string(),
+            Scenario::Answer(ScenarioOpts {
+                stall_after_first_line: true,
+                ..ScenarioOpts::default()
+            }),
+        )]
+        .into(),
+        ..TwilioEmulatorConfig::default()
+    })
+    .await;
+    // ...and an agent whose reply (half an hour of audio, streamed as fast as
+    // it goes) is far more than the socket buffers in between can hold
+    // (a few MiB on loopback), so the server's writes to Twilio block.
+    let ai =
+        voice_agent_server::emulator::realtime::start(voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+            reply_repeats: 600,
+            speed: 1000.0,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut config = Config::for_tests();
+    config.voice_live = voice_live_on(&ai);
+    // μ-law end to end: the AI's socket carries no more than Twilio's.
+    config.audio_mode = AudioMode::Passthrough;
+    let server = TestServer::with_options(config, options).await;
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        greeting: Some(String::new()),
+        ..place(number)
+    };
+    let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
+
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+    let call = get_call(&mut client, &placed.call_id).await;
+    assert!(
+        call.end_reason.starts_with("Twilio's media stream stopped taking data"),
+        "{}",
+        call.end_reason
+    );
+    assert!(
+        errors(&events).contains(&("media_socket_error".to_string(), call.end_reason.clone())),
+        "{:?}",
+        errors(&events)
+    );
+    // What was said before the stall is kept.
+    assert_eq!(
+        transcripts(&events),
+        vec![
+            (pb::Speaker::Agent, AGENT_LINES[0].to_string(), false),
+            (pb::Speaker::Callee, DEFAULT_SCRIPT[0].to_string(), false),
+        ]
+    );
+    // Twilio's side: the callee took in the greeting and none of the reply,
+    // and the call ended through the REST API (the stalled socket could not
+    // carry a close).
+    let report = tokio::time::timeout(LIMIT, twilio.wait_finished(&placed.provider_call_id))
+        .await
+        .expect("the emulated call ends")
+        .expect("the emulator knows the call");
+    assert_eq!(report.end_cause, Some(EndCause::RestUpdate));
+    assert_eq!(
+        report.stream().unwrap().audio_received_bytes,
+        AGENT_CLIPS[0].len() as u64
+    );
+    server.stop().await;
+    twilio.shutdown().await;
+    ai.shutdown();
+}
+
+#[tokio::test]
+async fn ai_that_stops_reading_gets_one_reconnect_then_an_apology_and_the_record_says_so() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // Every session greets, then stops reading, as a hung service would.
+    let (server, ai) = {
+        let ai = voice_agent_server::emulator::realtime::start(
+            voice_agent_server::emulator::realtime::RealtimeEmulatorConfig {
+                stall_after_responses: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut config = Config::for_tests();
+        config.voice_live = voice_live_on(&ai);
+        // This callee never answers: the test's own socket is the call's
+        // media stream, so it can send audio faster than real time.
+        config.ring_timeout = Duration::from_secs(120);
+        (TestServer::with_config(config).await, ai)
+    };
+    let mut client = server.client().await;
+    let req = pb::PlaceCallRequest {
+        backend: pb::Backend::VoiceLive as i32,
+        ..place("+15550107")
+    };
+    let placed = client.place_call(req).await.unwrap().into_inner();
+    let id = voice_agent_server::call::CallId::parse(&placed.call_id).unwrap();
+    let secret = server.state.hub.get(&id).await.unwrap().stream_secret;
+    let ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, &secret).await;
+    let (mut to_server, mut from_server) = ws.split();
+    // Callee audio as fast as the server takes it: once the AI stops
+    // reading, far more than the socket buffers to it can hold.
+    let frame = serde_json::json!({"event": "media", "streamSid": "MZ00000000000000000000000000000001",
+        "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": "/".repeat(212) + "/w=="}})
+    .to_string();
+    let flood = tokio::spawn(async move { while to_server.send(Message::Text(frame.clone().into())).await.is_ok() {} });
+    // Twilio's side keeps reading (the agent's greetings) until the server closes the stream.
+    tokio::time::timeout(LIMIT, async {
+        while let Some(Ok(m)) = from_server.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the server closes the media stream");
+    flood.abort();
+
+    let rec = server.state.hub.get(&id).await.unwrap();
+    assert_eq!(
+        rec.end_reason,
+        "the AI failed: the AI connection stopped taking data: nothing could be written to it for 5s"
+    );
+    let sessions = ai.sessions();
+    assert_eq!(sessions.len(), 2, "one reconnect");
+    assert!(sessions.iter().all(|s| s.stalled));
+    // The provider was asked to apologise and hang up.
+    let report = server
+        .state
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
+    assert!(
+        report
+            .updates
+            .iter()
+            .flatten()
+            .any(|(k, v)| k == "Twiml" && v.contains(voice_agent_server::bridge::APOLOGY)),
+        "{:?}",
+        report.updates
+    );
+    // The phone is still ringing (the emulated callee never answers): end it.
+    client
+        .hang_up_call(pb::HangUpCallRequest {
+            call_id: placed.call_id.clone(),
+        })
+        .await
+        .unwrap();
+    let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
+    let reconnected: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Notice(n)) if n.code == "ai_reconnected" => Some(n.message.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reconnected.len(), 1, "{reconnected:?}");
+    assert!(
+        reconnected[0].starts_with("the AI connection stopped taking data"),
+        "{reconnected:?}"
+    );
+    let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
+    assert!(codes.contains(&"ai_socket_error".to_string()), "{codes:?}");
+    let call = get_call(&mut client, &placed.call_id).await;
+    assert_eq!(call.end_reason, rec.end_reason, "the first reason stays");
+    server.stop().await;
+    ai.shutdown();
 }

@@ -55,6 +55,11 @@ pub struct CallHub {
     store: Store,
     live: Arc<Mutex<HashMap<CallId, Arc<LiveCall>>>>,
     shutdown: CancellationToken,
+    /// Cancelled by [`CallHub::end_watchers`]: every WatchCall stream
+    /// delivers what is stored and ends. Separate from `shutdown` so that
+    /// the calls a shutdown ends can record how they ended first, and the
+    /// watchers still see it.
+    watchers_end: CancellationToken,
 }
 
 impl CallHub {
@@ -64,7 +69,15 @@ impl CallHub {
             store,
             live: Arc::default(),
             shutdown,
+            watchers_end: CancellationToken::new(),
         }
+    }
+
+    /// Ends every WatchCall stream, present and future, once it has
+    /// delivered what is stored: the last step of a shutdown, after the live
+    /// calls have wound up.
+    pub fn end_watchers(&self) {
+        self.watchers_end.cancel();
     }
 
     /// The underlying store.
@@ -225,7 +238,7 @@ impl CallHub {
         let (out, out_rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.store.clone();
         let id = id.clone();
-        let shutdown = self.shutdown.clone();
+        let end = self.watchers_end.clone();
         tokio::spawn(async move {
             let mut w = Watcher {
                 store,
@@ -233,7 +246,7 @@ impl CallHub {
                 last: after,
                 out,
             };
-            w.run(rx, shutdown).await;
+            w.run(rx, end).await;
         });
         Ok(out_rx)
     }
@@ -270,7 +283,7 @@ enum Flow {
 }
 
 impl Watcher {
-    async fn run(&mut self, rx: Option<broadcast::Receiver<CallEvent>>, shutdown: CancellationToken) {
+    async fn run(&mut self, rx: Option<broadcast::Receiver<CallEvent>>, end: CancellationToken) {
         if let Flow::Done = self.catch_up().await {
             return;
         }
@@ -282,8 +295,8 @@ impl Watcher {
         loop {
             let received = tokio::select! {
                 r = rx.recv() => r,
-                // On shutdown, deliver what is stored and end.
-                _ = shutdown.cancelled() => {
+                // At the end of a shutdown, deliver what is stored and end.
+                _ = end.cancelled() => {
                     let _ = self.catch_up().await;
                     return;
                 }

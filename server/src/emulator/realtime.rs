@@ -24,7 +24,8 @@
 //!   when nothing is active or `audio_end_ms` exceeds the item's audio.
 //!
 //! Fault knobs ([`RealtimeEmulatorConfig`]) let tests refuse auth, refuse the
-//! session, drop the socket mid-call, or have the agent hang up.
+//! session, drop the socket mid-call, stop reading it, have the agent hang
+//! up, or have it talk on and on.
 
 mod session;
 #[cfg(test)]
@@ -88,10 +89,18 @@ pub struct RealtimeEmulatorConfig {
     pub drop_after_responses: Option<usize>,
     /// How many sessions (the first ones) `drop_after_responses` applies to.
     pub drop_sessions: usize,
+    /// After this many finished responses, stop reading the socket and say
+    /// nothing more, as a hung service would: the client's writes back up.
+    /// The socket stays open.
+    pub stall_after_responses: Option<usize>,
     /// After the last agent line, call the `end_call` tool (§7.6).
     pub end_call_after_last_line: bool,
     /// How much faster than real time agent audio is streamed.
     pub speed: f64,
+    /// Each reply (every line after the greeting) says its clip this many
+    /// times over: a long-winded agent, whose audio can outrun a callee
+    /// that stopped reading. 1: once.
+    pub reply_repeats: usize,
 }
 
 impl Default for RealtimeEmulatorConfig {
@@ -104,8 +113,10 @@ impl Default for RealtimeEmulatorConfig {
             refuse_session: false,
             drop_after_responses: None,
             drop_sessions: usize::MAX,
+            stall_after_responses: None,
             end_call_after_last_line: true,
             speed: 4.0,
+            reply_repeats: 1,
         }
     }
 }
@@ -137,6 +148,8 @@ pub struct SessionReport {
     pub responses: usize,
     /// Callee utterances detected.
     pub utterances: usize,
+    /// The session stopped reading (`stall_after_responses`).
+    pub stalled: bool,
     /// Every client event type received, in order.
     pub received: Vec<String>,
 }

@@ -116,6 +116,10 @@ pub struct ScenarioOpts {
     pub dtmf: String,
     /// Start line 2 while the agent is still replying to line 1, `barge_in_after` into its reply.
     pub barge_in: bool,
+    /// After line 1, stop reading the media stream, as a stuck Twilio would:
+    /// our server's writes back up in the socket buffers. The callee then
+    /// only sends silence, and never hangs up by itself.
+    pub stall_after_first_line: bool,
 }
 
 /// What happens to a call, chosen by its `To` number (see the module doc).

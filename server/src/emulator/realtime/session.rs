@@ -2,6 +2,7 @@
 //! clock, producing server events. The socket loop is [`Session::run`]; every
 //! handler only pushes JSON text onto `out`, so the protocol logic has no I/O.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -128,6 +129,8 @@ struct ActiveResponse {
     id: String,
     item_id: String,
     clip: usize,
+    /// How many times over the clip is said (`reply_repeats`).
+    repeats: usize,
     bytes_per_ms: usize,
     sent: usize,
     words_sent: usize,
@@ -136,11 +139,28 @@ struct ActiveResponse {
 }
 
 impl ActiveResponse {
-    fn audio(&self, output_pcm: bool) -> &'static [u8] {
+    fn clip(&self, output_pcm: bool) -> &'static [u8] {
         if output_pcm {
             &PCM_CLIPS[self.clip]
         } else {
             AGENT_CLIPS[self.clip]
+        }
+    }
+
+    /// Length of the whole response's audio: the clip, `repeats` times.
+    fn audio_len(&self, output_pcm: bool) -> usize {
+        self.clip(output_pcm).len() * self.repeats
+    }
+
+    /// Bytes `from..to` of the response's audio (borrowed unless they
+    /// span the end of one saying of the clip and the start of the next).
+    fn audio(&self, output_pcm: bool, from: usize, to: usize) -> Cow<'static, [u8]> {
+        let clip = self.clip(output_pcm);
+        let start = from % clip.len();
+        if start + (to - from) <= clip.len() {
+            Cow::Borrowed(&clip[start..start + (to - from)])
+        } else {
+            Cow::Owned((from..to).map(|i| clip[i % clip.len()]).collect())
         }
     }
 }
@@ -192,6 +212,8 @@ pub(super) struct Session {
     active: Option<ActiveResponse>,
     responses_done: usize,
     exit: Exit,
+    /// Stopped reading the socket (`stall_after_responses`).
+    stalled: bool,
 }
 
 impl Session {
@@ -234,6 +256,7 @@ impl Session {
             active: None,
             responses_done: 0,
             exit: Exit::No,
+            stalled: false,
         };
         if let Ok(settings) = s.settings_of(&s.session.clone()) {
             s.settings = settings;
@@ -275,7 +298,7 @@ impl Session {
                 _ = tokio::time::sleep_until(next_chunk.unwrap_or_else(Instant::now)), if next_chunk.is_some() => {
                     self.stream_chunk();
                 }
-                msg = stream.next() => match msg {
+                msg = stream.next(), if !self.stalled => match msg {
                     Some(Ok(Message::Text(text))) => self.on_client_event(&text),
                     Some(Ok(Message::Binary(_))) => {
                         self.error("invalid_json", "Binary frames are not supported; send JSON text.", None, None);
@@ -838,6 +861,8 @@ impl Session {
             id,
             item_id,
             clip: line,
+            // The greeting (line 0) is said once whatever the knob says.
+            repeats: if line == 0 { 1 } else { self.config.reply_repeats.max(1) },
             bytes_per_ms,
             sent: 0,
             words_sent: 0,
@@ -850,9 +875,9 @@ impl Session {
     /// of the transcript due by then.
     fn stream_chunk(&mut self) {
         let Some(mut a) = self.active.take() else { return };
-        let audio = a.audio(self.settings.output_pcm);
-        let end = (a.sent + CHUNK_MS * a.bytes_per_ms).min(audio.len());
-        let delta = B64.encode(&audio[a.sent..end]);
+        let audio_len = a.audio_len(self.settings.output_pcm);
+        let end = (a.sent + CHUNK_MS * a.bytes_per_ms).min(audio_len);
+        let delta = B64.encode(a.audio(self.settings.output_pcm, a.sent, end));
         self.emit(
             json!({"type": self.names.audio_delta, "response_id": a.id, "item_id": a.item_id,
             "output_index": 0, "content_index": 0, "delta": delta}),
@@ -862,7 +887,7 @@ impl Session {
         // word is released once the audio up to its end has been sent.
         let text = AGENT_LINES[a.clip];
         let words: Vec<&str> = text.split(' ').collect();
-        let total_ms = (audio.len() / a.bytes_per_ms) as u64;
+        let total_ms = (audio_len / a.bytes_per_ms) as u64;
         let sent_ms = (end / a.bytes_per_ms) as u64;
         let weights: u64 = words.iter().map(|w| w.len() as u64 + 1).sum();
         while a.words_sent < words.len() {
@@ -870,7 +895,7 @@ impl Session {
             let before: u64 = words[..i].iter().map(|w| w.len() as u64 + 1).sum();
             let offset = total_ms * before / weights;
             let duration = total_ms * (words[i].len() as u64 + 1) / weights;
-            if offset + duration > sent_ms && end < audio.len() {
+            if offset + duration > sent_ms && end < audio_len {
                 break;
             }
             let piece = if i == 0 {
@@ -894,7 +919,7 @@ impl Session {
             info.audio_ms = Some(sent_ms);
         }
         a.next_at += Duration::from_secs_f64(CHUNK_MS as f64 / 1000.0 / self.config.speed.max(0.1));
-        let done = a.sent >= audio.len();
+        let done = a.sent >= audio_len;
         self.active = Some(a);
         if done {
             self.finish_response("completed", None);
@@ -964,6 +989,10 @@ impl Session {
         self.report(|r| r.responses = n);
         if self.index < self.config.drop_sessions && self.config.drop_after_responses.is_some_and(|limit| n >= limit) {
             self.exit = Exit::Drop;
+        }
+        if self.config.stall_after_responses.is_some_and(|limit| n >= limit) {
+            self.stalled = true;
+            self.report(|r| r.stalled = true);
         }
     }
 

@@ -712,6 +712,32 @@ async fn manual_commit_and_clear() {
 }
 
 #[tokio::test]
+async fn reply_repeats_says_each_reply_but_not_the_greeting_that_many_times() {
+    let emu = start(RealtimeEmulatorConfig {
+        reply_repeats: 3,
+        ..fast()
+    })
+    .await
+    .unwrap();
+    let mut c = connect(&emu, Dialect::OpenAiGa).await;
+    c.send(r#"{"type":"session.update","session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"},"turn_detection":null},"output":{"format":{"type":"audio/pcmu"}}}}}"#)
+        .await;
+    c.until("session.updated").await;
+    c.send(&protocol::response_create(None)).await;
+    let (_, greeting, _, _) = c.response().await;
+    assert_eq!(greeting, AGENT_CLIPS[0], "the greeting is said once");
+    let (speech, frame) = speech_then_silence(AudioFormat::G711Ulaw);
+    c.append(&speech, frame).await;
+    c.send(&protocol::input_audio_commit()).await;
+    c.until("conversation.item.input_audio_transcription.completed").await;
+    c.send(&protocol::response_create(None)).await;
+    let (_, audio, transcript, _) = c.response().await;
+    assert_eq!(audio, AGENT_CLIPS[1].repeat(3));
+    assert_eq!(transcript, AGENT_LINES[1], "the words are said once, over all of it");
+    emu.shutdown();
+}
+
+#[tokio::test]
 async fn restored_conversation_ends_with_the_end_call_tool() {
     let emu = start(fast()).await.unwrap();
     let mut c = connect(&emu, Dialect::OpenAiGa).await;

@@ -52,6 +52,8 @@ enum Phase {
     Speaking { line: usize, pos: usize },
     /// Said everything; stays on the line.
     Done,
+    /// Stopped reading the stream (`stall_after_first_line`); stays on the line.
+    Stalled,
 }
 
 enum Queued {
@@ -151,6 +153,12 @@ impl Session {
     fn encode(msg: &InboundMessage) -> String {
         // Serialising these plain structs of strings and numbers cannot fail.
         serde_json::to_string(msg).unwrap_or_default()
+    }
+
+    /// False once the callee has stopped reading the stream: the socket
+    /// loop then leaves our server's messages unread.
+    pub(super) fn reading(&self) -> bool {
+        !matches!(self.phase, Phase::Stalled)
     }
 
     /// `connected` then `start` (§5.2).
@@ -419,7 +427,7 @@ impl Session {
                     }
                 }
             }
-            Phase::Speaking { .. } | Phase::Done => {}
+            Phase::Speaking { .. } | Phase::Done | Phase::Stalled => {}
         }
 
         // The callee's microphone: its line, or silence.
@@ -433,7 +441,9 @@ impl Session {
                 let end = now + FRAME_MS;
                 self.last_callee_ms = end;
                 self.reply_started_ms = None;
-                self.phase = if line + 1 < CALLEE_LINES.len() {
+                self.phase = if self.opts.stall_after_first_line {
+                    Phase::Stalled
+                } else if line + 1 < CALLEE_LINES.len() {
                     Phase::Waiting { next: line + 1 }
                 } else {
                     Phase::Done
@@ -445,6 +455,7 @@ impl Session {
                 });
             }
         } else if hang_up.is_none()
+            && self.reading()
             && !agent_busy
             && now.saturating_sub(self.last_agent_ms.max(self.last_callee_ms)) >= self.idle_ms
         {
@@ -646,7 +657,7 @@ impl CallActor {
                         return Outcome::Interrupt(i);
                     }
                 }
-                msg = ws.next() => match msg {
+                msg = ws.next(), if session.reading() => match msg {
                     Some(Ok(Message::Text(text))) => {
                         let out = session.on_server_text(text.as_str());
                         if !out.is_empty() && !send_all(ws, out).await {
@@ -991,6 +1002,29 @@ mod tests {
         let (i, t) = ticks_until(&mut s, 500, |t| t.hang_up.is_some());
         assert_eq!(t.hang_up, Some(EndCause::CalleeHungUp));
         assert_eq!(i as u64, HANG_UP_INTO_REPLY_MS / FRAME_MS);
+        assert_eq!(report(&s).callee_lines.len(), 1);
+    }
+
+    #[test]
+    fn a_stalling_callee_stops_reading_after_line_one_and_never_hangs_up() {
+        let opts = ScenarioOpts {
+            stall_after_first_line: true,
+            ..ScenarioOpts::default()
+        };
+        let config = TwilioEmulatorConfig {
+            idle_hangup: Duration::from_secs(2),
+            ..TwilioEmulatorConfig::default()
+        };
+        let mut s = session_with(opts, config);
+        assert!(s.reading());
+        speak_through(&mut s, 0);
+        assert!(!s.reading(), "it stops reading once line 1 is said");
+        // Well past idle_hangup: silence, no line 2, no hang-up.
+        for _ in 0..500 {
+            let t = s.on_tick();
+            assert!(t.hang_up.is_none());
+            assert_eq!(frame(&t.out), vec![SILENCE; FRAME_BYTES]);
+        }
         assert_eq!(report(&s).callee_lines.len(), 1);
     }
 
