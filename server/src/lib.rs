@@ -325,11 +325,16 @@ impl Server {
         // ended and hangs it up. Only then are the watchers ended, so those
         // still streaming get the end of their call, not a cut-off history.
         self.state.bridges.close();
-        if tokio::time::timeout_at(deadline, self.state.bridges.wait())
-            .await
-            .is_err()
-        {
+        let cancelled = cancel_unanswered(&self.state);
+        let (bridges, cancelled) = tokio::join!(
+            tokio::time::timeout_at(deadline, self.state.bridges.wait()),
+            tokio::time::timeout_at(deadline, cancelled),
+        );
+        if bridges.is_err() {
             tracing::warn!(grace = ?self.grace, "media bridges still running after the grace period");
+        }
+        if cancelled.is_err() {
+            tracing::warn!(grace = ?self.grace, "calls still being cancelled with the provider after the grace period");
         }
         self.state.hub.end_watchers();
         match tokio::time::timeout_at(deadline, serve).await {
@@ -350,6 +355,48 @@ impl Server {
 }
 
 /// The one router: gRPC services (with grpc-web and CORS) beside the HTTP routes.
+/// At shutdown, the calls not answered yet (queued, dialling, ringing) are
+/// cancelled with the provider and end CANCELED with the shutdown reason. Left
+/// alone, the callee could still pick up, and the provider would connect them
+/// to a server that is gone (Twilio then plays its application-error message).
+/// Answered calls are their media bridges' to end.
+async fn cancel_unanswered(state: &AppState) {
+    use crate::call::{CallStatus, EventKind};
+    let unanswered = state
+        .hub
+        .live_records()
+        .await
+        .into_iter()
+        .filter(|r| matches!(r.status, CallStatus::Queued | CallStatus::Initiated | CallStatus::Ringing));
+    let cancels = unanswered.map(|rec| async move {
+        let id = &rec.call_id;
+        // Still being dialled (no provider id yet): nothing to tell the provider.
+        if !rec.provider_call_id.is_empty()
+            && let Err(e) = state.telephony.hang_up(&rec.provider_call_id, false).await
+        {
+            tracing::warn!(call_id = %id, error = %e.message, "the call could not be cancelled at shutdown");
+            let error = EventKind::Error {
+                code: e
+                    .provider_code
+                    .as_ref()
+                    .map_or("telephony_error".into(), |c| format!("twilio_{c}")),
+                message: format!("cancelling the call at shutdown failed: {}", e.message),
+            };
+            if let Err(e) = state.hub.publish(id, error).await {
+                tracing::error!(call_id = %id, error = %e, "the failed cancel was not stored");
+            }
+        }
+        if let Err(e) = state
+            .hub
+            .set_status(id, CallStatus::Canceled, bridge::SHUTDOWN_REASON)
+            .await
+        {
+            tracing::error!(call_id = %id, error = %e, "the cancel at shutdown was not stored");
+        }
+    });
+    futures_util::future::join_all(cancels).await;
+}
+
 async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
     use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
 

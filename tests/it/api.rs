@@ -524,21 +524,56 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
         .into_inner();
     let first = stream.message().await.unwrap().unwrap().event.unwrap();
     assert_eq!(first.sequence, 1);
+    // Ringing when the server stops.
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ev = stream.message().await.unwrap().expect("the stream goes on").event.unwrap();
+            if let Some(pb::call_event::Kind::Status(s)) = ev.kind
+                && s.status() == pb::CallStatus::Ringing
+            {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the phone rings");
+    let state = server.state.clone();
     // A guard against a hang, not a timing: the grace period is 5 s.
     tokio::time::timeout(Duration::from_secs(60), server.stop())
         .await
         .expect("the server stops");
-    // The stream ends (it does not hang), having delivered what was stored.
+    // The stream ends (it does not hang), having delivered what was stored,
+    // down to the call's end: cancelled, so the callee cannot answer into a
+    // server that is gone.
     let rest = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut n = 0;
-        while let Ok(Some(_)) = stream.message().await {
-            n += 1;
+        let mut rest = Vec::new();
+        while let Ok(Some(m)) = stream.message().await {
+            rest.extend(m.event);
         }
-        n
+        rest
     })
     .await
     .expect("the watch stream ends with the server");
-    eprintln!("{rest} more events after the first");
+    let last = rest.last().and_then(|e| e.kind.clone());
+    match last {
+        Some(pb::call_event::Kind::Status(s)) => {
+            assert_eq!(s.status(), pb::CallStatus::Canceled, "{rest:?}");
+            assert_eq!(s.detail, voice_agent_server::bridge::SHUTDOWN_REASON);
+        }
+        other => panic!("the last event is not the end of the call: {other:?} in {rest:?}"),
+    }
+    let emulated = state
+        .emulators
+        .twilio
+        .as_ref()
+        .expect("the Twilio emulator")
+        .call(&placed.provider_call_id)
+        .expect("the emulated call");
+    assert_eq!(
+        emulated.end_cause,
+        Some(voice_agent_server::emulator::twilio::EndCause::RestUpdate),
+        "{emulated:?}"
+    );
 }
 
 /// (backend, emulated, default voice) of each entry, in order.

@@ -132,6 +132,22 @@ impl CallHub {
         Ok(cancel)
     }
 
+    /// The records of the live calls, as they are now.
+    pub async fn live_records(&self) -> Vec<CallRecord> {
+        let calls: Vec<Arc<LiveCall>> = self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut records = Vec::with_capacity(calls.len());
+        for call in calls {
+            records.push(call.record.lock().await.clone());
+        }
+        records
+    }
+
     /// The cancellation token of a live call.
     pub fn cancel_token(&self, id: &CallId) -> Option<CancellationToken> {
         self.live_call(id).map(|l| l.cancel.clone())
