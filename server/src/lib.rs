@@ -362,12 +362,12 @@ impl Server {
 /// Answered calls are their media bridges' to end.
 async fn cancel_unanswered(state: &AppState) {
     use crate::call::{CallStatus, EventKind};
-    let unanswered = state
-        .hub
-        .live_records()
-        .await
-        .into_iter()
-        .filter(|r| matches!(r.status, CallStatus::Queued | CallStatus::Initiated | CallStatus::Ringing));
+    let unanswered = state.hub.live_records().await.into_iter().filter(|r| {
+        matches!(
+            r.status,
+            CallStatus::Queued | CallStatus::Initiated | CallStatus::Ringing
+        )
+    });
     let cancels = unanswered.map(|rec| async move {
         let id = &rec.call_id;
         // Still being dialled (no provider id yet): nothing to tell the provider.

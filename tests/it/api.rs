@@ -527,7 +527,13 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     // Ringing when the server stops.
     tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            let ev = stream.message().await.unwrap().expect("the stream goes on").event.unwrap();
+            let ev = stream
+                .message()
+                .await
+                .unwrap()
+                .expect("the stream goes on")
+                .event
+                .unwrap();
             if let Some(pb::call_event::Kind::Status(s)) = ev.kind
                 && s.status() == pb::CallStatus::Ringing
             {
