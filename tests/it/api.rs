@@ -514,35 +514,15 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     let mut client = server.client().await;
     // A phone that rings for a minute: the call is live when the server stops.
     let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
-    let mut stream = client
-        .watch_call(pb::WatchCallRequest {
-            call_id: placed.call_id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = stream.message().await.unwrap().unwrap().event.unwrap();
-    assert_eq!(first.sequence, 1);
+    let mut stream = watch(&mut client, &placed.call_id, 0).await;
     // Ringing when the server stops.
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let ev = stream
-                .message()
-                .await
-                .unwrap()
-                .expect("the stream goes on")
-                .event
-                .unwrap();
-            if let Some(pb::call_event::Kind::Status(s)) = ev.kind
-                && s.status() == pb::CallStatus::Ringing
-            {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("the phone rings");
+    let before = watch_until(
+        &mut stream,
+        Duration::from_secs(30),
+        |ev| matches!(&ev.kind, Some(pb::call_event::Kind::Status(s)) if s.status() == pb::CallStatus::Ringing),
+    )
+    .await;
+    assert_eq!(before[0].sequence, 1);
     let state = server.state.clone();
     // A guard against a hang, not a timing: the grace period is 5 s.
     tokio::time::timeout(Duration::from_secs(60), server.stop())
@@ -551,17 +531,8 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     // The stream ends (it does not hang), having delivered what was stored,
     // down to the call's end: cancelled, so the callee cannot answer into a
     // server that is gone.
-    let rest = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut rest = Vec::new();
-        while let Ok(Some(m)) = stream.message().await {
-            rest.extend(m.event);
-        }
-        rest
-    })
-    .await
-    .expect("the watch stream ends with the server");
-    let last = rest.last().and_then(|e| e.kind.clone());
-    match last {
+    let rest = watch_rest(&mut stream, Duration::from_secs(5)).await;
+    match last_kind(&rest) {
         Some(pb::call_event::Kind::Status(s)) => {
             assert_eq!(s.status(), pb::CallStatus::Canceled, "{rest:?}");
             assert_eq!(s.detail, voice_agent_server::bridge::SHUTDOWN_REASON);

@@ -203,27 +203,8 @@ async fn hang_up_mid_call_ends_it() {
     let mut client = server.client().await;
     let placed = client.place_call(place("+15550100")).await.unwrap().into_inner();
     // Wait until the conversation runs (first transcript), then hang up.
-    let mut stream = client
-        .watch_call(pb::WatchCallRequest {
-            call_id: placed.call_id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut seen = Vec::new();
-    tokio::time::timeout(LIMIT, async {
-        while let Some(m) = stream.message().await.unwrap() {
-            let ev = m.event.unwrap();
-            let is_transcript = matches!(ev.kind, Some(pb::call_event::Kind::Transcript(_)));
-            seen.push(ev);
-            if is_transcript {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("a transcript arrives");
+    let mut stream = watch(&mut client, &placed.call_id, 0).await;
+    let seen = watch_until(&mut stream, LIMIT, is_transcript).await;
     let hung = client
         .hang_up_call(pb::HangUpCallRequest {
             call_id: placed.call_id.clone(),
@@ -991,39 +972,14 @@ async fn server_shutdown_mid_call_ends_it_with_that_reason_and_keeps_it() {
     let server = TestServer::with_options(config.clone(), options).await;
     let mut client = server.client().await;
     let placed = client.place_call(place("+15550199")).await.unwrap().into_inner();
-    let mut stream = client
-        .watch_call(pb::WatchCallRequest {
-            call_id: placed.call_id.clone(),
-            after_sequence: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(&mut client, &placed.call_id, 0).await;
     // Shut down once the conversation runs (the first transcript).
-    let mut seen = Vec::new();
-    tokio::time::timeout(LIMIT, async {
-        while let Some(m) = stream.message().await.unwrap() {
-            let ev = m.event.unwrap();
-            let is_transcript = matches!(ev.kind, Some(pb::call_event::Kind::Transcript(_)));
-            seen.push(ev);
-            if is_transcript {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("a transcript arrives");
+    let mut seen = watch_until(&mut stream, LIMIT, is_transcript).await;
     server.stop().await;
 
     // The watcher gets the end of the call before its stream ends.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(m)) = stream.message().await {
-            seen.push(m.event.unwrap());
-        }
-    })
-    .await
-    .expect("the watch stream ends with the server");
-    let Some(pb::call_event::Kind::Status(last)) = seen.last().and_then(|e| e.kind.clone()) else {
+    seen.extend(watch_rest(&mut stream, Duration::from_secs(10)).await);
+    let Some(pb::call_event::Kind::Status(last)) = last_kind(&seen) else {
         panic!("the stream ends with a status: {seen:?}");
     };
     assert_eq!(last.status(), pb::CallStatus::Completed, "{seen:?}");

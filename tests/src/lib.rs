@@ -129,6 +129,72 @@ pub async fn get_call(client: &mut VoiceAgentServiceClient<Channel>, call_id: &s
         .expect("call set")
 }
 
+/// Opens a WatchCall stream of the events after `after`.
+pub async fn watch(
+    client: &mut VoiceAgentServiceClient<Channel>,
+    call_id: &str,
+    after: u64,
+) -> tonic::Streaming<pb::WatchCallResponse> {
+    client
+        .watch_call(pb::WatchCallRequest {
+            call_id: call_id.into(),
+            after_sequence: after,
+        })
+        .await
+        .expect("WatchCall")
+        .into_inner()
+}
+
+/// Reads a WatchCall stream up to and including the first event `until`
+/// accepts (panics if the stream ends first or after `limit`).
+pub async fn watch_until(
+    stream: &mut tonic::Streaming<pb::WatchCallResponse>,
+    limit: Duration,
+    mut until: impl FnMut(&pb::CallEvent) -> bool,
+) -> Vec<pb::CallEvent> {
+    let mut events = Vec::new();
+    let read = async {
+        loop {
+            let item = stream.message().await.expect("stream item");
+            let ev = item.expect("the stream goes on").event.expect("event set");
+            let done = until(&ev);
+            events.push(ev);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| panic!("the awaited event did not come within {limit:?}"));
+    events
+}
+
+/// Reads what is left of a WatchCall stream until it ends, cleanly or with
+/// the server going away (panics after `limit`).
+pub async fn watch_rest(stream: &mut tonic::Streaming<pb::WatchCallResponse>, limit: Duration) -> Vec<pb::CallEvent> {
+    let mut events = Vec::new();
+    let read = async {
+        while let Ok(Some(item)) = stream.message().await {
+            events.extend(item.event);
+        }
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .unwrap_or_else(|_| panic!("the watch stream did not end within {limit:?}"));
+    events
+}
+
+/// A transcript event (e.g. to wait until a conversation runs).
+pub fn is_transcript(ev: &pb::CallEvent) -> bool {
+    matches!(ev.kind, Some(pb::call_event::Kind::Transcript(_)))
+}
+
+/// The kind of the last event, if any.
+pub fn last_kind(events: &[pb::CallEvent]) -> Option<pb::call_event::Kind> {
+    events.last().and_then(|e| e.kind.clone())
+}
+
 /// Collects a WatchCall stream until it ends (panics after `limit`).
 pub async fn watch_all(
     client: &mut VoiceAgentServiceClient<Channel>,
@@ -136,14 +202,7 @@ pub async fn watch_all(
     after: u64,
     limit: Duration,
 ) -> Vec<pb::CallEvent> {
-    let mut stream = client
-        .watch_call(pb::WatchCallRequest {
-            call_id: call_id.into(),
-            after_sequence: after,
-        })
-        .await
-        .expect("WatchCall")
-        .into_inner();
+    let mut stream = watch(client, call_id, after).await;
     let mut events = Vec::new();
     let collect = async {
         while let Some(item) = stream.message().await.expect("stream item") {

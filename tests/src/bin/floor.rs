@@ -214,15 +214,20 @@ fn stamp(origin: Instant, at: Instant) -> u64 {
     at.duration_since(origin).as_nanos() as u64
 }
 
-/// The server's place: every message in is answered by one out on the call's other socket.
-fn relay(mut conns: Vec<Conn>, sizes: Sizes, mut window: Window, stop: Arc<AtomicBool>) -> std::io::Result<Duration> {
-    let mut poll = Poll::new()?;
+/// One thread's event loop over `conns` (token = index, edge-triggered
+/// reads and writes), its event buffer and its read buffer.
+fn event_loop(conns: &mut [Conn]) -> std::io::Result<(Poll, Events, Vec<u8>)> {
+    let poll = Poll::new()?;
     for (i, c) in conns.iter_mut().enumerate() {
         poll.registry()
             .register(&mut c.sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
     }
-    let mut events = Events::with_capacity(1024);
-    let mut scratch = vec![0u8; 64 * 1024];
+    Ok((poll, Events::with_capacity(1024), vec![0u8; 64 * 1024]))
+}
+
+/// The server's place: every message in is answered by one out on the call's other socket.
+fn relay(mut conns: Vec<Conn>, sizes: Sizes, mut window: Window, stop: Arc<AtomicBool>) -> std::io::Result<Duration> {
+    let (mut poll, mut events, mut scratch) = event_loop(&mut conns)?;
     let mut to_ai = vec![b'a'; sizes.ai_down];
     let mut to_tw = vec![b't'; sizes.tw_down];
     let mut stamps = Vec::new();
@@ -269,16 +274,9 @@ struct EndsReport {
 /// The generator's place: sends each call's Twilio frame every 20 ms (phases
 /// spread evenly) and its AI delta every `frames_per_delta` frames, and times
 /// what comes back.
-fn ends(conns: Vec<Conn>, sizes: Sizes, origin: Instant, mut window: Window) -> std::io::Result<EndsReport> {
+fn ends(mut conns: Vec<Conn>, sizes: Sizes, origin: Instant, mut window: Window) -> std::io::Result<EndsReport> {
     let n = conns.len() / 2;
-    let mut conns = conns;
-    let mut poll = Poll::new()?;
-    for (i, c) in conns.iter_mut().enumerate() {
-        poll.registry()
-            .register(&mut c.sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
-    }
-    let mut events = Events::with_capacity(1024);
-    let mut scratch = vec![0u8; 64 * 1024];
+    let (mut poll, mut events, mut scratch) = event_loop(&mut conns)?;
     let mut tw = vec![b'T'; sizes.tw_up];
     let mut ai = vec![b'A'; sizes.ai_up];
     let per_second = n * 50;
