@@ -18,8 +18,8 @@ levels="${1:-100,200,300,400,500,600,800,1000}"
 seconds="${2:-20}"
 out=docs/benchmarks-results.md
 
-cargo build --release -p voice-agent-tests --bin loadgen --bin floor -p voice-agent-server --bin voice-agent-server
-micro="$(cargo bench -p voice-agent-server --bench audio --bench hot_path -- --output-format bencher 2>/dev/null \
+cargo build --release -p voice-agent-bench --bin loadgen --bin floor -p voice-agent-server --bin voice-agent-server
+micro="$(cargo bench -p voice-agent-audio --bench audio -p voice-agent-server --bench hot_path -- --output-format bencher 2>/dev/null \
   | sed -n 's/^test \(.*\) \.\.\. bench: *\([0-9,]*\) ns\/iter.*/| \1 | \2 |/p')"
 
 ramp() { # description, then loadgen arguments

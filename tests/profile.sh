@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 calls="${1:-300}"; shift || true
 command -v perf >/dev/null || { echo "perf is not installed (apt-get install linux-perf)"; exit 1; }
-cargo build --profile profiling -p voice-agent-tests --bin loadgen -p voice-agent-server --bin voice-agent-server
+cargo build --profile profiling -p voice-agent-bench --bin loadgen -p voice-agent-server --bin voice-agent-server
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 taskset -c 1 ./target/profiling/loadgen --server-cpus 0 --levels "$calls" --seconds 15 --mode transcode "$@" \

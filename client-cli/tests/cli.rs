@@ -3,6 +3,9 @@
 //! metadata and stream resumption. The real server is exercised by the
 //! workspace's tests/ crate; this fake lets us break streams on purpose.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::Output;

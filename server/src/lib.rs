@@ -30,11 +30,13 @@
 //! both sockets. Every event goes through the [`call::hub`]: committed to the
 //! [`store`] first, then broadcast to `WatchCall` streams.
 
-pub mod audio;
+/// μ-law codec and resamplers (the `voice-agent-audio` crate).
+pub use voice_agent_audio as audio;
 pub mod bridge;
 pub mod call;
 pub mod config;
-pub mod emulator;
+/// The built-in emulators (the `voice-agent-emulators` crate).
+pub use voice_agent_emulators as emulator;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

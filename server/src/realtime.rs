@@ -4,7 +4,8 @@
 //! GA/preview); Microsoft Entra ID tokens come from [`entra`].
 
 pub mod entra;
-pub mod protocol;
+/// The realtime dialects' wire events (the `voice-agent-wire` crate).
+pub use voice_agent_wire::realtime as protocol;
 
 use std::time::Duration;
 

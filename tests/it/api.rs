@@ -1,6 +1,9 @@
 //! The API surface on one port: gRPC, grpc-web, reflection, health, auth,
 //! validation, 404s, WatchCall semantics and durability across restarts.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use prost::Message;

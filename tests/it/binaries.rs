@@ -2,6 +2,9 @@
 //! and help, grpcurl against the running server (the README's examples), and
 //! the `voice-agent` CLI.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! every scenario's life cycle, the conversation in each AI dialect and audio
 //! mode, signatures, media-stream checks and provider errors.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use voice_agent_proto::v1 as pb;

@@ -2,6 +2,9 @@
 //! sockets, SQLite, the built-in emulators) and gives typed clients for gRPC,
 //! grpc-web over HTTP/1.1, and the built binaries.
 
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,295 @@
+//! The emulator's reader of TwiML: the verbs our server answers with
+//! (`voice_agent_wire::twilio::twiml` builds them; protocols.md §4), parsed
+//! the way Twilio runs them.
+
+use quick_xml::Reader;
+use quick_xml::events::{BytesStart, Event};
+#[cfg(test)]
+use voice_agent_wire::twilio::twiml::{XML_DECL, connect_stream, hangup, say_and_hang_up};
+
+/// One TwiML verb, as the emulator runs it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verb {
+    /// `<Say>text</Say>`.
+    Say(String),
+    /// `<Pause length="n"/>` (default 1 second).
+    Pause(u32),
+    /// `<Connect>` with its `<Stream>` (none when `<Connect>` holds something else).
+    Connect(Option<StreamSpec>),
+    /// `<Hangup/>`.
+    Hangup,
+    /// A verb the emulator does not run (its element name).
+    Other(String),
+}
+
+/// A `<Stream>` inside `<Connect>`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamSpec {
+    /// The `url` attribute.
+    pub url: String,
+    /// The `name` attribute.
+    pub name: Option<String>,
+    /// `<Parameter name value>` children, in order.
+    pub parameters: Vec<(String, String)>,
+}
+
+/// TwiML the parser refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum TwimlError {
+    /// Not well-formed XML.
+    #[error("malformed TwiML: {0}")]
+    Xml(String),
+    /// The root element is not `<Response>`.
+    #[error("TwiML root element must be <Response>, found <{0}>")]
+    NotResponse(String),
+    /// A verb is missing something it needs.
+    #[error("invalid TwiML: {0}")]
+    Invalid(String),
+}
+
+fn xml_err(e: impl std::fmt::Display) -> TwimlError {
+    TwimlError::Xml(e.to_string())
+}
+
+fn name_of(e: &BytesStart<'_>) -> String {
+    String::from_utf8_lossy(e.local_name().as_ref()).into_owned()
+}
+
+fn attr(e: &BytesStart<'_>, key: &str) -> Result<Option<String>, TwimlError> {
+    for a in e.attributes() {
+        let a = a.map_err(xml_err)?;
+        if a.key.local_name().as_ref() == key.as_bytes() {
+            return Ok(Some(a.unescape_value().map_err(xml_err)?.into_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Parses a `<Response>` into its top-level verbs (`<Say>`, `<Pause>`,
+/// `<Connect><Stream><Parameter>`, `<Hangup>`; others become [`Verb::Other`]).
+pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
+    let mut reader = Reader::from_str(xml);
+    let mut verbs = Vec::new();
+    // Element names from the root down to the current element.
+    let mut path: Vec<String> = Vec::new();
+    let mut say_text: Option<String> = None;
+    let mut stream: Option<StreamSpec> = None;
+    let mut connect_stream: Option<StreamSpec> = None;
+    let mut saw_root = false;
+    loop {
+        let event = reader.read_event().map_err(xml_err)?;
+        let (start, empty) = match &event {
+            Event::Start(e) => (Some(e.clone()), false),
+            Event::Empty(e) => (Some(e.clone()), true),
+            _ => (None, false),
+        };
+        if let Some(e) = start {
+            let name = name_of(&e);
+            match path.len() {
+                0 => {
+                    if name != "Response" {
+                        return Err(TwimlError::NotResponse(name));
+                    }
+                    saw_root = true;
+                }
+                1 => match name.as_str() {
+                    "Say" => say_text = Some(String::new()),
+                    "Pause" => {
+                        let length = match attr(&e, "length")? {
+                            None => 1,
+                            Some(s) => s
+                                .trim()
+                                .parse()
+                                .map_err(|_| TwimlError::Invalid(format!("<Pause length=\"{s}\">")))?,
+                        };
+                        verbs.push(Verb::Pause(length));
+                    }
+                    "Connect" => connect_stream = None,
+                    "Hangup" => verbs.push(Verb::Hangup),
+                    other => verbs.push(Verb::Other(other.to_string())),
+                },
+                _ => {
+                    let parent = path.last().map(String::as_str);
+                    match (parent, name.as_str()) {
+                        (Some("Connect"), "Stream") => {
+                            let url =
+                                attr(&e, "url")?.ok_or_else(|| TwimlError::Invalid("<Stream> without url".into()))?;
+                            stream = Some(StreamSpec {
+                                url,
+                                name: attr(&e, "name")?,
+                                parameters: Vec::new(),
+                            });
+                        }
+                        (Some("Stream"), "Parameter") => {
+                            if let (Some(s), Some(n)) = (stream.as_mut(), attr(&e, "name")?) {
+                                s.parameters.push((n, attr(&e, "value")?.unwrap_or_default()));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if empty {
+                close(
+                    &name,
+                    path.len(),
+                    &mut verbs,
+                    &mut say_text,
+                    &mut stream,
+                    &mut connect_stream,
+                );
+            } else {
+                path.push(name);
+            }
+            continue;
+        }
+        match event {
+            Event::End(_) => {
+                let Some(name) = path.pop() else {
+                    return Err(TwimlError::Xml("unbalanced end tag".into()));
+                };
+                close(
+                    &name,
+                    path.len(),
+                    &mut verbs,
+                    &mut say_text,
+                    &mut stream,
+                    &mut connect_stream,
+                );
+            }
+            Event::Text(t) => {
+                if let Some(s) = say_text.as_mut() {
+                    s.push_str(&t.decode().map_err(xml_err)?);
+                }
+            }
+            Event::CData(t) => {
+                if let Some(s) = say_text.as_mut() {
+                    s.push_str(&t.decode().map_err(xml_err)?);
+                }
+            }
+            Event::GeneralRef(r) => {
+                if let Some(s) = say_text.as_mut() {
+                    let name = r.decode().map_err(xml_err)?;
+                    let reference = format!("&{name};");
+                    let resolved = quick_xml::escape::unescape(&reference).map_err(xml_err)?;
+                    s.push_str(&resolved);
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if !path.is_empty() {
+        return Err(TwimlError::Xml(format!("unclosed <{}>", path.join("><"))));
+    }
+    if !saw_root {
+        return Err(TwimlError::Xml("empty document".into()));
+    }
+    Ok(verbs)
+}
+
+/// Finishes element `name` whose depth (root = 0) is `depth`.
+fn close(
+    name: &str,
+    depth: usize,
+    verbs: &mut Vec<Verb>,
+    say_text: &mut Option<String>,
+    stream: &mut Option<StreamSpec>,
+    connect_stream: &mut Option<StreamSpec>,
+) {
+    match (depth, name) {
+        (1, "Say") => {
+            let text = say_text.take().unwrap_or_default();
+            verbs.push(Verb::Say(text.split_whitespace().collect::<Vec<_>>().join(" ")));
+        }
+        (1, "Connect") => verbs.push(Verb::Connect(connect_stream.take())),
+        // Only the first <Stream> of a <Connect> counts.
+        (2, "Stream") if connect_stream.is_none() => *connect_stream = stream.take(),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_greeting_stream_and_escaped_parameters() {
+        let x = connect_stream(
+            Some("Hi & <welcome> \"you\""),
+            "wss://h.example/ws/media/c1",
+            &[("call_id", "c1"), ("secret", "a&b\"c")],
+        );
+        assert!(x.starts_with(XML_DECL));
+        assert!(x.contains("<Say>Hi &amp; &lt;welcome&gt; &quot;you&quot;</Say><Connect>"));
+        assert!(x.contains(r#"<Parameter name="secret" value="a&amp;b&quot;c"/>"#));
+        assert!(x.ends_with("</Stream></Connect></Response>"));
+        // And the emulator's parser reads back exactly what we meant.
+        assert_eq!(
+            parse(&x).unwrap(),
+            vec![
+                Verb::Say("Hi & <welcome> \"you\"".into()),
+                Verb::Connect(Some(StreamSpec {
+                    url: "wss://h.example/ws/media/c1".into(),
+                    name: None,
+                    parameters: vec![("call_id".into(), "c1".into()), ("secret".into(), "a&b\"c".into())],
+                })),
+            ]
+        );
+    }
+
+    #[test]
+    fn empty_or_missing_greeting_has_no_say() {
+        for g in [None, Some(""), Some("   ")] {
+            let x = connect_stream(g, "wss://h/ws", &[]);
+            assert!(!x.contains("<Say"), "{x}");
+            assert_eq!(parse(&x).unwrap().len(), 1);
+        }
+    }
+
+    #[test]
+    fn parses_say_pause_hangup_and_unknown_verbs() {
+        let x = r#"<?xml version="1.0"?>
+            <Response>
+              <Say voice="alice">  Please   wait. </Say>
+              <Pause length="2"/>
+              <Pause/>
+              <Play>https://x/a.mp3</Play>
+              <Say><![CDATA[Bye <now>]]></Say>
+              <Hangup/>
+            </Response>"#;
+        assert_eq!(
+            parse(x).unwrap(),
+            vec![
+                Verb::Say("Please wait.".into()),
+                Verb::Pause(2),
+                Verb::Pause(1),
+                Verb::Other("Play".into()),
+                Verb::Say("Bye <now>".into()),
+                Verb::Hangup,
+            ]
+        );
+        assert_eq!(
+            parse(&say_and_hang_up("Sorry & bye")).unwrap(),
+            vec![Verb::Say("Sorry & bye".into()), Verb::Hangup]
+        );
+        assert_eq!(parse(&hangup()).unwrap(), vec![Verb::Hangup]);
+    }
+
+    #[test]
+    fn refuses_bad_documents() {
+        assert!(matches!(parse("<Foo/>"), Err(TwimlError::NotResponse(_))));
+        assert!(parse("<Response><Say>x</Response>").is_err());
+        assert!(parse("").is_err());
+        assert!(matches!(
+            parse("<Response><Connect><Stream/></Connect></Response>"),
+            Err(TwimlError::Invalid(_))
+        ));
+        assert!(parse(r#"<Response><Pause length="x"/></Response>"#).is_err());
+        // <Connect> without <Stream> is kept (the emulator skips it).
+        assert_eq!(
+            parse("<Response><Connect/></Response>").unwrap(),
+            vec![Verb::Connect(None)]
+        );
+    }
+}
