@@ -41,6 +41,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod realtime;
+pub mod state;
 pub mod store;
 pub mod telephony;
 
@@ -66,51 +67,7 @@ use crate::store::Store;
 use crate::telephony::Telephony;
 use crate::telephony::twilio::rest::TwilioClient;
 
-/// State shared by the gRPC service and the HTTP handlers.
-pub struct AppState {
-    /// The configuration the server started with.
-    pub config: Arc<Config>,
-    /// Base URL Twilio reaches (callback URLs, stream URL, signature checks).
-    pub public_url: Url,
-    /// Live calls and the store.
-    pub hub: CallHub,
-    /// Who dials.
-    pub telephony: Arc<dyn Telephony>,
-    /// True when `telephony` is the built-in emulator.
-    pub emulated_telephony: bool,
-    /// Key that signs Twilio's webhooks (the emulator's own when emulated).
-    pub twilio_auth_token: Secret,
-    /// Caller id.
-    pub from_number: String,
-    /// The realtime AIs calls are bridged to.
-    pub realtime: RealtimeBackends,
-    /// The built-in emulators this server started (none with full credentials).
-    pub emulators: Emulators,
-    /// Server-wide cancellation (shutdown).
-    pub shutdown: CancellationToken,
-    /// The running media bridges: a shutdown waits for them to record how
-    /// their calls ended before it ends the watchers and closes the store.
-    pub bridges: TaskTracker,
-    /// Latency and frame counters of the media path.
-    pub metrics: metrics::Metrics,
-}
-
-impl AppState {
-    /// True when calls on `backend` are answered by the realtime-AI emulator.
-    pub fn ai_emulated(&self, backend: Backend) -> bool {
-        !self.config.backend_configured(backend)
-    }
-
-    /// One line saying what is emulated, for the call's first events.
-    pub fn emulation_summary(&self, backend: Backend) -> String {
-        match (self.emulated_telephony, self.ai_emulated(backend)) {
-            (true, true) => "emulated call: the built-in Twilio emulator and realtime-AI emulator answer it; no real phone is dialled".into(),
-            (true, false) => "emulated call: the built-in Twilio emulator answers it; no real phone is dialled".into(),
-            (false, true) => "the realtime-AI emulator answers this call (no AI credentials are configured)".into(),
-            (false, false) => String::new(),
-        }
-    }
-}
+pub use crate::state::AppState;
 
 /// Emulators started by the server.
 #[derive(Default)]
@@ -155,6 +112,7 @@ pub struct Options {
 /// A started server: bound, store open, emulators running; call [`Server::run`].
 pub struct Server {
     state: Arc<AppState>,
+    emulators: Arc<Emulators>,
     listener: TcpListener,
     grace: Duration,
 }
@@ -272,16 +230,16 @@ impl Server {
             twilio_auth_token,
             from_number,
             realtime,
-            emulators: Emulators {
-                twilio: twilio_emulator,
-                realtime: realtime_emulator,
-            },
             shutdown,
             bridges: TaskTracker::new(),
             metrics: metrics::Metrics::default(),
         });
         Ok(Self {
             state,
+            emulators: Arc::new(Emulators {
+                twilio: twilio_emulator,
+                realtime: realtime_emulator,
+            }),
             listener,
             grace: options.grace.unwrap_or(Duration::from_secs(5)),
         })
@@ -295,6 +253,11 @@ impl Server {
     /// The shared state.
     pub fn state(&self) -> &Arc<AppState> {
         &self.state
+    }
+
+    /// The built-in emulators this server started (none with full credentials).
+    pub fn emulators(&self) -> &Arc<Emulators> {
+        &self.emulators
     }
 
     /// Cancelling this token shuts the server down gracefully.
@@ -345,10 +308,10 @@ impl Server {
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!(grace = ?self.grace, "connections still open after the grace period; closing"),
         }
-        if let Some(t) = &self.state.emulators.twilio {
+        if let Some(t) = &self.emulators.twilio {
             t.shutdown().await;
         }
-        if let Some(r) = &self.state.emulators.realtime {
+        if let Some(r) = &self.emulators.realtime {
             r.shutdown();
         }
         self.state.hub.store().close().await?;

@@ -526,7 +526,7 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
     )
     .await;
     assert_eq!(before[0].sequence, 1);
-    let state = server.state.clone();
+    let emulators = server.emulators.clone();
     // A guard against a hang, not a timing: the grace period is 5 s.
     tokio::time::timeout(Duration::from_secs(60), server.stop())
         .await
@@ -542,8 +542,7 @@ async fn shutdown_is_graceful_and_watchers_get_what_is_stored() {
         }
         other => panic!("the last event is not the end of the call: {other:?} in {rest:?}"),
     }
-    let emulated = state
-        .emulators
+    let emulated = emulators
         .twilio
         .as_ref()
         .expect("the Twilio emulator")

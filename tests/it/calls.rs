@@ -58,7 +58,6 @@ async fn conversation(config: Config, backend: pb::Backend) {
 
     // The callee really heard the agent: the Twilio emulator recorded played audio.
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -357,7 +356,7 @@ async fn media_start_must_name_the_call_and_carry_its_secret_and_garbage_is_surv
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rec = server.state.hub.get(&id).await.unwrap();
     assert!(!rec.status.is_terminal(), "garbage did not end the call");
-    let sessions = server.state.emulators.realtime.as_ref().unwrap().sessions();
+    let sessions = server.emulators.realtime.as_ref().unwrap().sessions();
     assert_eq!(sessions.len(), 1, "only the accepted stream opened an AI session");
     assert!(
         sessions[0].appends >= 10,
@@ -430,7 +429,7 @@ async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEm
         ..place("+15550199")
     };
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
-    assert!(!placed.emulated || server.state.emulators.twilio.is_some());
+    assert!(!placed.emulated || server.emulators.twilio.is_some());
     let codes: Vec<String> = errors(&events).into_iter().map(|(c, _)| c).collect();
     assert!(codes.iter().any(|c| c == code), "{code} in {codes:?}");
     assert_eq!(
@@ -439,7 +438,6 @@ async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEm
         "a clean end"
     );
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -524,7 +522,6 @@ async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
 
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -549,7 +546,7 @@ async fn barge_in_clears_twilio_and_truncates_at_the_heard_position() {
         .map(|m| m.played_bytes)
         .expect("pending marks were echoed by the clear");
 
-    let sessions = server.state.emulators.realtime.as_ref().unwrap().sessions();
+    let sessions = server.emulators.realtime.as_ref().unwrap().sessions();
     let truncates = &sessions.last().unwrap().truncates;
     assert_eq!(truncates.len(), 1, "{truncates:?}");
     // The greeting played in full before the interrupted reply began.
@@ -737,7 +734,6 @@ async fn ai_drop_without_recovery_apologises_and_ends() {
     assert!(codes.contains(&"ai_disconnected".to_string()), "{codes:?}");
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -765,7 +761,6 @@ async fn max_duration_ends_the_call_with_a_spoken_goodbye() {
     let (placed, events) = call_and_watch(&mut client, req, LIMIT).await;
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -799,7 +794,6 @@ async fn end_call_waits_for_the_goodbye_and_turns_are_measured() {
     assert_eq!(last.1, voice_agent_server::emulator::realtime::AGENT_LINES[3]);
     assert!(!last.2, "not cut off");
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()
@@ -1156,7 +1150,6 @@ async fn ai_that_stops_reading_gets_one_reconnect_then_an_apology_and_the_record
     assert!(sessions.iter().all(|s| s.stalled));
     // The provider was asked to apologise and hang up.
     let report = server
-        .state
         .emulators
         .twilio
         .as_ref()

@@ -20,14 +20,16 @@ use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
 pub use voice_agent_server::Options;
 pub use voice_agent_server::config::Config;
-use voice_agent_server::{AppState, Server};
+use voice_agent_server::{AppState, Emulators, Server};
 
 /// A running server.
 pub struct TestServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Shared state (hub, config, emulator handles).
+    /// Shared state (hub, config, telephony, metrics).
     pub state: Arc<AppState>,
+    /// The emulators the server started.
+    pub emulators: Arc<Emulators>,
     shutdown: CancellationToken,
     join: Option<JoinHandle<()>>,
 }
@@ -51,6 +53,7 @@ impl TestServer {
             .expect("server starts");
         let addr = server.local_addr();
         let state = server.state().clone();
+        let emulators = server.emulators().clone();
         let shutdown = server.shutdown_token();
         let join = tokio::spawn(async move {
             server.run().await.expect("server runs");
@@ -58,6 +61,7 @@ impl TestServer {
         Self {
             addr,
             state,
+            emulators,
             shutdown,
             join: Some(join),
         }

@@ -1,0 +1,62 @@
+//! The state every part of a running server shares: configuration, the call
+//! hub (store + fan-out), the telephony provider, the realtime backends,
+//! shutdown and metrics. It imports no edge (gRPC, HTTP) and no emulator, so
+//! the media bridge and the domain can take it without reaching them; the
+//! server's wiring (`lib.rs`) builds it.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use url::Url;
+
+use crate::call::Backend;
+use crate::call::hub::CallHub;
+use crate::config::{Config, Secret};
+use crate::metrics;
+use crate::realtime::RealtimeBackends;
+use crate::telephony::Telephony;
+
+/// State shared by the gRPC service and the HTTP handlers.
+pub struct AppState {
+    /// The configuration the server started with.
+    pub config: Arc<Config>,
+    /// Base URL Twilio reaches (callback URLs, stream URL, signature checks).
+    pub public_url: Url,
+    /// Live calls and the store.
+    pub hub: CallHub,
+    /// Who dials.
+    pub telephony: Arc<dyn Telephony>,
+    /// True when `telephony` is the built-in emulator.
+    pub emulated_telephony: bool,
+    /// Key that signs Twilio's webhooks (the emulator's own when emulated).
+    pub twilio_auth_token: Secret,
+    /// Caller id.
+    pub from_number: String,
+    /// The realtime AIs calls are bridged to.
+    pub realtime: RealtimeBackends,
+    /// Server-wide cancellation (shutdown).
+    pub shutdown: CancellationToken,
+    /// The running media bridges: a shutdown waits for them to record how
+    /// their calls ended before it ends the watchers and closes the store.
+    pub bridges: TaskTracker,
+    /// Latency and frame counters of the media path.
+    pub metrics: metrics::Metrics,
+}
+
+impl AppState {
+    /// True when calls on `backend` are answered by the realtime-AI emulator.
+    pub fn ai_emulated(&self, backend: Backend) -> bool {
+        !self.config.backend_configured(backend)
+    }
+
+    /// One line saying what is emulated, for the call's first events.
+    pub fn emulation_summary(&self, backend: Backend) -> String {
+        match (self.emulated_telephony, self.ai_emulated(backend)) {
+            (true, true) => "emulated call: the built-in Twilio emulator and realtime-AI emulator answer it; no real phone is dialled".into(),
+            (true, false) => "emulated call: the built-in Twilio emulator answers it; no real phone is dialled".into(),
+            (false, true) => "the realtime-AI emulator answers this call (no AI credentials are configured)".into(),
+            (false, false) => String::new(),
+        }
+    }
+}
