@@ -1,7 +1,13 @@
 //! The call domain: ids, statuses, the record of a call and its events.
-//! [`hub`] keeps the live calls and fans their events out to watchers.
+//! [`lifecycle`] decides how a call moves through its life, [`error`] holds
+//! the codes clients see, and [`hub`] keeps the live calls, applies those
+//! decisions and fans their events out to watchers.
 
+pub mod error;
 pub mod hub;
+pub mod lifecycle;
+
+pub use error::{ErrorCode, NoticeCode};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -212,6 +218,22 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// An error event with its stable code.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Error {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A notice with its stable code.
+    pub fn notice(code: NoticeCode, message: impl Into<String>) -> Self {
+        Self::Notice {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
     /// The terminal status this event sets, if any.
     pub fn terminal_status(&self) -> Option<CallStatus> {
         match self {
@@ -302,12 +324,10 @@ impl CallRecord {
                 }
                 if status.is_terminal() {
                     self.ended_at = Some(at);
-                    if self.end_reason.is_empty() {
-                        self.end_reason = if detail.is_empty() {
-                            status.name().to_ascii_lowercase().replace('_', " ")
-                        } else {
-                            detail.clone()
-                        };
+                    if detail.is_empty() {
+                        lifecycle::note_end_reason(self, &lifecycle::default_end_reason(*status));
+                    } else {
+                        lifecycle::note_end_reason(self, detail);
                     }
                 }
             }

@@ -15,7 +15,7 @@ use voice_agent_proto::v1 as pb;
 
 use crate::AppState;
 use crate::call::hub::HubError;
-use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, EventKind, Speaker};
+use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, Speaker, lifecycle};
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::telephony::{DialRequest, FailureClass, TelephonyError};
 
@@ -266,17 +266,12 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         let id = record.call_id.clone();
         // The call is stored before anything is dialled.
         state.hub.create(record).await.map_err(hub_status)?;
-        let mut first = vec![EventKind::Status {
-            status: CallStatus::Queued,
-            detail: format!("calling {} via {}", call.to, call.backend.as_str()),
-        }];
-        if emulated {
-            first.push(EventKind::Notice {
-                code: "emulated".into(),
-                message: state.emulation_summary(call.backend),
-            });
-        }
-        state.hub.update(&id, |_| first).await.map_err(hub_status)?;
+        let emulation = emulated.then(|| state.emulation_summary(call.backend));
+        state
+            .hub
+            .update(&id, |rec| lifecycle::placed(rec, emulation))
+            .await
+            .map_err(hub_status)?;
         tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
         state.metrics.calls_placed.inc();
 
@@ -294,14 +289,11 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         match state.telephony.dial(&dial).await {
             Ok(dialed) => {
                 let sid = dialed.provider_call_id.clone();
-                let rec = state
+                state
                     .hub
-                    .update(&id, |rec| {
-                        rec.provider_call_id = sid;
-                        vec![]
-                    })
-                    .await;
-                rec.map_err(hub_status)?;
+                    .update(&id, |rec| lifecycle::dialed(rec, sid))
+                    .await
+                    .map_err(hub_status)?;
                 let rec = state.hub.get(&id).await.map_err(hub_status)?;
                 Ok(Response::new(pb::PlaceCallResponse {
                     call_id: id.to_string(),
@@ -312,27 +304,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             }
             Err(e) => {
                 tracing::warn!(call_id = %id, error = %e.message, "the provider refused the call");
-                let code = e.provider_code.clone().unwrap_or_default();
-                let detail = e.message.clone();
                 state
                     .hub
                     .update(&id, |rec| {
-                        rec.provider_error_code = code.clone();
-                        rec.end_reason = format!("the telephony provider refused the call: {detail}");
-                        vec![
-                            EventKind::Error {
-                                code: if code.is_empty() {
-                                    "telephony_error".into()
-                                } else {
-                                    format!("twilio_{code}")
-                                },
-                                message: detail.clone(),
-                            },
-                            EventKind::Status {
-                                status: CallStatus::Failed,
-                                detail: format!("the telephony provider refused the call: {detail}"),
-                            },
-                        ]
+                        lifecycle::dial_refused(rec, e.provider_code.as_deref(), &e.message)
                     })
                     .await
                     .map_err(hub_status)?;
@@ -376,22 +351,18 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                 call: Some(call_to_pb(&rec)),
             }));
         }
-        let reason = "hung up via HangUpCall".to_string();
         state
             .hub
-            .update(&id, |r| {
-                if r.end_reason.is_empty() {
-                    r.end_reason = reason.clone();
-                }
-                vec![]
-            })
+            .update(&id, lifecycle::hang_up_requested)
             .await
             .map_err(hub_status)?;
         if rec.provider_call_id.is_empty() {
             // Still being dialled: nothing to tell the provider yet.
             state
                 .hub
-                .set_status(&id, CallStatus::Canceled, reason)
+                .update(&id, |r| {
+                    lifecycle::end(r, lifecycle::Ending::Canceled, lifecycle::HANG_UP_REASON)
+                })
                 .await
                 .map_err(hub_status)?;
         } else {
@@ -401,13 +372,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .hub
                     .publish(
                         &id,
-                        EventKind::Error {
-                            code: e
-                                .provider_code
-                                .as_ref()
-                                .map_or("telephony_error".into(), |c| format!("twilio_{c}")),
-                            message: format!("hang-up failed: {}", e.message),
-                        },
+                        EventKind::error(
+                            ErrorCode::from_provider(e.provider_code.as_deref()),
+                            format!("hang-up failed: {}", e.message),
+                        ),
                     )
                     .await
                     .map_err(hub_status)?;

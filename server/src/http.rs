@@ -2,8 +2,10 @@
 //! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` (behind
 //! `API_TOKEN`), the web UI, and plain 404s.
 //!
-//! Handlers only check, translate and hand over: decisions about a call live
-//! in the [`crate::call`] hub and the [`crate::bridge`].
+//! Handlers only authenticate ([`SignedTwilioForm`], [`SignedTwilioUpgrade`]),
+//! parse and hand over: decisions about a call live in
+//! [`crate::call::lifecycle`] (applied by the [`crate::call`] hub) and the
+//! [`crate::bridge`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,14 +13,17 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::call::{CallId, CallStatus, EventKind};
+use crate::call::hub::HubError;
+use crate::call::lifecycle::{self, Ignored, ProviderStatus, Reported};
+use crate::call::{CallId, CallStatus};
 use crate::telephony::twilio::{signature, twiml};
 
 /// Largest Media Streams message we accept (issue: over 1 MiB closes the socket).
@@ -70,8 +75,12 @@ struct CallIdQuery {
     call_id: Option<String>,
 }
 
-fn forbidden(why: &str) -> Response {
-    tracing::warn!(why, "refused a Twilio request");
+fn forbidden(url: &str, why: &str) -> Response {
+    tracing::warn!(url, why, "refused a Twilio request");
+    forbidden_response()
+}
+
+fn forbidden_response() -> Response {
     (StatusCode::FORBIDDEN, "invalid Twilio signature\n").into_response()
 }
 
@@ -96,35 +105,74 @@ fn signed_url(state: &AppState, uri: &Uri, websocket: bool) -> String {
     format!("{base}{path}")
 }
 
-fn check_signature(state: &AppState, headers: &HeaderMap, url: &str, params: &[(String, String)]) -> bool {
-    let Some(given) = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    signature::validate(state.twilio_auth_token.expose(), url, params, given)
+/// The `X-Twilio-Signature` header, if present and text.
+fn given_signature(headers: &HeaderMap) -> Option<&str> {
+    headers.get(signature::HEADER).and_then(|v| v.to_str().ok())
 }
 
-fn form(body: &Bytes) -> Vec<(String, String)> {
-    form_urlencoded::parse(body).into_owned().collect()
+fn check_signature(state: &AppState, given: Option<&str>, url: &str, params: &[(String, String)]) -> bool {
+    given.is_some_and(|given| signature::validate(state.twilio_auth_token.expose(), url, params, given))
+}
+
+/// The form of a request Twilio signed: extracting it checks
+/// `X-Twilio-Signature` over the PUBLIC_URL form of the request URL and the
+/// form's parameters (protocols.md §3.1, §3.4); a bad or missing signature is
+/// a 403 before the handler runs, so nothing changes.
+pub struct SignedTwilioForm(pub Vec<(String, String)>);
+
+impl FromRequest<Arc<AppState>> for SignedTwilioForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let url = signed_url(state, req.uri(), false);
+        let given = given_signature(req.headers()).map(str::to_owned);
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+        if !check_signature(state, given.as_deref(), &url, &params) {
+            return Err(forbidden(&url, "bad or missing X-Twilio-Signature"));
+        }
+        Ok(Self(params))
+    }
+}
+
+/// A WebSocket upgrade Twilio signed: the signature covers the ws(s):// form
+/// of the URL and no parameters (§3.3); the signature module also tries the
+/// trailing-slash variant. A bad or missing one is a 403.
+pub struct SignedTwilioUpgrade;
+
+impl FromRequestParts<Arc<AppState>> for SignedTwilioUpgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
+        let url = signed_url(state, &parts.uri, true);
+        if !check_signature(state, given_signature(&parts.headers), &url, &[]) {
+            return Err(forbidden(
+                &url,
+                "bad or missing x-twilio-signature on the WebSocket upgrade",
+            ));
+        }
+        Ok(Self)
+    }
 }
 
 fn twiml_response(body: String) -> Response {
     ([(header::CONTENT_TYPE, "application/xml")], body).into_response()
 }
 
+fn bad_call_id() -> Response {
+    (StatusCode::BAD_REQUEST, "missing or malformed call_id\n").into_response()
+}
+
 /// `POST /twilio/twiml?call_id=…`: what Twilio does once the callee answers.
 async fn twiml_webhook(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
-    headers: HeaderMap,
     Query(q): Query<CallIdQuery>,
-    body: Bytes,
+    SignedTwilioForm(params): SignedTwilioForm,
 ) -> Response {
-    let params = form(&body);
-    if !check_signature(&state, &headers, &signed_url(&state, &uri, false), &params) {
-        return forbidden("twiml: bad or missing X-Twilio-Signature");
-    }
     let Some(id) = q.call_id.as_deref().and_then(CallId::parse) else {
-        return (StatusCode::BAD_REQUEST, "missing or malformed call_id\n").into_response();
+        return bad_call_id();
     };
     let record = match state.hub.get(&id).await {
         Ok(r) => r,
@@ -135,7 +183,8 @@ async fn twiml_webhook(
         && !record.provider_call_id.is_empty()
         && *sid != record.provider_call_id
     {
-        return forbidden("twiml: CallSid does not belong to this call");
+        tracing::warn!(call_id = %id, "refused a TwiML request: its CallSid does not belong to this call");
+        return forbidden_response();
     }
     if record.status.is_terminal() {
         return twiml_response(twiml::hangup());
@@ -150,110 +199,53 @@ async fn twiml_webhook(
     ))
 }
 
-/// `POST /twilio/status?call_id=…`: Twilio's call-progress callbacks (§2.1).
+/// Twilio's status callback parameters (§2.1) as the domain takes them;
+/// `None` when `CallStatus` is missing or unknown.
+fn provider_status(params: Vec<(String, String)>) -> Option<ProviderStatus> {
+    let mut params: HashMap<String, String> = params.into_iter().collect();
+    let status = params.get("CallStatus").and_then(|s| CallStatus::from_twilio(s))?;
+    Some(ProviderStatus {
+        call_sid: params.remove("CallSid").filter(|s| !s.is_empty()),
+        status,
+        sequence: params.get("SequenceNumber").and_then(|s| s.parse().ok()),
+        duration_secs: params.get("CallDuration").and_then(|s| s.parse().ok()),
+        answered_by: params.remove("AnsweredBy"),
+        error_code: params.remove("ErrorCode").filter(|c| !c.is_empty()),
+        sip_response_code: params.remove("SipResponseCode"),
+    })
+}
+
+/// `POST /twilio/status?call_id=…`: Twilio's call-progress callbacks (§2.1),
+/// handed to [`lifecycle::on_provider_status`].
 async fn status_webhook(
     State(state): State<Arc<AppState>>,
-    uri: Uri,
-    headers: HeaderMap,
     Query(q): Query<CallIdQuery>,
-    body: Bytes,
+    SignedTwilioForm(params): SignedTwilioForm,
 ) -> Response {
-    let params = form(&body);
-    if !check_signature(&state, &headers, &signed_url(&state, &uri, false), &params) {
-        return forbidden("status: bad or missing X-Twilio-Signature");
-    }
-    let params: HashMap<String, String> = params.into_iter().collect();
     let Some(id) = q.call_id.as_deref().and_then(CallId::parse) else {
-        return (StatusCode::BAD_REQUEST, "missing or malformed call_id\n").into_response();
+        return bad_call_id();
     };
-    let Some(status) = params.get("CallStatus").and_then(|s| CallStatus::from_twilio(s)) else {
+    let Some(report) = provider_status(params) else {
         return (StatusCode::BAD_REQUEST, "missing or unknown CallStatus\n").into_response();
     };
-    let sid = params.get("CallSid").cloned().unwrap_or_default();
-    let seq: Option<u64> = params.get("SequenceNumber").and_then(|s| s.parse().ok());
-    let duration: Option<u32> = params.get("CallDuration").and_then(|s| s.parse().ok());
-    let answered_by = params.get("AnsweredBy").cloned();
-    let error_code = params.get("ErrorCode").cloned().filter(|c| !c.is_empty());
-    let sip = params.get("SipResponseCode").cloned();
-
     let result = state
         .hub
-        .update(&id, |rec| {
-            if !rec.provider_call_id.is_empty() && !sid.is_empty() && sid != rec.provider_call_id {
+        .update(&id, |rec| match lifecycle::on_provider_status(rec, &report) {
+            Reported::Ignored(Ignored::ForeignCallSid) => {
                 tracing::warn!(call_id = %rec.call_id, "status callback for another CallSid ignored");
-                return vec![];
+                vec![]
             }
-            if rec.provider_call_id.is_empty() {
-                rec.provider_call_id = sid.clone();
-            }
-            // Data that only ever grows is kept even from late callbacks.
-            if let Some(d) = duration {
-                rec.duration_seconds = rec.duration_seconds.max(d);
-            }
-            if let Some(a) = &answered_by {
-                rec.answered_by = a.clone();
-            }
-            if let Some(c) = &error_code {
-                rec.provider_error_code = c.clone();
-            }
-            // Callbacks are separate requests with no arrival-order guarantee
-            // (§2.1): a duplicate or older one changes nothing, and statuses
-            // only move forward; terminal ones are final.
-            if let (Some(s), Some(last)) = (seq, rec.last_provider_sequence)
-                && s <= last
-            {
-                return vec![];
-            }
-            if let Some(s) = seq {
-                rec.last_provider_sequence = Some(s);
-            }
-            if rec.status.is_terminal() || status.rank() <= rec.status.rank() {
-                return vec![];
-            }
-            let detail = status_detail(status, error_code.as_deref(), sip.as_deref(), &rec.end_reason);
-            let mut events = Vec::new();
-            if let Some(code) = &error_code {
-                events.push(EventKind::Error {
-                    code: format!("twilio_{code}"),
-                    message: format!("Twilio reported error {code} for this call"),
-                });
-            }
-            if status.is_terminal() && rec.end_reason.is_empty() {
-                rec.end_reason = detail.clone();
-            }
-            events.push(EventKind::Status { status, detail });
-            events
+            reported => reported.into_events(),
         })
         .await;
     match result {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(crate::call::hub::HubError::NotFound) => (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
+        Err(HubError::NotFound) => (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "status callback not stored");
             // 5xx makes Twilio retry later, which is what we want.
             (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
         }
-    }
-}
-
-fn status_detail(status: CallStatus, error: Option<&str>, sip: Option<&str>, end_reason: &str) -> String {
-    let base = match status {
-        CallStatus::Initiated => "dialling".to_string(),
-        CallStatus::Ringing => "ringing".to_string(),
-        CallStatus::InProgress => "answered".to_string(),
-        CallStatus::Completed if !end_reason.is_empty() => end_reason.to_string(),
-        CallStatus::Completed => "call ended".to_string(),
-        CallStatus::Busy => "the line was busy".to_string(),
-        CallStatus::NoAnswer => "nobody answered".to_string(),
-        CallStatus::Canceled if !end_reason.is_empty() => end_reason.to_string(),
-        CallStatus::Canceled => "canceled before it was answered".to_string(),
-        CallStatus::Failed => "the call could not be connected".to_string(),
-        CallStatus::Queued => "queued".to_string(),
-    };
-    match (error, sip) {
-        (Some(e), _) => format!("{base} (Twilio error {e})"),
-        (None, Some(s)) if status == CallStatus::Failed => format!("{base} (SIP {s})"),
-        _ => base,
     }
 }
 
@@ -283,15 +275,9 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 async fn media_upgrade(
     State(state): State<Arc<AppState>>,
     Path(call_id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
     ws: WebSocketUpgrade,
+    _signed: SignedTwilioUpgrade,
 ) -> Response {
-    // §3.3: signed over the wss:// URL with no params; try the trailing-slash
-    // variant too (the signature module does).
-    if !check_signature(&state, &headers, &signed_url(&state, &uri, true), &[]) {
-        return forbidden("media: bad or missing x-twilio-signature on the WebSocket upgrade");
-    }
     let Some(id) = CallId::parse(&call_id) else {
         return not_found().await;
     };

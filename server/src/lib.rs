@@ -10,6 +10,8 @@
 //! grpc.rs      VoiceAgentService: validation, domain ↔ protobuf (calls, server info), auth interceptor
 //! http.rs      Twilio webhooks (signed), media WebSocket upgrade, /metrics, static web UI, 404s
 //! call.rs      CallId, CallStatus, CallRecord, EventKind
+//!   call/lifecycle  status transitions, end reasons, the events they make (pure)
+//!   call/error      ErrorCode / NoticeCode: the codes clients see
 //!   call/hub   live calls: commit-then-broadcast fan-out, WatchCall streams
 //! store.rs     SQLite call store with migrations; append-only event log
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
@@ -326,7 +328,7 @@ impl Server {
 /// to a server that is gone (Twilio then plays its application-error message).
 /// Answered calls are their media bridges' to end.
 async fn cancel_unanswered(state: &AppState) {
-    use crate::call::{CallStatus, EventKind};
+    use crate::call::{CallStatus, ErrorCode, EventKind, lifecycle};
     let unanswered = state.hub.live_records().await.into_iter().filter(|r| {
         matches!(
             r.status,
@@ -340,22 +342,16 @@ async fn cancel_unanswered(state: &AppState) {
             && let Err(e) = state.telephony.hang_up(&rec.provider_call_id, false).await
         {
             tracing::warn!(call_id = %id, error = %e.message, "the call could not be cancelled at shutdown");
-            let error = EventKind::Error {
-                code: e
-                    .provider_code
-                    .as_ref()
-                    .map_or("telephony_error".into(), |c| format!("twilio_{c}")),
-                message: format!("cancelling the call at shutdown failed: {}", e.message),
-            };
+            let error = EventKind::error(
+                ErrorCode::from_provider(e.provider_code.as_deref()),
+                format!("cancelling the call at shutdown failed: {}", e.message),
+            );
             if let Err(e) = state.hub.publish(id, error).await {
                 tracing::error!(call_id = %id, error = %e, "the failed cancel was not stored");
             }
         }
-        if let Err(e) = state
-            .hub
-            .set_status(id, CallStatus::Canceled, bridge::SHUTDOWN_REASON)
-            .await
-        {
+        let cancel = |r: &mut call::CallRecord| lifecycle::end(r, lifecycle::Ending::Canceled, bridge::SHUTDOWN_REASON);
+        if let Err(e) = state.hub.update(id, cancel).await {
             tracing::error!(call_id = %id, error = %e, "the cancel at shutdown was not stored");
         }
     });

@@ -1,5 +1,7 @@
 //! The hub of live calls: every change to a call goes through here, is
-//! committed to the store, and only then is broadcast to watchers.
+//! committed to the store, and only then is broadcast to watchers. What a
+//! change is, the caller decides (with [`crate::call::lifecycle`]); the hub
+//! only applies it.
 //!
 //! Per live call there is one async mutex around its record, so events get
 //! their sequence numbers and reach the store and the broadcast channel in the
@@ -15,7 +17,7 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
+use crate::call::{CallEvent, CallId, CallRecord, EventKind, lifecycle};
 use crate::store::{Store, StoreError};
 
 /// Events buffered per live call for watchers that are momentarily behind.
@@ -100,18 +102,10 @@ impl CallHub {
         let stale = self.store.unfinished_calls().await?;
         let n = stale.len();
         for mut record in stale {
-            let now = Utc::now();
-            let kind = EventKind::Status {
-                status: CallStatus::Failed,
-                detail: "the server restarted while the call was live".into(),
-            };
-            record.apply(&kind, now);
-            let ev = CallEvent {
-                sequence: record.event_count,
-                time: now,
-                kind,
-            };
-            self.store.commit(record, vec![ev]).await?;
+            let events = stamp(&mut record, |r| {
+                lifecycle::end(r, lifecycle::Ending::Failed, lifecycle::RESTART_REASON)
+            });
+            self.store.commit(record, events).await?;
         }
         Ok(n)
     }
@@ -214,29 +208,6 @@ impl CallHub {
     /// Appends one event.
     pub async fn publish(&self, id: &CallId, kind: EventKind) -> Result<Option<CallEvent>, HubError> {
         Ok(self.update(id, |_| vec![kind]).await?.into_iter().next())
-    }
-
-    /// Moves the call to `status` if that is a step forward (statuses never go
-    /// back, terminal ones are final); returns whether it changed.
-    pub async fn set_status(
-        &self,
-        id: &CallId,
-        status: CallStatus,
-        detail: impl Into<String>,
-    ) -> Result<bool, HubError> {
-        let detail = detail.into();
-        let events = self
-            .update(id, |rec| {
-                if rec.status.is_terminal() || status.rank() <= rec.status.rank() {
-                    return vec![];
-                }
-                if status.is_terminal() && rec.end_reason.is_empty() && !detail.is_empty() {
-                    rec.end_reason = detail.clone();
-                }
-                vec![EventKind::Status { status, detail }]
-            })
-            .await?;
-        Ok(!events.is_empty())
     }
 
     /// Streams a call's events after `after`: history, then live, ending after

@@ -1,0 +1,169 @@
+//! The `code` of the error and notice events clients see (`CallError.code`,
+//! `Notice.code`). Every code the server emits is a variant here, spelled once
+//! in [`ErrorCode::as_str`] / [`NoticeCode::as_str`]: clients match on these
+//! strings, so they must never change.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// The stable code of an [`crate::call::EventKind::Error`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Twilio reported an error of its own (REST or status callback):
+    /// `twilio_{code}`. Kept as Twilio sent it (digits, e.g. `21211`), so the
+    /// text on the wire is exactly Twilio's code.
+    Twilio(String),
+    /// The telephony provider failed without a code of its own: `telephony_error`.
+    Telephony,
+    /// Twilio sent no `start` in time after the media upgrade: `media_no_start`.
+    MediaNoStart,
+    /// The media stream closed before `start`: `media_closed`.
+    MediaClosed,
+    /// The media stream's `start` named another call or carried a wrong secret: `media_refused`.
+    MediaRefused,
+    /// Reading or writing the media stream failed: `media_socket_error`.
+    MediaSocketError,
+    /// Twilio sent a message we could not read: `media_malformed`.
+    MediaMalformed,
+    /// The realtime AI refused our credentials: `ai_auth_failed`.
+    AiAuthFailed,
+    /// The realtime AI refused the session: `ai_refused`.
+    AiRefused,
+    /// The realtime AI could not be reached or timed out: `ai_unavailable`.
+    AiUnavailable,
+    /// The realtime AI closed the connection mid-call: `ai_disconnected`.
+    AiDisconnected,
+    /// The realtime AI's socket stopped taking data: `ai_socket_error`.
+    AiSocketError,
+    /// The callee's words could not be transcribed: `ai_transcription_failed`.
+    AiTranscriptionFailed,
+    /// An `error` event of the realtime AI: `ai_` + its code (or its type when
+    /// it has no code), e.g. `ai_invalid_request_error`.
+    Ai(String),
+}
+
+impl ErrorCode {
+    /// The code of a telephony failure: Twilio's own code when it gave one
+    /// (an empty one counts as none), `telephony_error` otherwise.
+    pub fn from_provider(provider_code: Option<&str>) -> Self {
+        match provider_code {
+            Some(code) if !code.is_empty() => Self::Twilio(code.to_string()),
+            _ => Self::Telephony,
+        }
+    }
+
+    /// The text clients see.
+    pub fn as_str(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Self::Twilio(code) => return Cow::Owned(format!("twilio_{code}")),
+            Self::Ai(code) => return Cow::Owned(format!("ai_{code}")),
+            Self::Telephony => "telephony_error",
+            Self::MediaNoStart => "media_no_start",
+            Self::MediaClosed => "media_closed",
+            Self::MediaRefused => "media_refused",
+            Self::MediaSocketError => "media_socket_error",
+            Self::MediaMalformed => "media_malformed",
+            Self::AiAuthFailed => "ai_auth_failed",
+            Self::AiRefused => "ai_refused",
+            Self::AiUnavailable => "ai_unavailable",
+            Self::AiDisconnected => "ai_disconnected",
+            Self::AiSocketError => "ai_socket_error",
+            Self::AiTranscriptionFailed => "ai_transcription_failed",
+        })
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.as_str())
+    }
+}
+
+impl From<ErrorCode> for String {
+    fn from(code: ErrorCode) -> Self {
+        code.as_str().into_owned()
+    }
+}
+
+/// The stable code of an [`crate::call::EventKind::Notice`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NoticeCode {
+    /// The call went to a built-in emulator: `emulated`.
+    Emulated,
+    /// The realtime AI dropped and the call carried on with a new session: `ai_reconnected`.
+    AiReconnected,
+}
+
+impl NoticeCode {
+    /// The text clients see.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Emulated => "emulated",
+            Self::AiReconnected => "ai_reconnected",
+        }
+    }
+}
+
+impl fmt::Display for NoticeCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<NoticeCode> for String {
+    fn from(code: NoticeCode) -> Self {
+        code.as_str().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_the_strings_clients_see() {
+        let table = [
+            (ErrorCode::Twilio("21211".into()), "twilio_21211"),
+            (ErrorCode::Twilio("30008".into()), "twilio_30008"),
+            (ErrorCode::Telephony, "telephony_error"),
+            (ErrorCode::MediaNoStart, "media_no_start"),
+            (ErrorCode::MediaClosed, "media_closed"),
+            (ErrorCode::MediaRefused, "media_refused"),
+            (ErrorCode::MediaSocketError, "media_socket_error"),
+            (ErrorCode::MediaMalformed, "media_malformed"),
+            (ErrorCode::AiAuthFailed, "ai_auth_failed"),
+            (ErrorCode::AiRefused, "ai_refused"),
+            (ErrorCode::AiUnavailable, "ai_unavailable"),
+            (ErrorCode::AiDisconnected, "ai_disconnected"),
+            (ErrorCode::AiSocketError, "ai_socket_error"),
+            (ErrorCode::AiTranscriptionFailed, "ai_transcription_failed"),
+            (
+                ErrorCode::Ai("invalid_request_error".into()),
+                "ai_invalid_request_error",
+            ),
+        ];
+        for (code, text) in table {
+            assert_eq!(code.as_str(), text);
+            assert_eq!(code.to_string(), text);
+            assert_eq!(String::from(code), text);
+        }
+    }
+
+    #[test]
+    fn provider_failures_carry_twilios_code_or_the_generic_one() {
+        assert_eq!(
+            ErrorCode::from_provider(Some("21211")),
+            ErrorCode::Twilio("21211".into())
+        );
+        assert_eq!(ErrorCode::from_provider(Some("21211")).as_str(), "twilio_21211");
+        assert_eq!(ErrorCode::from_provider(Some("")).as_str(), "telephony_error");
+        assert_eq!(ErrorCode::from_provider(None).as_str(), "telephony_error");
+    }
+
+    #[test]
+    fn notice_codes_are_the_strings_clients_see() {
+        assert_eq!(NoticeCode::Emulated.as_str(), "emulated");
+        assert_eq!(NoticeCode::AiReconnected.to_string(), "ai_reconnected");
+        assert_eq!(String::from(NoticeCode::Emulated), "emulated");
+    }
+}

@@ -1,0 +1,751 @@
+//! The life cycle of a call, as pure decisions: given the record and what
+//! happened, how the record changes and which events describe the change.
+//! No I/O here: the [`crate::call::hub`] applies the decision (commits the
+//! record with the events, then broadcasts them), and the edges (HTTP, gRPC,
+//! the media bridge) only translate what they received into these operations.
+//!
+//! The rules, in one place:
+//! - statuses only move forward along [`CallStatus::rank`], and a terminal
+//!   status is final;
+//! - the provider's status callbacks arrive in any order (protocols.md §2.1):
+//!   a duplicate or older `SequenceNumber` changes no status, but data that
+//!   only grows (duration, answering-machine result, error code) is kept even
+//!   from a late callback; a callback for another CallSid changes nothing;
+//! - a call has exactly one end reason: the first one recorded
+//!   ([`note_end_reason`]) wins.
+
+use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind};
+
+/// The end reason of a call hung up through the API.
+pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
+/// The end reason of a call found live when the server started again.
+pub const RESTART_REASON: &str = "the server restarted while the call was live";
+
+/// A status callback of the telephony provider, parsed (protocols.md §2.1).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderStatus {
+    /// The provider's id of the call (`CallSid`), when given.
+    pub call_sid: Option<String>,
+    /// The reported status (`CallStatus`).
+    pub status: CallStatus,
+    /// The order the provider fired its callbacks in (`SequenceNumber`, from 0).
+    pub sequence: Option<u64>,
+    /// Answered duration, seconds (`CallDuration`).
+    pub duration_secs: Option<u32>,
+    /// Answering-machine detection result (`AnsweredBy`).
+    pub answered_by: Option<String>,
+    /// The provider's error code of a failure (`ErrorCode`), never empty.
+    pub error_code: Option<String>,
+    /// The SIP response code (`SipResponseCode`).
+    pub sip_response_code: Option<String>,
+}
+
+/// Why a status callback moved nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ignored {
+    /// It names another call of the provider; the record is untouched.
+    ForeignCallSid,
+    /// Its `SequenceNumber` is not newer than one applied already.
+    StaleSequence,
+    /// Its status is not a step forward (or the call has ended).
+    NotForward,
+}
+
+/// What a status callback did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reported {
+    /// The call moved on: these events describe it.
+    Advanced(Vec<EventKind>),
+    /// No status change (data that only grows may still have been kept).
+    Ignored(Ignored),
+}
+
+impl Reported {
+    /// The events to store (none when ignored).
+    pub fn into_events(self) -> Vec<EventKind> {
+        match self {
+            Self::Advanced(events) => events,
+            Self::Ignored(_) => Vec::new(),
+        }
+    }
+}
+
+/// The terminal statuses a call ends with when we end it (the others, busy
+/// and no-answer, only the provider reports).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Answered, and over.
+    Completed,
+    /// Ended before it was answered.
+    Canceled,
+    /// Could not be placed or broke down.
+    Failed,
+}
+
+impl From<Ending> for CallStatus {
+    fn from(e: Ending) -> Self {
+        match e {
+            Ending::Completed => CallStatus::Completed,
+            Ending::Canceled => CallStatus::Canceled,
+            Ending::Failed => CallStatus::Failed,
+        }
+    }
+}
+
+/// The first events of a call just stored: queued, and a notice when an
+/// emulator answers it (`emulation` is the summary to show).
+pub fn placed(rec: &CallRecord, emulation: Option<String>) -> Vec<EventKind> {
+    let mut events = vec![EventKind::Status {
+        status: CallStatus::Queued,
+        detail: queued_detail(&rec.to, rec.backend),
+    }];
+    if let Some(summary) = emulation {
+        events.push(EventKind::notice(crate::call::NoticeCode::Emulated, summary));
+    }
+    events
+}
+
+fn queued_detail(to: &str, backend: Backend) -> String {
+    format!("calling {to} via {}", backend.as_str())
+}
+
+/// The provider accepted the call under `provider_call_id`.
+pub fn dialed(rec: &mut CallRecord, provider_call_id: String) -> Vec<EventKind> {
+    rec.provider_call_id = provider_call_id;
+    Vec::new()
+}
+
+/// The provider refused to place the call: the call fails with the
+/// provider's message, its error code is kept, and watchers see the error.
+pub fn dial_refused(rec: &mut CallRecord, provider_code: Option<&str>, message: &str) -> Vec<EventKind> {
+    rec.provider_error_code = provider_code.unwrap_or_default().to_string();
+    fail(
+        rec,
+        &format!("the telephony provider refused the call: {message}"),
+        Some((ErrorCode::from_provider(provider_code), message.to_string())),
+    )
+}
+
+/// A provider status callback: see the module doc for the rules.
+pub fn on_provider_status(rec: &mut CallRecord, report: &ProviderStatus) -> Reported {
+    let sid = report.call_sid.as_deref().filter(|s| !s.is_empty());
+    if let Some(sid) = sid
+        && !rec.provider_call_id.is_empty()
+        && sid != rec.provider_call_id
+    {
+        return Reported::Ignored(Ignored::ForeignCallSid);
+    }
+    if let Some(sid) = sid
+        && rec.provider_call_id.is_empty()
+    {
+        rec.provider_call_id = sid.to_string();
+    }
+    // Data that only ever grows is kept even from late callbacks.
+    if let Some(d) = report.duration_secs {
+        rec.duration_seconds = rec.duration_seconds.max(d);
+    }
+    if let Some(a) = &report.answered_by {
+        rec.answered_by = a.clone();
+    }
+    if let Some(c) = &report.error_code {
+        rec.provider_error_code = c.clone();
+    }
+    if let (Some(s), Some(last)) = (report.sequence, rec.last_provider_sequence)
+        && s <= last
+    {
+        return Reported::Ignored(Ignored::StaleSequence);
+    }
+    if let Some(s) = report.sequence {
+        rec.last_provider_sequence = Some(s);
+    }
+    let status = report.status;
+    if !is_forward(rec.status, status) {
+        return Reported::Ignored(Ignored::NotForward);
+    }
+    let detail = status_detail(
+        status,
+        report.error_code.as_deref(),
+        report.sip_response_code.as_deref(),
+        &rec.end_reason,
+    );
+    let mut events = Vec::new();
+    if let Some(code) = &report.error_code {
+        events.push(EventKind::error(
+            ErrorCode::Twilio(code.clone()),
+            format!("Twilio reported error {code} for this call"),
+        ));
+    }
+    if status.is_terminal() {
+        note_end_reason(rec, &detail);
+    }
+    events.push(EventKind::Status { status, detail });
+    Reported::Advanced(events)
+}
+
+/// Whether a call in `current` may move to `next`: only forward, and never
+/// out of a terminal status.
+pub fn is_forward(current: CallStatus, next: CallStatus) -> bool {
+    !current.is_terminal() && next.rank() > current.rank()
+}
+
+/// Records why the call ends, unless a reason is recorded already: the first
+/// reason wins (what caused the end, not what followed from it). An empty
+/// reason records nothing. Returns whether `reason` was recorded.
+pub fn note_end_reason(rec: &mut CallRecord, reason: &str) -> bool {
+    if !rec.end_reason.is_empty() || reason.is_empty() {
+        return false;
+    }
+    rec.end_reason = reason.to_string();
+    true
+}
+
+/// The end reason of a terminal status that came without one.
+pub fn default_end_reason(status: CallStatus) -> String {
+    status.name().to_ascii_lowercase().replace('_', " ")
+}
+
+/// A hang-up through the API was asked for: recorded as the end reason (the
+/// call itself ends when the provider reports it, or by [`end`] when the
+/// provider has no call yet).
+pub fn hang_up_requested(rec: &mut CallRecord) -> Vec<EventKind> {
+    note_end_reason(rec, HANG_UP_REASON);
+    Vec::new()
+}
+
+/// Ends a call that has not ended yet, with `reason` as the event's detail
+/// (and as the end reason, unless one is recorded already). A call that has
+/// ended already stays as it is.
+pub fn end(rec: &mut CallRecord, ending: Ending, reason: &str) -> Vec<EventKind> {
+    if rec.status.is_terminal() {
+        return Vec::new();
+    }
+    note_end_reason(rec, reason);
+    vec![EventKind::Status {
+        status: ending.into(),
+        detail: reason.to_string(),
+    }]
+}
+
+/// Like [`end`], but the event says the recorded end reason (`fallback` when
+/// none is recorded): for ending a call on the provider's behalf, after
+/// whatever ended it has recorded why.
+pub fn end_with_recorded_reason(rec: &mut CallRecord, ending: Ending, fallback: &str) -> Vec<EventKind> {
+    note_end_reason(rec, fallback);
+    let reason = rec.end_reason.clone();
+    end(rec, ending, &reason)
+}
+
+/// Fails the call with `reason`; `error` (code, message) is reported first,
+/// even when the call has ended already, since it did happen.
+pub fn fail(rec: &mut CallRecord, reason: &str, error: Option<(ErrorCode, String)>) -> Vec<EventKind> {
+    let mut events: Vec<EventKind> = error
+        .into_iter()
+        .map(|(code, message)| EventKind::error(code, message))
+        .collect();
+    events.extend(end(rec, Ending::Failed, reason));
+    events
+}
+
+/// The detail text of a reported status. A normal end or a cancel says the
+/// recorded end reason when there is one (the provider does not know why we
+/// hung up); the provider's error code, or the SIP code of a failure, is added.
+fn status_detail(status: CallStatus, error: Option<&str>, sip: Option<&str>, end_reason: &str) -> String {
+    let base = match status {
+        CallStatus::Initiated => "dialling",
+        CallStatus::Ringing => "ringing",
+        CallStatus::InProgress => "answered",
+        CallStatus::Completed | CallStatus::Canceled if !end_reason.is_empty() => end_reason,
+        CallStatus::Completed => "call ended",
+        CallStatus::Busy => "the line was busy",
+        CallStatus::NoAnswer => "nobody answered",
+        CallStatus::Canceled => "canceled before it was answered",
+        CallStatus::Failed => "the call could not be connected",
+        CallStatus::Queued => "queued",
+    };
+    match (error, sip) {
+        (Some(e), _) => format!("{base} (Twilio error {e})"),
+        (None, Some(s)) if status == CallStatus::Failed => format!("{base} (SIP {s})"),
+        _ => base.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::call::CallId;
+
+    const SID: &str = "CA11111111111111111111111111111111";
+    const OTHER_SID: &str = "CA22222222222222222222222222222222";
+
+    /// The order of the transition table below.
+    const ALL: [CallStatus; 9] = [
+        CallStatus::Queued,
+        CallStatus::Initiated,
+        CallStatus::Ringing,
+        CallStatus::InProgress,
+        CallStatus::Completed,
+        CallStatus::Busy,
+        CallStatus::NoAnswer,
+        CallStatus::Canceled,
+        CallStatus::Failed,
+    ];
+
+    fn record(status: CallStatus) -> CallRecord {
+        CallRecord {
+            call_id: CallId::new(),
+            to: "+14155551212".into(),
+            from: "+15005550006".into(),
+            backend: Backend::VoiceLive,
+            status,
+            provider_call_id: SID.into(),
+            metadata: BTreeMap::new(),
+            created_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            emulated: true,
+            end_reason: String::new(),
+            instructions: String::new(),
+            voice: String::new(),
+            greeting: String::new(),
+            max_duration_secs: 600,
+            duration_seconds: 0,
+            answered_by: String::new(),
+            provider_error_code: String::new(),
+            turn_latency_p50_ms: 0,
+            turn_latency_p95_ms: 0,
+            event_count: 0,
+            stream_secret: "s".into(),
+            last_provider_sequence: None,
+            turn_latencies_ms: vec![],
+        }
+    }
+
+    fn report(status: CallStatus) -> ProviderStatus {
+        ProviderStatus {
+            call_sid: Some(SID.into()),
+            status,
+            sequence: None,
+            duration_secs: None,
+            answered_by: None,
+            error_code: None,
+            sip_response_code: None,
+        }
+    }
+
+    /// Applies the events to the record as the hub does.
+    fn apply(rec: &mut CallRecord, events: &[EventKind]) {
+        for ev in events {
+            rec.apply(ev, Utc::now());
+        }
+    }
+
+    /// Runs a callback through the domain and applies what it decided.
+    fn callback(rec: &mut CallRecord, r: &ProviderStatus) -> Reported {
+        let out = on_provider_status(rec, r);
+        if let Reported::Advanced(events) = &out {
+            apply(rec, events);
+        }
+        out
+    }
+
+    fn statuses(events: &[EventKind]) -> Vec<CallStatus> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                EventKind::Status { status, .. } => Some(*status),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn detail(events: &[EventKind]) -> &str {
+        match events.last() {
+            Some(EventKind::Status { detail, .. }) => detail,
+            other => panic!("no status event: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_reported_status_from_every_status_advances_or_is_ignored() {
+        // Rows: the current status; columns: the reported one, in the order
+        // of ALL (queued, initiated, ringing, in-progress, completed, busy,
+        // no-answer, canceled, failed). A = advances, . = ignored.
+        let table = [
+            (CallStatus::Queued, ".AAAAAAAA"),
+            (CallStatus::Initiated, "..AAAAAAA"),
+            (CallStatus::Ringing, "...AAAAAA"),
+            (CallStatus::InProgress, "....AAAAA"),
+            (CallStatus::Completed, "........."),
+            (CallStatus::Busy, "........."),
+            (CallStatus::NoAnswer, "........."),
+            (CallStatus::Canceled, "........."),
+            (CallStatus::Failed, "........."),
+        ];
+        assert_eq!(table.len(), ALL.len());
+        for (current, row) in table {
+            for (reported, cell) in ALL.iter().copied().zip(row.chars()) {
+                let mut rec = record(current);
+                let out = callback(&mut rec, &report(reported));
+                match cell {
+                    'A' => {
+                        let Reported::Advanced(events) = &out else {
+                            panic!("{current:?} + {reported:?}: expected a step, got {out:?}");
+                        };
+                        assert_eq!(statuses(events), vec![reported], "{current:?} + {reported:?}");
+                        assert_eq!(rec.status, reported, "{current:?} + {reported:?}");
+                        assert_eq!(rec.ended_at.is_some(), reported.is_terminal());
+                        assert_eq!(!rec.end_reason.is_empty(), reported.is_terminal());
+                    }
+                    _ => {
+                        assert_eq!(
+                            out,
+                            Reported::Ignored(Ignored::NotForward),
+                            "{current:?} + {reported:?}"
+                        );
+                        assert_eq!(rec.status, current, "{current:?} + {reported:?}");
+                        assert_eq!(rec.event_count, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_whole_call_in_order_and_answered_at_is_set_once() {
+        let mut rec = record(CallStatus::Queued);
+        for (seq, status) in [
+            CallStatus::Initiated,
+            CallStatus::Ringing,
+            CallStatus::InProgress,
+            CallStatus::Completed,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = ProviderStatus {
+                sequence: Some(seq as u64),
+                ..report(status)
+            };
+            assert!(matches!(callback(&mut rec, &r), Reported::Advanced(_)), "{status:?}");
+        }
+        assert_eq!(rec.status, CallStatus::Completed);
+        assert_eq!(rec.last_provider_sequence, Some(3));
+        assert!(rec.answered_at.is_some() && rec.ended_at.is_some());
+        assert_eq!(rec.end_reason, "call ended");
+        assert_eq!(rec.event_count, 4);
+    }
+
+    #[test]
+    fn duplicate_and_older_sequences_change_no_status() {
+        let mut rec = record(CallStatus::Queued);
+        let ringing = ProviderStatus {
+            sequence: Some(1),
+            ..report(CallStatus::Ringing)
+        };
+        assert!(matches!(callback(&mut rec, &ringing), Reported::Advanced(_)));
+        // The same callback again (a retry) changes nothing.
+        assert_eq!(callback(&mut rec, &ringing), Reported::Ignored(Ignored::StaleSequence));
+        // An older one carrying a later status still changes nothing: its
+        // sequence says it was fired before what we have.
+        let older = ProviderStatus {
+            sequence: Some(0),
+            ..report(CallStatus::Completed)
+        };
+        assert_eq!(callback(&mut rec, &older), Reported::Ignored(Ignored::StaleSequence));
+        assert_eq!(rec.status, CallStatus::Ringing);
+        assert_eq!(rec.last_provider_sequence, Some(1));
+        assert_eq!(rec.event_count, 1);
+        // A newer sequence with a status that is not forward is remembered
+        // but moves nothing.
+        let newer_back = ProviderStatus {
+            sequence: Some(5),
+            ..report(CallStatus::Initiated)
+        };
+        assert_eq!(callback(&mut rec, &newer_back), Reported::Ignored(Ignored::NotForward));
+        assert_eq!(rec.last_provider_sequence, Some(5));
+        assert_eq!(rec.status, CallStatus::Ringing);
+    }
+
+    #[test]
+    fn late_callbacks_keep_data_that_only_grows() {
+        let mut rec = record(CallStatus::Queued);
+        let completed = ProviderStatus {
+            sequence: Some(3),
+            duration_secs: Some(42),
+            ..report(CallStatus::Completed)
+        };
+        assert!(matches!(callback(&mut rec, &completed), Reported::Advanced(_)));
+        // Fired earlier, arriving last: status ignored, its data kept, and a
+        // duration never shrinks.
+        let late = ProviderStatus {
+            sequence: Some(2),
+            duration_secs: Some(7),
+            answered_by: Some("human".into()),
+            error_code: Some("31005".into()),
+            ..report(CallStatus::InProgress)
+        };
+        assert_eq!(callback(&mut rec, &late), Reported::Ignored(Ignored::StaleSequence));
+        assert_eq!(rec.status, CallStatus::Completed);
+        assert_eq!(rec.duration_seconds, 42);
+        assert_eq!(rec.answered_by, "human");
+        assert_eq!(rec.provider_error_code, "31005");
+        let longer = ProviderStatus {
+            sequence: Some(4),
+            duration_secs: Some(43),
+            ..report(CallStatus::Completed)
+        };
+        assert_eq!(callback(&mut rec, &longer), Reported::Ignored(Ignored::NotForward));
+        assert_eq!(rec.duration_seconds, 43);
+        assert_eq!(rec.event_count, 1, "no event for data alone");
+    }
+
+    #[test]
+    fn a_foreign_callsid_changes_nothing() {
+        let mut rec = record(CallStatus::Ringing);
+        rec.last_provider_sequence = Some(1);
+        let before = rec.clone();
+        let foreign = ProviderStatus {
+            call_sid: Some(OTHER_SID.into()),
+            sequence: Some(9),
+            duration_secs: Some(42),
+            answered_by: Some("machine_start".into()),
+            error_code: Some("31005".into()),
+            ..report(CallStatus::Failed)
+        };
+        assert_eq!(callback(&mut rec, &foreign), Reported::Ignored(Ignored::ForeignCallSid));
+        assert_eq!(rec, before);
+    }
+
+    #[test]
+    fn the_callsid_is_adopted_when_not_known_yet() {
+        let mut rec = record(CallStatus::Queued);
+        rec.provider_call_id.clear();
+        let r = ProviderStatus {
+            call_sid: Some(OTHER_SID.into()),
+            ..report(CallStatus::Initiated)
+        };
+        assert!(matches!(callback(&mut rec, &r), Reported::Advanced(_)));
+        assert_eq!(rec.provider_call_id, OTHER_SID);
+        // Without a CallSid the callback is taken as the call's own.
+        let mut rec = record(CallStatus::Queued);
+        let r = ProviderStatus {
+            call_sid: None,
+            ..report(CallStatus::Ringing)
+        };
+        assert!(matches!(callback(&mut rec, &r), Reported::Advanced(_)));
+        assert_eq!(rec.provider_call_id, SID);
+    }
+
+    #[test]
+    fn detail_texts_of_reported_statuses() {
+        // Reported status, ErrorCode, SipResponseCode, recorded end reason → detail.
+        type Case = (
+            CallStatus,
+            Option<&'static str>,
+            Option<&'static str>,
+            &'static str,
+            &'static str,
+        );
+        let cases: [Case; 12] = [
+            (CallStatus::Initiated, None, None, "", "dialling"),
+            (CallStatus::Ringing, None, None, "", "ringing"),
+            (CallStatus::InProgress, None, None, "", "answered"),
+            (CallStatus::Completed, None, None, "", "call ended"),
+            (
+                CallStatus::Completed,
+                None,
+                Some("200"),
+                "the agent ended the call",
+                "the agent ended the call",
+            ),
+            (CallStatus::Busy, None, Some("486"), "", "the line was busy"),
+            (CallStatus::NoAnswer, None, None, "", "nobody answered"),
+            (CallStatus::Canceled, None, None, "", "canceled before it was answered"),
+            (CallStatus::Canceled, None, None, HANG_UP_REASON, HANG_UP_REASON),
+            (
+                CallStatus::Failed,
+                None,
+                Some("404"),
+                "",
+                "the call could not be connected (SIP 404)",
+            ),
+            (
+                CallStatus::Failed,
+                Some("31005"),
+                Some("500"),
+                "",
+                "the call could not be connected (Twilio error 31005)",
+            ),
+            (
+                CallStatus::Busy,
+                Some("31486"),
+                None,
+                "",
+                "the line was busy (Twilio error 31486)",
+            ),
+        ];
+        for (status, error, sip, end_reason, expected) in cases {
+            let mut rec = record(CallStatus::Queued);
+            rec.end_reason = end_reason.to_string();
+            let r = ProviderStatus {
+                error_code: error.map(String::from),
+                sip_response_code: sip.map(String::from),
+                ..report(status)
+            };
+            let events = on_provider_status(&mut rec, &r).into_events();
+            assert_eq!(detail(&events), expected, "{status:?} {error:?} {sip:?}");
+        }
+    }
+
+    #[test]
+    fn a_reported_error_becomes_an_error_event_before_the_status() {
+        let mut rec = record(CallStatus::Ringing);
+        let r = ProviderStatus {
+            error_code: Some("31005".into()),
+            ..report(CallStatus::Failed)
+        };
+        let Reported::Advanced(events) = callback(&mut rec, &r) else {
+            panic!("a failure after ringing is a step");
+        };
+        assert_eq!(
+            events,
+            vec![
+                EventKind::Error {
+                    code: "twilio_31005".into(),
+                    message: "Twilio reported error 31005 for this call".into(),
+                },
+                EventKind::Status {
+                    status: CallStatus::Failed,
+                    detail: "the call could not be connected (Twilio error 31005)".into(),
+                },
+            ]
+        );
+        assert_eq!(rec.provider_error_code, "31005");
+        assert_eq!(rec.end_reason, "the call could not be connected (Twilio error 31005)");
+    }
+
+    #[test]
+    fn the_first_end_reason_wins() {
+        // The agent ends the call; the provider's completion then says so.
+        let mut rec = record(CallStatus::InProgress);
+        assert!(note_end_reason(&mut rec, "the agent ended the call"));
+        assert!(!note_end_reason(&mut rec, HANG_UP_REASON));
+        let events = on_provider_status(&mut rec, &report(CallStatus::Completed)).into_events();
+        apply(&mut rec, &events);
+        assert_eq!(detail(&events), "the agent ended the call");
+        assert_eq!(rec.end_reason, "the agent ended the call");
+
+        // Ending it ourselves: the event says what happened now, the record
+        // keeps the first reason.
+        let mut rec = record(CallStatus::Ringing);
+        hang_up_requested(&mut rec);
+        let events = end(&mut rec, Ending::Canceled, "the server is shutting down");
+        apply(&mut rec, &events);
+        assert_eq!(detail(&events), "the server is shutting down");
+        assert_eq!(rec.status, CallStatus::Canceled);
+        assert_eq!(rec.end_reason, HANG_UP_REASON);
+
+        // ... or says the recorded reason.
+        let mut rec = record(CallStatus::InProgress);
+        note_end_reason(&mut rec, "the call reached its maximum duration (600 s)");
+        let events = end_with_recorded_reason(&mut rec, Ending::Completed, "the server is shutting down");
+        apply(&mut rec, &events);
+        assert_eq!(detail(&events), "the call reached its maximum duration (600 s)");
+        let mut rec = record(CallStatus::InProgress);
+        let events = end_with_recorded_reason(&mut rec, Ending::Completed, "the server is shutting down");
+        assert_eq!(detail(&events), "the server is shutting down");
+        assert_eq!(rec.end_reason, "the server is shutting down");
+
+        // An empty reason records nothing; a status without a detail gets its name.
+        let mut rec = record(CallStatus::Ringing);
+        assert!(!note_end_reason(&mut rec, ""));
+        apply(
+            &mut rec,
+            &[EventKind::Status {
+                status: CallStatus::NoAnswer,
+                detail: String::new(),
+            }],
+        );
+        assert_eq!(rec.end_reason, "no answer");
+    }
+
+    #[test]
+    fn an_ended_call_stays_ended() {
+        for status in ALL.into_iter().filter(|s| s.is_terminal()) {
+            let mut rec = record(status);
+            rec.end_reason = "first".into();
+            assert!(end(&mut rec, Ending::Completed, "later").is_empty(), "{status:?}");
+            assert!(end(&mut rec, Ending::Failed, "later").is_empty(), "{status:?}");
+            // The error did happen, so it is still reported; the status is not.
+            let events = fail(&mut rec, "later", Some((ErrorCode::Telephony, "boom".into())));
+            assert_eq!(
+                events,
+                vec![EventKind::Error {
+                    code: "telephony_error".into(),
+                    message: "boom".into()
+                }]
+            );
+            assert_eq!(rec.status, status);
+            assert_eq!(rec.end_reason, "first");
+        }
+    }
+
+    #[test]
+    fn a_refused_dial_fails_the_call_with_the_providers_code() {
+        let mut rec = record(CallStatus::Queued);
+        rec.provider_call_id.clear();
+        let events = dial_refused(&mut rec, Some("21211"), "invalid 'To' number (Twilio 21211)");
+        apply(&mut rec, &events);
+        assert_eq!(
+            events,
+            vec![
+                EventKind::Error {
+                    code: "twilio_21211".into(),
+                    message: "invalid 'To' number (Twilio 21211)".into(),
+                },
+                EventKind::Status {
+                    status: CallStatus::Failed,
+                    detail: "the telephony provider refused the call: invalid 'To' number (Twilio 21211)".into(),
+                },
+            ]
+        );
+        assert_eq!(rec.status, CallStatus::Failed);
+        assert_eq!(rec.provider_error_code, "21211");
+        assert_eq!(
+            rec.end_reason,
+            "the telephony provider refused the call: invalid 'To' number (Twilio 21211)"
+        );
+
+        let mut rec = record(CallStatus::Queued);
+        let events = dial_refused(&mut rec, None, "timed out");
+        assert!(
+            matches!(&events[0], EventKind::Error { code, .. } if code == "telephony_error"),
+            "{events:?}"
+        );
+        assert_eq!(rec.provider_error_code, "");
+    }
+
+    #[test]
+    fn a_placed_call_starts_queued_and_says_when_it_is_emulated() {
+        let rec = record(CallStatus::Queued);
+        assert_eq!(
+            placed(&rec, None),
+            vec![EventKind::Status {
+                status: CallStatus::Queued,
+                detail: "calling +14155551212 via voice-live".into(),
+            }]
+        );
+        let events = placed(&rec, Some("emulated call".into()));
+        assert_eq!(
+            events[1],
+            EventKind::Notice {
+                code: "emulated".into(),
+                message: "emulated call".into()
+            }
+        );
+    }
+}
