@@ -10,6 +10,14 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "no unused dependencies (cargo-machete)"
+if command -v cargo-machete >/dev/null 2>&1; then
+  cargo machete
+else
+  echo "cargo-machete is not installed: cargo install --locked cargo-machete" >&2
+  exit 1
+fi
+
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
