@@ -195,7 +195,12 @@ struct Ai {
 impl Ai {
     /// One more session the bridge may open; the test's end of it.
     fn session(&self) -> Far<AiMessage> {
-        let (pipe, far) = pipe(1024);
+        self.session_taking(1024)
+    }
+
+    /// A session that takes at most `capacity` unread messages.
+    fn session_taking(&self, capacity: usize) -> Far<AiMessage> {
+        let (pipe, far) = pipe(capacity);
         self.sessions.lock().unwrap().push_back(pipe);
         far
     }
@@ -676,6 +681,43 @@ async fn the_first_end_reason_stays() {
         .await;
     assert_eq!(world.stored().await.end_reason, "the callee hung up");
     assert_eq!(world.errors().await[0].0, "ai_session_expired");
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ai_that_stops_reading_gets_one_reconnect_then_an_apology_naming_it() {
+    let world = World::new(600).await;
+    // Both sessions take 8 messages and then nothing: the test never reads them.
+    let sessions = [world.ai.session_taking(8), world.ai.session_taking(8)];
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            for _ in 0..20 {
+                far.send(callee_audio()).await;
+            }
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    drop(sessions);
+    let cause = "the AI connection stopped taking data: nothing could be written to it for 5s";
+    assert_eq!(world.ai.opened.load(Ordering::SeqCst), 2, "one reconnect");
+    assert_eq!(world.stored().await.end_reason, format!("the AI failed: {cause}"));
+    let events = world.events().await;
+    assert!(
+        matches!(&events[0], EventKind::Notice { code, message } if code == "ai_reconnected" && message.starts_with(cause)),
+        "{events:?}"
+    );
+    assert_eq!(
+        world.errors().await,
+        [(
+            "ai_socket_error".to_string(),
+            format!("{cause}; apologising and hanging up")
+        )]
+    );
     assert_eq!(
         world.phone.asked(),
         [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
