@@ -19,8 +19,11 @@
 //!   telephony/provider `Telephony` implemented over the Twilio REST client
 //! realtime.rs  RealtimeBackend: endpoints, auth (keys, Entra ID), the socket
 //!   realtime/protocol  client/server events of Voice Live and OpenAI (GA, preview)
-//! bridge.rs    per-call MediaBridge actor: Twilio media ↔ realtime AI, events
-//!   bridge/frames  the per-frame conversions (transcode, base64, message text)
+//! bridge.rs    per-call media bridge: Twilio media ↔ realtime AI, events
+//!   bridge/conversation  the call's conversation as a state machine (no I/O)
+//!   bridge/shell         sockets, timers, provider requests around it
+//!   bridge/writer        the call's one ordered path to the hub (events, end reason)
+//!   bridge/frames        the per-frame conversions (transcode, base64, message text)
 //! metrics.rs   lock-free latency histograms and counters of the media path (GET /metrics)
 //! audio.rs     μ-law codec and resamplers (pure, benchmarked)
 //! emulator.rs  built-in Twilio and realtime-AI emulators (real wire protocols)

@@ -1,0 +1,725 @@
+//! Whole bridges over in-memory sockets, on a paused clock: the shell, the
+//! conversation and the writer together, with a store in memory and a
+//! provider that records what it was asked. The wire protocols and real
+//! sockets are covered end to end in `tests/it/calls.rs`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::extract::ws::Message as WsMessage;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use futures_util::{Sink, Stream};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message as AiMessage;
+use tokio_util::sync::{CancellationToken, PollSender};
+
+use super::shell::{AiConnect, Env, run_media};
+use super::{APOLOGY, SHUTDOWN_REASON, TIME_LIMIT_GOODBYE};
+use crate::call::hub::CallHub;
+use crate::call::{Backend, CallId, CallRecord, CallStatus, EventKind, Speaker};
+use crate::config::{AudioMode, DatabaseLocation};
+use crate::metrics::Metrics;
+use crate::realtime::RealtimeError;
+use crate::realtime::protocol::Dialect;
+use crate::store::Store;
+use crate::telephony::{DialRequest, Dialed, FailureClass, Telephony, TelephonyError};
+
+const CALL_SID: &str = "CA0000000000000000000000000000000a";
+const SECRET: &str = "s3cret";
+
+/// A socket failure of the in-memory sockets.
+#[derive(Debug)]
+struct Broken;
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the other end is gone")
+    }
+}
+
+/// The bridge's end of an in-memory WebSocket.
+struct Pipe<M: Send + 'static> {
+    rx: mpsc::Receiver<Result<M, Broken>>,
+    tx: PollSender<M>,
+}
+
+/// The test's end: what it sends the bridge, what the bridge wrote.
+struct Far<M> {
+    tx: mpsc::Sender<Result<M, Broken>>,
+    rx: mpsc::Receiver<M>,
+}
+
+/// A socket whose bridge side takes at most `capacity` unread messages.
+fn pipe<M: Send + 'static>(capacity: usize) -> (Pipe<M>, Far<M>) {
+    let (to_bridge, from_far) = mpsc::channel(64);
+    let (to_far, from_bridge) = mpsc::channel(capacity);
+    (
+        Pipe {
+            rx: from_far,
+            tx: PollSender::new(to_far),
+        },
+        Far {
+            tx: to_bridge,
+            rx: from_bridge,
+        },
+    )
+}
+
+impl<M: Send + 'static> Stream for Pipe<M> {
+    type Item = Result<M, Broken>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+impl<M: Send + 'static> Sink<M> for Pipe<M> {
+    type Error = Broken;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Broken>> {
+        self.get_mut().tx.poll_reserve(cx).map_err(|_| Broken)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: M) -> Result<(), Broken> {
+        self.get_mut().tx.send_item(item).map_err(|_| Broken)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Broken>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Broken>> {
+        self.get_mut().tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Far<WsMessage> {
+    async fn send(&self, v: Value) {
+        self.tx.send(Ok(WsMessage::Text(v.to_string().into()))).await.unwrap();
+    }
+
+    /// The next text the bridge wrote, as JSON; `None` once it closed.
+    async fn next(&mut self) -> Option<Value> {
+        loop {
+            match self.rx.recv().await? {
+                WsMessage::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
+                WsMessage::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Everything up to the bridge's close: its close frame's code, if any.
+    async fn until_closed(&mut self) -> Option<u16> {
+        while let Some(m) = self.rx.recv().await {
+            if let WsMessage::Close(frame) = m {
+                return frame.map(|f| f.code);
+            }
+        }
+        None
+    }
+}
+
+impl Far<AiMessage> {
+    async fn send(&self, v: Value) {
+        self.tx.send(Ok(AiMessage::Text(v.to_string().into()))).await.unwrap();
+    }
+
+    /// The `type` of the next event the bridge sent, with the event.
+    async fn next(&mut self) -> Option<(String, Value)> {
+        loop {
+            if let AiMessage::Text(t) = self.rx.recv().await? {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                return Some((v["type"].as_str().unwrap().to_string(), v));
+            }
+        }
+    }
+
+    async fn next_type(&mut self) -> String {
+        self.next().await.map(|(t, _)| t).unwrap_or_default()
+    }
+}
+
+/// A provider that does what it is asked and remembers it.
+#[derive(Default)]
+struct Phone {
+    asked: Mutex<Vec<String>>,
+}
+
+impl Phone {
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl Telephony for Phone {
+    async fn dial(&self, _: &DialRequest) -> Result<Dialed, TelephonyError> {
+        Err(TelephonyError {
+            class: FailureClass::Internal,
+            provider_code: None,
+            message: "not in these tests".into(),
+        })
+    }
+
+    async fn hang_up(&self, sid: &str, _: bool) -> Result<(), TelephonyError> {
+        self.asked.lock().unwrap().push(format!("hang up {sid}"));
+        Ok(())
+    }
+
+    async fn say_and_hang_up(&self, sid: &str, text: &str) -> Result<(), TelephonyError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("say {text:?} on {sid} and hang up"));
+        Ok(())
+    }
+}
+
+/// AI sessions handed out in order; refused once there are no more.
+#[derive(Default)]
+struct Ai {
+    sessions: Mutex<VecDeque<Pipe<AiMessage>>>,
+    opened: AtomicUsize,
+}
+
+impl Ai {
+    /// One more session the bridge may open; the test's end of it.
+    fn session(&self) -> Far<AiMessage> {
+        self.session_taking(1024)
+    }
+
+    /// A session that takes at most `capacity` unread messages.
+    fn session_taking(&self, capacity: usize) -> Far<AiMessage> {
+        let (pipe, far) = pipe(capacity);
+        self.sessions.lock().unwrap().push_back(pipe);
+        far
+    }
+}
+
+impl AiConnect for &Ai {
+    type Socket = Pipe<AiMessage>;
+    type Error = Broken;
+
+    fn connect(&self) -> impl Future<Output = Result<(Self::Socket, Dialect), RealtimeError>> + Send {
+        let next = self.sessions.lock().unwrap().pop_front();
+        if next.is_some() {
+            self.opened.fetch_add(1, Ordering::SeqCst);
+        }
+        async move { next.map(|p| (p, Dialect::OpenAiGa)).ok_or(RealtimeError::Refused(503)) }
+    }
+}
+
+/// A live, answered call in a store in memory, and what its bridge needs.
+struct World {
+    hub: CallHub,
+    shutdown: CancellationToken,
+    phone: Phone,
+    metrics: Metrics,
+    ai: Ai,
+    record: CallRecord,
+}
+
+impl World {
+    async fn new(max_duration_secs: u64) -> Self {
+        let shutdown = CancellationToken::new();
+        let hub = CallHub::new(Store::open(&DatabaseLocation::Memory).unwrap(), shutdown.clone());
+        let record = CallRecord {
+            call_id: CallId::new(),
+            to: "+15550100".into(),
+            from: "+15005550006".into(),
+            backend: Backend::GptRealtime,
+            status: CallStatus::InProgress,
+            provider_call_id: CALL_SID.into(),
+            metadata: Default::default(),
+            created_at: chrono::Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            emulated: true,
+            end_reason: String::new(),
+            instructions: "Be brief.".into(),
+            voice: "marin".into(),
+            greeting: String::new(),
+            max_duration_secs,
+            duration_seconds: 0,
+            answered_by: String::new(),
+            provider_error_code: String::new(),
+            turn_latency_p50_ms: 0,
+            turn_latency_p95_ms: 0,
+            event_count: 0,
+            stream_secret: SECRET.into(),
+            last_provider_sequence: None,
+            turn_latencies_ms: vec![],
+        };
+        hub.create(record.clone()).await.unwrap();
+        Self {
+            hub,
+            shutdown,
+            phone: Phone::default(),
+            metrics: Metrics::default(),
+            ai: Ai::default(),
+            record,
+        }
+    }
+
+    /// Runs the bridge on `twilio` beside the test's `script`.
+    async fn run<F: Future<Output = ()>>(&self, twilio: Pipe<WsMessage>, script: F) {
+        let env = Env {
+            hub: &self.hub,
+            telephony: &self.phone,
+            metrics: &self.metrics,
+            shutdown: &self.shutdown,
+            audio_mode: AudioMode::Passthrough,
+            ai: &self.ai,
+        };
+        tokio::join!(run_media(&env, self.record.clone(), twilio), script);
+    }
+
+    async fn stored(&self) -> CallRecord {
+        self.hub.get(&self.record.call_id).await.unwrap()
+    }
+
+    async fn events(&self) -> Vec<EventKind> {
+        let events = self.hub.store().events_after(&self.record.call_id, 0).await.unwrap();
+        events.into_iter().map(|e| e.kind).collect()
+    }
+
+    async fn errors(&self) -> Vec<(String, String)> {
+        self.events()
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                EventKind::Error { code, message } => Some((code, message)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn start(secret: &str) -> Value {
+    json!({"event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+        "start": {"streamSid": "MZ1", "callSid": CALL_SID, "tracks": ["inbound"],
+            "customParameters": {"secret": secret}}})
+}
+
+fn callee_audio() -> Value {
+    json!({"event": "media", "streamSid": "MZ1",
+        "media": {"track": "inbound", "chunk": "1", "timestamp": "20", "payload": B64.encode([0xFFu8; 160])}})
+}
+
+fn agent_audio(response: &str, item: &str, ms: usize) -> Value {
+    json!({"type": "response.output_audio.delta", "response_id": response, "item_id": item,
+        "delta": B64.encode(vec![0xFFu8; ms * 8])})
+}
+
+/// The events of a response `response` with one message item `item`.
+async fn agent_item(ai: &Far<AiMessage>, response: &str, item: &str) {
+    ai.send(json!({"type": "response.created", "response": {"id": response}}))
+        .await;
+    ai.send(json!({"type": "response.output_item.added", "response_id": response,
+        "item": {"id": item, "type": "message"}}))
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_start_within_the_limit_closes_the_stream_and_the_record_says_why() {
+    let world = World::new(600).await;
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(json!({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+                .await;
+            assert_eq!(far.until_closed().await, Some(1008), "closed as refused");
+        })
+        .await;
+    assert_eq!(
+        world.stored().await.end_reason,
+        "Twilio sent no 'start' within 10s; closed the media stream"
+    );
+    assert_eq!(world.errors().await[0].0, "media_no_start");
+    assert_eq!(
+        world.ai.opened.load(Ordering::SeqCst),
+        0,
+        "no AI for a stream that never started"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_without_the_call_secret_is_refused() {
+    let world = World::new(600).await;
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(json!({"event": "nonsense"})).await;
+            far.send(start("guess")).await;
+            assert_eq!(far.until_closed().await, Some(1008));
+        })
+        .await;
+    let errors = world.errors().await;
+    assert_eq!(errors[0].0, "media_refused");
+    assert_eq!(
+        world.stored().await.end_reason,
+        errors[0].1,
+        "the reason is the refusal"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_conversation_flows_both_ways_and_ends_when_twilio_stops() {
+    let world = World::new(600).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            // The session is configured, then the agent speaks first.
+            let (kind, update) = ai.next().await.unwrap();
+            assert_eq!(kind, "session.update");
+            assert_eq!(update["session"]["instructions"], "Be brief.");
+            assert_eq!(update["session"]["audio"]["output"]["format"]["type"], "audio/pcmu");
+            assert_eq!(ai.next_type().await, "response.create");
+
+            agent_item(&ai, "r1", "a1").await;
+            ai.send(agent_audio("r1", "a1", 100)).await;
+            ai.send(json!({"type": "response.output_audio.done", "response_id": "r1", "item_id": "a1"}))
+                .await;
+            ai.send(
+                json!({"type": "response.output_audio_transcript.done", "response_id": "r1",
+                "item_id": "a1", "transcript": "Hello there."}),
+            )
+            .await;
+            ai.send(json!({"type": "response.done", "response": {"id": "r1", "status": "completed"}}))
+                .await;
+            // Audio, then its mark; Twilio echoes the mark once it played.
+            let media = far.next().await.unwrap();
+            assert_eq!(
+                (media["event"].as_str(), media["streamSid"].as_str()),
+                (Some("media"), Some("MZ1"))
+            );
+            assert_eq!(
+                B64.decode(media["media"]["payload"].as_str().unwrap()).unwrap().len(),
+                800
+            );
+            let mark = far.next().await.unwrap();
+            assert_eq!(mark["event"], "mark");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            far.send(json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": mark["mark"]["name"]}}))
+                .await;
+
+            // The callee's audio goes to the AI as it came (μ-law both ways).
+            far.send(callee_audio()).await;
+            let (kind, append) = ai.next().await.unwrap();
+            assert_eq!(kind, "input_audio_buffer.append");
+            assert_eq!(B64.decode(append["audio"].as_str().unwrap()).unwrap(), [0xFFu8; 160]);
+
+            far.send(json!({"event": "dtmf", "streamSid": "MZ1", "dtmf": {"track": "inbound_track", "digit": "7"}}))
+                .await;
+            far.send(json!({"event": "stop", "streamSid": "MZ1", "stop": {}})).await;
+            assert_eq!(far.until_closed().await, None, "a plain close");
+            assert!(ai.next().await.is_none(), "the AI socket is closed too");
+        })
+        .await;
+    assert_eq!(
+        world.events().await,
+        vec![
+            EventKind::Transcript {
+                speaker: Speaker::Agent,
+                text: "Hello there.".into(),
+                interrupted: false
+            },
+            EventKind::Dtmf { digit: "7".into() },
+        ]
+    );
+    assert!(world.phone.asked().is_empty(), "Twilio ended the call itself");
+    assert_eq!(world.metrics.frames_to_twilio.get(), 1);
+    assert_eq!(world.metrics.frames_to_ai.get(), 1);
+    assert_eq!(world.metrics.active_bridges.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn barge_in_writes_the_clear_first_and_truncates_at_what_played() {
+    let world = World::new(600).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            assert_eq!(ai.next_type().await, "response.create");
+            agent_item(&ai, "r1", "a1").await;
+            ai.send(agent_audio("r1", "a1", 500)).await;
+            for expected in ["media", "mark"] {
+                assert_eq!(far.next().await.unwrap()["event"], expected);
+            }
+            // 120 ms of the 500 ms chunk played (no mark came back), then
+            // the callee speaks.
+            tokio::time::sleep(Duration::from_millis(120)).await;
+            ai.send(json!({"type": "input_audio_buffer.speech_started", "audio_start_ms": 0, "item_id": "u1"}))
+                .await;
+            assert_eq!(far.next().await.unwrap()["event"], "clear");
+            let (kind, truncate) = ai.next().await.unwrap();
+            assert_eq!(kind, "conversation.item.truncate");
+            assert_eq!(
+                (truncate["item_id"].as_str(), truncate["audio_end_ms"].as_u64()),
+                (Some("a1"), Some(120))
+            );
+            // Late audio of the cut response never reaches Twilio.
+            ai.send(agent_audio("r1", "a1", 100)).await;
+            ai.send(
+                json!({"type": "response.output_audio_transcript.done", "response_id": "r1",
+                "item_id": "a1", "transcript": "one two three four five"}),
+            )
+            .await;
+            far.send(json!({"event": "stop", "streamSid": "MZ1", "stop": {}})).await;
+            assert_eq!(far.next().await, None, "nothing after the clear");
+        })
+        .await;
+    assert_eq!(world.metrics.barge_in.count(), 1);
+    assert_eq!(world.metrics.frames_dropped_barge_in.get(), 1);
+    assert_eq!(
+        world.events().await,
+        vec![EventKind::Transcript {
+            speaker: Speaker::Agent,
+            text: "one".into(),
+            interrupted: true
+        }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_time_limit_says_goodbye_through_the_provider_and_the_record_says_why() {
+    let world = World::new(30).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            // Nobody says anything more: 30 s later the bridge ends the call.
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    assert_eq!(
+        world.stored().await.end_reason,
+        "the call reached its maximum duration (30 s)"
+    );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {TIME_LIMIT_GOODBYE:?} on {CALL_SID} and hang up")]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn twilio_that_stops_reading_is_hung_up_after_the_write_stall() {
+    let world = World::new(600).await;
+    let ai = world.ai.session();
+    // Twilio's side takes 8 messages and then nothing: the test never reads it.
+    let (twilio, far) = pipe(8);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            agent_item(&ai, "r1", "a1").await;
+            for _ in 0..10 {
+                ai.send(agent_audio("r1", "a1", 100)).await;
+            }
+        })
+        .await;
+    drop(far);
+    let reason = "Twilio's media stream stopped taking data: nothing could be written to it for 5s";
+    assert_eq!(world.stored().await.end_reason, reason);
+    assert_eq!(
+        world.errors().await,
+        [("media_socket_error".to_string(), reason.to_string())]
+    );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("hang up {CALL_SID}")],
+        "through the REST API"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_ai_is_reconnected_once_then_the_call_ends_with_an_apology() {
+    let world = World::new(600).await;
+    let mut first = world.ai.session();
+    let mut second = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(first.next_type().await, "session.update");
+            // The agent's greeting is heard in full, then the AI drops.
+            agent_item(&first, "r1", "a1").await;
+            first.send(agent_audio("r1", "a1", 100)).await;
+            first
+                .send(
+                    json!({"type": "response.output_audio_transcript.done", "response_id": "r1",
+                    "item_id": "a1", "transcript": "Hi, this is Contoso."}),
+                )
+                .await;
+            first
+                .send(json!({"type": "response.done", "response": {"id": "r1", "status": "completed"}}))
+                .await;
+            far.next().await.unwrap();
+            let mark = far.next().await.unwrap();
+            far.send(json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": mark["mark"]["name"]}}))
+                .await;
+            far.send(callee_audio()).await;
+            while first.next_type().await != "input_audio_buffer.append" {}
+            drop(first);
+            // The new session gets the instructions and the conversation;
+            // the agent spoke last, so it is not asked to speak again.
+            assert_eq!(second.next_type().await, "session.update");
+            let (kind, restored) = second.next().await.unwrap();
+            assert_eq!(kind, "conversation.item.create");
+            assert_eq!(restored["item"]["role"], "assistant");
+            far.send(callee_audio()).await;
+            assert_eq!(second.next_type().await, "input_audio_buffer.append");
+            drop(second);
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    assert_eq!(world.ai.opened.load(Ordering::SeqCst), 2, "one reconnect");
+    let events = world.events().await;
+    assert!(
+        matches!(&events[1], EventKind::Notice { code, message }
+            if code == "ai_reconnected" && message.starts_with("the AI connection dropped; re-established in 0 ms")),
+        "{events:?}"
+    );
+    assert_eq!(world.errors().await[0].0, "ai_disconnected");
+    assert_eq!(
+        world.stored().await.end_reason,
+        "the AI failed: the AI connection dropped"
+    );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ai_that_cannot_be_reached_gets_an_apology() {
+    let world = World::new(600).await;
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            // The socket is dropped without a close: the provider ends the call.
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    assert_eq!(world.errors().await[0].0, "ai_refused");
+    assert_eq!(
+        world.stored().await.end_reason,
+        "the AI failed: the AI service refused the connection (HTTP 503)"
+    );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_shutdown_ends_the_call_with_that_reason_and_closes_the_stream() {
+    let world = World::new(600).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            world.shutdown.cancel();
+            assert_eq!(far.until_closed().await, None, "closing the stream is what hangs up");
+        })
+        .await;
+    let record = world.stored().await;
+    assert_eq!(
+        (record.status, record.end_reason.as_str()),
+        (CallStatus::Completed, SHUTDOWN_REASON)
+    );
+    assert_eq!(
+        world.events().await.last(),
+        Some(&EventKind::Status {
+            status: CallStatus::Completed,
+            detail: SHUTDOWN_REASON.into()
+        })
+    );
+    assert!(world.phone.asked().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_first_end_reason_stays() {
+    let world = World::new(600).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .hub
+        .update(&world.record.call_id, |r| {
+            r.end_reason = "the callee hung up".into();
+            vec![]
+        })
+        .await
+        .unwrap();
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            ai.send(json!({"type": "error", "error": {"type": "invalid_request_error",
+                "code": "session_expired", "message": "expired"}}))
+                .await;
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    assert_eq!(world.stored().await.end_reason, "the callee hung up");
+    assert_eq!(world.errors().await[0].0, "ai_session_expired");
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_ai_that_stops_reading_gets_one_reconnect_then_an_apology_naming_it() {
+    let world = World::new(600).await;
+    // Both sessions take 8 messages and then nothing: the test never reads them.
+    let sessions = [world.ai.session_taking(8), world.ai.session_taking(8)];
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            for _ in 0..20 {
+                far.send(callee_audio()).await;
+            }
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    drop(sessions);
+    let cause = "the AI connection stopped taking data: nothing could be written to it for 5s";
+    assert_eq!(world.ai.opened.load(Ordering::SeqCst), 2, "one reconnect");
+    assert_eq!(world.stored().await.end_reason, format!("the AI failed: {cause}"));
+    let events = world.events().await;
+    assert!(
+        matches!(&events[0], EventKind::Notice { code, message } if code == "ai_reconnected" && message.starts_with(cause)),
+        "{events:?}"
+    );
+    assert_eq!(
+        world.errors().await,
+        [(
+            "ai_socket_error".to_string(),
+            format!("{cause}; apologising and hanging up")
+        )]
+    );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
+    );
+}

@@ -1,0 +1,136 @@
+//! The one path by which a call's media side changes the call's record:
+//! a per-call task that applies writes to the hub in the order they were
+//! queued. The media path never waits for the store (a commit, or a WAL
+//! checkpoint, can take milliseconds, and every frame would wait behind it);
+//! it waits ([`CallWriter::settle`]) only before something outside sees the
+//! call end (a provider request, closing the media stream), so that the end
+//! reason is stored before the provider's status callback can bring another.
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::bridge::SHUTDOWN_REASON;
+use crate::call::hub::CallHub;
+use crate::call::{CallId, CallStatus, EventKind};
+
+/// A write of the call's media side.
+enum Write {
+    /// Store and broadcast an event.
+    Event(EventKind),
+    /// Why the call is ending, kept only if no reason is stored yet.
+    EndReason(String),
+    /// The server is stopping under the call: it is over (see [`end_on_shutdown`]).
+    EndOnShutdown,
+    /// Answered once everything queued before it is applied.
+    Settled(oneshot::Sender<()>),
+}
+
+/// The queue of one call's writes; its task applies them in order.
+pub struct CallWriter {
+    tx: mpsc::UnboundedSender<Write>,
+    task: JoinHandle<()>,
+}
+
+impl CallWriter {
+    /// Starts the writer of call `id`.
+    pub fn spawn(hub: CallHub, id: CallId) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(apply(hub, id, rx));
+        Self { tx, task }
+    }
+
+    fn send(&self, write: Write) {
+        // The task lives until `finish`; a send cannot fail before.
+        let _ = self.tx.send(write);
+    }
+
+    /// Queues an event.
+    pub fn event(&self, kind: EventKind) {
+        self.send(Write::Event(kind));
+    }
+
+    /// Queues why the call ends (the first reason stored wins).
+    pub fn end_reason(&self, reason: String) {
+        self.send(Write::EndReason(reason));
+    }
+
+    /// Queues the end of the call at a server shutdown.
+    pub fn end_on_shutdown(&self) {
+        self.send(Write::EndOnShutdown);
+    }
+
+    /// Waits until everything queued so far is stored (and broadcast).
+    /// (It borrows nothing while it waits: the bridge holds sockets, which are not `Sync`.)
+    pub fn settle(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.tx.send(Write::Settled(tx)).is_ok();
+        async move {
+            if queued {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// Applies what is queued and ends the task.
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::UnboundedReceiver<Write>) {
+    while let Some(write) = rx.recv().await {
+        match write {
+            Write::Event(kind) => {
+                if let Err(e) = hub.publish(&id, kind).await {
+                    tracing::error!(call_id = %id, error = %e, "event not stored");
+                }
+            }
+            Write::EndReason(reason) => note_end_reason(&hub, &id, &reason).await,
+            Write::EndOnShutdown => end_on_shutdown(&hub, &id).await,
+            Write::Settled(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// Records why the call is about to end, unless a reason is already set.
+async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
+    let result = hub
+        .update(id, |r| {
+            if r.end_reason.is_empty() {
+                r.end_reason = reason.to_string();
+            }
+            vec![]
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, "end reason not stored");
+    }
+}
+
+/// The server is stopping under a live call: records why, and that the call
+/// is over. The provider's final status callback would say so, but it can no
+/// longer reach a server that has stopped accepting connections. What hangs
+/// up is closing the media stream, which the bridge does next: nothing
+/// follows `<Connect>` in the call's TwiML (protocols.md §4).
+async fn end_on_shutdown(hub: &CallHub, id: &CallId) {
+    let result = hub
+        .update(id, |r| {
+            if r.status.is_terminal() {
+                return vec![];
+            }
+            if r.end_reason.is_empty() {
+                r.end_reason = SHUTDOWN_REASON.to_string();
+            }
+            vec![EventKind::Status {
+                status: CallStatus::Completed,
+                detail: r.end_reason.clone(),
+            }]
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, "the end of the call at shutdown was not stored");
+    }
+}
