@@ -14,6 +14,10 @@ use std::time::Duration;
 use url::Url;
 
 use crate::call::Backend;
+pub use crate::realtime::azure_openai::AzureOpenAiConfig;
+pub use crate::realtime::openai::OpenAiConfig;
+pub use crate::realtime::voice_live::VoiceLiveConfig;
+use crate::realtime::{backend, openai, voice_live};
 
 /// Default instructions for the agent when neither the call nor `SYSTEM_PROMPT` gives any.
 pub const DEFAULT_SYSTEM_PROMPT: &str = "You are a friendly, concise phone assistant. Speak naturally, keep \
@@ -22,119 +26,126 @@ answers short, and end the call politely when the caller is done.";
 /// Greeting spoken by the telephony provider when PlaceCall leaves `greeting` unset.
 pub const DEFAULT_GREETING: &str = "Please wait while we connect you to our AI assistant.";
 
-/// Every variable the server reads, with its meaning and default, for `--help` and the README.
-pub const VARIABLES: &[(&str, &str, &str)] = &[
-    ("HOST", "address the one listener binds", "127.0.0.1"),
-    ("PORT", "port of the one listener (0 = any free port)", "8000"),
-    (
+/// One variable: `(name, meaning, default)`. The default is the value used when the
+/// variable is unset (parsed like one that is set), or a description in words where the
+/// default is derived ("none", "http://HOST:PORT").
+pub type Variable = (&'static str, &'static str, &'static str);
+
+/// The server's own variables (the realtime AIs' are declared by their providers, see
+/// [`crate::realtime::backend`]).
+pub mod var {
+    use super::Variable;
+
+    /// Listener address.
+    pub const HOST: Variable = ("HOST", "address the one listener binds", "127.0.0.1");
+    /// Listener port.
+    pub const PORT: Variable = ("PORT", "port of the one listener (0 = any free port)", "8000");
+    /// Public base URL.
+    pub const PUBLIC_URL: Variable = (
         "PUBLIC_URL",
         "public base URL Twilio reaches; used for callback URLs, the stream URL (https->wss) and signature checks",
         "http://HOST:PORT",
-    ),
-    (
+    );
+    /// Twilio account SID.
+    pub const TWILIO_ACCOUNT_SID: Variable = (
         "TWILIO_ACCOUNT_SID",
         "Twilio account SID (AC...); without the three TWILIO_* the built-in Twilio emulator is used",
         "none",
-    ),
-    (
+    );
+    /// Twilio auth token.
+    pub const TWILIO_AUTH_TOKEN: Variable = (
         "TWILIO_AUTH_TOKEN",
         "Twilio auth token (signs webhooks; never logged)",
         "none",
-    ),
-    ("TWILIO_PHONE_NUMBER", "caller id, E.164", "none"),
-    ("TWILIO_API_BASE_URL", "Twilio REST base URL", "https://api.twilio.com"),
-    (
+    );
+    /// Caller id.
+    pub const TWILIO_PHONE_NUMBER: Variable = ("TWILIO_PHONE_NUMBER", "caller id, E.164", "none");
+    /// Twilio REST base URL.
+    pub const TWILIO_API_BASE_URL: Variable = ("TWILIO_API_BASE_URL", "Twilio REST base URL", "https://api.twilio.com");
+    /// Timeout of one Twilio REST request.
+    pub const TWILIO_HTTP_TIMEOUT: Variable = (
         "TWILIO_HTTP_TIMEOUT",
         "timeout of one Twilio REST request, seconds",
         "10",
-    ),
-    (
+    );
+    /// Ring timeout.
+    pub const RING_TIMEOUT: Variable = (
         "RING_TIMEOUT",
         "how long the callee's phone may ring, seconds (Twilio Timeout)",
         "30",
-    ),
-    (
+    );
+    /// Default longest answered call.
+    pub const MAX_CALL_DURATION: Variable = (
         "MAX_CALL_DURATION",
         "default longest answered call, seconds (Twilio TimeLimit)",
         "600",
-    ),
-    (
-        "AZURE_VOICE_LIVE_ENDPOINT",
-        "https://<resource>.services.ai.azure.com (http:// allowed for local endpoints)",
-        "none",
-    ),
-    ("AZURE_VOICE_LIVE_API_VERSION", "Voice Live api-version", "2025-10-01"),
-    ("VOICE_LIVE_MODEL", "Voice Live model query parameter", "gpt-realtime"),
-    (
-        "AZURE_VOICE_LIVE_API_KEY",
-        "Voice Live key; unset = Microsoft Entra ID token",
-        "none",
-    ),
-    (
-        "AZURE_TTS_VOICE_NAME",
-        "default Azure voice for Voice Live",
-        "en-US-AriaNeural",
-    ),
-    (
-        "AZURE_OPENAI_ENDPOINT",
-        "https://<resource>.openai.azure.com for gpt-realtime on Azure OpenAI",
-        "none",
-    ),
-    (
-        "AZURE_OPENAI_DEPLOYMENT",
-        "Azure OpenAI realtime deployment name",
-        "none",
-    ),
-    (
-        "AZURE_OPENAI_API_VERSION",
-        "unset = GA /openai/v1; a *-preview version = the preview protocol",
-        "none",
-    ),
-    (
-        "AZURE_OPENAI_API_KEY",
-        "Azure OpenAI key; unset = Microsoft Entra ID token",
-        "none",
-    ),
-    ("OPENAI_API_KEY", "OpenAI key for gpt-realtime on OpenAI", "none"),
-    (
-        "OPENAI_REALTIME_URL",
-        "OpenAI realtime WebSocket URL",
-        "wss://api.openai.com/v1/realtime",
-    ),
-    ("OPENAI_REALTIME_MODEL", "OpenAI realtime model", "gpt-realtime"),
-    (
+    );
+    /// Explicit default backend.
+    pub const DEFAULT_BACKEND: Variable = (
         "DEFAULT_BACKEND",
         "voice-live or gpt-realtime",
         "the one that is configured",
-    ),
-    (
+    );
+    /// Default instructions ([`super::DEFAULT_SYSTEM_PROMPT`] when unset).
+    pub const SYSTEM_PROMPT: Variable = (
         "SYSTEM_PROMPT",
         "default instructions of the agent",
         "a short helpful-assistant prompt",
-    ),
-    ("VOICE", "default OpenAI voice for gpt-realtime", "alloy"),
-    (
+    );
+    /// Audio path of the bridge.
+    pub const AUDIO_MODE: Variable = (
         "AUDIO_MODE",
         "transcode (mu-law 8 kHz <-> PCM16 24 kHz in the bridge) or passthrough (G.711 mu-law end to end)",
         "transcode",
-    ),
-    (
+    );
+    /// Call store.
+    pub const DATABASE_URL: Variable = (
         "DATABASE_URL",
         "call store: sqlite://<path> or sqlite::memory:",
         "sqlite://./data/voice-agent.db",
-    ),
-    (
+    );
+    /// API bearer token.
+    pub const API_TOKEN: Variable = (
         "API_TOKEN",
         "when set, every VoiceAgentService RPC needs 'authorization: Bearer <API_TOKEN>'",
         "none",
-    ),
-    (
+    );
+    /// Web UI directory.
+    pub const WEB_DIR: Variable = (
         "WEB_DIR",
         "directory of the built web UI served at /",
         "web-client/dist",
-    ),
-    ("RUST_LOG", "log filter (tracing-subscriber EnvFilter syntax)", "info"),
+    );
+    /// Log filter (read by `main`).
+    pub const RUST_LOG: Variable = ("RUST_LOG", "log filter (tracing-subscriber EnvFilter syntax)", "info");
+}
+
+const HEAD: &[Variable] = &[
+    var::HOST,
+    var::PORT,
+    var::PUBLIC_URL,
+    var::TWILIO_ACCOUNT_SID,
+    var::TWILIO_AUTH_TOKEN,
+    var::TWILIO_PHONE_NUMBER,
+    var::TWILIO_API_BASE_URL,
+    var::TWILIO_HTTP_TIMEOUT,
+    var::RING_TIMEOUT,
+    var::MAX_CALL_DURATION,
 ];
+const TAIL: &[Variable] = &[
+    var::DEFAULT_BACKEND,
+    var::SYSTEM_PROMPT,
+    var::AUDIO_MODE,
+    var::DATABASE_URL,
+    var::API_TOKEN,
+    var::WEB_DIR,
+    var::RUST_LOG,
+];
+const VARIABLE_COUNT: usize = HEAD.len() + backend::variable_count() + TAIL.len();
+
+/// Every variable the server reads, with its meaning and default, for `--help` and the README:
+/// the server's own, and each realtime backend's (its providers', then its default voice).
+pub const VARIABLES: &[Variable] = &backend::variables::<VARIABLE_COUNT>(HEAD, TAIL);
 
 /// A secret value: usable, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -177,43 +188,6 @@ pub struct TwilioConfig {
     pub phone_number: String,
     /// REST base URL.
     pub api_base_url: Url,
-}
-
-/// Azure Voice Live settings.
-#[derive(Clone, Debug)]
-pub struct VoiceLiveConfig {
-    /// Resource endpoint (https, or http for local endpoints).
-    pub endpoint: Url,
-    /// `api-version` query parameter.
-    pub api_version: String,
-    /// `model` query parameter.
-    pub model: String,
-    /// Key auth; `None` = Microsoft Entra ID.
-    pub api_key: Option<Secret>,
-}
-
-/// gpt-realtime on Azure OpenAI.
-#[derive(Clone, Debug)]
-pub struct AzureOpenAiConfig {
-    /// Resource endpoint.
-    pub endpoint: Url,
-    /// Deployment name.
-    pub deployment: String,
-    /// `None` = GA `/openai/v1/realtime`; a preview version = the preview path and protocol.
-    pub api_version: Option<String>,
-    /// Key auth; `None` = Microsoft Entra ID.
-    pub api_key: Option<Secret>,
-}
-
-/// gpt-realtime on OpenAI.
-#[derive(Clone, Debug)]
-pub struct OpenAiConfig {
-    /// API key (bearer).
-    pub api_key: Secret,
-    /// Realtime WebSocket URL.
-    pub url: Url,
-    /// Model name.
-    pub model: String,
 }
 
 /// Where calls are stored.
@@ -274,7 +248,7 @@ pub struct ConfigError {
     pub problem: String,
 }
 
-fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
+pub(crate) fn err(variable: &'static str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
         variable,
         problem: problem.into(),
@@ -289,40 +263,39 @@ pub fn is_e164(number: &str) -> bool {
     (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
-struct Env<'a> {
+/// The variables as the parsers see them (the realtime providers parse their own).
+pub struct Env<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Env<'_> {
     /// A variable's value; empty and whitespace-only count as unset (a `.env`
     /// with `FOO=` means "not configured", as in the seed).
-    fn get(&self, name: &str) -> Option<String> {
+    pub(crate) fn get(&self, name: &str) -> Option<String> {
         (self.lookup)(name)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     }
 
-    fn url(&self, name: &'static str, schemes: &[&str]) -> Result<Option<Url>, ConfigError> {
-        let Some(raw) = self.get(name) else {
-            return Ok(None);
-        };
-        let url = Url::parse(&raw).map_err(|e| err(name, format!("not a valid URL ({e})")))?;
-        if !schemes.contains(&url.scheme()) {
-            return Err(err(
-                name,
-                format!("scheme must be one of {}, got {}", schemes.join(", "), url.scheme()),
-            ));
-        }
-        if url.host_str().is_none() {
-            return Err(err(name, "the URL has no host"));
-        }
-        Ok(Some(url))
+    /// The value, or the declared default when unset.
+    pub(crate) fn or_default(&self, var: &Variable) -> String {
+        self.get(var.0).unwrap_or_else(|| var.2.to_string())
     }
 
-    fn seconds(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
-        let Some(raw) = self.get(name) else {
-            return Ok(Duration::from_secs(default));
-        };
+    pub(crate) fn url(&self, name: &'static str, schemes: &[&str]) -> Result<Option<Url>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(raw) => parse_url(name, &raw, schemes).map(Some),
+        }
+    }
+
+    /// A URL, the declared default when unset (parsed and checked the same way).
+    pub(crate) fn url_or_default(&self, var: &Variable, schemes: &[&str]) -> Result<Url, ConfigError> {
+        parse_url(var.0, &self.or_default(var), schemes)
+    }
+
+    fn seconds(&self, var: &Variable, min: u64, max: u64) -> Result<Duration, ConfigError> {
+        let (name, raw) = (var.0, self.or_default(var));
         let secs: u64 = raw
             .parse()
             .map_err(|_| err(name, format!("expected whole seconds, got {raw:?}")))?;
@@ -336,6 +309,20 @@ impl Env<'_> {
     }
 }
 
+fn parse_url(name: &'static str, raw: &str, schemes: &[&str]) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|e| err(name, format!("not a valid URL ({e})")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(err(
+            name,
+            format!("scheme must be one of {}, got {}", schemes.join(", "), url.scheme()),
+        ));
+    }
+    if url.host_str().is_none() {
+        return Err(err(name, "the URL has no host"));
+    }
+    Ok(url)
+}
+
 impl Config {
     /// Reads the configuration from the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -346,32 +333,28 @@ impl Config {
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env { lookup };
 
-        let host: IpAddr = match env.get("HOST") {
-            None => IpAddr::from([127, 0, 0, 1]),
-            Some(h) if h == "localhost" => IpAddr::from([127, 0, 0, 1]),
-            Some(h) => h.parse().map_err(|_| {
+        let host: IpAddr = match env.or_default(&var::HOST).as_str() {
+            "localhost" => IpAddr::from([127, 0, 0, 1]),
+            h => h.parse().map_err(|_| {
                 err(
-                    "HOST",
+                    var::HOST.0,
                     format!("expected an IP address such as 127.0.0.1 or 0.0.0.0, got {h:?}"),
                 )
             })?,
         };
-        let port: u16 = match env.get("PORT") {
-            None => 8000,
-            Some(p) => p
-                .parse()
-                .map_err(|_| err("PORT", format!("expected a port number 0-65535, got {p:?}")))?,
+        let port: u16 = {
+            let p = env.or_default(&var::PORT);
+            p.parse()
+                .map_err(|_| err(var::PORT.0, format!("expected a port number 0-65535, got {p:?}")))?
         };
-        let public_url = env.url("PUBLIC_URL", &["http", "https"])?;
+        let public_url = env.url(var::PUBLIC_URL.0, &["http", "https"])?;
 
         let twilio_parts = [
-            ("TWILIO_ACCOUNT_SID", env.get("TWILIO_ACCOUNT_SID")),
-            ("TWILIO_AUTH_TOKEN", env.get("TWILIO_AUTH_TOKEN")),
-            ("TWILIO_PHONE_NUMBER", env.get("TWILIO_PHONE_NUMBER")),
+            (var::TWILIO_ACCOUNT_SID.0, env.get(var::TWILIO_ACCOUNT_SID.0)),
+            (var::TWILIO_AUTH_TOKEN.0, env.get(var::TWILIO_AUTH_TOKEN.0)),
+            (var::TWILIO_PHONE_NUMBER.0, env.get(var::TWILIO_PHONE_NUMBER.0)),
         ];
-        let twilio_api_base_url = env
-            .url("TWILIO_API_BASE_URL", &["http", "https"])?
-            .unwrap_or_else(|| Url::parse("https://api.twilio.com").expect("constant URL parses"));
+        let twilio_api_base_url = env.url_or_default(&var::TWILIO_API_BASE_URL, &["http", "https"])?;
         let twilio = match twilio_parts {
             [(_, None), (_, None), (_, None)] => None,
             [(_, Some(sid)), (_, Some(token)), (_, Some(number))] => {
@@ -406,97 +389,52 @@ impl Config {
             }
         };
 
-        let voice_live = env
-            .url("AZURE_VOICE_LIVE_ENDPOINT", &["https", "http", "wss", "ws"])?
-            .map(|endpoint| VoiceLiveConfig {
-                endpoint,
-                api_version: env
-                    .get("AZURE_VOICE_LIVE_API_VERSION")
-                    .unwrap_or_else(|| "2025-10-01".into()),
-                model: env.get("VOICE_LIVE_MODEL").unwrap_or_else(|| "gpt-realtime".into()),
-                api_key: env.get("AZURE_VOICE_LIVE_API_KEY").map(Secret::new),
-            });
-
-        let azure_openai = match env.url("AZURE_OPENAI_ENDPOINT", &["https", "http", "wss", "ws"])? {
-            None => None,
-            Some(endpoint) => {
-                let deployment = env.get("AZURE_OPENAI_DEPLOYMENT").ok_or_else(|| {
-                    err(
-                        "AZURE_OPENAI_DEPLOYMENT",
-                        "missing: required with AZURE_OPENAI_ENDPOINT",
-                    )
-                })?;
-                Some(AzureOpenAiConfig {
-                    endpoint,
-                    deployment,
-                    api_version: env.get("AZURE_OPENAI_API_VERSION"),
-                    api_key: env.get("AZURE_OPENAI_API_KEY").map(Secret::new),
-                })
-            }
-        };
-
-        let openai = match env.get("OPENAI_API_KEY") {
-            None => None,
-            Some(key) => Some(OpenAiConfig {
-                api_key: Secret::new(key),
-                url: env
-                    .url("OPENAI_REALTIME_URL", &["wss", "ws"])?
-                    .unwrap_or_else(|| Url::parse("wss://api.openai.com/v1/realtime").expect("constant URL parses")),
-                model: env
-                    .get("OPENAI_REALTIME_MODEL")
-                    .unwrap_or_else(|| "gpt-realtime".into()),
-            }),
-        };
-
-        let default_backend = match env.get("DEFAULT_BACKEND") {
+        let default_backend = match env.get(var::DEFAULT_BACKEND.0) {
             None => None,
             Some(b) => Some(Backend::parse(&b).ok_or_else(|| {
+                let names: Vec<&str> = Backend::ALL.iter().map(|b| b.as_str()).collect();
                 err(
-                    "DEFAULT_BACKEND",
-                    format!("expected voice-live or gpt-realtime, got {b:?}"),
+                    var::DEFAULT_BACKEND.0,
+                    format!("expected {}, got {b:?}", names.join(" or ")),
                 )
             })?),
         };
 
-        let audio_mode = match env.get("AUDIO_MODE").as_deref() {
-            None | Some("transcode") => AudioMode::Transcode,
-            Some("passthrough") => AudioMode::Passthrough,
-            Some(other) => {
+        let audio_mode = match env.or_default(&var::AUDIO_MODE).as_str() {
+            "transcode" => AudioMode::Transcode,
+            "passthrough" => AudioMode::Passthrough,
+            other => {
                 return Err(err(
-                    "AUDIO_MODE",
+                    var::AUDIO_MODE.0,
                     format!("expected transcode or passthrough, got {other:?}"),
                 ));
             }
         };
 
-        let database = match env.get("DATABASE_URL") {
-            None => DatabaseLocation::File(PathBuf::from("./data/voice-agent.db")),
-            Some(raw) => parse_database_url(&raw)?,
-        };
+        let database = parse_database_url(&env.or_default(&var::DATABASE_URL))?;
 
-        let config = Config {
+        let mut config = Config {
             bind: SocketAddr::new(host, port),
             public_url,
             twilio,
-            twilio_http_timeout: env.seconds("TWILIO_HTTP_TIMEOUT", 10, 1, 120)?,
-            ring_timeout: env.seconds("RING_TIMEOUT", 30, 5, 600)?,
-            max_call_duration: env.seconds("MAX_CALL_DURATION", 600, 10, 4 * 3600)?,
-            voice_live,
-            azure_tts_voice: env
-                .get("AZURE_TTS_VOICE_NAME")
-                .unwrap_or_else(|| "en-US-AriaNeural".into()),
-            azure_openai,
-            openai,
+            twilio_http_timeout: env.seconds(&var::TWILIO_HTTP_TIMEOUT, 1, 120)?,
+            ring_timeout: env.seconds(&var::RING_TIMEOUT, 5, 600)?,
+            max_call_duration: env.seconds(&var::MAX_CALL_DURATION, 10, 4 * 3600)?,
+            voice_live: None,
+            azure_tts_voice: env.or_default(&voice_live::VOICE),
+            azure_openai: None,
+            openai: None,
             default_backend,
-            system_prompt: env.get("SYSTEM_PROMPT").unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
-            voice: env.get("VOICE").unwrap_or_else(|| "alloy".into()),
+            system_prompt: env
+                .get(var::SYSTEM_PROMPT.0)
+                .unwrap_or_else(|| DEFAULT_SYSTEM_PROMPT.into()),
+            voice: env.or_default(&openai::VOICE),
             audio_mode,
             database,
-            api_token: env.get("API_TOKEN").map(Secret::new),
-            web_dir: Some(PathBuf::from(
-                env.get("WEB_DIR").unwrap_or_else(|| "web-client/dist".into()),
-            )),
+            api_token: env.get(var::API_TOKEN.0).map(Secret::new),
+            web_dir: Some(PathBuf::from(env.or_default(&var::WEB_DIR))),
         };
+        backend::configure_all(&env, &mut config)?;
         Ok(config)
     }
 
@@ -511,42 +449,39 @@ impl Config {
 
     /// True when the realtime AI of `backend` is a real service (not the emulator).
     pub fn backend_configured(&self, backend: Backend) -> bool {
-        match backend {
-            Backend::VoiceLive => self.voice_live.is_some(),
-            Backend::GptRealtime => self.azure_openai.is_some() || self.openai.is_some(),
-        }
+        backend::spec(backend).configured_endpoint(self).is_some()
     }
 
-    /// True when no realtime AI is configured: both backends go to the emulator.
+    /// True when no realtime AI is configured: every backend goes to the emulator.
     pub fn ai_emulated(&self) -> bool {
-        !self.backend_configured(Backend::VoiceLive) && !self.backend_configured(Backend::GptRealtime)
+        !Backend::ALL.into_iter().any(|b| self.backend_configured(b))
     }
 
-    /// The backend used when a PlaceCall leaves it unspecified.
+    /// True when every backend has a real service (no realtime-AI emulator is needed).
+    pub fn all_backends_configured(&self) -> bool {
+        Backend::ALL.into_iter().all(|b| self.backend_configured(b))
+    }
+
+    /// The backend used when a PlaceCall leaves it unspecified: `DEFAULT_BACKEND`, else the
+    /// first configured one, else the first.
     pub fn effective_default_backend(&self) -> Backend {
-        if let Some(b) = self.default_backend {
-            return b;
-        }
-        if !self.backend_configured(Backend::VoiceLive) && self.backend_configured(Backend::GptRealtime) {
-            Backend::GptRealtime
-        } else {
-            Backend::VoiceLive
-        }
+        self.default_backend
+            .or_else(|| Backend::ALL.into_iter().find(|b| self.backend_configured(*b)))
+            .unwrap_or(Backend::ALL[0])
+    }
+
+    /// The voice a call on `backend` gets when PlaceCall leaves `voice` empty.
+    pub fn default_voice(&self, backend: Backend) -> &str {
+        (backend::spec(backend).default_voice)(self)
     }
 
     /// Why a backend cannot take calls, if it cannot. With no AI configured at
-    /// all, both are served by the emulator.
+    /// all, every backend is served by the emulator.
     pub fn backend_unavailable(&self, backend: Backend) -> Option<String> {
         if self.ai_emulated() || self.backend_configured(backend) {
             return None;
         }
-        Some(match backend {
-            Backend::VoiceLive => "backend voice-live is not configured (set AZURE_VOICE_LIVE_ENDPOINT)".into(),
-            Backend::GptRealtime => {
-                "backend gpt-realtime is not configured (set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or OPENAI_API_KEY)"
-                    .into()
-            }
-        })
+        Some(backend::spec(backend).not_configured())
     }
 
     /// The backends a PlaceCall may ask for, in [`Backend::ALL`] order: those
@@ -693,6 +628,77 @@ mod tests {
     fn secrets_do_not_print() {
         let c = parse(&[("API_TOKEN", "hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn every_variable_is_declared_once() {
+        let mut names: Vec<&str> = VARIABLES.iter().map(|(n, _, _)| *n).collect();
+        assert!(names.contains(&"AZURE_VOICE_LIVE_ENDPOINT") && names.contains(&"VOICE"));
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a variable is declared twice");
+    }
+
+    #[test]
+    fn unset_variables_take_their_declared_defaults() {
+        let c = parse(&[]).unwrap();
+        let vars = [
+            (var::TWILIO_HTTP_TIMEOUT, c.twilio_http_timeout.as_secs().to_string()),
+            (var::RING_TIMEOUT, c.ring_timeout.as_secs().to_string()),
+            (var::MAX_CALL_DURATION, c.max_call_duration.as_secs().to_string()),
+            (var::PORT, c.bind.port().to_string()),
+            (var::HOST, c.bind.ip().to_string()),
+            (voice_live::VOICE, c.azure_tts_voice.clone()),
+            (openai::VOICE, c.voice.clone()),
+        ];
+        for ((name, _, default), value) in vars {
+            assert_eq!(default, value, "{name}");
+        }
+        assert_eq!(c.web_dir.unwrap().to_str(), Some(var::WEB_DIR.2));
+        let c = parse(&[("AZURE_VOICE_LIVE_ENDPOINT", "https://x"), ("OPENAI_API_KEY", "sk")]).unwrap();
+        let vl = c.voice_live.unwrap();
+        assert_eq!(vl.api_version, voice_live::API_VERSION.2);
+        assert_eq!(vl.model, voice_live::MODEL.2);
+        let oa = c.openai.unwrap();
+        assert_eq!((oa.url.as_str(), oa.model.as_str()), (openai::URL.2, openai::MODEL.2));
+    }
+
+    /// The README's configuration table is the contract: its defaults are the declared ones.
+    #[test]
+    fn readme_table_defaults_match_the_declared_ones() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let section = readme
+            .split("\n## ")
+            .find(|s| s.starts_with("Configuration\n"))
+            .expect("a Configuration section");
+        let mut documented: HashMap<String, String> = HashMap::new();
+        for row in section.lines().filter(|l| l.starts_with("| `")) {
+            let cells: Vec<&str> = row.trim_matches('|').split(" | ").map(str::trim).collect();
+            let [names, _meaning, defaults] = cells[..] else {
+                panic!("a row of three cells: {row}");
+            };
+            let names: Vec<&str> = names.split(", ").map(|n| n.trim_matches('`')).collect();
+            let defaults: Vec<&str> = defaults.split(", ").collect();
+            for (i, name) in names.iter().enumerate() {
+                // One default per name, or one for all of them.
+                let default = if defaults.len() == names.len() {
+                    defaults[i].to_string()
+                } else {
+                    defaults.join(", ")
+                };
+                documented.insert(name.to_string(), default.replace('`', ""));
+            }
+        }
+        for (name, _, default) in VARIABLES {
+            let readme = documented
+                .get(*name)
+                .unwrap_or_else(|| panic!("{name} is not in the README's table"));
+            assert!(
+                readme == default || readme.starts_with(&format!("{default}:")),
+                "{name}: README says {readme:?}, the code {default:?}"
+            );
+        }
     }
 
     #[test]

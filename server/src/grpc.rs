@@ -206,10 +206,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
 
 /// The voice a call on `backend` gets when PlaceCall leaves `voice` empty.
 fn default_voice(config: &Config, backend: Backend) -> &str {
-    match backend {
-        Backend::VoiceLive => &config.azure_tts_voice,
-        Backend::GptRealtime => &config.voice,
-    }
+    config.default_voice(backend)
 }
 
 fn truncate(s: &str, max: usize) -> &str {

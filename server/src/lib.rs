@@ -191,16 +191,15 @@ impl Server {
                     )
                 }
             };
-        let realtime_emulator =
-            if config.backend_configured(Backend::VoiceLive) && config.backend_configured(Backend::GptRealtime) {
-                None
-            } else {
-                Some(
-                    emulator::realtime::start(Default::default())
-                        .await
-                        .map_err(|e| StartError::Other(format!("realtime-AI emulator: {e}")))?,
-                )
-            };
+        let realtime_emulator = if config.all_backends_configured() {
+            None
+        } else {
+            Some(
+                emulator::realtime::start(Default::default())
+                    .await
+                    .map_err(|e| StartError::Other(format!("realtime-AI emulator: {e}")))?,
+            )
+        };
         let emulator_key = realtime_emulator
             .as_ref()
             .map(|e| (e.url_base(), Secret::new(e.api_key())));
@@ -216,7 +215,7 @@ impl Server {
             );
         }
         if let Some(r) = &realtime_emulator {
-            for backend in [Backend::VoiceLive, Backend::GptRealtime] {
+            for backend in Backend::ALL {
                 if !config.backend_configured(backend) {
                     tracing::warn!(
                         backend = backend.as_str(),

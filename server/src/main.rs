@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use voice_agent_server::config::{Config, VARIABLES};
+use voice_agent_server::config::{Config, VARIABLES, var};
 use voice_agent_server::{Options, Server};
 
 fn variables_help() -> String {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(var::RUST_LOG.2)),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

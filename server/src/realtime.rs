@@ -1,9 +1,15 @@
-//! The realtime speech-to-speech AI: where each backend lives, how it is
-//! authenticated, and opening its WebSocket. The events spoken on the socket
+//! The realtime speech-to-speech AI: opening an authenticated WebSocket to the
+//! backend a call asks for. What differs between backends (URL, auth, dialect,
+//! variables, defaults) is declared in [`backend`], one module per service
+//! ([`voice_live`], [`azure_openai`], [`openai`]). The events spoken on the socket
 //! are in [`protocol`] (one core, a dialect table for Voice Live and OpenAI
 //! GA/preview); Microsoft Entra ID tokens come from [`entra`].
 
+pub mod azure_openai;
+pub mod backend;
 pub mod entra;
+pub mod openai;
+pub mod voice_live;
 /// The realtime dialects' wire events (the `voice-agent-wire` crate).
 pub use voice_agent_wire::realtime as protocol;
 
@@ -17,6 +23,7 @@ use url::Url;
 
 use crate::call::Backend;
 use crate::config::{Config, Secret};
+pub use crate::realtime::backend::{Auth, Endpoint};
 use crate::realtime::entra::EntraAuth;
 use crate::realtime::protocol::Dialect;
 
@@ -34,9 +41,9 @@ pub const WS_READ_BUFFER: usize = 4 * 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Entra ID scope of Voice Live (protocols.md §6.1).
-pub const VOICE_LIVE_SCOPE: &str = "https://ai.azure.com/.default";
+pub const VOICE_LIVE_SCOPE: &str = voice_live::ENTRA_SCOPE;
 /// Entra ID scope of Azure OpenAI (protocols.md §7.1).
-pub const AZURE_OPENAI_SCOPE: &str = "https://cognitiveservices.azure.com/.default";
+pub const AZURE_OPENAI_SCOPE: &str = azure_openai::ENTRA_SCOPE;
 
 /// Failure to reach the AI.
 #[derive(Debug, thiserror::Error)]
@@ -69,153 +76,43 @@ impl RealtimeError {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Auth {
-    /// `api-key: <key>` header (Azure).
-    ApiKey(Secret),
-    /// `Authorization: Bearer <key>` (OpenAI).
-    Bearer(Secret),
-    /// `Authorization: Bearer <Entra token>` for the scope.
-    Entra(&'static str),
-}
-
-/// One reachable realtime AI.
-#[derive(Clone, Debug)]
-pub struct Endpoint {
-    /// Full WebSocket URL with query.
-    pub url: Url,
-    /// Event names and session shape spoken there.
-    pub dialect: Dialect,
-    /// True for the built-in emulator.
-    pub emulated: bool,
-    auth: Auth,
-}
-
 /// The realtime AIs this server can bridge calls to.
 #[derive(Clone)]
 pub struct RealtimeBackends {
-    voice_live: Endpoint,
-    gpt_realtime: Endpoint,
+    /// One per backend, in [`backend::BACKENDS`] order.
+    endpoints: Vec<(Backend, Endpoint)>,
     entra: EntraAuth,
-}
-
-/// Turns an http(s) endpoint into ws(s).
-fn websocket_base(endpoint: &Url) -> Url {
-    let mut url = endpoint.clone();
-    let scheme = match endpoint.scheme() {
-        "https" | "wss" => "wss",
-        _ => "ws",
-    };
-    // Both schemes are "special" in the URL standard, so this cannot fail.
-    let _ = url.set_scheme(scheme);
-    url.set_query(None);
-    url
-}
-
-fn join(base: &Url, path: &str, query: &[(&str, &str)]) -> Url {
-    let mut url = base.clone();
-    let prefix = base.path().trim_end_matches('/');
-    url.set_path(&format!("{prefix}{path}"));
-    url.query_pairs_mut().clear().extend_pairs(query);
-    url
 }
 
 impl RealtimeBackends {
     /// Endpoints from the configuration; backends without credentials go to
     /// the emulator at `emulator` (its `ws://host:port` base and API key).
     pub fn from_config(config: &Config, emulator: Option<(&Url, &Secret)>, entra: EntraAuth) -> Self {
-        let emulated = |dialect: Dialect| -> Endpoint {
-            let (base, key) = match emulator {
-                Some((b, k)) => (b.clone(), k.clone()),
-                None => (
-                    Url::parse("ws://127.0.0.1:9").expect("constant URL parses"),
-                    Secret::new(String::new()),
-                ),
-            };
-            match dialect {
-                Dialect::VoiceLive => Endpoint {
-                    url: join(
-                        &base,
-                        "/voice-live/realtime",
-                        &[("api-version", "2025-10-01"), ("model", "gpt-realtime")],
-                    ),
-                    dialect,
-                    emulated: true,
-                    auth: Auth::ApiKey(key),
-                },
-                _ => Endpoint {
-                    url: join(&base, "/v1/realtime", &[("model", "gpt-realtime")]),
-                    dialect: Dialect::OpenAiGa,
-                    emulated: true,
-                    auth: Auth::Bearer(key),
-                },
-            }
+        let (base, key) = match emulator {
+            Some((b, k)) => (b.clone(), k.clone()),
+            // Nothing listens there: a backend without credentials and without emulator fails to connect.
+            None => (
+                Url::parse("ws://127.0.0.1:9").expect("constant URL parses"),
+                Secret::new(String::new()),
+            ),
         };
-
-        let voice_live = match &config.voice_live {
-            Some(vl) => Endpoint {
-                url: join(
-                    &websocket_base(&vl.endpoint),
-                    "/voice-live/realtime",
-                    &[("api-version", vl.api_version.as_str()), ("model", vl.model.as_str())],
-                ),
-                dialect: Dialect::VoiceLive,
-                emulated: false,
-                auth: vl.api_key.clone().map_or(Auth::Entra(VOICE_LIVE_SCOPE), Auth::ApiKey),
-            },
-            None => emulated(Dialect::VoiceLive),
-        };
-
-        let gpt_realtime = if let Some(az) = &config.azure_openai {
-            let base = websocket_base(&az.endpoint);
-            let auth = az.api_key.clone().map_or(Auth::Entra(AZURE_OPENAI_SCOPE), Auth::ApiKey);
-            match az.api_version.as_deref() {
-                // Preview api-versions use the preview path and event names
-                // (protocols.md §7.1, §7.2); the seed's .env has 2025-04-01-preview.
-                Some(v) if v.contains("preview") => Endpoint {
-                    url: join(
-                        &base,
-                        "/openai/realtime",
-                        &[("api-version", v), ("deployment", az.deployment.as_str())],
-                    ),
-                    dialect: Dialect::OpenAiPreview,
-                    emulated: false,
-                    auth,
-                },
-                // GA: /openai/v1/realtime and no api-version (else 401, §7.1).
-                _ => Endpoint {
-                    url: join(&base, "/openai/v1/realtime", &[("model", az.deployment.as_str())]),
-                    dialect: Dialect::OpenAiGa,
-                    emulated: false,
-                    auth,
-                },
-            }
-        } else if let Some(oa) = &config.openai {
-            let mut url = oa.url.clone();
-            url.query_pairs_mut().clear().append_pair("model", &oa.model);
-            Endpoint {
-                url,
-                dialect: Dialect::OpenAiGa,
-                emulated: false,
-                auth: Auth::Bearer(oa.api_key.clone()),
-            }
-        } else {
-            emulated(Dialect::OpenAiGa)
-        };
-
-        Self {
-            voice_live,
-            gpt_realtime,
-            entra,
-        }
+        let endpoints = backend::BACKENDS
+            .iter()
+            .map(|spec| {
+                let endpoint = spec
+                    .configured_endpoint(config)
+                    .unwrap_or_else(|| (spec.emulated)(&base, &key));
+                (spec.backend, endpoint)
+            })
+            .collect();
+        Self { endpoints, entra }
     }
 
     /// The endpoint of a backend.
     pub fn endpoint(&self, backend: Backend) -> &Endpoint {
-        match backend {
-            Backend::VoiceLive => &self.voice_live,
-            Backend::GptRealtime => &self.gpt_realtime,
-        }
+        // `endpoints` holds one entry per BACKENDS entry, in that order.
+        let index = backend::BACKENDS.iter().position(|s| s.backend == backend).unwrap_or(0);
+        &self.endpoints[index].1
     }
 
     /// Opens the backend's WebSocket, authenticated.
@@ -232,13 +129,13 @@ impl RealtimeBackends {
         };
         let headers = request.headers_mut();
         match &endpoint.auth {
-            Auth::ApiKey(key) => {
-                headers.insert("api-key", header(key.expose())?);
+            Auth::ApiKey { header: name, key } => {
+                headers.insert(*name, header(key.expose())?);
             }
             Auth::Bearer(key) => {
                 headers.insert("authorization", header(&format!("Bearer {}", key.expose()))?);
             }
-            Auth::Entra(scope) => {
+            Auth::Entra { scope } => {
                 let token = self
                     .entra
                     .bearer_token(scope)
@@ -297,11 +194,13 @@ mod tests {
             "wss://res.services.ai.azure.com/voice-live/realtime?api-version=2025-10-01&model=gpt-realtime"
         );
         assert_eq!(e.dialect, Dialect::VoiceLive);
-        assert!(matches!(e.auth, Auth::ApiKey(_)));
+        assert!(matches!(e.auth, Auth::ApiKey { .. }));
         let b = backends(&[("AZURE_VOICE_LIVE_ENDPOINT", "https://res.services.ai.azure.com")]);
         assert!(matches!(
             b.endpoint(Backend::VoiceLive).auth,
-            Auth::Entra(VOICE_LIVE_SCOPE)
+            Auth::Entra {
+                scope: VOICE_LIVE_SCOPE
+            }
         ));
     }
 
