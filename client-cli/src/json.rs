@@ -1,146 +1,134 @@
 //! `--json` output: the proto3 JSON mapping, as grpcurl prints it with
-//! `-emit-defaults` (camelCase field names, enums by name, 64-bit integers as
-//! strings, timestamps in RFC 3339 UTC). Every field is always present so a
-//! script can rely on the shape; an unset timestamp is `null`.
+//! `-emit-defaults` (camelCase field names, enums by name, or by number for a
+//! value this build does not know, 64-bit integers as strings, timestamps in
+//! RFC 3339 UTC). Every field is always present so a script can rely on the
+//! shape; an unset message field (e.g. a timestamp) is `null`.
 //!
-//! Written by hand because prost types carry no serde support.
+//! prost-reflect does the mapping from the contract's own descriptor set (the
+//! one the proto crate embeds for reflection), so a field added to the
+//! contract shows up here with no code. It leaves an unset message field out
+//! where grpcurl prints `null`; [`add_nulls`] puts those back.
+//!
+//! (pbjson was the other candidate; its generated code fails on an enum value
+//! newer than the client, and pbjson-types writes timestamps as `+00:00`
+//! rather than `Z`, both unlike grpcurl.)
 
-use serde_json::{Map, Value, json};
+use std::sync::LazyLock;
+
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, ReflectMessage, SerializeOptions};
+use serde_json::Value;
 use voice_agent_proto::v1 as pb;
-use voice_agent_proto::v1::call_event::Kind;
+
+/// Why a message could not be written as JSON.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// The embedded descriptor set did not load (a build defect).
+    #[error("the contract's descriptors are unreadable: {0}")]
+    Descriptors(String),
+    /// The descriptor set lacks a message type (a build defect).
+    #[error("{0} is not in the contract's descriptors")]
+    UnknownMessage(&'static str),
+    /// The message did not decode against its descriptor.
+    #[error("cannot read {name}: {source}")]
+    Decode {
+        name: &'static str,
+        source: prost::DecodeError,
+    },
+    /// The JSON mapping refused a value (e.g. a timestamp out of its range).
+    #[error("cannot write {name} as JSON: {source}")]
+    Serialize {
+        name: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+impl From<JsonError> for std::io::Error {
+    fn from(e: JsonError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
+
+static POOL: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
+    LazyLock::new(|| DescriptorPool::decode(voice_agent_proto::FILE_DESCRIPTOR_SET));
 
 /// A `CallEvent` (what `watch` prints, one per line).
-pub fn event_json(event: &pb::CallEvent) -> Value {
-    let mut out = Map::new();
-    out.insert("sequence".into(), uint64(event.sequence));
-    out.insert("time".into(), timestamp(event.time.as_ref()));
-    // The oneof appears as the one field that is set, named like the field.
-    let (name, body) = match &event.kind {
-        Some(Kind::Status(s)) => ("status", json!({"status": call_status(s.status), "detail": s.detail})),
-        Some(Kind::Transcript(t)) => (
-            "transcript",
-            json!({"speaker": speaker(t.speaker), "text": t.text, "interrupted": t.interrupted}),
-        ),
-        Some(Kind::Error(e)) => ("error", json!({"code": e.code, "message": e.message})),
-        Some(Kind::Dtmf(d)) => ("dtmf", json!({"digit": d.digit})),
-        Some(Kind::Turn(m)) => (
-            "turn",
-            json!({
-                "turnIndex": m.turn_index,
-                "firstAudioSentMs": m.first_audio_sent_ms,
-                "firstAudioHeardMs": m.first_audio_heard_ms,
-            }),
-        ),
-        Some(Kind::Notice(n)) => ("notice", json!({"code": n.code, "message": n.message})),
-        // A kind added to the contract after this client was built.
-        None => return Value::Object(out),
-    };
-    out.insert(name.into(), body);
-    Value::Object(out)
+pub fn event_json(event: &pb::CallEvent) -> Result<Value, JsonError> {
+    to_json("voiceagent.v1.CallEvent", event)
 }
 
 /// A `Call` record (what `get`, `list` and `hangup` print).
-pub fn call_json(call: &pb::Call) -> Value {
-    json!({
-        "callId": call.call_id,
-        "to": call.to,
-        "from": call.from,
-        "backend": backend(call.backend),
-        "status": call_status(call.status),
-        "providerCallId": call.provider_call_id,
-        "metadata": call.metadata,
-        "createdAt": timestamp(call.created_at.as_ref()),
-        "answeredAt": timestamp(call.answered_at.as_ref()),
-        "endedAt": timestamp(call.ended_at.as_ref()),
-        "emulated": call.emulated,
-        "endReason": call.end_reason,
-        "instructions": call.instructions,
-        "voice": call.voice,
-        "durationSeconds": call.duration_seconds,
-        "answeredBy": call.answered_by,
-        "providerErrorCode": call.provider_error_code,
-        "turnLatencyP50Ms": call.turn_latency_p50_ms,
-        "turnLatencyP95Ms": call.turn_latency_p95_ms,
-        "eventCount": uint64(call.event_count),
-    })
+pub fn call_json(call: &pb::Call) -> Result<Value, JsonError> {
+    to_json("voiceagent.v1.Call", call)
 }
 
 /// A `PlaceCallResponse` (what `call` prints first).
-pub fn placed_json(placed: &pb::PlaceCallResponse) -> Value {
-    json!({
-        "callId": placed.call_id,
-        "providerCallId": placed.provider_call_id,
-        "status": call_status(placed.status),
-        "emulated": placed.emulated,
-    })
+pub fn placed_json(placed: &pb::PlaceCallResponse) -> Result<Value, JsonError> {
+    to_json("voiceagent.v1.PlaceCallResponse", placed)
 }
 
 /// A `GetServerInfoResponse` (what `info` prints).
-pub fn server_info_json(info: &pb::GetServerInfoResponse) -> Value {
-    let backends: Vec<Value> = info
-        .backends
-        .iter()
-        .map(|b| json!({"backend": backend(b.backend), "emulated": b.emulated, "defaultVoice": b.default_voice}))
-        .collect();
-    json!({
-        "backends": backends,
-        "defaultBackend": backend(info.default_backend),
-        "telephonyEmulated": info.telephony_emulated,
-        "defaultGreeting": info.default_greeting,
-        "defaultMaxDuration": duration(info.default_max_duration.as_ref()),
-        "audioMode": enum_value(pb::AudioMode::try_from(info.audio_mode).ok().map(|m| m.as_str_name()), info.audio_mode),
-        "serverVersion": info.server_version,
-    })
+pub fn server_info_json(info: &pb::GetServerInfoResponse) -> Result<Value, JsonError> {
+    to_json("voiceagent.v1.GetServerInfoResponse", info)
 }
 
-/// proto3 JSON writes a Duration as seconds with an `s` suffix and 0, 3, 6
-/// or 9 fractional digits, e.g. "600s" or "1.500s"; unset is `null`.
-fn duration(d: Option<&prost_types::Duration>) -> Value {
-    let Some(d) = d else { return Value::Null };
-    let sign = if d.seconds < 0 || d.nanos < 0 { "-" } else { "" };
-    let (seconds, nanos) = (d.seconds.unsigned_abs(), d.nanos.unsigned_abs());
-    let fraction = match nanos {
-        0 => String::new(),
-        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
-        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
-        n => format!(".{n:09}"),
-    };
-    Value::String(format!("{sign}{seconds}{fraction}s"))
+/// `message`, known to the contract as `name`, in the proto3 JSON mapping
+/// with every field present.
+fn to_json(name: &'static str, message: &impl Message) -> Result<Value, JsonError> {
+    let pool = POOL.as_ref().map_err(|e| JsonError::Descriptors(e.to_string()))?;
+    let descriptor = pool.get_message_by_name(name).ok_or(JsonError::UnknownMessage(name))?;
+    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .map_err(|source| JsonError::Decode { name, source })?;
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let mut json = dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|source| JsonError::Serialize { name, source })?;
+    add_nulls(&dynamic, &mut json);
+    Ok(json)
 }
 
-/// proto3 JSON writes 64-bit integers as strings (JavaScript numbers lose
-/// precision beyond 2^53).
-fn uint64(n: u64) -> Value {
-    Value::String(n.to_string())
-}
-
-/// RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, as protojson does.
-fn timestamp(ts: Option<&prost_types::Timestamp>) -> Value {
-    ts.and_then(crate::render::to_datetime)
-        .map(|t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)))
-        .unwrap_or(Value::Null)
-}
-
-/// proto3 JSON writes an enum value this client does not know as its number.
-fn enum_value(name: Option<&'static str>, raw: i32) -> Value {
-    name.map_or_else(|| Value::from(raw), |n| Value::String(n.to_string()))
-}
-
-fn call_status(raw: i32) -> Value {
-    enum_value(pb::CallStatus::try_from(raw).ok().map(|s| s.as_str_name()), raw)
-}
-
-fn speaker(raw: i32) -> Value {
-    enum_value(pb::Speaker::try_from(raw).ok().map(|s| s.as_str_name()), raw)
-}
-
-fn backend(raw: i32) -> Value {
-    enum_value(pb::Backend::try_from(raw).ok().map(|b| b.as_str_name()), raw)
+/// Adds `null` for every unset singular message field of `message` (and of
+/// the messages inside it), as grpcurl's `-emit-defaults` does. The members
+/// of a oneof stay absent but for the one that is set, as in grpcurl.
+fn add_nulls(message: &DynamicMessage, json: &mut Value) {
+    let Value::Object(object) = json else { return };
+    for field in message.descriptor().fields() {
+        let Kind::Message(kind) = field.kind() else { continue };
+        if field.is_map() || field.containing_oneof().is_some_and(|o| !o.is_synthetic()) {
+            continue;
+        }
+        // Well-known types are written as strings: nothing inside to fill.
+        let plain = !kind.full_name().starts_with("google.protobuf.");
+        let value = message.get_field(&field);
+        let Some(slot) = object.get_mut(field.json_name()) else {
+            if !field.is_list() && !message.has_field(&field) {
+                object.insert(field.json_name().to_string(), Value::Null);
+            }
+            continue;
+        };
+        match (value.as_list(), slot) {
+            (Some(items), Value::Array(slots)) if plain => {
+                for (item, slot) in items.iter().zip(slots) {
+                    if let Some(m) = item.as_message() {
+                        add_nulls(m, slot);
+                    }
+                }
+            }
+            (None, slot) if plain => {
+                if let Some(m) = value.as_message() {
+                    add_nulls(m, slot);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+    use voice_agent_proto::v1::call_event::Kind;
 
     fn event(kind: Kind) -> pb::CallEvent {
         pb::CallEvent {
@@ -158,7 +146,8 @@ mod tests {
         let v = event_json(&event(Kind::Status(pb::StatusChanged {
             status: pb::CallStatus::Ringing as i32,
             detail: String::new(),
-        })));
+        })))
+        .unwrap();
         assert_eq!(
             v,
             json!({
@@ -175,7 +164,8 @@ mod tests {
             speaker: pb::Speaker::Agent as i32,
             text: "Hi \"there\"".into(),
             interrupted: true,
-        })));
+        })))
+        .unwrap();
         assert_eq!(t["transcript"]["speaker"], "SPEAKER_AGENT");
         assert_eq!(t["transcript"]["text"], "Hi \"there\"");
         assert_eq!(t["transcript"]["interrupted"], true);
@@ -183,7 +173,8 @@ mod tests {
             turn_index: 2,
             first_audio_sent_ms: 410,
             first_audio_heard_ms: 590,
-        })));
+        })))
+        .unwrap();
         assert_eq!(
             m["turn"],
             json!({"turnIndex": 2, "firstAudioSentMs": 410, "firstAudioHeardMs": 590})
@@ -191,9 +182,10 @@ mod tests {
         let n = event_json(&event(Kind::Notice(pb::Notice {
             code: "emulated".into(),
             message: "m".into(),
-        })));
+        })))
+        .unwrap();
         assert_eq!(n["notice"]["code"], "emulated");
-        let d = event_json(&event(Kind::Dtmf(pb::Dtmf { digit: "#".into() })));
+        let d = event_json(&event(Kind::Dtmf(pb::Dtmf { digit: "#".into() }))).unwrap();
         assert_eq!(d["dtmf"]["digit"], "#");
     }
 
@@ -202,13 +194,15 @@ mod tests {
         let v = event_json(&event(Kind::Status(pb::StatusChanged {
             status: 42,
             detail: String::new(),
-        })));
+        })))
+        .unwrap();
         assert_eq!(v["status"]["status"], 42);
         let bare = event_json(&pb::CallEvent {
             sequence: u64::MAX,
             time: None,
             kind: None,
-        });
+        })
+        .unwrap();
         assert_eq!(bare, json!({"sequence": "18446744073709551615", "time": null}));
     }
 
@@ -228,7 +222,7 @@ mod tests {
             event_count: 12,
             ..Default::default()
         };
-        let v = call_json(&call);
+        let v = call_json(&call).unwrap();
         assert_eq!(v["callId"], "c1");
         assert_eq!(v["backend"], "BACKEND_GPT_REALTIME");
         assert_eq!(v["status"], "CALL_STATUS_COMPLETED");
@@ -247,6 +241,7 @@ mod tests {
                 backend: pb::Backend::GptRealtime as i32,
                 emulated: false,
                 default_voice: "alloy".into(),
+                display_name: "gpt-realtime".into(),
             }],
             default_backend: pb::Backend::GptRealtime as i32,
             telephony_emulated: true,
@@ -254,28 +249,57 @@ mod tests {
             default_max_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
             audio_mode: pb::AudioMode::Passthrough as i32,
             server_version: "1.2.3".into(),
-        });
+            limits: Some(pb::PlaceCallLimits {
+                max_voice_bytes: 128,
+                longest_max_duration: Some(prost_types::Duration {
+                    seconds: 14_400,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .unwrap();
         assert_eq!(
             v,
             json!({
-                "backends": [{"backend": "BACKEND_GPT_REALTIME", "emulated": false, "defaultVoice": "alloy"}],
+                "backends": [{"backend": "BACKEND_GPT_REALTIME", "emulated": false, "defaultVoice": "alloy", "displayName": "gpt-realtime"}],
                 "defaultBackend": "BACKEND_GPT_REALTIME",
                 "telephonyEmulated": true,
                 "defaultGreeting": "Hi",
                 "defaultMaxDuration": "600s",
                 "audioMode": "AUDIO_MODE_PASSTHROUGH",
                 "serverVersion": "1.2.3",
+                "limits": {
+                    "minToDigits": 0,
+                    "maxToDigits": 0,
+                    "maxInstructionsBytes": 0,
+                    "maxVoiceBytes": 128,
+                    "maxGreetingBytes": 0,
+                    "maxMetadataEntries": 0,
+                    "maxMetadataKeyBytes": 0,
+                    "maxMetadataValueBytes": 0,
+                    "shortestMaxDuration": null,
+                    "longestMaxDuration": "14400s",
+                },
             })
         );
-        let unset = server_info_json(&pb::GetServerInfoResponse::default());
+        let unset = server_info_json(&pb::GetServerInfoResponse::default()).unwrap();
         assert_eq!(unset["defaultMaxDuration"], Value::Null);
         assert_eq!(unset["backends"], json!([]));
         assert_eq!(unset["audioMode"], "AUDIO_MODE_UNSPECIFIED");
+        assert_eq!(unset["limits"], Value::Null);
     }
 
     #[test]
     fn durations_match_protojson() {
-        let d = |seconds, nanos| duration(Some(&prost_types::Duration { seconds, nanos }));
+        let d = |seconds, nanos| {
+            server_info_json(&pb::GetServerInfoResponse {
+                default_max_duration: Some(prost_types::Duration { seconds, nanos }),
+                ..Default::default()
+            })
+            .unwrap()["defaultMaxDuration"]
+                .clone()
+        };
         assert_eq!(d(600, 0), "600s");
         assert_eq!(d(1, 500_000_000), "1.500s");
         assert_eq!(d(0, 1_000), "0.000001s");
@@ -291,7 +315,8 @@ mod tests {
             provider_call_id: "CA00".into(),
             status: pb::CallStatus::Queued as i32,
             emulated: true,
-        });
+        })
+        .unwrap();
         assert_eq!(
             v,
             json!({"callId": "c1", "providerCallId": "CA00", "status": "CALL_STATUS_QUEUED", "emulated": true})

@@ -169,6 +169,12 @@ impl From<std::io::Error> for Failure {
     }
 }
 
+impl From<json::JsonError> for Failure {
+    fn from(e: json::JsonError) -> Failure {
+        Failure::Output(e.into())
+    }
+}
+
 impl From<WatchError> for Failure {
     fn from(e: WatchError) -> Failure {
         match e {
@@ -188,7 +194,7 @@ struct Output {
 impl Output {
     fn event(&self, event: &pb::CallEvent) -> std::io::Result<()> {
         if self.json {
-            line(&json::event_json(event).to_string())
+            line(&json::event_json(event)?.to_string())
         } else {
             line(&render::event_line(event, &chrono::Local, self.palette))
         }
@@ -196,7 +202,7 @@ impl Output {
 
     fn call_row(&self, call: &pb::Call) -> std::io::Result<()> {
         if self.json {
-            line(&json::call_json(call).to_string())
+            line(&json::call_json(call)?.to_string())
         } else {
             line(&render::call_row(call, &chrono::Local))
         }
@@ -252,7 +258,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             // The id comes first and alone on its line, so scripts can take
             // `head -n1` (or use --json, where stdout stays pure JSON).
             if out.json {
-                line(&json::placed_json(&placed).to_string())?;
+                line(&json::placed_json(&placed)?.to_string())?;
                 if placed.emulated {
                     eprintln!("{EMULATED_NOTE}");
                 }
@@ -287,7 +293,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             };
             if let Some(call) = client.get_call(request).await?.into_inner().call {
                 if out.json {
-                    line(&json::call_json(&call).to_string())?;
+                    line(&json::call_json(&call)?.to_string())?;
                 } else {
                     line(&render::call_detail(&call, &chrono::Local))?;
                 }
@@ -323,7 +329,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Info => {
             let info = client.get_server_info(pb::GetServerInfoRequest {}).await?.into_inner();
             if out.json {
-                line(&json::server_info_json(&info).to_string())?;
+                line(&json::server_info_json(&info)?.to_string())?;
             } else {
                 line(&render::server_info(&info))?;
             }

@@ -272,6 +272,12 @@ pub fn server_info(info: &pb::GetServerInfoResponse) -> String {
         if !b.default_voice.is_empty() {
             text.push_str(&format!("  voice {}", sanitize(&b.default_voice)));
         }
+        // The server's name for it, when it says more than the `--backend`
+        // spelling (always, for a backend newer than this build).
+        let display = sanitize(&b.display_name);
+        if !display.is_empty() && !display.eq_ignore_ascii_case(&backend_name(b.backend)) {
+            text.push_str(&format!("  ({display})"));
+        }
         rows.push((if i == 0 { "backends" } else { "" }, text.trim_end().to_string()));
     }
     rows.push(("default", backend_name(info.default_backend)));
@@ -286,6 +292,27 @@ pub fn server_info(info: &pb::GetServerInfoResponse) -> String {
             .map_or_else(|| "-".into(), |d| format!("{} s", d.seconds)),
     ));
     rows.push(("audio mode", audio_mode_name(info.audio_mode)));
+    if let Some(l) = &info.limits {
+        let secs = |d: &Option<prost_types::Duration>| d.as_ref().map_or_else(|| "?".into(), |d| d.seconds.to_string());
+        let limits = [
+            format!("to: {} to {} digits", l.min_to_digits, l.max_to_digits),
+            format!("instructions: at most {} bytes", l.max_instructions_bytes),
+            format!("voice: at most {} bytes", l.max_voice_bytes),
+            format!("greeting: at most {} bytes", l.max_greeting_bytes),
+            format!(
+                "metadata: at most {} entries, keys 1 to {} bytes, values at most {} bytes",
+                l.max_metadata_entries, l.max_metadata_key_bytes, l.max_metadata_value_bytes
+            ),
+            format!(
+                "max duration: {} to {} s",
+                secs(&l.shortest_max_duration),
+                secs(&l.longest_max_duration)
+            ),
+        ];
+        for (i, text) in limits.into_iter().enumerate() {
+            rows.push((if i == 0 { "limits" } else { "" }, text));
+        }
+    }
     rows.into_iter()
         .map(|(name, value)| format!("{name:<15}{value}"))
         .collect::<Vec<_>>()
@@ -459,11 +486,13 @@ mod tests {
                     backend: pb::Backend::VoiceLive as i32,
                     emulated: true,
                     default_voice: "en-US-AriaNeural".into(),
+                    ..Default::default()
                 },
                 pb::BackendInfo {
                     backend: pb::Backend::GptRealtime as i32,
                     emulated: true,
                     default_voice: "alloy".into(),
+                    ..Default::default()
                 },
             ],
             default_backend: pb::Backend::VoiceLive as i32,
@@ -472,6 +501,7 @@ mod tests {
             default_max_duration: Some(prost_types::Duration { seconds: 600, nanos: 0 }),
             audio_mode: pb::AudioMode::Transcode as i32,
             server_version: "0.1.0".into(),
+            limits: None,
         };
         assert_eq!(
             server_info(&info),
@@ -494,6 +524,66 @@ mod tests {
             "{bare}"
         );
         assert!(bare.contains("greeting       none"), "{bare}");
+    }
+
+    #[test]
+    fn server_info_shows_the_servers_names_and_limits() {
+        let info = pb::GetServerInfoResponse {
+            backends: vec![
+                pb::BackendInfo {
+                    backend: pb::Backend::VoiceLive as i32,
+                    display_name: "Voice Live".into(),
+                    ..Default::default()
+                },
+                pb::BackendInfo {
+                    backend: pb::Backend::GptRealtime as i32,
+                    display_name: "gpt-realtime".into(),
+                    ..Default::default()
+                },
+                pb::BackendInfo {
+                    backend: 7,
+                    emulated: true,
+                    display_name: "Speechy\x1b[2J".into(),
+                    ..Default::default()
+                },
+            ],
+            limits: Some(pb::PlaceCallLimits {
+                min_to_digits: 8,
+                max_to_digits: 15,
+                max_instructions_bytes: 16384,
+                max_voice_bytes: 128,
+                max_greeting_bytes: 1000,
+                max_metadata_entries: 32,
+                max_metadata_key_bytes: 64,
+                max_metadata_value_bytes: 512,
+                shortest_max_duration: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+                longest_max_duration: Some(prost_types::Duration {
+                    seconds: 14400,
+                    nanos: 0,
+                }),
+            }),
+            ..Default::default()
+        };
+        let text = server_info(&info);
+        assert!(
+            text.contains(
+                "backends       voice-live    real      (Voice Live)\n\
+                 \x20              gpt-realtime  real\n\
+                 \x20              backend-7     emulated  (Speechy\u{fffd}[2J)\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "limits         to: 8 to 15 digits\n\
+                 \x20              instructions: at most 16384 bytes\n\
+                 \x20              voice: at most 128 bytes\n\
+                 \x20              greeting: at most 1000 bytes\n\
+                 \x20              metadata: at most 32 entries, keys 1 to 64 bytes, values at most 512 bytes\n\
+                 \x20              max duration: 10 to 14400 s"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

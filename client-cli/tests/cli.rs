@@ -646,6 +646,7 @@ fn real_info() -> pb::GetServerInfoResponse {
             backend: pb::Backend::GptRealtime as i32,
             emulated: false,
             default_voice: "marin".into(),
+            ..Default::default()
         }],
         default_backend: pb::Backend::GptRealtime as i32,
         telephony_emulated: false,
@@ -653,6 +654,7 @@ fn real_info() -> pb::GetServerInfoResponse {
         default_max_duration: Some(prost_types::Duration { seconds: 300, nanos: 0 }),
         audio_mode: pb::AudioMode::Passthrough as i32,
         server_version: "9.8.7".into(),
+        limits: None,
     }
 }
 
@@ -703,11 +705,13 @@ async fn info_says_what_is_emulated() {
             backend: pb::Backend::VoiceLive as i32,
             emulated: true,
             default_voice: "en-US-AriaNeural".into(),
+            ..Default::default()
         },
         pb::BackendInfo {
             backend: pb::Backend::GptRealtime as i32,
             emulated: true,
             default_voice: "alloy".into(),
+            ..Default::default()
         },
     ];
     let (addr, _server) = start(Fake::default().with_info(info)).await;

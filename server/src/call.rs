@@ -78,6 +78,14 @@ impl Backend {
             Self::GptRealtime => "gpt-realtime",
         }
     }
+    /// The name people see (GetServerInfo publishes it, so clients need no
+    /// list of their own).
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Self::VoiceLive => "Voice Live",
+            Self::GptRealtime => "gpt-realtime",
+        }
+    }
 }
 
 /// Where a call is in its life.

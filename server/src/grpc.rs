@@ -33,6 +33,9 @@ pub const MAX_METADATA_KEY: usize = 64;
 pub const MAX_METADATA_VALUE: usize = 512;
 /// Bounds of `max_duration`.
 pub const MAX_DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(4 * 3600));
+/// Fewest and most digits after the `+` of `to`, as [`is_e164`] checks them
+/// (published in GetServerInfo; a test keeps the two in step).
+pub const E164_DIGITS: (usize, usize) = (8, 15);
 
 /// How much longer than `max_duration` the provider's own limit is.
 pub const TIME_LIMIT_MARGIN: Duration = Duration::from_secs(15);
@@ -459,6 +462,7 @@ pub fn server_info(state: &AppState) -> pb::GetServerInfoResponse {
             backend: backend_to_pb(b) as i32,
             emulated: state.ai_emulated(b),
             default_voice: default_voice(config, b).to_string(),
+            display_name: b.display_name().to_string(),
         })
         .collect();
     pb::GetServerInfoResponse {
@@ -475,6 +479,28 @@ pub fn server_info(state: &AppState) -> pb::GetServerInfoResponse {
             AudioMode::Passthrough => pb::AudioMode::Passthrough,
         } as i32,
         server_version: env!("CARGO_PKG_VERSION").to_string(),
+        limits: Some(place_call_limits()),
+    }
+}
+
+/// The bounds [`validate`] enforces, as GetServerInfo publishes them.
+fn place_call_limits() -> pb::PlaceCallLimits {
+    let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+    let d = |v: Duration| prost_types::Duration {
+        seconds: i64::try_from(v.as_secs()).unwrap_or(i64::MAX),
+        nanos: 0,
+    };
+    pb::PlaceCallLimits {
+        min_to_digits: n(E164_DIGITS.0),
+        max_to_digits: n(E164_DIGITS.1),
+        max_instructions_bytes: n(MAX_INSTRUCTIONS),
+        max_voice_bytes: n(MAX_VOICE),
+        max_greeting_bytes: n(MAX_GREETING),
+        max_metadata_entries: n(MAX_METADATA_ENTRIES),
+        max_metadata_key_bytes: n(MAX_METADATA_KEY),
+        max_metadata_value_bytes: n(MAX_METADATA_VALUE),
+        shortest_max_duration: Some(d(MAX_DURATION_RANGE.0)),
+        longest_max_duration: Some(d(MAX_DURATION_RANGE.1)),
     }
 }
 

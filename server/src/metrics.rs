@@ -1,60 +1,74 @@
 //! Counters and latency histograms of the media path, exported at
-//! `GET /metrics` in the Prometheus text format.
+//! `GET /metrics` in the Prometheus text format (0.0.4) by prometheus-client.
 //!
 //! Recording happens on every 20 ms frame of every call, from many tasks at
 //! once, so it must cost next to nothing and never lock: each histogram is a
-//! fixed array of atomic counters over log-linear buckets (16 per power of
-//! two, so a bucket is at most 6.25 % wide), in the manner of HdrHistogram
-//! with 4 significant bits. The export lists the cumulative count at the upper
-//! bound of every non-empty bucket, which is exact (the buckets in between are
-//! empty), so a reader that takes two snapshots can subtract them and get the
-//! distribution of just that window (the load generator does).
+//! fixed array of atomic counters (prometheus-client's own `Histogram` takes
+//! a mutex per observation, so it is not used here). A scrape copies the
+//! atomics into a [`Scrape`], a prometheus-client [`Collector`], and encodes
+//! that with the library's encoder.
+//!
+//! Every histogram has the same fixed buckets on every scrape and every
+//! instance, empty or not ([`BOUNDS_NS`]): 10 µs to 5 s in the R10 series of
+//! preferred numbers (10 per decade: 1, 1.25, 1.6, 2, 2.5, 3.15, 4, 5, 6.3, 8),
+//! so a bucket is at most 27 % wide and 20 ms (a frame) is a bound. A reader
+//! that takes two snapshots can subtract them and get the distribution of just
+//! that window (the load generator does).
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Linear sub-buckets per power of two (4 bits).
-const SUB_BITS: u32 = 4;
-const SUB: usize = 1 << SUB_BITS;
-/// Values up to 2^37 ns (about 137 s) get their own bucket; longer ones share the last.
-const MAX_EXPONENT: u32 = 36;
-/// Number of buckets.
-pub const BUCKETS: usize = (MAX_EXPONENT as usize - SUB_BITS as usize + 2) * SUB;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
-/// Bucket of a value in nanoseconds.
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Mantissas of the R10 preferred numbers, ×100.
+const R10: [u64; 10] = [100, 125, 160, 200, 250, 315, 400, 500, 630, 800];
+/// Number of finite bounds: five decades from 10 µs, then 1 s to 5 s.
+pub const BOUNDS: usize = 5 * R10.len() + 8;
+
+/// Upper bounds (inclusive, as Prometheus' `le`) of the finite buckets, in
+/// nanoseconds, ascending. Values above the last go to the `+Inf` bucket.
+pub const BOUNDS_NS: [u64; BOUNDS] = bounds_ns();
+
+const fn bounds_ns() -> [u64; BOUNDS] {
+    let mut out = [0u64; BOUNDS];
+    // 10 µs = 100 × 10^2 ns.
+    let mut scale = 100u64;
+    let mut i = 0;
+    while i < BOUNDS {
+        out[i] = R10[i % R10.len()] * scale;
+        i += 1;
+        if i % R10.len() == 0 {
+            scale *= 10;
+        }
+    }
+    out
+}
+
+/// Bucket of a value in nanoseconds: the first whose bound is ≥ it, or
+/// [`BOUNDS`] (the `+Inf` bucket).
 pub fn bucket_index(ns: u64) -> usize {
-    if ns < SUB as u64 {
-        return ns as usize;
-    }
-    let exponent = 63 - ns.leading_zeros();
-    if exponent > MAX_EXPONENT {
-        return BUCKETS - 1;
-    }
-    let sub = ((ns >> (exponent - SUB_BITS)) as usize) & (SUB - 1);
-    (exponent - SUB_BITS + 1) as usize * SUB + sub
+    BOUNDS_NS.partition_point(|&bound| bound < ns)
 }
 
-/// Exclusive upper bound of a bucket, in nanoseconds.
-pub fn bucket_upper_ns(index: usize) -> u64 {
-    if index < SUB {
-        return index as u64 + 1;
-    }
-    let exponent = (index / SUB) as u32 + SUB_BITS - 1;
-    let sub = (index % SUB) as u64;
-    (SUB as u64 + sub + 1) << (exponent - SUB_BITS)
-}
-
-/// A lock-free latency histogram.
+/// A lock-free latency histogram over [`BOUNDS_NS`].
 pub struct Histogram {
-    buckets: Box<[AtomicU64]>,
+    /// Per-bucket counts (not cumulative); the last is `+Inf`.
+    buckets: [AtomicU64; BOUNDS + 1],
     sum_ns: AtomicU64,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Self {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_ns: AtomicU64::new(0),
         }
     }
@@ -74,57 +88,25 @@ impl Histogram {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
     }
 
-    /// Per-bucket counts (not cumulative), a consistent-enough copy for reports.
+    /// Per-bucket counts (not cumulative, the last is `+Inf`), a
+    /// consistent-enough copy for reports.
     pub fn snapshot(&self) -> Vec<u64> {
         self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
     }
 
-    /// Upper bound of the bucket holding the `q` quantile (0..=1), or None when empty.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        quantile_of(&self.snapshot(), q).map(Duration::from_nanos)
-    }
-
-    fn write_prometheus(&self, out: &mut String, name: &str, labels: &str) {
-        let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0u64;
-        for (i, b) in self.buckets.iter().enumerate() {
-            let n = b.load(Ordering::Relaxed);
-            if n == 0 {
-                continue;
-            }
-            cumulative += n;
-            let le = bucket_upper_ns(i) as f64 / 1e9;
-            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le:e}\"}} {cumulative}");
-        }
-        // The total of the buckets as read, so +Inf always matches them.
-        let count = cumulative;
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        let braces = if labels.is_empty() {
-            String::new()
-        } else {
-            format!("{{{labels}}}")
-        };
-        let _ = writeln!(out, "{name}_sum{braces} {sum:e}");
-        let _ = writeln!(out, "{name}_count{braces} {count}");
-    }
-}
-
-/// Upper bound (ns) of the bucket holding quantile `q` of per-bucket `counts`.
-pub fn quantile_of(counts: &[u64], q: f64) -> Option<u64> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
-    let mut seen = 0;
-    for (i, n) in counts.iter().enumerate() {
-        seen += n;
-        if seen >= rank {
-            return Some(bucket_upper_ns(i));
+    fn scrape(&self) -> HistogramScrape {
+        let counts = self.snapshot();
+        let buckets = BOUNDS_NS
+            .iter()
+            .map(|&ns| ns as f64 / 1e9)
+            .chain([f64::INFINITY])
+            .zip(counts)
+            .collect();
+        HistogramScrape {
+            buckets,
+            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
         }
     }
-    None
 }
 
 /// A counter that only goes up.
@@ -203,67 +185,110 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        // The registry lives for one scrape: what it encodes is a copy of the
+        // atomics, so the recording side never shares anything with it.
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.scrape()));
         let mut out = String::with_capacity(16 * 1024);
-        let histograms = [
-            (
-                "voice_agent_bridge_frame_latency_seconds",
-                "Time from a media frame reaching the bridge to its conversion being written to the other socket.",
-                vec![
-                    ("direction=\"inbound\"", &self.inbound_frame),
-                    ("direction=\"outbound\"", &self.outbound_frame),
-                ],
-            ),
-            (
-                "voice_agent_barge_in_reaction_seconds",
-                "Time from the AI's speech_started reaching the bridge to Twilio's clear being written.",
-                vec![("", &self.barge_in)],
-            ),
-        ];
-        for (name, help, series) in histograms {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-            for (labels, h) in series {
-                h.write_prometheus(&mut out, name, labels);
-            }
-        }
-        let frames = "voice_agent_bridge_frames_total";
-        let _ = writeln!(
-            out,
-            "# HELP {frames} Audio frames through the bridge, by hop.\n# TYPE {frames} counter"
-        );
-        for (hop, c) in [
-            ("from_twilio", &self.frames_from_twilio),
-            ("to_ai", &self.frames_to_ai),
-            ("from_ai", &self.frames_from_ai),
-            ("to_twilio", &self.frames_to_twilio),
-            ("dropped_barge_in", &self.frames_dropped_barge_in),
-        ] {
-            let _ = writeln!(out, "{frames}{{hop=\"{hop}\"}} {}", c.get());
-        }
-        for (name, kind, help, value) in [
-            (
-                "voice_agent_media_malformed_total",
-                "counter",
-                "Media Streams messages that could not be read.",
-                self.media_malformed.get() as i64,
-            ),
-            (
-                "voice_agent_calls_placed_total",
-                "counter",
-                "Calls placed.",
-                self.calls_placed.get() as i64,
-            ),
-            (
-                "voice_agent_active_media_bridges",
-                "gauge",
-                "Media bridges running now.",
-                self.active_bridges.get(),
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
-        }
+        // Writing into a String cannot fail, and the collector returns no
+        // error of its own.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
         out
+    }
+
+    /// A copy of every value, for one scrape.
+    pub fn scrape(&self) -> Scrape {
+        Scrape {
+            inbound_frame: self.inbound_frame.scrape(),
+            outbound_frame: self.outbound_frame.scrape(),
+            barge_in: self.barge_in.scrape(),
+            frames: [
+                ("from_twilio", self.frames_from_twilio.get()),
+                ("to_ai", self.frames_to_ai.get()),
+                ("from_ai", self.frames_from_ai.get()),
+                ("to_twilio", self.frames_to_twilio.get()),
+                ("dropped_barge_in", self.frames_dropped_barge_in.get()),
+            ],
+            media_malformed: self.media_malformed.get(),
+            calls_placed: self.calls_placed.get(),
+            active_bridges: self.active_bridges.get(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct HistogramScrape {
+    /// (upper bound in seconds, count in that bucket alone), `+Inf` last.
+    buckets: Vec<(f64, u64)>,
+    sum_seconds: f64,
+}
+
+impl HistogramScrape {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        // The total of the buckets as read, so `+Inf` and `_count` always match them.
+        let count = self.buckets.iter().map(|(_, n)| n).sum();
+        encoder.encode_histogram::<NoLabelSet>(self.sum_seconds, count, &self.buckets, None)
+    }
+}
+
+/// The values of one scrape: a prometheus-client [`Collector`] that always
+/// describes the same series, whatever was recorded.
+#[derive(Debug)]
+pub struct Scrape {
+    inbound_frame: HistogramScrape,
+    outbound_frame: HistogramScrape,
+    barge_in: HistogramScrape,
+    frames: [(&'static str, u64); 5],
+    media_malformed: u64,
+    calls_placed: u64,
+    active_bridges: i64,
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "voice_agent_bridge_frame_latency_seconds",
+            "Time from a media frame reaching the bridge to its conversion being written to the other socket.",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (direction, h) in [("inbound", &self.inbound_frame), ("outbound", &self.outbound_frame)] {
+            h.encode(family.encode_family(&[("direction", direction)])?)?;
+        }
+        self.barge_in.encode(encoder.encode_descriptor(
+            "voice_agent_barge_in_reaction_seconds",
+            "Time from the AI's speech_started reaching the bridge to Twilio's clear being written.",
+            None,
+            MetricType::Histogram,
+        )?)?;
+        // Counters are named without `_total`: the encoder appends it.
+        let mut family = encoder.encode_descriptor(
+            "voice_agent_bridge_frames",
+            "Audio frames through the bridge, by hop.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (hop, n) in self.frames {
+            ConstCounter::new(n).encode(family.encode_family(&[("hop", hop)])?)?;
+        }
+        for (name, help, n) in [
+            (
+                "voice_agent_media_malformed",
+                "Media Streams messages that could not be read.",
+                self.media_malformed,
+            ),
+            ("voice_agent_calls_placed", "Calls placed.", self.calls_placed),
+        ] {
+            ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
+        }
+        ConstGauge::new(self.active_bridges).encode(encoder.encode_descriptor(
+            "voice_agent_active_media_bridges",
+            "Media bridges running now.",
+            None,
+            MetricType::Gauge,
+        )?)
     }
 }
 
@@ -271,41 +296,38 @@ impl Metrics {
 mod tests {
     use super::*;
 
-    #[test]
-    fn buckets_are_contiguous_and_narrow() {
-        // Every value lands in a bucket whose bounds hold it, and consecutive
-        // buckets touch: no gaps, no overlaps.
-        let mut lower = 0u64;
-        for i in 0..BUCKETS - 1 {
-            let upper = bucket_upper_ns(i);
-            assert!(upper > lower, "bucket {i}");
-            assert_eq!(bucket_index(lower), i, "lower bound of bucket {i}");
-            assert_eq!(bucket_index(upper - 1), i, "last value of bucket {i}");
-            if lower >= 16 {
-                assert!(
-                    (upper - lower) as f64 / lower as f64 <= 0.0625 + 1e-12,
-                    "bucket {i} too wide"
-                );
-            }
-            lower = upper;
-        }
-        assert_eq!(bucket_index(u64::MAX), BUCKETS - 1);
-        assert_eq!(bucket_upper_ns(BUCKETS - 1), 1 << 37);
+    /// Series names with their labels (the part before the value), in order.
+    fn series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+            .collect()
     }
 
     #[test]
-    fn quantiles_come_within_a_bucket_of_the_truth() {
-        let h = Histogram::default();
-        // 1..=10000 µs: the true p50 is 5000 µs, p99 9900 µs.
-        for us in 1..=10_000u64 {
-            h.record(Duration::from_micros(us));
+    fn bounds_are_r10_from_10_us_to_5_s() {
+        assert_eq!(BOUNDS_NS[0], 10_000);
+        assert_eq!(BOUNDS_NS[1], 12_500);
+        assert_eq!(BOUNDS_NS[BOUNDS - 1], 5_000_000_000);
+        assert!(BOUNDS_NS.contains(&20_000_000), "20 ms, a frame, is a bound");
+        for w in BOUNDS_NS.windows(2) {
+            let ratio = w[1] as f64 / w[0] as f64;
+            assert!((1.2..=1.28).contains(&ratio), "{w:?}");
         }
-        assert_eq!(h.count(), 10_000);
-        for (q, truth) in [(0.5, 5_000_000f64), (0.99, 9_900_000f64), (1.0, 10_000_000f64)] {
-            let got = h.quantile(q).unwrap().as_nanos() as f64;
-            assert!(got >= truth && got <= truth * 1.0625 + 1.0, "q{q}: {got} vs {truth}");
-        }
-        assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn values_land_in_the_first_bucket_whose_bound_holds_them() {
+        assert_eq!(bucket_index(0), 0);
+        assert_eq!(bucket_index(10_000), 0, "le is inclusive");
+        assert_eq!(bucket_index(10_001), 1);
+        assert_eq!(
+            bucket_index(20_000_000),
+            BOUNDS_NS.iter().position(|&b| b == 20_000_000).unwrap()
+        );
+        assert_eq!(bucket_index(5_000_000_000), BOUNDS - 1);
+        assert_eq!(bucket_index(5_000_000_001), BOUNDS);
+        assert_eq!(bucket_index(u64::MAX), BOUNDS);
     }
 
     #[test]
@@ -314,6 +336,7 @@ mod tests {
         m.inbound_frame.record(Duration::from_micros(100));
         m.inbound_frame.record(Duration::from_micros(100));
         m.inbound_frame.record(Duration::from_millis(30));
+        m.inbound_frame.record(Duration::from_secs(9));
         m.frames_to_ai.add(3);
         let _live = m.active_bridges.track();
         let text = m.render();
@@ -321,15 +344,61 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("voice_agent_bridge_frame_latency_seconds_bucket{direction=\"inbound\""))
             .collect();
-        assert_eq!(inbound.len(), 3, "two non-empty buckets and +Inf: {inbound:?}");
-        assert!(inbound[0].ends_with(" 2"), "{}", inbound[0]);
-        assert!(inbound[1].ends_with(" 3"), "{}", inbound[1]);
-        assert!(inbound[2].contains("le=\"+Inf\"") && inbound[2].ends_with(" 3"));
-        assert!(text.contains("voice_agent_bridge_frame_latency_seconds_count{direction=\"inbound\"} 3"));
+        assert_eq!(inbound.len(), BOUNDS + 1, "every bucket and +Inf: {inbound:?}");
+        let count_at = |le: &str| {
+            inbound
+                .iter()
+                .find(|l| l.contains(&format!("le=\"{le}\"}}")))
+                .and_then(|l| l.rsplit_once(' '))
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_else(|| panic!("le={le} in {inbound:?}"))
+        };
+        assert_eq!(count_at("1e-05"), "0");
+        assert_eq!(count_at("0.0001"), "2");
+        assert_eq!(count_at("0.025"), "2");
+        assert_eq!(count_at("0.0315"), "3");
+        assert_eq!(count_at("5"), "3");
+        assert_eq!(count_at("+Inf"), "4");
+        assert!(text.contains("voice_agent_bridge_frame_latency_seconds_count{direction=\"inbound\"} 4"));
+        assert!(text.contains("voice_agent_bridge_frame_latency_seconds_sum{direction=\"inbound\"} 9.0302"));
         assert!(text.contains("voice_agent_bridge_frames_total{hop=\"to_ai\"} 3"));
         assert!(text.contains("voice_agent_active_media_bridges 1"));
         assert!(text.contains("voice_agent_barge_in_reaction_seconds_bucket{le=\"+Inf\"} 0"));
         drop(_live);
         assert_eq!(m.active_bridges.get(), 0);
+    }
+
+    #[test]
+    fn every_scrape_has_the_same_series() {
+        let m = Metrics::default();
+        let before = m.render();
+        m.inbound_frame.record(Duration::from_micros(37));
+        m.outbound_frame.record(Duration::from_millis(3));
+        m.barge_in.record(Duration::from_secs(60));
+        m.frames_dropped_barge_in.add(2);
+        m.media_malformed.inc();
+        m.calls_placed.inc();
+        let _live = m.active_bridges.track();
+        let after = m.render();
+        assert_ne!(before, after);
+        assert_eq!(series(&before), series(&after));
+        assert_eq!(series(&before).len(), 3 * (BOUNDS + 1 + 2) + 5 + 3);
+    }
+
+    #[test]
+    fn help_and_type_lines_describe_every_family() {
+        let text = Metrics::default().render();
+        for (name, kind) in [
+            ("voice_agent_bridge_frame_latency_seconds", "histogram"),
+            ("voice_agent_barge_in_reaction_seconds", "histogram"),
+            ("voice_agent_bridge_frames_total", "counter"),
+            ("voice_agent_media_malformed_total", "counter"),
+            ("voice_agent_calls_placed_total", "counter"),
+            ("voice_agent_active_media_bridges", "gauge"),
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name}");
+            assert!(text.contains(&format!("# TYPE {name} {kind}\n")), "{name}");
+        }
+        assert!(!text.contains("_total_total"));
     }
 }

@@ -623,6 +623,128 @@ async fn server_info_in_emulator_mode_offers_both_backends_emulated() {
 }
 
 #[tokio::test]
+async fn server_info_publishes_the_limits_place_call_enforces() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let info = server_info(&mut client).await;
+    let names: Vec<&str> = info.backends.iter().map(|b| b.display_name.as_str()).collect();
+    assert_eq!(names, ["Voice Live", "gpt-realtime"]);
+    let l = info.limits.expect("limits");
+    assert_eq!((l.min_to_digits, l.max_to_digits), (8, 15));
+    let secs = |d: Option<prost_types::Duration>| d.expect("a duration").seconds;
+    let (shortest, longest) = (secs(l.shortest_max_duration), secs(l.longest_max_duration));
+    assert!(0 < shortest && shortest < longest, "{l:?}");
+    let long = |n: u32| "x".repeat(n as usize);
+    let digits = |n: u32| format!("+1{}", "5".repeat(n as usize - 1));
+    let metadata = |entries: u32, key: u32, value: u32| {
+        (0..entries)
+            .map(|i| (format!("{i:0>width$}", width = key as usize), long(value)))
+            .collect()
+    };
+    let duration = |seconds| Some(prost_types::Duration { seconds, nanos: 0 });
+
+    // Everything at its limit is accepted...
+    let at_limits = [
+        pb::PlaceCallRequest {
+            to: digits(l.max_to_digits),
+            instructions: long(l.max_instructions_bytes),
+            voice: long(l.max_voice_bytes),
+            greeting: Some(long(l.max_greeting_bytes)),
+            metadata: metadata(
+                l.max_metadata_entries,
+                l.max_metadata_key_bytes,
+                l.max_metadata_value_bytes,
+            ),
+            max_duration: duration(longest),
+            ..Default::default()
+        },
+        pb::PlaceCallRequest {
+            max_duration: duration(shortest),
+            // The emulator's busy line: 8 digits.
+            ..place("+15550102")
+        },
+    ];
+    assert_eq!(at_limits[1].to.len() - 1, l.min_to_digits as usize);
+    for req in at_limits {
+        client
+            .place_call(req)
+            .await
+            .unwrap_or_else(|e| panic!("at the published limits but refused: {e}"));
+    }
+    // ...and one step beyond any of them is refused, naming the field.
+    let beyond: [(pb::PlaceCallRequest, &str); 10] = [
+        (place(&digits(l.min_to_digits - 1)), "to"),
+        (place(&digits(l.max_to_digits + 1)), "to"),
+        (
+            pb::PlaceCallRequest {
+                instructions: long(l.max_instructions_bytes + 1),
+                ..place("+15550102")
+            },
+            "instructions",
+        ),
+        (
+            pb::PlaceCallRequest {
+                voice: long(l.max_voice_bytes + 1),
+                ..place("+15550102")
+            },
+            "voice",
+        ),
+        (
+            pb::PlaceCallRequest {
+                greeting: Some(long(l.max_greeting_bytes + 1)),
+                ..place("+15550102")
+            },
+            "greeting",
+        ),
+        (
+            pb::PlaceCallRequest {
+                metadata: metadata(l.max_metadata_entries + 1, 3, 1),
+                ..place("+15550102")
+            },
+            "metadata",
+        ),
+        (
+            pb::PlaceCallRequest {
+                metadata: metadata(1, l.max_metadata_key_bytes + 1, 1),
+                ..place("+15550102")
+            },
+            "metadata",
+        ),
+        (
+            pb::PlaceCallRequest {
+                metadata: metadata(1, 1, l.max_metadata_value_bytes + 1),
+                ..place("+15550102")
+            },
+            "metadata",
+        ),
+        (
+            pb::PlaceCallRequest {
+                max_duration: duration(shortest - 1),
+                ..place("+15550102")
+            },
+            "max_duration",
+        ),
+        (
+            pb::PlaceCallRequest {
+                max_duration: duration(longest + 1),
+                ..place("+15550102")
+            },
+            "max_duration",
+        ),
+    ];
+    for (req, field) in beyond {
+        let e = client.place_call(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}: {e:?}");
+        assert!(
+            e.message().starts_with(&format!("{field}:")),
+            "{field}: {}",
+            e.message()
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn server_info_offers_only_the_configured_backend() {
     let emu = voice_agent_server::emulator::realtime::start(Default::default())
         .await

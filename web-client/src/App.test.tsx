@@ -243,6 +243,35 @@ describe("calls list", () => {
 });
 
 describe("server info", () => {
+  it("checks the form against the limits the server publishes", async () => {
+    const { fake, user } = setup({ limits: { maxVoiceBytes: 4, minToDigits: 10, longestMaxDurationS: 60 } });
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(screen.getByText(/10 to 15 digits/)).toBeTruthy();
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Voice"), "alloy");
+    await user.type(screen.getByLabelText("Maximum duration (seconds)"), "90");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect(screen.getByTestId("error-to").textContent).toContain("at least 10 needed");
+    expect(screen.getByTestId("error-voice").textContent).toBe("At most 4 bytes.");
+    expect(screen.getByTestId("error-max_duration").textContent).toBe("A whole number of seconds from 10 to 60.");
+    expect(fake.calls.size).toBe(0);
+  });
+
+  it("names the backends as the server does", async () => {
+    setup({
+      configuredBackends: [Backend.VOICE_LIVE, Backend.GPT_REALTIME],
+      emulated: false,
+      aiEmulated: false,
+      displayNames: { [Backend.VOICE_LIVE]: "Voice Live (Sweden)" },
+      seedCalls: 1,
+    });
+    await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));
+    expect(optionLabels()).toEqual(["Server default (Voice Live (Sweden))", "Voice Live (Sweden)", "gpt-realtime"]);
+    const list = screen.getByTestId("calls-list");
+    await waitFor(() => expect(list.textContent).toContain("· Voice Live (Sweden)"));
+  });
+
   it("offers only the backends the server reports, naming its default", async () => {
     const { fake, user } = setup({ configuredBackends: [Backend.GPT_REALTIME], emulated: false });
     await waitFor(() => expect(backendSelect().dataset.backends).toBe("ready"));

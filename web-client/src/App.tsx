@@ -1,6 +1,6 @@
 // The operator page: place a call, follow it live, browse past calls.
 import { ConnectError } from "@connectrpc/connect";
-import { useCallback, useReducer, useState, useSyncExternalStore } from "react";
+import { useCallback, useMemo, useReducer, useState, useSyncExternalStore } from "react";
 import { CallsList } from "./components/CallsList";
 import { CallView } from "./components/CallView";
 import { PlaceCallForm } from "./components/PlaceCallForm";
@@ -8,7 +8,7 @@ import { TokenPanel } from "./components/TokenPanel";
 import type { Call, CallStatus, PlaceCallResponse } from "./gen/voiceagent/v1/voice_agent_pb";
 import { useHashCallId, useServerInfo } from "./hooks";
 import { isUnauthenticated } from "./model/rpcErrors";
-import { emulationBanner } from "./model/serverInfo";
+import { backendNames, emulationBanner } from "./model/serverInfo";
 import type { BackoffPolicy } from "./model/watch";
 import type { AuthStore } from "./rpc/auth";
 import type { VoiceAgentClient } from "./rpc/client";
@@ -89,6 +89,7 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
   // the calls seen, and the form lists every backend.
   const serverInfo = useServerInfo(client, authSnap.version, onRpcError);
   const banner = emulationBanner(serverInfo, emulatedCallIds.size > 0);
+  const serverBackendNames = useMemo(() => backendNames(serverInfo), [serverInfo]);
 
   return (
     <div className="app">
@@ -128,6 +129,7 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
             onRpcError={onRpcError}
             onCalls={onCalls}
             liveStatuses={liveStatuses}
+            backendNames={serverBackendNames}
             {...(pageSize !== undefined ? { pageSize } : {})}
           />
         </div>
@@ -146,6 +148,7 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
               {...(watchBackoff !== undefined ? { backoff: watchBackoff } : {})}
               onClose={() => setSelectedId(undefined)}
               focusOnOpen={userOpened}
+              backendNames={serverBackendNames}
             />
           ) : (
             <section className="card empty-call" aria-label="Call">

@@ -2,7 +2,7 @@
 // the call with the resumable watcher and renders the pure view model (model/callView.ts).
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useEffect, useId, useReducer, useRef, useState } from "react";
-import { type Call, type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type Backend, type Call, type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
   applyEvent,
@@ -50,6 +50,8 @@ export interface CallViewProps {
   readonly backoff?: BackoffPolicy;
   /** Move keyboard focus to the view's heading when it opens (the user just placed or picked this call). */
   readonly focusOnOpen?: boolean;
+  /** The server's display names of its backends (GetServerInfo), preferred to this build's. */
+  readonly backendNames?: ReadonlyMap<Backend, string>;
 }
 
 /** Live (or replayed) view of one call. */
@@ -64,6 +66,7 @@ export function CallView({
   onClose,
   backoff,
   focusOnOpen = false,
+  backendNames,
 }: CallViewProps) {
   const uid = useId();
   const [model, dispatch] = useReducer(reduce, EMPTY_CALL_VIEW);
@@ -181,7 +184,7 @@ export function CallView({
           </h2>
           <p className="muted small">
             <span className="mono">{callId}</span>
-            {call && <> · {backendLabel(call.backend)}</>}
+            {call && <> · {backendLabel(call.backend, backendNames)}</>}
             {call?.emulated && <span className="tag tag--emulated"> emulated</span>}
           </p>
         </div>

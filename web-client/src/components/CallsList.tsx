@@ -1,7 +1,7 @@
 // Past and current calls from ListCalls, newest first, a page at a time.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useCallback, useEffect, useId, useRef, useState } from "react";
-import { type Call, CallStatus } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type Backend, type Call, CallStatus } from "../gen/voiceagent/v1/voice_agent_pb";
 import { formatDateTime } from "../hooks";
 import { backendLabel, isTerminal, statusLabel } from "../model/labels";
 import { describeError } from "../model/rpcErrors";
@@ -20,6 +20,8 @@ export interface CallsListProps {
   readonly pageSize?: number;
   /** Newer statuses known from a call being watched, by call id (the page may be older). */
   readonly liveStatuses?: ReadonlyMap<string, CallStatus>;
+  /** The server's display names of its backends (GetServerInfo), preferred to this build's. */
+  readonly backendNames?: ReadonlyMap<Backend, string>;
 }
 
 /** List of calls with "Load more" paging. */
@@ -32,6 +34,7 @@ export function CallsList({
   onCalls,
   pageSize = 20,
   liveStatuses,
+  backendNames,
 }: CallsListProps) {
   const uid = useId();
   const [calls, setCalls] = useState<Call[]>([]);
@@ -111,7 +114,8 @@ export function CallsList({
                   <span className={`status status--${statusClass(status)}`}>{statusLabel(status)}</span>
                 </span>
                 <span className="call-row-meta muted small">
-                  {formatDateTime(c.createdAt ? timestampDate(c.createdAt) : undefined)} · {backendLabel(c.backend)}
+                  {formatDateTime(c.createdAt ? timestampDate(c.createdAt) : undefined)} ·{" "}
+                  {backendLabel(c.backend, backendNames)}
                   {c.endReason !== "" && <> · {c.endReason}</>}
                   {c.emulated && <span className="tag tag--emulated"> emulated</span>}
                 </span>

@@ -1,19 +1,13 @@
 // "Place a call": validates before sending and puts server errors next to the field they concern.
 import { type FormEvent, useEffect, useId, useRef, useState } from "react";
 import { Backend, type PlaceCallResponse } from "../gen/voiceagent/v1/voice_agent_pb";
-import { E164_HELP, normalizePhone, validateE164 } from "../model/e164";
+import { e164Help, normalizePhone, validateE164 } from "../model/e164";
+import { placeCallLimits } from "../model/limits";
 import { type PlaceCallField, placeCallFieldError } from "../model/rpcErrors";
 import { backendHelp, backendOptions, type ServerInfoState } from "../model/serverInfo";
 import type { VoiceAgentClient } from "../rpc/client";
 
 type GreetingMode = "default" | "none" | "custom";
-
-/** Limits from the proto comments, checked before sending so the user gets the message at once. */
-const MAX_INSTRUCTIONS_BYTES = 16384;
-const MAX_VOICE_BYTES = 128;
-const MAX_GREETING_BYTES = 1000;
-const MIN_MAX_DURATION_S = 10;
-const MAX_MAX_DURATION_S = 4 * 3600;
 
 const VOICE_SUGGESTIONS = [
   "alloy",
@@ -76,6 +70,8 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
   const [focusTick, setFocusTick] = useState(0);
   const refs = useRef<Partial<Record<PlaceCallField, HTMLElement | null>>>({});
   const backendChoices = backendOptions(serverInfo);
+  // The server's own bounds, checked before sending so the user gets the message at once.
+  const limits = placeCallLimits(serverInfo);
   const backendOffered = backendChoices.some((o) => o.value === backend);
 
   // A backend picked from the fallback list that the server then turns out not to offer goes back
@@ -100,20 +96,21 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
 
   const validate = (): Errors => {
     const errs: Errors = {};
-    const phoneError = validateE164(normalizePhone(to));
+    const phoneError = validateE164(normalizePhone(to), limits);
     if (phoneError !== null) errs.to = phoneError;
-    if (byteLength(instructions) > MAX_INSTRUCTIONS_BYTES) {
-      errs.instructions = `At most ${MAX_INSTRUCTIONS_BYTES} bytes (now ${byteLength(instructions)}).`;
+    if (byteLength(instructions) > limits.maxInstructionsBytes) {
+      errs.instructions = `At most ${limits.maxInstructionsBytes} bytes (now ${byteLength(instructions)}).`;
     }
-    if (byteLength(voice.trim()) > MAX_VOICE_BYTES) errs.voice = `At most ${MAX_VOICE_BYTES} bytes.`;
+    if (byteLength(voice.trim()) > limits.maxVoiceBytes) errs.voice = `At most ${limits.maxVoiceBytes} bytes.`;
     if (greetingMode === "custom") {
       if (greeting.trim() === "") errs.greeting = "Type the greeting, or choose the default or none.";
-      else if (byteLength(greeting) > MAX_GREETING_BYTES) errs.greeting = `At most ${MAX_GREETING_BYTES} bytes.`;
+      else if (byteLength(greeting) > limits.maxGreetingBytes)
+        errs.greeting = `At most ${limits.maxGreetingBytes} bytes.`;
     }
     if (maxDuration.trim() !== "") {
       const n = Number(maxDuration);
-      if (!Number.isInteger(n) || n < MIN_MAX_DURATION_S || n > MAX_MAX_DURATION_S) {
-        errs.max_duration = `A whole number of seconds from ${MIN_MAX_DURATION_S} to ${MAX_MAX_DURATION_S}.`;
+      if (!Number.isInteger(n) || n < limits.shortestMaxDurationS || n > limits.longestMaxDurationS) {
+        errs.max_duration = `A whole number of seconds from ${limits.shortestMaxDurationS} to ${limits.longestMaxDurationS}.`;
       }
     }
     return errs;
@@ -190,7 +187,7 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
           onChange={(e) => setTo(e.target.value)}
         />
         <p id={id("to-help")} className="help">
-          {E164_HELP}
+          {e164Help(limits)}
         </p>
         {fieldError("to")}
       </div>
@@ -324,8 +321,8 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
             name="max_duration"
             type="number"
             inputMode="numeric"
-            min={MIN_MAX_DURATION_S}
-            max={MAX_MAX_DURATION_S}
+            min={limits.shortestMaxDurationS}
+            max={limits.longestMaxDurationS}
             step={1}
             value={maxDuration}
             placeholder="Empty: the server's limit"

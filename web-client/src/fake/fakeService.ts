@@ -2,7 +2,7 @@
 // Used by the component tests and by the `?demo` page (no server needed). It keeps the contract's
 // semantics that the UI relies on: gapless sequences from 1, history-then-live WatchCall that ends
 // after the terminal status, NOT_FOUND, UNAUTHENTICATED, field-named INVALID_ARGUMENT, paging, and a
-// GetServerInfo that offers exactly the backends PlaceCall accepts.
+// GetServerInfo that offers exactly the backends PlaceCall accepts and publishes the limits it checks.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
@@ -27,8 +27,9 @@ import {
   Speaker,
   VoiceAgentService,
 } from "../gen/voiceagent/v1/voice_agent_pb";
-import { E164_PATTERN } from "../model/e164";
-import { isTerminal } from "../model/labels";
+import { e164Pattern } from "../model/e164";
+import { backendLabel, isTerminal } from "../model/labels";
+import { FALLBACK_LIMITS, type Limits } from "../model/limits";
 
 /** The `kind` of one scripted event. */
 export type ScriptKind = MessageInitShape<typeof CallEventSchema>["kind"];
@@ -47,6 +48,10 @@ export interface FakeOptions {
   /** Backends that "are configured": GetServerInfo offers these, PlaceCall refuses the others with
    * FAILED_PRECONDITION (default: Voice Live only). */
   readonly configuredBackends?: readonly Backend[];
+  /** GetServerInfo's display name of a backend (default: this build's label). */
+  readonly displayNames?: Partial<Record<Backend, string>>;
+  /** Limits PlaceCall checks and GetServerInfo publishes (default: the fallback limits). */
+  readonly limits?: Partial<Limits>;
   /** What BACKEND_UNSPECIFIED becomes (default: the first configured backend). */
   readonly defaultBackend?: Backend;
   /** GetServerInfo fails with this code (e.g. UNIMPLEMENTED, as a server older than the RPC would). */
@@ -146,14 +151,33 @@ export class FakeVoiceAgent {
     return this.opts.aiEmulated ?? this.telephonyEmulated;
   }
 
+  /** The limits PlaceCall checks. */
+  get limits(): Limits {
+    return { ...FALLBACK_LIMITS, ...this.opts.limits };
+  }
+
   /** GetServerInfo's answer, consistent with what PlaceCall accepts and how calls are flagged. */
   serverInfo(): GetServerInfoResponse {
+    const l = this.limits;
     return create(GetServerInfoResponseSchema, {
       backends: this.configuredBackends.map((backend) => ({
         backend,
         emulated: this.aiEmulated,
         defaultVoice: backend === Backend.VOICE_LIVE ? "en-US-AriaNeural" : "alloy",
+        displayName: this.opts.displayNames?.[backend] ?? backendLabel(backend),
       })),
+      limits: {
+        minToDigits: l.minToDigits,
+        maxToDigits: l.maxToDigits,
+        maxInstructionsBytes: l.maxInstructionsBytes,
+        maxVoiceBytes: l.maxVoiceBytes,
+        maxGreetingBytes: l.maxGreetingBytes,
+        maxMetadataEntries: l.maxMetadataEntries,
+        maxMetadataKeyBytes: l.maxMetadataKeyBytes,
+        maxMetadataValueBytes: l.maxMetadataValueBytes,
+        shortestMaxDuration: { seconds: BigInt(l.shortestMaxDurationS), nanos: 0 },
+        longestMaxDuration: { seconds: BigInt(l.longestMaxDurationS), nanos: 0 },
+      },
       defaultBackend: this.defaultBackend,
       telephonyEmulated: this.telephonyEmulated,
       defaultGreeting: "Please wait while we connect you to our AI assistant.",
@@ -250,12 +274,18 @@ export class FakeVoiceAgent {
     return {
       placeCall: (req, ctx) => {
         this.checkAuth(ctx);
-        if (!E164_PATTERN.test(req.to)) {
-          throw new ConnectError("to: must be E.164: '+' then 8 to 15 digits, e.g. +14155551212", Code.InvalidArgument);
+        const l = this.limits;
+        if (!e164Pattern(l).test(req.to)) {
+          throw new ConnectError(
+            `to: must be E.164: '+' then ${l.minToDigits} to ${l.maxToDigits} digits, e.g. +14155551212`,
+            Code.InvalidArgument,
+          );
         }
-        if (utf8Length(req.voice) > 128) throw new ConnectError("voice: at most 128 bytes", Code.InvalidArgument);
-        if (utf8Length(req.instructions) > 16384) {
-          throw new ConnectError("instructions: at most 16384 bytes", Code.InvalidArgument);
+        if (utf8Length(req.voice) > l.maxVoiceBytes) {
+          throw new ConnectError(`voice: at most ${l.maxVoiceBytes} bytes`, Code.InvalidArgument);
+        }
+        if (utf8Length(req.instructions) > l.maxInstructionsBytes) {
+          throw new ConnectError(`instructions: at most ${l.maxInstructionsBytes} bytes`, Code.InvalidArgument);
         }
         if (req.backend !== Backend.UNSPECIFIED && !this.configuredBackends.includes(req.backend)) {
           throw new ConnectError(

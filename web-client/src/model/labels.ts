@@ -44,8 +44,14 @@ export function statusLabel(status: CallStatus): string {
   }
 }
 
-/** Display name of a backend. */
-export function backendLabel(backend: Backend): string {
+/**
+ * Display name of a backend: the server's own name for it when it gave one (GetServerInfo's
+ * `display_name`, see `backendNames` in model/serverInfo.ts), so a backend added to the server needs no
+ * change here; else this build's name.
+ */
+export function backendLabel(backend: Backend, serverNames?: ReadonlyMap<Backend, string>): string {
+  const named = serverNames?.get(backend);
+  if (named !== undefined && named !== "") return named;
   switch (backend) {
     case Backend.UNSPECIFIED:
       return "Server default";

@@ -4,6 +4,7 @@ import { Backend, GetServerInfoResponseSchema } from "../gen/voiceagent/v1/voice
 import {
   AI_EMULATED_BANNER,
   backendHelp,
+  backendNames,
   backendOptions,
   EMULATED_BANNER,
   emulationBanner,
@@ -70,6 +71,38 @@ describe("backendOptions", () => {
       Backend.GPT_REALTIME,
       Backend.VOICE_LIVE,
     ]);
+  });
+});
+
+describe("backend names", () => {
+  it("prefer the server's display names, and fall back to this build's for a nameless one", () => {
+    const state: ServerInfoState = {
+      status: "ready",
+      info: create(GetServerInfoResponseSchema, {
+        telephonyEmulated: true,
+        defaultBackend: Backend.GPT_REALTIME,
+        backends: [
+          { backend: Backend.VOICE_LIVE, emulated: true, displayName: "" },
+          { backend: Backend.GPT_REALTIME, emulated: false, displayName: "GPT Realtime (EU)" },
+          // A backend newer than this build: its name comes from the server alone.
+          { backend: 7 as Backend, emulated: true, displayName: "Speechy" },
+        ],
+      }),
+    };
+    expect(backendNames(state)).toEqual(
+      new Map([
+        [Backend.GPT_REALTIME, "GPT Realtime (EU)"],
+        [7, "Speechy"],
+      ]),
+    );
+    expect(labels(state)).toEqual([
+      "Server default (GPT Realtime (EU))",
+      "Voice Live (emulated)",
+      "GPT Realtime (EU)",
+      "Speechy (emulated)",
+    ]);
+    expect(emulationBanner(state, false)?.detail).toContain("speaks for Voice Live and Speechy; GPT Realtime (EU) is");
+    expect(backendNames({ status: "loading" }).size).toBe(0);
   });
 });
 

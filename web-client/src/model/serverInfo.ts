@@ -15,6 +15,12 @@ export interface BackendOption {
   readonly label: string;
 }
 
+/** The server's display name of each backend it offers; empty until it has answered (or from an older server). */
+export function backendNames(state: ServerInfoState): ReadonlyMap<Backend, string> {
+  if (state.status !== "ready") return new Map();
+  return new Map(state.info.backends.filter((b) => b.displayName !== "").map((b) => [b.backend, b.displayName]));
+}
+
 /**
  * The backend choices: "Server default (<its default>)" and the backends the server offers, each marked
  * "(emulated)" when its realtime-AI emulator answers; every backend while the server's answer is
@@ -23,14 +29,15 @@ export interface BackendOption {
 export function backendOptions(state: ServerInfoState): BackendOption[] {
   if (state.status !== "ready") return BACKEND_CHOICES.map((b) => ({ value: b, label: backendLabel(b) }));
   const { info } = state;
+  const serverNames = backendNames(state);
   const defaultLabel =
     info.defaultBackend === Backend.UNSPECIFIED
       ? backendLabel(Backend.UNSPECIFIED)
-      : `${backendLabel(Backend.UNSPECIFIED)} (${backendLabel(info.defaultBackend)})`;
+      : `${backendLabel(Backend.UNSPECIFIED)} (${backendLabel(info.defaultBackend, serverNames)})`;
   const options: BackendOption[] = [{ value: Backend.UNSPECIFIED, label: defaultLabel }];
   for (const b of info.backends) {
     if (b.backend === Backend.UNSPECIFIED || options.some((o) => o.value === b.backend)) continue;
-    const name = backendLabel(b.backend);
+    const name = backendLabel(b.backend, serverNames);
     options.push({ value: b.backend, label: b.emulated ? `${name} (emulated)` : name });
   }
   return options;
@@ -70,8 +77,8 @@ export interface EmulationBanner {
   readonly parts: string;
 }
 
-function names(backends: readonly Backend[]): string {
-  const labels = backends.map(backendLabel);
+function names(backends: readonly Backend[], serverNames: ReadonlyMap<Backend, string>): string {
+  const labels = backends.map((b) => backendLabel(b, serverNames));
   if (labels.length <= 1) return labels.join("");
   return `${labels.slice(0, -1).join(", ")} and ${labels.at(-1) ?? ""}`;
 }
@@ -92,6 +99,7 @@ export function emulationBanner(state: ServerInfoState, emulatedCallSeen: boolea
       : undefined;
   }
   const { info } = state;
+  const serverNames = backendNames(state);
   const aiEmulated = info.backends.filter((b) => b.emulated).map((b) => b.backend);
   const aiReal = info.backends.filter((b) => !b.emulated).map((b) => b.backend);
   if (info.telephonyEmulated) {
@@ -100,16 +108,16 @@ export function emulationBanner(state: ServerInfoState, emulatedCallSeen: boolea
       detail =
         "The server runs its built-in Twilio emulator and realtime-AI emulator: no Twilio or AI credentials are configured.";
     } else if (aiEmulated.length > 0) {
-      detail = `The built-in Twilio emulator answers every call, and the realtime-AI emulator speaks for ${names(aiEmulated)}; ${names(aiReal)} is the real AI.`;
+      detail = `The built-in Twilio emulator answers every call, and the realtime-AI emulator speaks for ${names(aiEmulated, serverNames)}; ${names(aiReal, serverNames)} is the real AI.`;
     } else {
-      detail = `The built-in Twilio emulator answers every call (no Twilio credentials are configured); the AI is real (${names(aiReal)}).`;
+      detail = `The built-in Twilio emulator answers every call (no Twilio credentials are configured); the AI is real (${names(aiReal, serverNames)}).`;
     }
     return { headline: EMULATED_BANNER, detail, parts: aiEmulated.length > 0 ? "twilio ai" : "twilio" };
   }
   if (aiEmulated.length > 0) {
     return {
       headline: AI_EMULATED_BANNER,
-      detail: `Calls on ${names(aiEmulated)} are answered by the built-in realtime-AI emulator, not a real AI (no credentials for ${aiEmulated.length > 1 ? "them" : "it"} are configured).`,
+      detail: `Calls on ${names(aiEmulated, serverNames)} are answered by the built-in realtime-AI emulator, not a real AI (no credentials for ${aiEmulated.length > 1 ? "them" : "it"} are configured).`,
       parts: "ai",
     };
   }

@@ -67,7 +67,8 @@ impl Snapshot {
     }
 
     /// Cumulative count at `le` of a histogram: the count at the largest
-    /// listed bound ≤ `le` (exact, since the server omits only empty buckets).
+    /// listed bound ≤ `le` (exact: the server lists every bucket of its fixed
+    /// set; a text that left out empty ones would read the same).
     fn cumulative(&self, key: &str, le: f64) -> u64 {
         self.histograms
             .get(key)
@@ -129,7 +130,8 @@ impl Window {
         f64::NAN
     }
 
-    /// Upper bound (ms) of the highest non-empty bucket.
+    /// Upper bound (ms) of the highest non-empty bucket (infinite when a
+    /// sample was above the server's last finite bound, 5 s).
     pub fn max_ms(&self) -> f64 {
         self.buckets.last().map_or(f64::NAN, |(le, _)| le * 1000.0)
     }
@@ -176,6 +178,32 @@ mod tests {
                 .percentile_ms(50.0)
                 .is_nan()
         );
+    }
+
+    #[test]
+    fn windows_of_the_servers_own_exposition() {
+        use std::time::Duration;
+        let m = voice_agent_server::metrics::Metrics::default();
+        m.inbound_frame.record(Duration::from_micros(500));
+        let a = Snapshot::parse(&m.render());
+        for us in [30, 30, 90, 25_000] {
+            m.inbound_frame.record(Duration::from_micros(us));
+        }
+        let b = Snapshot::parse(&m.render());
+        let key = "voice_agent_bridge_frame_latency_seconds{direction=\"inbound\"}";
+        assert_eq!(a.histograms[key].len(), b.histograms[key].len(), "the same buckets");
+        let w = Window::between(&a, &b, key);
+        assert_eq!(w.count(), 4);
+        // Bucket upper bounds: 31.5 µs, 100 µs, 25 ms.
+        assert!(
+            (w.percentile_ms(50.0) - 0.0315).abs() < 1e-9,
+            "{}",
+            w.percentile_ms(50.0)
+        );
+        assert!((w.percentile_ms(75.0) - 0.1).abs() < 1e-9);
+        assert!((w.max_ms() - 25.0).abs() < 1e-9);
+        assert_eq!(w.above_ms(20.0), 1);
+        assert_eq!(b.value("voice_agent_bridge_frames_total{hop=\"to_ai\"}"), 0.0);
     }
 
     #[test]
