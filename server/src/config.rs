@@ -255,12 +255,16 @@ pub(crate) fn err(variable: &'static str, problem: impl Into<String>) -> ConfigE
     }
 }
 
-/// E.164: `+` then 8 to 15 digits (the first not 0). Shared with PlaceCall validation.
+/// Digits an E.164 number may have after the `+` (the shortest national
+/// numbers in use have 8; ITU-T E.164 allows 15), published in GetServerInfo.
+pub const E164_DIGITS: (usize, usize) = (8, 15);
+
+/// E.164: `+` then [`E164_DIGITS`] digits (the first not 0). Shared with PlaceCall validation.
 pub fn is_e164(number: &str) -> bool {
     let Some(digits) = number.strip_prefix('+') else {
         return false;
     };
-    (8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+    (E164_DIGITS.0..=E164_DIGITS.1).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
 }
 
 /// The variables as the parsers see them (the realtime providers parse their own).

@@ -33,9 +33,8 @@ pub const MAX_METADATA_KEY: usize = 64;
 pub const MAX_METADATA_VALUE: usize = 512;
 /// Bounds of `max_duration`.
 pub const MAX_DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(4 * 3600));
-/// Fewest and most digits after the `+` of `to`, as [`is_e164`] checks them
-/// (published in GetServerInfo; a test keeps the two in step).
-pub const E164_DIGITS: (usize, usize) = (8, 15);
+/// Fewest and most digits after the `+` of `to` (published in GetServerInfo).
+pub use crate::config::E164_DIGITS;
 
 /// How much longer than `max_duration` the provider's own limit is.
 pub const TIME_LIMIT_MARGIN: Duration = Duration::from_secs(15);
