@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::audio::ULAW_BYTES_PER_MS;
 use crate::bridge::frames::FrameCodec;
-use crate::call::{CallId, EventKind, Speaker};
+use crate::call::{CallId, ErrorCode, EventKind, NoticeCode, Speaker};
 use crate::config::AudioMode;
 use crate::metrics::Metrics;
 use crate::realtime::protocol::{self, Dialect, ServerEvent, SessionConfig};
@@ -38,8 +38,8 @@ pub enum Action {
     Ai(ToAi),
     /// Store and broadcast a call event.
     Publish(EventKind),
-    /// Store why the call is ending, unless a reason is stored already
-    /// (the first reason wins).
+    /// Store why the call is ending ([`crate::call::lifecycle::note_end_reason`]:
+    /// the first reason wins).
     EndReason(String),
     /// The server is stopping: the call is over with [`super::SHUTDOWN_REASON`]
     /// unless it already ended.
@@ -366,10 +366,10 @@ impl<'m> Conversation<'m> {
         self.malformed += 1;
         self.metrics.media_malformed.inc();
         if self.malformed == 1 {
-            out.push_back(Action::Publish(EventKind::Error {
-                code: "media_malformed".into(),
-                message: format!("ignored a malformed media message ({what}); the call goes on"),
-            }));
+            out.push_back(Action::Publish(EventKind::error(
+                ErrorCode::MediaMalformed,
+                format!("ignored a malformed media message ({what}); the call goes on"),
+            )));
         }
         tracing::debug!(call_id = %self.id, what, count = self.malformed, "malformed media message");
     }
@@ -382,20 +382,14 @@ impl<'m> Conversation<'m> {
     /// Reading Twilio's socket failed (`message` says how); it is closed.
     pub fn on_twilio_read_failed(&mut self, message: String, out: &mut VecDeque<Action>) {
         out.push_back(Action::EndReason(message.clone()));
-        out.push_back(Action::Publish(EventKind::Error {
-            code: "media_socket_error".into(),
-            message,
-        }));
+        out.push_back(Action::Publish(EventKind::error(ErrorCode::MediaSocketError, message)));
         out.push_back(Action::End(Outcome::TwilioClosed));
     }
 
     /// Writing to Twilio's socket failed or stalled (`message` says how).
     pub fn on_twilio_write_failed(&mut self, message: String, out: &mut VecDeque<Action>) {
         out.push_back(Action::EndReason(message.clone()));
-        out.push_back(Action::Publish(EventKind::Error {
-            code: "media_socket_error".into(),
-            message,
-        }));
+        out.push_back(Action::Publish(EventKind::error(ErrorCode::MediaSocketError, message)));
         out.push_back(Action::End(Outcome::TwilioWriteFailed));
     }
 
@@ -481,10 +475,10 @@ impl<'m> Conversation<'m> {
                 if let Some(slot) = self.order.iter_mut().find(|s| s.item_id == item_id) {
                     slot.text = Some(String::new());
                 }
-                out.push_back(Action::Publish(EventKind::Error {
-                    code: "ai_transcription_failed".into(),
-                    message: format!("the callee's words could not be transcribed: {error}"),
-                }));
+                out.push_back(Action::Publish(EventKind::error(
+                    ErrorCode::AiTranscriptionFailed,
+                    format!("the callee's words could not be transcribed: {error}"),
+                )));
             }
             ServerEvent::ResponseCreated { response_id } => self.active_response = Some(response_id),
             ServerEvent::ResponseDone { response_id, .. } => {
@@ -515,10 +509,10 @@ impl<'m> Conversation<'m> {
                 // Our own best-effort cancel racing the server's automatic one.
                 let benign = code.as_deref() == Some("response_cancel_not_active");
                 if !benign {
-                    out.push_back(Action::Publish(EventKind::Error {
-                        code: format!("ai_{}", code.as_deref().unwrap_or(&r#type)),
+                    out.push_back(Action::Publish(EventKind::error(
+                        ErrorCode::Ai(code.unwrap_or(r#type)),
                         message,
-                    }));
+                    )));
                 }
                 if fatal {
                     out.push_back(Action::End(Outcome::AiFatal));
@@ -580,15 +574,15 @@ impl<'m> Conversation<'m> {
         if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
             out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
-        out.push_back(Action::Publish(EventKind::Notice {
-            code: "ai_reconnected".into(),
-            message: format!(
+        out.push_back(Action::Publish(EventKind::notice(
+            NoticeCode::AiReconnected,
+            format!(
                 "{}; re-established in {} ms with the conversation so far ({} turns)",
                 why.cause(),
                 took.as_millis(),
                 self.history.len()
             ),
-        }));
+        )));
     }
 
     // --- the end ----------------------------------------------------------
@@ -601,18 +595,18 @@ impl<'m> Conversation<'m> {
         let ai_failed = |cause: &str| Action::EndReason(format!("the AI failed: {cause}"));
         match outcome {
             Outcome::AiClosed => {
-                out.push_back(Action::Publish(EventKind::Error {
-                    code: "ai_disconnected".into(),
-                    message: "the realtime AI closed the connection mid-call; apologising and hanging up".into(),
-                }));
+                out.push_back(Action::Publish(EventKind::error(
+                    ErrorCode::AiDisconnected,
+                    "the realtime AI closed the connection mid-call; apologising and hanging up",
+                )));
                 out.push_back(ai_failed("the AI connection dropped"));
                 out.push_back(Action::Apologise);
             }
             Outcome::AiStalled(cause) => {
-                out.push_back(Action::Publish(EventKind::Error {
-                    code: "ai_socket_error".into(),
-                    message: format!("{cause}; apologising and hanging up"),
-                }));
+                out.push_back(Action::Publish(EventKind::error(
+                    ErrorCode::AiSocketError,
+                    format!("{cause}; apologising and hanging up"),
+                )));
                 out.push_back(ai_failed(cause));
                 out.push_back(Action::Apologise);
             }

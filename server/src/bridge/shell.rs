@@ -25,7 +25,7 @@ use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, T
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::CallHub;
-use crate::call::{Backend, CallId, CallRecord, EventKind};
+use crate::call::{Backend, CallId, CallRecord, ErrorCode, EventKind};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
@@ -116,10 +116,7 @@ where
             tracing::warn!(call_id = %id, why = %why.message, "media stream refused");
             // Closing the stream ends Twilio's <Connect> and so the call: keep why.
             writer.end_reason(why.message.clone());
-            writer.event(EventKind::Error {
-                code: why.code.into(),
-                message: why.message,
-            });
+            writer.event(EventKind::error(why.code, why.message));
             writer.settle().await;
             let refused = WsMessage::Close(Some(CloseFrame {
                 code: 1008,
@@ -135,6 +132,7 @@ where
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
+            // `RealtimeError::code()` is realtime.rs's own string table (not an `ErrorCode` yet).
             writer.event(EventKind::Error {
                 code: e.code().into(),
                 message: format!("{e}; apologising and hanging up"),
@@ -181,7 +179,7 @@ where
 /// Why a media stream was refused before it started.
 #[derive(Debug, PartialEq)]
 pub(crate) struct Refusal {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
@@ -197,13 +195,13 @@ where
         let msg = match tokio::time::timeout_at(deadline, stream.next()).await {
             Err(_) => {
                 return Err(Refusal {
-                    code: "media_no_start",
+                    code: ErrorCode::MediaNoStart,
                     message: format!("Twilio sent no 'start' within {START_TIMEOUT:?}; closed the media stream"),
                 });
             }
             Ok(None) | Ok(Some(Err(_))) => {
                 return Err(Refusal {
-                    code: "media_closed",
+                    code: ErrorCode::MediaClosed,
                     message: "the media stream closed before 'start'".into(),
                 });
             }
@@ -224,7 +222,7 @@ where
 pub(crate) fn check_start(record: &CallRecord, start: &tw::StartMeta) -> Result<(), Refusal> {
     if !record.provider_call_id.is_empty() && start.call_sid != record.provider_call_id {
         return Err(Refusal {
-            code: "media_refused",
+            code: ErrorCode::MediaRefused,
             message: "the media stream's 'start' names another CallSid; closed it".into(),
         });
     }
@@ -234,7 +232,7 @@ pub(crate) fn check_start(record: &CallRecord, start: &tw::StartMeta) -> Result<
         .is_some_and(|s| constant_time_eq(s, &record.stream_secret));
     if !secret_ok {
         return Err(Refusal {
-            code: "media_refused",
+            code: ErrorCode::MediaRefused,
             message: "the media stream's 'start' carries a wrong or missing secret; closed it".into(),
         });
     }
@@ -270,10 +268,7 @@ async fn apologise<C>(env: &Env<'_, C>, writer: &CallWriter, id: &CallId) {
     if let Err(e) = env.telephony.say_and_hang_up(&sid, APOLOGY).await {
         tracing::warn!(call_id = %id, error = %e, "apology failed; hanging up");
         if let Err(e) = env.telephony.hang_up(&sid, true).await {
-            writer.event(EventKind::Error {
-                code: "telephony_error".into(),
-                message: format!("hang-up failed: {e}"),
-            });
+            writer.event(EventKind::error(ErrorCode::Telephony, format!("hang-up failed: {e}")));
         }
     }
 }
@@ -582,10 +577,8 @@ where
     }
 
     fn telephony_error(&self, failure: &str, e: impl Display) {
-        self.writer.event(EventKind::Error {
-            code: "telephony_error".into(),
-            message: format!("{failure}: {e}"),
-        });
+        self.writer
+            .event(EventKind::error(ErrorCode::Telephony, format!("{failure}: {e}")));
     }
 
     /// Writes what was fed to either socket. A socket that fails keeps the

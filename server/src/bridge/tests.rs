@@ -24,6 +24,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use super::shell::{AiConnect, Env, run_media};
 use super::{APOLOGY, SHUTDOWN_REASON, TIME_LIMIT_GOODBYE};
 use crate::call::hub::CallHub;
+use crate::call::lifecycle;
 use crate::call::{Backend, CallId, CallRecord, CallStatus, EventKind, Speaker};
 use crate::config::{AudioMode, DatabaseLocation};
 use crate::metrics::Metrics;
@@ -654,6 +655,41 @@ async fn a_server_shutdown_ends_the_call_with_that_reason_and_closes_the_stream(
         })
     );
     assert!(world.phone.asked().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_shutdown_says_the_end_reason_recorded_first() {
+    let world = World::new(600).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .hub
+        .update(&world.record.call_id, |r| {
+            lifecycle::note_end_reason(r, "the callee hung up");
+            vec![]
+        })
+        .await
+        .unwrap();
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            world.shutdown.cancel();
+            assert_eq!(far.until_closed().await, None);
+        })
+        .await;
+    let record = world.stored().await;
+    assert_eq!(
+        (record.status, record.end_reason.as_str()),
+        (CallStatus::Completed, "the callee hung up")
+    );
+    assert_eq!(
+        world.events().await.last(),
+        Some(&EventKind::Status {
+            status: CallStatus::Completed,
+            detail: "the callee hung up".into()
+        })
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -11,13 +11,14 @@ use tokio::task::JoinHandle;
 
 use crate::bridge::SHUTDOWN_REASON;
 use crate::call::hub::CallHub;
-use crate::call::{CallId, CallStatus, EventKind};
+use crate::call::lifecycle::{self, Ending};
+use crate::call::{CallId, EventKind};
 
 /// A write of the call's media side.
 enum Write {
     /// Store and broadcast an event.
     Event(EventKind),
-    /// Why the call is ending, kept only if no reason is stored yet.
+    /// Why the call is ending ([`lifecycle::note_end_reason`]: the first reason wins).
     EndReason(String),
     /// The server is stopping under the call: it is over (see [`end_on_shutdown`]).
     EndOnShutdown,
@@ -95,13 +96,11 @@ async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::UnboundedReceiver<Write>)
     }
 }
 
-/// Records why the call is about to end, unless a reason is already set.
+/// Records why the call is about to end ([`lifecycle::note_end_reason`]: the first reason wins).
 async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
     let result = hub
         .update(id, |r| {
-            if r.end_reason.is_empty() {
-                r.end_reason = reason.to_string();
-            }
+            lifecycle::note_end_reason(r, reason);
             vec![]
         })
         .await;
@@ -118,16 +117,7 @@ async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
 async fn end_on_shutdown(hub: &CallHub, id: &CallId) {
     let result = hub
         .update(id, |r| {
-            if r.status.is_terminal() {
-                return vec![];
-            }
-            if r.end_reason.is_empty() {
-                r.end_reason = SHUTDOWN_REASON.to_string();
-            }
-            vec![EventKind::Status {
-                status: CallStatus::Completed,
-                detail: r.end_reason.clone(),
-            }]
+            lifecycle::end_with_recorded_reason(r, Ending::Completed, SHUTDOWN_REASON)
         })
         .await;
     if let Err(e) = result {
