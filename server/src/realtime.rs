@@ -67,11 +67,12 @@ pub enum RealtimeError {
 
 impl RealtimeError {
     /// Stable code for the call's `error` event.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> crate::call::ErrorCode {
+        use crate::call::ErrorCode;
         match self {
-            Self::Auth(_) | Self::Token(_) => "ai_auth_failed",
-            Self::Refused(_) => "ai_refused",
-            Self::Connect(_) | Self::Timeout(_) => "ai_unavailable",
+            Self::Auth(_) | Self::Token(_) => ErrorCode::AiAuthFailed,
+            Self::Refused(_) => ErrorCode::AiRefused,
+            Self::Connect(_) | Self::Timeout(_) => ErrorCode::AiUnavailable,
         }
     }
 }

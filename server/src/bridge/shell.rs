@@ -132,11 +132,7 @@ where
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
-            // `RealtimeError::code()` is realtime.rs's own string table (not an `ErrorCode` yet).
-            writer.event(EventKind::Error {
-                code: e.code().into(),
-                message: format!("{e}; apologising and hanging up"),
-            });
+            writer.event(EventKind::error(e.code(), format!("{e}; apologising and hanging up")));
             writer.end_reason(format!("the AI failed: {e}"));
             apologise(env, &writer, &id).await;
             writer.finish().await;
