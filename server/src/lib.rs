@@ -5,29 +5,36 @@
 //!
 //! ```text
 //! main.rs      reads the config, sets up logging, calls `Server::start` + `run`
-//! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP
-//! config.rs    `Config` from the environment / `.env` (contract §3)
-//! grpc.rs      VoiceAgentService: validation, domain ↔ protobuf (calls, server info), auth interceptor
-//! http.rs      Twilio webhooks (signed), media WebSocket upgrade, /metrics, static web UI, 404s
-//! call.rs      CallId, CallStatus, CallRecord, EventKind
-//!   call/lifecycle  status transitions, end reasons, the events they make (pure)
-//!   call/error      ErrorCode / NoticeCode: the codes clients see
-//!   call/hub   live calls: commit-then-broadcast fan-out, WatchCall streams
+//! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP; start-up and shutdown wiring
+//! state.rs     AppState: what every part shares (imports no edge and no emulator)
+//! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
+//! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
+//! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, web UI, 404s
+//! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
+//!   call/lifecycle  every status transition and end reason, and the events they make (pure)
+//!   call/error      ErrorCode / NoticeCode: the codes clients see, spelled once
+//!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams
 //! store.rs     SQLite call store with migrations; append-only event log
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
-//!   telephony/twilio   REST client, webhook signatures, Media Streams messages, TwiML
+//!   telephony/twilio   the Twilio REST client (wire formats re-exported from `voice-agent-wire`)
 //!   telephony/provider `Telephony` implemented over the Twilio REST client
-//! realtime.rs  RealtimeBackend: endpoints, auth (keys, Entra ID), the socket
-//!   realtime/protocol  client/server events of Voice Live and OpenAI (GA, preview)
+//! realtime.rs  RealtimeBackends: connecting a call to its AI (the socket, auth headers)
+//!   realtime/backend   the backend seam: one table of backends and the services that serve them
+//!   realtime/{voice_live, azure_openai, openai}  one module per service: variables, defaults, URL, auth, dialect
+//!   realtime/entra     Microsoft Entra ID tokens (azure_identity credentials, chain, per-scope cache)
 //! bridge.rs    per-call media bridge: Twilio media ↔ realtime AI, events
 //!   bridge/conversation  the call's conversation as a state machine (no I/O)
 //!   bridge/shell         sockets, timers, provider requests around it
 //!   bridge/writer        the call's one ordered path to the hub (events, end reason)
 //!   bridge/frames        the per-frame conversions (transcode, base64, message text)
-//! metrics.rs   lock-free latency histograms and counters of the media path (GET /metrics)
-//! audio.rs     μ-law codec and resamplers (pure, benchmarked)
-//! emulator.rs  built-in Twilio and realtime-AI emulators (real wire protocols)
+//! metrics.rs   lock-free media-path histograms and counters, exposed through prometheus-client (GET /metrics)
 //! ```
+//!
+//! Re-exported crates (walls the compiler checks; see docs/architecture.md):
+//! `audio` is `voice-agent-audio` (μ-law, resamplers), `emulator` is
+//! `voice-agent-emulators`, `realtime::protocol` and `telephony::twilio::{media,
+//! twiml, signature}` are `voice-agent-wire`. Protocol facts cite
+//! `docs/protocols.md` by section (§).
 //!
 //! Data flow: `PlaceCall` stores the call, then dials through [`telephony`].
 //! Twilio's webhooks land in [`http`], which only checks signatures and
