@@ -145,3 +145,24 @@ async fn wait_for_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    #[test]
+    fn wire_crates_are_capped_at_info_whatever_the_target_path() {
+        let cap = super::wire_logging_cap();
+        for target in [
+            "tungstenite::handshake::client",
+            "tungstenite::protocol",
+            "hyper::proto::h1",
+            "h2::codec",
+        ] {
+            assert!(!cap.would_enable(target, &Level::DEBUG), "{target}");
+            assert!(!cap.would_enable(target, &Level::TRACE), "{target}");
+            assert!(cap.would_enable(target, &Level::INFO), "{target}");
+        }
+        assert!(cap.would_enable("voice_agent_server::bridge", &Level::TRACE));
+    }
+}

@@ -428,8 +428,11 @@ impl<'m> Conversation<'m> {
                 }
             }
             ServerEvent::TranscriptDelta { item_id, delta } => {
+                // Past the stored cap the rest would be cut anyway: an AI that
+                // never ends a transcript cannot grow it without bound.
                 if let Some(item) = self.items.get_mut(item_id.as_str())
                     && !item.transcript_done
+                    && item.transcript.len() <= crate::call::payload_caps::TRANSCRIPT
                 {
                     item.transcript.push_str(&delta);
                 }
