@@ -1567,6 +1567,24 @@ mod tests {
     }
 
     #[test]
+    fn an_endless_agent_transcript_stops_growing_at_the_stored_cap() {
+        let mut h = Harness::new();
+        h.agent_item("r1", "a1");
+        let delta = "x".repeat(100);
+        for _ in 0..10_000 {
+            h.ai(
+                0,
+                ServerEvent::TranscriptDelta {
+                    item_id: "a1".into(),
+                    delta: delta.clone(),
+                },
+            );
+        }
+        let kept = h.conv.items["a1"].transcript.len();
+        assert!(kept <= crate::call::payload_caps::TRANSCRIPT + delta.len(), "{kept}");
+    }
+
+    #[test]
     fn dtmf_is_one_key_or_malformed_and_not_stored() {
         let mut h = Harness::new();
         for key in ["0", "9", "*", "#", "A", "D"] {
