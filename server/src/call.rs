@@ -242,12 +242,63 @@ impl EventKind {
         }
     }
 
+    /// The event with every text capped (see [`payload_caps`]): what a peer
+    /// sends (a transcript, an AI error message, a key press) cannot make a
+    /// stored event, or a WatchCall message, arbitrarily large.
+    pub fn capped(mut self) -> Self {
+        use payload_caps::{CODE, DETAIL, DIGIT, MESSAGE, TRANSCRIPT, cap};
+        match &mut self {
+            Self::Status { detail, .. } => cap(detail, DETAIL),
+            Self::Transcript { text, .. } => cap(text, TRANSCRIPT),
+            Self::Error { code, message } | Self::Notice { code, message } => {
+                cap(code, CODE);
+                cap(message, MESSAGE);
+            }
+            Self::Dtmf { digit } => cap(digit, DIGIT),
+            Self::Turn { .. } => {}
+        }
+        self
+    }
+
     /// The terminal status this event sets, if any.
     pub fn terminal_status(&self) -> Option<CallStatus> {
         match self {
             Self::Status { status, .. } if status.is_terminal() => Some(*status),
             _ => None,
         }
+    }
+}
+
+/// Size caps (bytes of UTF-8) of the texts stored with a call, applied where
+/// events are stamped ([`crate::call::hub`]), so nothing a peer sends is
+/// stored or streamed beyond them. A capped text ends with [`TRUNCATED`](payload_caps::TRUNCATED).
+pub mod payload_caps {
+    /// A transcript (one utterance: a minute of speech is ~1 KiB).
+    pub const TRANSCRIPT: usize = 8 * 1024;
+    /// The message of an error or a notice.
+    pub const MESSAGE: usize = 2 * 1024;
+    /// A status event's detail and the record's end reason.
+    pub const DETAIL: usize = 1024;
+    /// The code of an error or a notice (ours, or a provider's).
+    pub const CODE: usize = 64;
+    /// A DTMF key (the bridge already refuses anything but one key).
+    pub const DIGIT: usize = 8;
+    /// Appended to a capped text (counted within the cap).
+    pub const TRUNCATED: &str = "…[truncated]";
+
+    /// Caps `text` at `max` bytes, cut at a character boundary, marked.
+    pub fn cap(text: &mut String, max: usize) {
+        if text.len() <= max {
+            return;
+        }
+        // Too small a cap for the marker: cut only.
+        let marker = if max >= TRUNCATED.len() { TRUNCATED } else { "" };
+        let mut end = max - marker.len();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(marker);
     }
 }
 
@@ -383,6 +434,39 @@ mod tests {
         assert!(CallStatus::Busy.is_terminal() && !CallStatus::Ringing.is_terminal());
         assert_eq!(CallStatus::from_twilio("no-answer"), Some(CallStatus::NoAnswer));
         assert_eq!(CallStatus::from_twilio("bogus"), None);
+    }
+
+    #[test]
+    fn stored_texts_are_capped_at_a_char_boundary_with_a_marker() {
+        use payload_caps::{MESSAGE, TRANSCRIPT, TRUNCATED};
+        let short = EventKind::Transcript {
+            speaker: Speaker::Callee,
+            text: "hello".into(),
+            interrupted: false,
+        };
+        assert_eq!(short.clone().capped(), short);
+        let EventKind::Transcript { text, .. } = (EventKind::Transcript {
+            speaker: Speaker::Agent,
+            text: "é".repeat(TRANSCRIPT),
+            interrupted: false,
+        })
+        .capped() else {
+            panic!()
+        };
+        assert!(
+            text.len() <= TRANSCRIPT && text.len() > TRANSCRIPT - 16,
+            "{}",
+            text.len()
+        );
+        assert!(text.ends_with(TRUNCATED));
+        let EventKind::Error { code, message } = EventKind::Error {
+            code: "x".repeat(1000),
+            message: "m".repeat(1 << 20),
+        }
+        .capped() else {
+            panic!()
+        };
+        assert_eq!((code.len(), message.len()), (payload_caps::CODE, MESSAGE));
     }
 
     #[test]

@@ -151,13 +151,6 @@ impl Server {
         let store = Store::open(&config.database)?;
         let shutdown = CancellationToken::new();
         let hub = CallHub::new(store, shutdown.clone());
-        let recovered = hub.recover().await.map_err(|e| StartError::Other(e.to_string()))?;
-        if recovered > 0 {
-            tracing::warn!(
-                calls = recovered,
-                "marked calls left live by the previous run as failed"
-            );
-        }
         let mut twilio_emulator = None;
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
             match (options.telephony, &config.twilio) {
@@ -198,6 +191,18 @@ impl Server {
                     )
                 }
             };
+        // Before anything is served: the calls a crash left live are hung up
+        // with the provider (which needs the telephony above) and marked failed.
+        let recovered = hub
+            .recover(telephony.as_ref())
+            .await
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        if recovered > 0 {
+            tracing::warn!(
+                calls = recovered,
+                "hung up calls left live by the previous run and marked them failed"
+            );
+        }
         let realtime_emulator = if config.all_backends_configured() {
             None
         } else {

@@ -62,6 +62,9 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// How many events each [`Store::events_after`] returned (tests check the paging).
+    #[cfg(test)]
+    pages: Arc<Mutex<Vec<usize>>>,
 }
 
 /// One page of calls, newest first.
@@ -88,6 +91,8 @@ impl Store {
         migrate(&conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            #[cfg(test)]
+            pages: Arc::default(),
         })
     }
 
@@ -172,14 +177,15 @@ impl Store {
         .await
     }
 
-    /// The events of a call with a sequence above `after`, in order.
-    pub async fn events_after(&self, id: &CallId, after: u64) -> Result<Vec<CallEvent>, StoreError> {
+    /// The events of a call with a sequence above `after`, in order, at most `limit` of them.
+    pub async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
         let id = id.clone();
-        self.with(move |c| {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let events = self.with(move |c| {
             let mut stmt = c.prepare_cached(
-                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence",
+                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![id.as_str(), after as i64], |r| {
+            let rows = stmt.query_map(params![id.as_str(), after as i64, limit], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
             })?;
             let mut out = Vec::new();
@@ -193,7 +199,16 @@ impl Store {
             }
             Ok(out)
         })
-        .await
+        .await?;
+        #[cfg(test)]
+        self.pages.lock().unwrap_or_else(|p| p.into_inner()).push(events.len());
+        Ok(events)
+    }
+
+    /// The sizes of the pages [`Store::events_after`] returned so far.
+    #[cfg(test)]
+    pub(crate) fn pages_read(&self) -> Vec<usize> {
+        self.pages.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A page of calls, newest first; `before` is the cursor from the previous page.
@@ -279,7 +294,7 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::call::{Backend, CallStatus};
 
@@ -330,7 +345,7 @@ mod tests {
         rec.event_count = 2;
         store.commit(rec.clone(), vec![ev(1), ev(2)]).await.unwrap();
         assert!(store.commit(rec, vec![ev(2)]).await.is_err(), "sequence 2 twice");
-        let evs = store.events_after(&id, 1).await.unwrap();
+        let evs = store.events_after(&id, 1, 10).await.unwrap();
         assert_eq!(evs.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2]);
         assert_eq!(store.get_call(&id).await.unwrap().unwrap().event_count, 2);
     }

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use voice_agent_tests::binary;
@@ -15,7 +16,9 @@ use voice_agent_tests::binary;
 struct ServerProcess {
     child: Child,
     addr: String,
-    _dir: TempDir,
+    /// Everything the server printed (stdout and stderr), as it comes.
+    log: Arc<Mutex<String>>,
+    dir: TempDir,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -42,12 +45,26 @@ impl ServerProcess {
         }
         let mut child = cmd.spawn().expect("start voice-agent-server");
         let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
+        let out_log = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on http://").nth(1) {
                     let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
                 }
+                let mut log = out_log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let err_log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = err_log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
             }
         });
         let addr = rx
@@ -56,7 +73,8 @@ impl ServerProcess {
         Self {
             child,
             addr,
-            _dir: TempDir(dir),
+            log,
+            dir: TempDir(dir),
         }
     }
 }
@@ -365,4 +383,104 @@ fn floor_benchmark_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("\n| 3 | "), "{stdout}");
+}
+
+#[test]
+fn secrets_never_reach_the_log_at_trace_level() {
+    // The Twilio and AI sides run here, so the test knows every credential the
+    // server is given (the server starts no emulator of its own).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (twilio, ai) = rt.block_on(async {
+        let twilio = voice_agent_server::emulator::twilio::TwilioEmulator::start(Default::default())
+            .await
+            .unwrap();
+        let ai = voice_agent_server::emulator::realtime::start(Default::default())
+            .await
+            .unwrap();
+        (twilio, ai)
+    });
+    let api_token = format!("apitoken{}", uuid::Uuid::new_v4().simple());
+    let ai_url = ai.url_base().to_string();
+    let ai_url = ai_url.trim_end_matches('/');
+    let openai_url = format!("{ai_url}/v1/realtime");
+    let twilio_url = twilio.base_url();
+    let server = ServerProcess::start(&[
+        // Whatever the operator asks for, wire-level crates included.
+        (
+            "RUST_LOG",
+            "trace,tungstenite::protocol=trace,hyper=trace,reqwest=trace",
+        ),
+        ("API_TOKEN", &api_token),
+        ("TWILIO_ACCOUNT_SID", twilio.account_sid()),
+        ("TWILIO_AUTH_TOKEN", twilio.auth_token()),
+        ("TWILIO_PHONE_NUMBER", "+15005550006"),
+        ("TWILIO_API_BASE_URL", &twilio_url),
+        ("OPENAI_API_KEY", ai.api_key()),
+        ("OPENAI_REALTIME_URL", &openai_url),
+        ("AZURE_VOICE_LIVE_ENDPOINT", ai_url),
+        ("AZURE_VOICE_LIVE_API_KEY", ai.api_key()),
+    ]);
+    let url = format!("http://{}", server.addr);
+    // One call per backend: a bearer key (gpt-realtime) and an api-key header (Voice Live).
+    let calls: Vec<_> = ["gpt-realtime", "voice-live"]
+        .into_iter()
+        .map(|backend| {
+            let (url, token) = (url.clone(), api_token.clone());
+            std::thread::spawn(move || {
+                Command::new(binary("voice-agent"))
+                    .args(["--server", &url, "call", "+15550100", "--watch", "--backend", backend])
+                    .env("API_TOKEN", token)
+                    .env("NO_COLOR", "1")
+                    .output()
+                    .expect("run voice-agent")
+            })
+        })
+        .collect();
+    for call in calls {
+        let out = call.join().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("COMPLETED"), "{stdout}");
+    }
+    let mut server = server;
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    // The stream secrets the server gave the calls, from its store.
+    let db = voice_agent_server::config::DatabaseLocation::File(server.dir.0.join("data/voice-agent.db"));
+    let stream_secrets: Vec<String> = rt.block_on(async {
+        let store = voice_agent_server::store::Store::open(&db).unwrap();
+        let page = store.list_calls(10, None).await.unwrap();
+        page.calls.into_iter().map(|c| c.stream_secret).collect()
+    });
+    assert_eq!(stream_secrets.len(), 2);
+    // Give the reader threads the last lines.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains("placing call") && log.contains("media bridge ended"),
+        "the log covers the calls: {log}"
+    );
+    let mut secrets = vec![
+        ("API_TOKEN", api_token.clone()),
+        ("TWILIO_AUTH_TOKEN", twilio.auth_token().to_string()),
+        ("AI key", ai.api_key().to_string()),
+        ("Bearer header", "Bearer ".to_string()),
+        ("basic auth header", "Basic ".to_string()),
+    ];
+    secrets.extend(stream_secrets.into_iter().map(|s| ("stream secret", s)));
+    for (what, secret) in secrets {
+        assert!(!secret.trim().is_empty(), "{what} is known");
+        let at = log.to_ascii_lowercase().find(&secret.to_ascii_lowercase());
+        assert!(
+            at.is_none(),
+            "the {what} is in the log: …{}…",
+            at.and_then(|i| log.get(i.saturating_sub(200)..(i + 100).min(log.len())))
+                .unwrap_or_default()
+        );
+    }
 }

@@ -660,10 +660,16 @@ fn notices(events: &[pb::CallEvent]) -> Vec<String> {
 async fn own_twilio(
     config: voice_agent_server::emulator::twilio::TwilioEmulatorConfig,
 ) -> (voice_agent_server::emulator::twilio::TwilioEmulatorHandle, Options) {
-    use voice_agent_server::telephony::twilio::TwilioClient;
     let emu = voice_agent_server::emulator::twilio::TwilioEmulator::start(config)
         .await
         .unwrap();
+    let options = twilio_options(&emu);
+    (emu, options)
+}
+
+/// Options that make a server dial through `emu`.
+fn twilio_options(emu: &voice_agent_server::emulator::twilio::TwilioEmulatorHandle) -> Options {
+    use voice_agent_server::telephony::twilio::TwilioClient;
     let client = TwilioClient::new(
         &emu.base_url(),
         emu.account_sid(),
@@ -673,11 +679,10 @@ async fn own_twilio(
     .unwrap();
     let telephony: std::sync::Arc<dyn voice_agent_server::telephony::Telephony> =
         std::sync::Arc::new(voice_agent_server::telephony::provider::Twilio::new(client));
-    let options = Options {
+    Options {
         telephony: Some((telephony, voice_agent_server::config::Secret::new(emu.auth_token()))),
         ..Default::default()
-    };
-    (emu, options)
+    }
 }
 
 #[tokio::test]
@@ -1191,4 +1196,183 @@ async fn ai_that_stops_reading_gets_one_reconnect_then_an_apology_and_the_record
     assert_eq!(call.end_reason, rec.end_reason, "the first reason stays");
     server.stop().await;
     ai.shutdown();
+}
+
+#[test]
+fn a_crash_leaves_no_call_ringing_with_the_provider() {
+    use voice_agent_server::emulator::twilio::EndCause;
+    let dir = std::env::temp_dir().join(format!("va-crash-{}", uuid::Uuid::new_v4()));
+    let mut config = Config::for_tests();
+    config.database = voice_agent_server::config::DatabaseLocation::File(dir.join("calls.db"));
+    config.ring_timeout = Duration::from_secs(60);
+    // Twilio of the test's own, on a runtime that outlives the crashed server.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (twilio, options) = rt.block_on(own_twilio(Default::default()));
+
+    // The first server runs on a runtime of its own: dropping that runtime
+    // stops every task of the server where it is, with no graceful path (as
+    // a crash would).
+    let crashing = tokio::runtime::Runtime::new().unwrap();
+    let (server, placed) = crashing.block_on(async {
+        let server = TestServer::with_options(config.clone(), options).await;
+        let mut client = server.client().await;
+        // A phone that rings for a minute: the call is ringing at the crash.
+        let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+        let mut stream = watch(&mut client, &placed.call_id, 0).await;
+        watch_until(
+            &mut stream,
+            LIMIT,
+            |e| matches!(&e.kind, Some(pb::call_event::Kind::Status(s)) if s.status() == pb::CallStatus::Ringing),
+        )
+        .await;
+        (server, placed)
+    });
+    crashing.shutdown_background();
+    drop(server);
+    let sid = placed.provider_call_id.clone();
+    assert_eq!(rt.block_on(async { twilio.call(&sid).unwrap().status }), "ringing");
+
+    // The next start hangs the call up with the provider, then marks it failed.
+    rt.block_on(async {
+        let server = TestServer::with_options(config, twilio_options(&twilio)).await;
+        let report = tokio::time::timeout(LIMIT, twilio.wait_finished(&sid))
+            .await
+            .expect("the emulated call ends")
+            .expect("the emulator knows the call");
+        assert_eq!(report.end_cause, Some(EndCause::RestUpdate), "{report:?}");
+        assert_eq!(report.status, "canceled");
+        let mut client = server.client().await;
+        let call = get_call(&mut client, &placed.call_id).await;
+        assert_eq!(call.status(), pb::CallStatus::Failed);
+        assert_eq!(
+            call.end_reason,
+            voice_agent_server::call::lifecycle::RESTART_HUNG_UP_REASON
+        );
+        let events = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+        assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+        server.stop().await;
+        twilio.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_failed_hang_up_after_a_crash_is_an_error_event() {
+    let dir = std::env::temp_dir().join(format!("va-crash-{}", uuid::Uuid::new_v4()));
+    let mut config = Config::for_tests();
+    config.database = voice_agent_server::config::DatabaseLocation::File(dir.join("calls.db"));
+    config.ring_timeout = Duration::from_secs(60);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (first_twilio, options) = rt.block_on(own_twilio(Default::default()));
+    let crashing = tokio::runtime::Runtime::new().unwrap();
+    let (server, placed) = crashing.block_on(async {
+        let server = TestServer::with_options(config.clone(), options).await;
+        let mut client = server.client().await;
+        let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+        let mut stream = watch(&mut client, &placed.call_id, 0).await;
+        watch_until(
+            &mut stream,
+            LIMIT,
+            |e| matches!(&e.kind, Some(pb::call_event::Kind::Status(s)) if s.status() == pb::CallStatus::Ringing),
+        )
+        .await;
+        (server, placed)
+    });
+    crashing.shutdown_background();
+    drop(server);
+    // A provider that does not know the call (another account): the hang-up is refused.
+    rt.block_on(async {
+        let (other_twilio, options) = own_twilio(Default::default()).await;
+        let server = TestServer::with_options(config, options).await;
+        let mut client = server.client().await;
+        let call = get_call(&mut client, &placed.call_id).await;
+        assert_eq!(call.status(), pb::CallStatus::Failed);
+        assert_eq!(
+            call.end_reason,
+            voice_agent_server::call::lifecycle::RESTART_HANG_UP_FAILED_REASON
+        );
+        let events = watch_all(&mut client, &placed.call_id, 0, Duration::from_secs(5)).await;
+        let errors = errors(&events);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].0.starts_with("twilio_") || errors[0].0 == "telephony_error",
+            "{errors:?}"
+        );
+        assert!(errors[0].1.contains("after a restart"), "{errors:?}");
+        server.stop().await;
+        other_twilio.shutdown().await;
+        first_twilio.shutdown().await;
+    });
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_dtmf_flood_of_oversized_digits_stores_nothing() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut config = Config::for_tests();
+    config.ring_timeout = Duration::from_secs(60);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    // A callee that never answers: the only media stream is the test's.
+    let placed = client.place_call(place("+15550107")).await.unwrap().into_inner();
+    let id = voice_agent_server::call::CallId::parse(&placed.call_id).unwrap();
+    let secret = server.state.hub.get(&id).await.unwrap().stream_secret;
+    let mut ws = twilio_media_socket(&server, &placed.call_id, &placed.provider_call_id, &secret).await;
+    let mut stream = watch(&mut client, &placed.call_id, 0).await;
+    let before = server.state.hub.get(&id).await.unwrap().event_count;
+
+    let digits = "1".repeat(20 * 1024);
+    let flood = serde_json::json!({"event": "dtmf", "streamSid": "MZ00000000000000000000000000000001",
+        "sequenceNumber": "3", "dtmf": {"track": "inbound_track", "digit": digits}})
+    .to_string();
+    for _ in 0..20_000 {
+        ws.feed(Message::Text(flood.clone().into())).await.unwrap();
+    }
+    // Then one real key: once it is stored, everything before it was handled.
+    let key = r#"{"event":"dtmf","streamSid":"MZ00000000000000000000000000000001","sequenceNumber":"4","dtmf":{"track":"inbound_track","digit":"7"}}"#;
+    ws.send(Message::Text(key.into())).await.unwrap();
+    let seen = watch_until(
+        &mut stream,
+        LIMIT,
+        |e| matches!(&e.kind, Some(pb::call_event::Kind::Dtmf(d)) if d.digit == "7"),
+    )
+    .await;
+
+    let dtmf: Vec<_> = seen
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Dtmf(d)) => Some(d.digit.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dtmf, ["7"], "only the real key is stored");
+    let malformed: Vec<_> = errors(&seen)
+        .into_iter()
+        .filter(|(c, _)| c == "media_malformed")
+        .collect();
+    assert_eq!(malformed.len(), 1, "reported once: {malformed:?}");
+    // Nothing else was stored for the flood (status changes of the ringing call aside).
+    let rec = server.state.hub.get(&id).await.unwrap();
+    let stored = server
+        .state
+        .hub
+        .store()
+        .events_after(&id, before, usize::MAX)
+        .await
+        .unwrap();
+    let not_status: Vec<_> = stored
+        .iter()
+        .filter(|e| !matches!(e.kind, voice_agent_server::call::EventKind::Status { .. }))
+        .collect();
+    assert_eq!(not_status.len(), 2, "{not_status:?}");
+    assert_eq!(rec.event_count, stored.last().unwrap().sequence);
+    let metrics = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metric(&metrics, "voice_agent_media_malformed_total") >= 20_000.0);
+    server.stop().await;
 }

@@ -344,9 +344,15 @@ impl<'m> Conversation<'m> {
         self.check_hang_up(out);
     }
 
-    /// The callee pressed a key.
+    /// The callee pressed a key. Twilio sends one key per message, one of
+    /// `0-9 * # A-D` (protocols.md §5, the `dtmf` message); anything else is
+    /// malformed and not stored (the peer would decide what the store holds).
     pub fn on_dtmf(&mut self, digit: String, out: &mut VecDeque<Action>) {
-        out.push_back(Action::Publish(EventKind::Dtmf { digit }));
+        if is_dtmf_key(&digit) {
+            out.push_back(Action::Publish(EventKind::Dtmf { digit }));
+        } else {
+            self.on_malformed("DTMF digit is not one of 0-9 * # A-D", out);
+        }
         self.check_hang_up(out);
     }
 
@@ -422,8 +428,11 @@ impl<'m> Conversation<'m> {
                 }
             }
             ServerEvent::TranscriptDelta { item_id, delta } => {
+                // Past the stored cap the rest would be cut anyway: an AI that
+                // never ends a transcript cannot grow it without bound.
                 if let Some(item) = self.items.get_mut(item_id.as_str())
                     && !item.transcript_done
+                    && item.transcript.len() <= crate::call::payload_caps::TRANSCRIPT
                 {
                     item.transcript.push_str(&delta);
                 }
@@ -906,6 +915,11 @@ fn heard_part(item: &AgentItem) -> String {
     let words: Vec<&str> = item.transcript.split_whitespace().collect();
     let keep = (words.len() * item.heard_bytes.min(total) / total).min(words.len());
     words[..keep].join(" ")
+}
+
+/// One DTMF key: `0-9 * # A-D`.
+fn is_dtmf_key(digit: &str) -> bool {
+    matches!(digit.as_bytes(), [b'0'..=b'9' | b'*' | b'#' | b'A'..=b'D'])
 }
 
 #[cfg(test)]
@@ -1550,5 +1564,45 @@ mod tests {
         );
         h.conv.on_dtmf("5".into(), &mut h.out);
         assert_eq!(h.take(), vec![Action::Publish(EventKind::Dtmf { digit: "5".into() })]);
+    }
+
+    #[test]
+    fn an_endless_agent_transcript_stops_growing_at_the_stored_cap() {
+        let mut h = Harness::new();
+        h.agent_item("r1", "a1");
+        let delta = "x".repeat(100);
+        for _ in 0..10_000 {
+            h.ai(
+                0,
+                ServerEvent::TranscriptDelta {
+                    item_id: "a1".into(),
+                    delta: delta.clone(),
+                },
+            );
+        }
+        let kept = h.conv.items["a1"].transcript.len();
+        assert!(kept <= crate::call::payload_caps::TRANSCRIPT + delta.len(), "{kept}");
+    }
+
+    #[test]
+    fn dtmf_is_one_key_or_malformed_and_not_stored() {
+        let mut h = Harness::new();
+        for key in ["0", "9", "*", "#", "A", "D"] {
+            h.conv.on_dtmf(key.into(), &mut h.out);
+            assert_eq!(h.take(), vec![Action::Publish(EventKind::Dtmf { digit: key.into() })]);
+        }
+        let long = "1".repeat(20 * 1024);
+        for bad in ["", "12", "E", "a", "\u{0}", "١", long.as_str()] {
+            h.conv.on_dtmf(bad.into(), &mut h.out);
+        }
+        // The first malformed message is reported once; none is stored as a key.
+        let actions = h.take();
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert!(
+            matches!(&actions[0], Action::Publish(EventKind::Error { code, message })
+                if code == "media_malformed" && message.contains("DTMF")),
+            "{actions:?}"
+        );
+        assert_eq!(h.conv.malformed(), 7);
     }
 }

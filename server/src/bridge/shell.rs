@@ -104,7 +104,7 @@ where
         _ = cancel.cancelled() => {
             if env.shutdown.is_cancelled() {
                 // Dropping the socket on return closes the stream, which hangs up.
-                writer.end_on_shutdown();
+                writer.end_on_shutdown().await;
             }
             writer.finish().await;
             return;
@@ -115,8 +115,8 @@ where
         Err(why) => {
             tracing::warn!(call_id = %id, why = %why.message, "media stream refused");
             // Closing the stream ends Twilio's <Connect> and so the call: keep why.
-            writer.end_reason(why.message.clone());
-            writer.event(EventKind::error(why.code, why.message));
+            writer.end_reason(why.message.clone()).await;
+            writer.event(EventKind::error(why.code, why.message)).await;
             writer.settle().await;
             let refused = WsMessage::Close(Some(CloseFrame {
                 code: 1008,
@@ -132,8 +132,10 @@ where
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
-            writer.event(EventKind::error(e.code(), format!("{e}; apologising and hanging up")));
-            writer.end_reason(format!("the AI failed: {e}"));
+            writer
+                .event(EventKind::error(e.code(), format!("{e}; apologising and hanging up")))
+                .await;
+            writer.end_reason(format!("the AI failed: {e}")).await;
             apologise(env, &writer, &id).await;
             writer.finish().await;
             return;
@@ -264,7 +266,9 @@ async fn apologise<C>(env: &Env<'_, C>, writer: &CallWriter, id: &CallId) {
     if let Err(e) = env.telephony.say_and_hang_up(&sid, APOLOGY).await {
         tracing::warn!(call_id = %id, error = %e, "apology failed; hanging up");
         if let Err(e) = env.telephony.hang_up(&sid, true).await {
-            writer.event(EventKind::error(ErrorCode::Telephony, format!("hang-up failed: {e}")));
+            writer
+                .event(EventKind::error(ErrorCode::Telephony, format!("hang-up failed: {e}")))
+                .await;
         }
     }
 }
@@ -542,19 +546,19 @@ where
                     let text = event.into_text(self.dialect, &self.session);
                     self.ai.feed(AiMessage::Text(text.into()), None).await;
                 }
-                Action::Publish(kind) => self.writer.event(kind),
-                Action::EndReason(reason) => self.writer.end_reason(reason),
-                Action::EndOnShutdown => self.writer.end_on_shutdown(),
+                Action::Publish(kind) => self.writer.event(kind).await,
+                Action::EndReason(reason) => self.writer.end_reason(reason).await,
+                Action::EndOnShutdown => self.writer.end_on_shutdown().await,
                 Action::HangUp { failure } => {
                     let sid = settled_sid(self.env.hub, &self.writer, &self.id).await;
                     if let Err(e) = self.env.telephony.hang_up(&sid, true).await {
-                        self.telephony_error(failure, e);
+                        self.telephony_error(failure, e).await;
                     }
                 }
                 Action::SayAndHangUp { text, failure } => {
                     let sid = settled_sid(self.env.hub, &self.writer, &self.id).await;
                     if let Err(e) = self.env.telephony.say_and_hang_up(&sid, text).await {
-                        self.telephony_error(failure, e);
+                        self.telephony_error(failure, e).await;
                     }
                 }
                 Action::Apologise => apologise(self.env, &self.writer, &self.id).await,
@@ -572,9 +576,9 @@ where
         None
     }
 
-    fn telephony_error(&self, failure: &str, e: impl Display) {
+    fn telephony_error(&self, failure: &str, e: impl Display) -> impl Future<Output = ()> + Send + 'static {
         self.writer
-            .event(EventKind::error(ErrorCode::Telephony, format!("{failure}: {e}")));
+            .event(EventKind::error(ErrorCode::Telephony, format!("{failure}: {e}")))
     }
 
     /// Writes what was fed to either socket. A socket that fails keeps the

@@ -290,7 +290,12 @@ impl World {
     }
 
     async fn events(&self) -> Vec<EventKind> {
-        let events = self.hub.store().events_after(&self.record.call_id, 0).await.unwrap();
+        let events = self
+            .hub
+            .store()
+            .events_after(&self.record.call_id, 0, usize::MAX)
+            .await
+            .unwrap();
         events.into_iter().map(|e| e.kind).collect()
     }
 

@@ -26,47 +26,67 @@ enum Write {
     Settled(oneshot::Sender<()>),
 }
 
+/// Writes queued per call before the bridge waits. Events are fed by the
+/// peers (the callee's key presses, the AI's transcripts and errors), so the
+/// queue is bounded. Policy when full: **block** (backpressure). The bridge
+/// waits for room, so it stops reading both sockets and a flooding peer is
+/// slowed down by TCP itself; no write is ever dropped. A call makes a few
+/// events a second, so 256 absorb a store stall of many seconds without the
+/// media path noticing.
+pub const WRITE_QUEUE: usize = 256;
+
 /// The queue of one call's writes; its task applies them in order.
 pub struct CallWriter {
-    tx: mpsc::UnboundedSender<Write>,
+    tx: mpsc::Sender<Write>,
     task: JoinHandle<()>,
 }
 
 impl CallWriter {
     /// Starts the writer of call `id`.
     pub fn spawn(hub: CallHub, id: CallId) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let task = tokio::spawn(apply(hub, id, rx));
         Self { tx, task }
     }
 
-    fn send(&self, write: Write) {
+    /// Queues `write`, waiting while the queue is full (see [`WRITE_QUEUE`]).
+    /// (It borrows nothing while it waits: the bridge holds sockets, which are not `Sync`.)
+    fn send(&self, write: Write) -> impl Future<Output = bool> + Send + 'static {
+        let tx = self.tx.clone();
         // The task lives until `finish`; a send cannot fail before.
-        let _ = self.tx.send(write);
+        async move { tx.send(write).await.is_ok() }
     }
 
     /// Queues an event.
-    pub fn event(&self, kind: EventKind) {
-        self.send(Write::Event(kind));
+    pub fn event(&self, kind: EventKind) -> impl Future<Output = ()> + Send + 'static {
+        let sent = self.send(Write::Event(kind));
+        async move {
+            sent.await;
+        }
     }
 
     /// Queues why the call ends (the first reason stored wins).
-    pub fn end_reason(&self, reason: String) {
-        self.send(Write::EndReason(reason));
+    pub fn end_reason(&self, reason: String) -> impl Future<Output = ()> + Send + 'static {
+        let sent = self.send(Write::EndReason(reason));
+        async move {
+            sent.await;
+        }
     }
 
     /// Queues the end of the call at a server shutdown.
-    pub fn end_on_shutdown(&self) {
-        self.send(Write::EndOnShutdown);
+    pub fn end_on_shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
+        let sent = self.send(Write::EndOnShutdown);
+        async move {
+            sent.await;
+        }
     }
 
     /// Waits until everything queued so far is stored (and broadcast).
-    /// (It borrows nothing while it waits: the bridge holds sockets, which are not `Sync`.)
     pub fn settle(&self) -> impl Future<Output = ()> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.send(Write::Settled(tx)).is_ok();
+        let queued = self.send(Write::Settled(tx));
         async move {
-            if queued {
+            if queued.await {
                 let _ = rx.await;
             }
         }
@@ -79,7 +99,7 @@ impl CallWriter {
     }
 }
 
-async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::UnboundedReceiver<Write>) {
+async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
     while let Some(write) = rx.recv().await {
         match write {
             Write::Event(kind) => {

@@ -17,17 +17,27 @@ use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::call::{CallEvent, CallId, CallRecord, EventKind, lifecycle};
+use crate::call::{CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, lifecycle, payload_caps};
 use crate::store::{Store, StoreError};
+use crate::telephony::Telephony;
 
 /// Events buffered per live call for watchers that are momentarily behind.
 /// A call makes a few events a second at most, and a watcher that falls
 /// further behind re-reads the store, so a small ring is enough; tokio
 /// allocates and initialises every slot up front, so 1024 cost ~110 KiB of
-/// resident memory per live call.
+/// resident memory per live call. Policy when full: **drop-oldest** (tokio's
+/// broadcast lag); nothing is lost, because a lagging watcher re-reads the
+/// store from its last sequence.
 const BROADCAST_CAPACITY: usize = 64;
 /// Events buffered per watcher stream before the watcher's own task waits.
+/// Policy when full: **block** the watcher's task (only it: the call goes on
+/// through the broadcast, and the store keeps what it has not sent).
 const WATCH_BUFFER: usize = 64;
+/// Events read from the store at once when a watcher replays history (or
+/// catches up after lagging).
+pub const WATCH_PAGE: usize = 256;
+/// Calls hung up with the provider at once while recovering from a crash.
+const RECOVER_CONCURRENCY: usize = 8;
 
 /// A hub failure.
 #[derive(Debug, thiserror::Error)]
@@ -96,18 +106,52 @@ impl CallHub {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Marks calls left unfinished by a previous run as failed: their media
-    /// bridge died with that process, so nobody can carry them on.
-    pub async fn recover(&self) -> Result<usize, HubError> {
+    /// Ends the calls left unfinished by a previous run: their media bridge
+    /// died with that process, so nobody can carry them on. Each one the
+    /// provider has (it has a provider id) is first hung up or cancelled
+    /// there, or its callee would stay on a line nobody serves; then it is
+    /// marked FAILED with a reason that says so. A refused hang-up is stored
+    /// as an error event. Returns how many calls were ended.
+    pub async fn recover(&self, telephony: &dyn Telephony) -> Result<usize, HubError> {
+        use futures_util::StreamExt as _;
         let stale = self.store.unfinished_calls().await?;
         let n = stale.len();
-        for mut record in stale {
-            let events = stamp(&mut record, |r| {
-                lifecycle::end(r, lifecycle::Ending::Failed, lifecycle::RESTART_REASON)
-            });
-            self.store.commit(record, events).await?;
+        // A few at a time: each is a provider request (bounded by its HTTP timeout).
+        let mut ended = futures_util::stream::iter(stale)
+            .map(|record| self.recover_one(telephony, record))
+            .buffer_unordered(RECOVER_CONCURRENCY);
+        while let Some(result) = ended.next().await {
+            result?;
         }
         Ok(n)
+    }
+
+    async fn recover_one(&self, telephony: &dyn Telephony, mut record: CallRecord) -> Result<(), HubError> {
+        let mut events = Vec::new();
+        let reason = if record.provider_call_id.is_empty() {
+            // Never reached the provider: there is nothing to hang up.
+            lifecycle::RESTART_REASON
+        } else {
+            let answered = record.status == CallStatus::InProgress;
+            match telephony.hang_up(&record.provider_call_id, answered).await {
+                Ok(()) => lifecycle::RESTART_HUNG_UP_REASON,
+                Err(e) => {
+                    tracing::warn!(call_id = %record.call_id, error = %e.message, "a call left live could not be hung up after a restart");
+                    events.extend(stamp(&mut record, |_| {
+                        vec![EventKind::error(
+                            ErrorCode::from_provider(e.provider_code.as_deref()),
+                            format!("hanging up the call after a restart failed: {}", e.message),
+                        )]
+                    }));
+                    lifecycle::RESTART_HANG_UP_FAILED_REASON
+                }
+            }
+        };
+        events.extend(stamp(&mut record, |r| {
+            lifecycle::end(r, lifecycle::Ending::Failed, reason)
+        }));
+        self.store.commit(record, events).await?;
+        Ok(())
     }
 
     /// Stores a new call and makes it live. Returns its cancellation token.
@@ -241,12 +285,16 @@ impl CallHub {
 
 /// Assigns sequence numbers and times to the events `f` produced, applying
 /// each to the record.
+/// Every text is capped here ([`crate::call::payload_caps`]): this is the one
+/// way into the store.
 fn stamp(record: &mut CallRecord, f: impl FnOnce(&mut CallRecord) -> Vec<EventKind>) -> Vec<CallEvent> {
     let kinds = f(record);
+    payload_caps::cap(&mut record.end_reason, payload_caps::DETAIL);
     let now = Utc::now();
     kinds
         .into_iter()
         .map(|kind| {
+            let kind = kind.capped();
             record.apply(&kind, now);
             CallEvent {
                 sequence: record.event_count,
@@ -306,19 +354,26 @@ impl Watcher {
         }
     }
 
+    /// Sends what the store holds after `last`, a page at a time: a long
+    /// history is never in memory at once (a page here, [`WATCH_BUFFER`] in
+    /// the stream), and each page waits for the watcher to take the last.
     async fn catch_up(&mut self) -> Flow {
-        match self.store.events_after(&self.id, self.last).await {
-            Ok(events) => {
-                for ev in events {
-                    if let Flow::Done = self.send(ev).await {
-                        return Flow::Done;
-                    }
+        loop {
+            let events = match self.store.events_after(&self.id, self.last, WATCH_PAGE).await {
+                Ok(events) => events,
+                Err(e) => {
+                    let _ = self.out.send(Err(e.into())).await;
+                    return Flow::Done;
                 }
-                Flow::Continue
+            };
+            let full = events.len() == WATCH_PAGE;
+            for ev in events {
+                if let Flow::Done = self.send(ev).await {
+                    return Flow::Done;
+                }
             }
-            Err(e) => {
-                let _ = self.out.send(Err(e.into())).await;
-                Flow::Done
+            if !full {
+                return Flow::Continue;
             }
         }
     }
@@ -330,5 +385,135 @@ impl Watcher {
             return Flow::Done;
         }
         Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::call::CallStatus;
+    use crate::config::DatabaseLocation;
+    use crate::store::tests::record;
+    use crate::telephony::{DialRequest, Dialed, FailureClass, TelephonyError};
+
+    fn hub() -> CallHub {
+        CallHub::new(
+            Store::open(&DatabaseLocation::Memory).unwrap(),
+            CancellationToken::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn watch_replays_a_long_history_in_pages_then_goes_live() {
+        let hub = hub();
+        let id = CallId::new();
+        hub.create(record(&id)).await.unwrap();
+        const N: u64 = 5000;
+        hub.update(&id, |_| {
+            (0..N)
+                .map(|i| EventKind::Dtmf {
+                    digit: (i % 10).to_string(),
+                })
+                .collect()
+        })
+        .await
+        .unwrap();
+        let mut rx = hub.watch(&id, 0).await.unwrap();
+        let mut seen = Vec::new();
+        while seen.len() < N as usize {
+            seen.push(rx.recv().await.unwrap().unwrap().sequence);
+        }
+        // Then live: the next event arrives once, right after the history.
+        hub.update(&id, |r| lifecycle::end(r, lifecycle::Ending::Failed, "test"))
+            .await
+            .unwrap();
+        while let Some(ev) = rx.recv().await {
+            seen.push(ev.unwrap().sequence);
+        }
+        assert_eq!(seen, (1..=N + 1).collect::<Vec<_>>());
+        let pages = hub.store().pages_read();
+        assert!(pages.iter().all(|&p| p <= WATCH_PAGE), "{pages:?}");
+        assert!(pages.len() as u64 > N / WATCH_PAGE as u64, "{pages:?}");
+    }
+
+    /// A provider that records hang-ups and refuses those of `refused`.
+    #[derive(Default)]
+    struct Recorder {
+        hang_ups: Mutex<Vec<(String, bool)>>,
+        refused: String,
+    }
+
+    #[async_trait::async_trait]
+    impl Telephony for Recorder {
+        async fn dial(&self, _: &DialRequest) -> Result<Dialed, TelephonyError> {
+            unreachable!("recovery dials nothing")
+        }
+        async fn hang_up(&self, sid: &str, answered: bool) -> Result<(), TelephonyError> {
+            self.hang_ups.lock().unwrap().push((sid.to_string(), answered));
+            if sid == self.refused {
+                return Err(TelephonyError {
+                    class: FailureClass::InvalidArgument,
+                    provider_code: Some("20404".into()),
+                    message: "not found".into(),
+                });
+            }
+            Ok(())
+        }
+        async fn say_and_hang_up(&self, _: &str, _: &str) -> Result<(), TelephonyError> {
+            unreachable!("recovery says nothing")
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_hangs_up_with_the_provider_before_marking_failed() {
+        let hub = hub();
+        let store = hub.store().clone();
+        let mut ids = Vec::new();
+        for (status, sid) in [
+            (CallStatus::InProgress, "CA1"),
+            (CallStatus::Ringing, "CA2"),
+            (CallStatus::Queued, ""),
+            (CallStatus::Ringing, "CA4"),
+            (CallStatus::Completed, "CA5"),
+        ] {
+            let id = CallId::new();
+            let mut rec = record(&id);
+            rec.status = status;
+            rec.provider_call_id = sid.into();
+            store.insert_call(rec).await.unwrap();
+            ids.push(id);
+        }
+        let telephony = Recorder {
+            refused: "CA4".into(),
+            ..Default::default()
+        };
+        assert_eq!(hub.recover(&telephony).await.unwrap(), 4);
+        let mut hang_ups = telephony.hang_ups.lock().unwrap().clone();
+        hang_ups.sort();
+        assert_eq!(
+            hang_ups,
+            [("CA1".into(), true), ("CA2".into(), false), ("CA4".into(), false)]
+        );
+        let reasons = [
+            lifecycle::RESTART_HUNG_UP_REASON,
+            lifecycle::RESTART_HUNG_UP_REASON,
+            lifecycle::RESTART_REASON,
+            lifecycle::RESTART_HANG_UP_FAILED_REASON,
+        ];
+        for (id, reason) in ids.iter().zip(reasons) {
+            let rec = store.get_call(id).await.unwrap().unwrap();
+            assert_eq!((rec.status, rec.end_reason.as_str()), (CallStatus::Failed, reason));
+        }
+        let failed = store.events_after(&ids[3], 0, 10).await.unwrap();
+        assert!(
+            matches!(&failed[0].kind, EventKind::Error { code, message }
+                if code == "twilio_20404" && message.contains("after a restart failed")),
+            "{failed:?}"
+        );
+        assert_eq!(failed[1].kind.terminal_status(), Some(CallStatus::Failed));
+        let done = store.get_call(&ids[4]).await.unwrap().unwrap();
+        assert_eq!(done.status, CallStatus::Completed, "ended calls are left alone");
     }
 }

@@ -18,8 +18,15 @@ use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind};
 
 /// The end reason of a call hung up through the API.
 pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
-/// The end reason of a call found live when the server started again.
+/// The end reason of a call found live when the server started again, before
+/// the provider had it (nothing to hang up).
 pub const RESTART_REASON: &str = "the server restarted while the call was live";
+/// The end reason of a call found live or ringing when the server started
+/// again, hung up with the provider (nobody serves its media any more).
+pub const RESTART_HUNG_UP_REASON: &str = "the server restarted while the call was live; hung up with the provider";
+/// Like [`RESTART_HUNG_UP_REASON`], when the provider refused the hang-up (an error event says why).
+pub const RESTART_HANG_UP_FAILED_REASON: &str =
+    "the server restarted while the call was live; hanging it up with the provider failed";
 
 /// A status callback of the telephony provider, parsed (protocols.md §2.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
