@@ -10,13 +10,6 @@ use voice_agent_tests::*;
 
 const PLACE_CALL: &str = "voiceagent.v1.VoiceAgentService/PlaceCall";
 
-fn grpc_status(trailers: &[(String, String)]) -> Option<&str> {
-    trailers
-        .iter()
-        .find(|(k, _)| k == "grpc-status")
-        .map(|(_, v)| v.as_str())
-}
-
 async fn stored_calls(server: &TestServer) -> usize {
     server
         .state
