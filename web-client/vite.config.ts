@@ -3,7 +3,8 @@ import { defineConfig } from "vitest/config";
 
 // The Rust server serves grpc-web and this UI on one origin (default http://127.0.0.1:8000).
 // For UI work, `npm run dev` serves the UI from Vite and forwards the RPC paths to that server,
-// so the browser still talks to one origin. VOICE_AGENT_URL overrides the target.
+// so the browser still talks to one origin. VOICE_AGENT_URL overrides the target. The server still
+// sees this page's Origin (http://127.0.0.1:5173), so list it in the server's CORS_ALLOWED_ORIGINS.
 const target = process.env.VOICE_AGENT_URL ?? "http://127.0.0.1:8000";
 const proxy = {
   "/voiceagent.v1.VoiceAgentService": { target, changeOrigin: true },

@@ -110,6 +110,12 @@ pub mod var {
         "when set, every VoiceAgentService RPC needs 'authorization: Bearer <API_TOKEN>'",
         "none",
     );
+    /// Browser origins allowed to call the API from other pages.
+    pub const CORS_ALLOWED_ORIGINS: Variable = (
+        "CORS_ALLOWED_ORIGINS",
+        "comma-separated origins (scheme://host[:port]) whose pages may call the API cross-origin, e.g. http://localhost:5173; none = no CORS",
+        "none",
+    );
     /// Web UI directory.
     pub const WEB_DIR: Variable = (
         "WEB_DIR",
@@ -138,6 +144,7 @@ const TAIL: &[Variable] = &[
     var::AUDIO_MODE,
     var::DATABASE_URL,
     var::API_TOKEN,
+    var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
     var::RUST_LOG,
 ];
@@ -234,6 +241,9 @@ pub struct Config {
     pub database: DatabaseLocation,
     /// Bearer token required by VoiceAgentService, if set.
     pub api_token: Option<Secret>,
+    /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
+    /// may call the API; empty = no CORS at all.
+    pub cors_allowed_origins: Vec<String>,
     /// Directory of the built web UI (served at `/` when it has an index.html).
     pub web_dir: Option<PathBuf>,
 }
@@ -438,6 +448,7 @@ impl Config {
             audio_mode,
             database,
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
+            cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: Some(PathBuf::from(env.or_default(&var::WEB_DIR))),
         };
         backend::configure_all(&env, &mut config)?;
@@ -520,6 +531,35 @@ impl Config {
     }
 }
 
+/// `CORS_ALLOWED_ORIGINS`: exact origins only. A wildcard or `null` would
+/// hand the API to any page (or to sandboxed and `file:` pages), and a path
+/// would be ignored by browsers, so all three are refused rather than guessed at.
+fn parse_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
+    let name = var::CORS_ALLOWED_ORIGINS.0;
+    let mut origins = Vec::new();
+    for item in raw.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item == "*" || item.eq_ignore_ascii_case("null") {
+            return Err(err(
+                name,
+                format!("{item:?}: list exact origins such as http://localhost:5173"),
+            ));
+        }
+        let url = parse_url(name, item, &["http", "https"])?;
+        let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none();
+        if !bare || !url.username().is_empty() || url.password().is_some() || item.ends_with('/') {
+            return Err(err(
+                name,
+                format!("{item:?} is not an origin: expected scheme://host[:port], no path"),
+            ));
+        }
+        let origin = url.origin().ascii_serialization();
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(origins)
+}
+
 fn parse_database_url(raw: &str) -> Result<DatabaseLocation, ConfigError> {
     if raw == "sqlite::memory:" || raw == ":memory:" {
         return Ok(DatabaseLocation::Memory);
@@ -579,10 +619,29 @@ mod tests {
             ("DATABASE_URL", "postgres://x"),
             ("AZURE_VOICE_LIVE_ENDPOINT", "::"),
             ("RING_TIMEOUT", "1"),
+            ("CORS_ALLOWED_ORIGINS", "*"),
+            ("CORS_ALLOWED_ORIGINS", "null"),
+            ("CORS_ALLOWED_ORIGINS", "http://localhost:5173/app"),
+            ("CORS_ALLOWED_ORIGINS", "localhost:5173"),
+            ("CORS_ALLOWED_ORIGINS", "http://ok.example, ftp://x.example"),
         ] {
             let e = parse(&[(var, value)]).unwrap_err();
             assert_eq!(e.variable, var, "{var}={value}: {e}");
         }
+    }
+
+    #[test]
+    fn cors_origins_are_exact_and_normalized() {
+        assert!(parse(&[]).unwrap().cors_allowed_origins.is_empty());
+        let c = parse(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "http://localhost:5173, HTTPS://UI.Example.com:443,http://localhost:5173",
+        )])
+        .unwrap();
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["http://localhost:5173", "https://ui.example.com"]
+        );
     }
 
     #[test]

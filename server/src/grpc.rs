@@ -56,6 +56,43 @@ fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
 }
 
+/// Most characters of client input an error message quotes: the message
+/// goes back in `grpc-message`, a response header, so a 1 MiB argument must
+/// not come back whole.
+pub const MAX_QUOTED: usize = 64;
+
+/// Client input as an error message quotes it: Debug-escaped, at most
+/// [`MAX_QUOTED`] characters, and the length when it was cut.
+fn quoted(s: &str) -> String {
+    let prefix = truncate(s, MAX_QUOTED);
+    if prefix.len() == s.len() {
+        format!("{s:?}")
+    } else {
+        format!("{prefix:?}… ({} bytes)", s.len())
+    }
+}
+
+/// Whether a character can be carried by XML 1.0 (§2.2 `Char`): the text
+/// fields reach TwiML (greeting) or the AI's JSON session, and a C0 control
+/// breaks the former at answer time, long after PlaceCall said yes.
+fn xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Refuses text XML 1.0 cannot carry, naming the field and where.
+fn check_text(field: &str, text: &str) -> Result<(), Status> {
+    match text.char_indices().find(|(_, c)| !xml_char(*c)) {
+        None => Ok(()),
+        Some((at, c)) => Err(invalid(
+            field,
+            format!(
+                "must not contain control characters other than tab, CR and LF (U+{:04X} at byte {at})",
+                u32::from(c)
+            ),
+        )),
+    }
+}
+
 fn parse_call_id(raw: &str) -> Result<CallId, Status> {
     if raw.is_empty() {
         return Err(invalid("call_id", "required"));
@@ -63,7 +100,10 @@ fn parse_call_id(raw: &str) -> Result<CallId, Status> {
     CallId::parse(raw).ok_or_else(|| {
         invalid(
             "call_id",
-            format!("not a call id: {raw:?} (expected call_ followed by 32 hex digits)"),
+            format!(
+                "not a call id: {} (expected call_ followed by 32 hex digits)",
+                quoted(raw)
+            ),
         )
     })
 }
@@ -111,8 +151,8 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         return Err(invalid(
             "to",
             format!(
-                "must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {:?})",
-                truncate(&req.to, 40)
+                "must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {})",
+                quoted(&req.to)
             ),
         ));
     }
@@ -140,6 +180,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
     if req.voice.chars().any(|c| c.is_control()) {
         return Err(invalid("voice", "must not contain control characters"));
     }
+    check_text("instructions", &req.instructions)?;
     let greeting = req.greeting.unwrap_or_else(|| DEFAULT_GREETING.to_string());
     if greeting.len() > MAX_GREETING {
         return Err(invalid(
@@ -147,6 +188,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
             format!("at most {MAX_GREETING} bytes, got {}", greeting.len()),
         ));
     }
+    check_text("greeting", &greeting)?;
     if req.metadata.len() > MAX_METADATA_ENTRIES {
         return Err(invalid(
             "metadata",
@@ -157,15 +199,22 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         if k.is_empty() || k.len() > MAX_METADATA_KEY {
             return Err(invalid(
                 "metadata",
-                format!("keys must be 1 to {MAX_METADATA_KEY} bytes, got {:?}", truncate(k, 80)),
+                format!("keys must be 1 to {MAX_METADATA_KEY} bytes, got {}", quoted(k)),
+            ));
+        }
+        if k.chars().any(|c| c.is_control()) {
+            return Err(invalid(
+                "metadata",
+                format!("key {} must not contain control characters", quoted(k)),
             ));
         }
         if v.len() > MAX_METADATA_VALUE {
             return Err(invalid(
                 "metadata",
-                format!("value of {k:?} is over {MAX_METADATA_VALUE} bytes"),
+                format!("value of {} is over {MAX_METADATA_VALUE} bytes", quoted(k)),
             ));
         }
+        check_text(&format!("metadata[{}]", quoted(k)), v)?;
     }
     let max_duration = match req.max_duration {
         None => config.max_call_duration,
@@ -646,6 +695,29 @@ impl tonic::service::Interceptor for AuthInterceptor {
             ))
         } else {
             Err(Status::unauthenticated("invalid API token"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_short_and_say_how_long_the_input_was() {
+        assert_eq!(quoted("call_x"), "\"call_x\"");
+        let long = "é".repeat(1000);
+        let q = quoted(&long);
+        assert!(q.starts_with(&format!("\"{}\"…", "é".repeat(MAX_QUOTED))), "{q}");
+        assert!(q.ends_with("(2000 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn text_is_what_xml_1_0_can_carry() {
+        assert!(check_text("greeting", "Hi\tthere\r\n— ça 🙂").is_ok());
+        for bad in ["\u{0}", "a\u{1}", "\u{b}", "\u{c}", "\u{1f}", "\u{fffe}", "\u{ffff}"] {
+            let e = check_text("greeting", bad).unwrap_err();
+            assert!(e.message().starts_with("greeting: "), "{}", e.message());
         }
     }
 }

@@ -41,13 +41,18 @@ pub fn router(state: Arc<AppState>) -> Router {
     router = match web_dir {
         Some(dir) if dir.join("index.html").is_file() => {
             let index = dir.join("index.html");
+            // `fallback`, not `not_found_service`: the latter turns every answer
+            // into a 404, deep links of the UI included.
+            let ui = tower_http::services::ServeDir::new(&dir).fallback(tower::service_fn(
+                move |req: axum::extract::Request| {
+                    let index = index.clone();
+                    async move { Ok::<_, std::convert::Infallible>(spa_or_404(req, &index).await) }
+                },
+            ));
             router.fallback_service(
-                tower_http::services::ServeDir::new(&dir).not_found_service(tower::service_fn(
-                    move |req: axum::extract::Request| {
-                        let index = index.clone();
-                        async move { Ok::<_, std::convert::Infallible>(spa_or_404(req, &index).await) }
-                    },
-                )),
+                tower::ServiceBuilder::new()
+                    .layer(axum::middleware::map_response(crate::browser::ui_headers))
+                    .service(ui),
             )
         }
         _ => router.fallback(not_found),
@@ -63,7 +68,8 @@ async fn not_found() -> Response {
 /// unknown is a plain 404 (never a grpc-web error).
 async fn spa_or_404(req: axum::extract::Request, index: &std::path::Path) -> Response {
     let path = req.uri().path();
-    let is_ui_route = req.method() == axum::http::Method::GET && (path == "/" || path.starts_with("/calls"));
+    let is_ui_route = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
+        && (path == "/" || path == "/calls" || path.starts_with("/calls/"));
     if is_ui_route && let Ok(html) = tokio::fs::read(index).await {
         return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
     }

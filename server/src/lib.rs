@@ -8,6 +8,7 @@
 //! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP; start-up and shutdown wiring
 //! state.rs     AppState: what every part shares (imports no edge and no emulator)
 //! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
+//! browser.rs   what browsers may do: CORS allow-list, Host/Origin guard (DNS rebinding), UI security headers
 //! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
 //! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, web UI, 404s
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
@@ -45,6 +46,7 @@
 /// μ-law codec and resamplers (the `voice-agent-audio` crate).
 pub use voice_agent_audio as audio;
 pub mod bridge;
+pub mod browser;
 pub mod call;
 pub mod config;
 /// The built-in emulators (the `voice-agent-emulators` crate).
@@ -335,7 +337,6 @@ impl Server {
     }
 }
 
-/// The one router: gRPC services (with grpc-web and CORS) beside the HTTP routes.
 /// At shutdown, the calls not answered yet (queued, dialling, ringing) are
 /// cancelled with the provider and end CANCELED with the shutdown reason. Left
 /// alone, the callee could still pick up, and the provider would connect them
@@ -372,9 +373,9 @@ async fn cancel_unanswered(state: &AppState) {
     futures_util::future::join_all(cancels).await;
 }
 
+/// The one router: gRPC services (with grpc-web, and CORS for the allowed
+/// origins) beside the HTTP routes, behind the Host/Origin guard.
 async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
-    use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer, ExposeHeaders};
-
     let voice_agent = VoiceAgentServiceServer::with_interceptor(
         VoiceAgent::new(state.clone()),
         AuthInterceptor::new(state.config.api_token.as_ref().map(Secret::expose)),
@@ -396,23 +397,17 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
 
     // Routes are added per service (as tonic's own `Routes` does) but without
     // its catch-all fallback, so unknown paths reach the HTTP router's 404.
-    let grpc = Router::new()
+    let mut grpc = Router::new()
         .route_service("/voiceagent.v1.VoiceAgentService/{*rest}", voice_agent)
         .route_service("/grpc.health.v1.Health/{*rest}", health)
         .route_service("/grpc.reflection.v1.ServerReflection/{*rest}", reflection_v1)
         .route_service("/grpc.reflection.v1alpha.ServerReflection/{*rest}", reflection_v1alpha)
-        .layer(tonic_web::GrpcWebLayer::new())
-        .layer(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::mirror_request())
-                .allow_methods(AllowMethods::list([::http::Method::POST, ::http::Method::OPTIONS]))
-                .allow_headers(AllowHeaders::mirror_request())
-                .expose_headers(ExposeHeaders::list([
-                    ::http::HeaderName::from_static("grpc-status"),
-                    ::http::HeaderName::from_static("grpc-message"),
-                    ::http::HeaderName::from_static("grpc-status-details-bin"),
-                ]))
-                .max_age(Duration::from_secs(24 * 3600)),
-        );
-    Ok(grpc.merge(http::router(state)))
+        .layer(tonic_web::GrpcWebLayer::new());
+    if let Some(cors) = browser::cors(&state.config.cors_allowed_origins) {
+        grpc = grpc.layer(cors);
+    }
+    let origins = Arc::new(browser::OriginPolicy::new(&state.config, &state.public_url));
+    Ok(grpc
+        .merge(http::router(state))
+        .layer(axum::middleware::from_fn_with_state(origins, browser::guard)))
 }

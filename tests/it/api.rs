@@ -12,6 +12,8 @@ use voice_agent_proto::v1 as pb;
 use voice_agent_server::config::{Config, DatabaseLocation, Secret};
 use voice_agent_tests::*;
 
+mod browser;
+
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
@@ -353,7 +355,10 @@ async fn unknown_routes_are_plain_404s() {
 
 #[tokio::test]
 async fn grpc_web_unary_and_server_streaming_over_http1() {
-    let server = TestServer::start().await;
+    // The dev server's origin, allowed (no CORS by default: see browser.rs).
+    let mut config = Config::for_tests();
+    config.cors_allowed_origins = vec!["http://localhost:5173".into()];
+    let server = TestServer::with_config(config).await;
     let mut client = server.client().await;
     let (placed, events) = call_and_watch(&mut client, place("+15550102"), CALL_LIMIT).await;
 
