@@ -311,6 +311,12 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
+    // One media stream per call; a second connection is refused before the
+    // upgrade and leaves the call as it is.
+    if !state.hub.claim_media(&id) {
+        tracing::warn!(call_id = %id, "refused a second media stream for the call");
+        return (StatusCode::CONFLICT, "the call has a media stream already\n").into_response();
+    }
     // Tracked, so that a shutdown waits for the bridge to record how the call ended.
     let bridges = state.bridges.clone();
     ws.max_message_size(MAX_MEDIA_MESSAGE)
