@@ -319,7 +319,9 @@ pub fn is_e164(number: &str) -> bool {
     let Some(digits) = number.strip_prefix('+') else {
         return false;
     };
-    (E164_DIGITS.0..=E164_DIGITS.1).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')
+    (E164_DIGITS.0..=E164_DIGITS.1).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
 }
 
 /// The variables as the parsers see them (the realtime providers parse their own).

@@ -309,7 +309,12 @@ impl Service<hyper::Request<Incoming>> for Tracked {
                 Ok(r) => r,
                 Err(never) => match never {},
             };
-            Ok(response.map(|body| Body::new(Ending { body, _in_progress: in_progress })))
+            Ok(response.map(|body| {
+                Body::new(Ending {
+                    body,
+                    _in_progress: in_progress,
+                })
+            }))
         })
     }
 }
