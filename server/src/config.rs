@@ -102,7 +102,7 @@ pub mod var {
     pub const MAX_CONNECTIONS: Variable = (
         "MAX_CONNECTIONS",
         "most connections open at once (media WebSockets included); one over it is accepted and closed at once, counted in /metrics",
-        "1024",
+        "4096",
     );
     /// Body limit of the Twilio webhooks.
     pub const WEBHOOK_MAX_BODY: Variable = (
