@@ -80,6 +80,36 @@ pub mod var {
         "default longest answered call, seconds (Twilio TimeLimit)",
         "600",
     );
+    /// Time a client has to send a request's headers.
+    pub const HTTP_HEADER_TIMEOUT: Variable = (
+        "HTTP_HEADER_TIMEOUT",
+        "seconds a client has to send a request's headers (a new connection's first request, or the next one on an HTTP/1.1 keep-alive connection); then the connection is closed",
+        "10",
+    );
+    /// Time a client has to send a request's body.
+    pub const HTTP_BODY_TIMEOUT: Variable = (
+        "HTTP_BODY_TIMEOUT",
+        "seconds a request's body may take to arrive once its headers have; then reading it fails (Twilio webhooks: 408)",
+        "10",
+    );
+    /// Idle connections.
+    pub const HTTP_IDLE_TIMEOUT: Variable = (
+        "HTTP_IDLE_TIMEOUT",
+        "seconds a connection may stay open with no request in progress; then it is closed gracefully (open media WebSockets are not affected)",
+        "60",
+    );
+    /// Connection cap.
+    pub const MAX_CONNECTIONS: Variable = (
+        "MAX_CONNECTIONS",
+        "most connections open at once (media WebSockets included); one over it is accepted and closed at once, counted in /metrics",
+        "4096",
+    );
+    /// Body limit of the Twilio webhooks.
+    pub const WEBHOOK_MAX_BODY: Variable = (
+        "WEBHOOK_MAX_BODY",
+        "largest body of a Twilio webhook, bytes (larger: 413); read only when X-Twilio-Signature is present",
+        "65536",
+    );
     /// Explicit default backend.
     pub const DEFAULT_BACKEND: Variable = (
         "DEFAULT_BACKEND",
@@ -137,6 +167,11 @@ const HEAD: &[Variable] = &[
     var::TWILIO_HTTP_TIMEOUT,
     var::RING_TIMEOUT,
     var::MAX_CALL_DURATION,
+    var::HTTP_HEADER_TIMEOUT,
+    var::HTTP_BODY_TIMEOUT,
+    var::HTTP_IDLE_TIMEOUT,
+    var::MAX_CONNECTIONS,
+    var::WEBHOOK_MAX_BODY,
 ];
 const TAIL: &[Variable] = &[
     var::DEFAULT_BACKEND,
@@ -246,6 +281,26 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     /// Directory of the built web UI (served at `/` when it has an index.html).
     pub web_dir: Option<PathBuf>,
+    /// Timeouts and caps of the listener's connections.
+    pub limits: ConnectionLimits,
+}
+
+/// What one peer may hold of the listener: how long it may take to send a
+/// request, how long it may idle, how many connections may be open, and how
+/// large a webhook body may be. Without them a client that never finishes a
+/// request pins a connection (and its buffers) for ever.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request's headers must arrive within this.
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its headers have.
+    pub body_timeout: Duration,
+    /// A connection with no request in progress for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Largest Twilio webhook body, bytes.
+    pub webhook_max_body: usize,
 }
 
 /// A configuration problem, naming the variable.
@@ -322,6 +377,17 @@ impl Env<'_> {
             ));
         }
         Ok(Duration::from_secs(secs))
+    }
+
+    fn count(&self, var: &Variable, min: usize, max: usize) -> Result<usize, ConfigError> {
+        let (name, raw) = (var.0, self.or_default(var));
+        let n: usize = raw
+            .parse()
+            .map_err(|_| err(name, format!("expected a whole number, got {raw:?}")))?;
+        if !(min..=max).contains(&n) {
+            return Err(err(name, format!("must be between {min} and {max}, got {n}")));
+        }
+        Ok(n)
     }
 }
 
@@ -450,6 +516,13 @@ impl Config {
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: Some(PathBuf::from(env.or_default(&var::WEB_DIR))),
+            limits: ConnectionLimits {
+                header_timeout: env.seconds(&var::HTTP_HEADER_TIMEOUT, 1, 300)?,
+                body_timeout: env.seconds(&var::HTTP_BODY_TIMEOUT, 1, 300)?,
+                idle_timeout: env.seconds(&var::HTTP_IDLE_TIMEOUT, 1, 3600)?,
+                max_connections: env.count(&var::MAX_CONNECTIONS, 1, 1 << 20)?,
+                webhook_max_body: env.count(&var::WEBHOOK_MAX_BODY, 1024, 2 << 20)?,
+            },
         };
         backend::configure_all(&env, &mut config)?;
         Ok(config)
@@ -624,6 +697,9 @@ mod tests {
             ("CORS_ALLOWED_ORIGINS", "http://localhost:5173/app"),
             ("CORS_ALLOWED_ORIGINS", "localhost:5173"),
             ("CORS_ALLOWED_ORIGINS", "http://ok.example, ftp://x.example"),
+            ("HTTP_HEADER_TIMEOUT", "0"),
+            ("MAX_CONNECTIONS", "many"),
+            ("WEBHOOK_MAX_BODY", "10"),
         ] {
             let e = parse(&[(var, value)]).unwrap_err();
             assert_eq!(e.variable, var, "{var}={value}: {e}");
@@ -712,6 +788,11 @@ mod tests {
             (var::TWILIO_HTTP_TIMEOUT, c.twilio_http_timeout.as_secs().to_string()),
             (var::RING_TIMEOUT, c.ring_timeout.as_secs().to_string()),
             (var::MAX_CALL_DURATION, c.max_call_duration.as_secs().to_string()),
+            (var::HTTP_HEADER_TIMEOUT, c.limits.header_timeout.as_secs().to_string()),
+            (var::HTTP_BODY_TIMEOUT, c.limits.body_timeout.as_secs().to_string()),
+            (var::HTTP_IDLE_TIMEOUT, c.limits.idle_timeout.as_secs().to_string()),
+            (var::MAX_CONNECTIONS, c.limits.max_connections.to_string()),
+            (var::WEBHOOK_MAX_BODY, c.limits.webhook_max_body.to_string()),
             (var::PORT, c.bind.port().to_string()),
             (var::HOST, c.bind.ip().to_string()),
             (voice_live::VOICE, c.azure_tts_voice.clone()),

@@ -123,7 +123,10 @@ fn check_signature(state: &AppState, given: Option<&str>, url: &str, params: &[(
 /// The form of a request Twilio signed: extracting it checks
 /// `X-Twilio-Signature` over the PUBLIC_URL form of the request URL and the
 /// form's parameters (protocols.md §3.1, §3.4); a bad or missing signature is
-/// a 403 before the handler runs, so nothing changes.
+/// a 403 before the handler runs, so nothing changes. Without the header the
+/// body is not read at all; with one, it is read only up to
+/// `WEBHOOK_MAX_BODY` (413) and within `HTTP_BODY_TIMEOUT` (408), so an
+/// unsigned or forged request cannot make the server hold a large body.
 pub struct SignedTwilioForm(pub Vec<(String, String)>);
 
 impl FromRequest<Arc<AppState>> for SignedTwilioForm {
@@ -131,15 +134,37 @@ impl FromRequest<Arc<AppState>> for SignedTwilioForm {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, Self::Rejection> {
         let url = signed_url(state, req.uri(), false);
-        let given = given_signature(req.headers()).map(str::to_owned);
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
+        let Some(given) = given_signature(req.headers()).map(str::to_owned) else {
+            return Err(forbidden(&url, "missing X-Twilio-Signature"));
+        };
+        let body = read_webhook_body(req, state.config.limits.webhook_max_body).await?;
         let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
-        if !check_signature(state, given.as_deref(), &url, &params) {
-            return Err(forbidden(&url, "bad or missing X-Twilio-Signature"));
+        if !check_signature(state, Some(&given), &url, &params) {
+            return Err(forbidden(&url, "bad X-Twilio-Signature"));
         }
         Ok(Self(params))
+    }
+}
+
+/// A webhook's body, at most `limit` bytes.
+async fn read_webhook_body(req: Request, limit: usize) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt as _;
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response();
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) if crate::listener::is_body_timeout(&*e) => {
+            Err((StatusCode::REQUEST_TIMEOUT, "request body not received in time\n").into_response())
+        }
+        Err(e) => Err((StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}\n")).into_response()),
     }
 }
 
@@ -292,6 +317,12 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
+    // One media stream per call; a second connection is refused before the
+    // upgrade and leaves the call as it is.
+    if !state.hub.claim_media(&id) {
+        tracing::warn!(call_id = %id, "refused a second media stream for the call");
+        return (StatusCode::CONFLICT, "the call has a media stream already\n").into_response();
+    }
     // Tracked, so that a shutdown waits for the bridge to record how the call ended.
     let bridges = state.bridges.clone();
     ws.max_message_size(MAX_MEDIA_MESSAGE)

@@ -6,6 +6,7 @@
 //! ```text
 //! main.rs      reads the config, sets up logging, calls `Server::start` + `run`
 //! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP; start-up and shutdown wiring
+//! listener.rs  the accept loop: connection cap, header/body/idle timeouts, graceful shutdown
 //! state.rs     AppState: what every part shares (imports no edge and no emulator)
 //! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
 //! browser.rs   what browsers may do: CORS allow-list, Host/Origin guard (DNS rebinding), UI security headers
@@ -53,6 +54,7 @@ pub mod config;
 pub use voice_agent_emulators as emulator;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod realtime;
 pub mod state;
@@ -64,7 +66,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -292,16 +293,8 @@ impl Server {
         let addr = self.local_addr();
         tracing::info!("voice-agent listening on http://{addr} (gRPC, grpc-web, Twilio webhooks, web UI)");
         let shutdown = self.state.shutdown.clone();
-        // Media frames are small and latency-bound: Nagle's algorithm would hold
-        // a mark behind the unacknowledged media message before it (and the
-        // peer's delayed ACK makes that up to 40 ms).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY not set on an accepted connection");
-            }
-        });
-        let serve = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let serve = tokio::spawn(async move { serve.await });
+        let serve = listener::serve(self.listener, router, self.state.clone(), shutdown.clone());
+        let serve = tokio::spawn(serve);
         shutdown.cancelled().await;
         let deadline = tokio::time::Instant::now() + self.grace;
         // The bridges saw the same cancellation: each records why its call
@@ -321,8 +314,7 @@ impl Server {
         }
         self.state.hub.end_watchers();
         match tokio::time::timeout_at(deadline, serve).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!(grace = ?self.grace, "connections still open after the grace period; closing"),
         }

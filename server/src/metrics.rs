@@ -182,6 +182,8 @@ pub struct Metrics {
     pub active_bridges: Gauge,
     /// Calls placed since the start.
     pub calls_placed: Counter,
+    /// Connections closed at once because `MAX_CONNECTIONS` were open.
+    pub connections_refused: Counter,
 }
 
 impl Metrics {
@@ -213,6 +215,7 @@ impl Metrics {
             ],
             media_malformed: self.media_malformed.get(),
             calls_placed: self.calls_placed.get(),
+            connections_refused: self.connections_refused.get(),
             active_bridges: self.active_bridges.get(),
         }
     }
@@ -243,6 +246,7 @@ pub struct Scrape {
     frames: [(&'static str, u64); 5],
     media_malformed: u64,
     calls_placed: u64,
+    connections_refused: u64,
     active_bridges: i64,
 }
 
@@ -280,6 +284,11 @@ impl Collector for Scrape {
                 self.media_malformed,
             ),
             ("voice_agent_calls_placed", "Calls placed.", self.calls_placed),
+            (
+                "voice_agent_connections_refused",
+                "Connections closed at once because MAX_CONNECTIONS were open.",
+                self.connections_refused,
+            ),
         ] {
             ConstCounter::new(n).encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
         }
@@ -382,7 +391,7 @@ mod tests {
         let after = m.render();
         assert_ne!(before, after);
         assert_eq!(series(&before), series(&after));
-        assert_eq!(series(&before).len(), 3 * (BOUNDS + 1 + 2) + 5 + 3);
+        assert_eq!(series(&before).len(), 3 * (BOUNDS + 1 + 2) + 5 + 4);
     }
 
     #[test]
@@ -394,6 +403,7 @@ mod tests {
             ("voice_agent_bridge_frames_total", "counter"),
             ("voice_agent_media_malformed_total", "counter"),
             ("voice_agent_calls_placed_total", "counter"),
+            ("voice_agent_connections_refused_total", "counter"),
             ("voice_agent_active_media_bridges", "gauge"),
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name}");

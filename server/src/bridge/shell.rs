@@ -25,7 +25,7 @@ use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, T
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::CallHub;
-use crate::call::{Backend, CallId, CallRecord, ErrorCode, EventKind};
+use crate::call::{Backend, CallId, CallRecord, CallStatus, ErrorCode, EventKind};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
@@ -123,6 +123,11 @@ where
                 reason: "refused".into(),
             }));
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.send(refused)).await;
+            // Closing ends Twilio's <Connect> only if the socket was Twilio's;
+            // and the call will get no other stream (one per call, claimed at
+            // the upgrade), so it is hung up rather than left live, unserved,
+            // with an end reason.
+            hang_up_unserved(env, &writer, &id).await;
             writer.finish().await;
             return;
         }
@@ -253,6 +258,31 @@ async fn provider_sid(hub: &CallHub, id: &CallId) -> String {
 async fn settled_sid(hub: &CallHub, writer: &CallWriter, id: &CallId) -> String {
     writer.settle().await;
     provider_sid(hub, id).await
+}
+
+/// Hangs up (or cancels) a call whose media stream was refused.
+async fn hang_up_unserved<C>(env: &Env<'_, C>, writer: &CallWriter, id: &CallId) {
+    let Ok(record) = env.hub.get(id).await else {
+        return;
+    };
+    // Still being dialled (no provider id yet): nothing to tell the provider.
+    if record.status.is_terminal() || record.provider_call_id.is_empty() {
+        return;
+    }
+    let answered = !matches!(
+        record.status,
+        CallStatus::Queued | CallStatus::Initiated | CallStatus::Ringing
+    );
+    if let Err(e) = env.telephony.hang_up(&record.provider_call_id, answered).await {
+        tracing::warn!(call_id = %id, error = %e, "the call whose media stream was refused could not be hung up");
+        writer
+            .event(EventKind::error(
+                ErrorCode::from_provider(e.provider_code.as_deref()),
+                format!("hang-up failed: {e}"),
+            ))
+            .await;
+        writer.settle().await;
+    }
 }
 
 /// Speaks an apology on the live call and hangs up (through the provider, so

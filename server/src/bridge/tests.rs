@@ -357,6 +357,11 @@ async fn no_start_within_the_limit_closes_the_stream_and_the_record_says_why() {
         0,
         "no AI for a stream that never started"
     );
+    assert_eq!(
+        world.phone.asked(),
+        [format!("hang up {CALL_SID}")],
+        "the call gets no other stream, so it is hung up"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -377,6 +382,8 @@ async fn a_start_without_the_call_secret_is_refused() {
         errors[0].1,
         "the reason is the refusal"
     );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(world.phone.asked(), [format!("hang up {CALL_SID}")]);
 }
 
 #[tokio::test(start_paused = true)]

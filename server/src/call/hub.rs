@@ -11,6 +11,7 @@
 //! slow or vanished watcher never slows the call.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -59,6 +60,9 @@ struct LiveCall {
     /// Child of `cancel`: stops the media bridge alone (HangUpCall, end_call)
     /// while the call waits for the provider's final status.
     media: CancellationToken,
+    /// Set by the first media stream's upgrade: a call has one media stream
+    /// for good (see [`CallHub::claim_media`]).
+    media_claimed: AtomicBool,
 }
 
 /// Live calls and their event fan-out. Cheap to clone.
@@ -165,6 +169,7 @@ impl CallHub {
             tx,
             media: cancel.child_token(),
             cancel: cancel.clone(),
+            media_claimed: AtomicBool::new(false),
         });
         self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, live);
         Ok(cancel)
@@ -194,6 +199,18 @@ impl CallHub {
     /// The token the media bridge of a live call runs under.
     pub fn media_token(&self, id: &CallId) -> Option<CancellationToken> {
         self.live_call(id).map(|l| l.media.clone())
+    }
+
+    /// Claims the one media stream of a live call; false when the call is not
+    /// live or a stream claimed it before. The upgrade's signature covers
+    /// only the URL, so it is the same for every connection to the call: the
+    /// claim, not the signature, is what keeps a second connection from
+    /// reaching the call. It is never given back: a stream that fails before
+    /// `start` ends the call (the bridge hangs it up), so nobody can retry
+    /// against it and add an event each time.
+    pub fn claim_media(&self, id: &CallId) -> bool {
+        self.live_call(id)
+            .is_some_and(|l| !l.media_claimed.swap(true, Ordering::AcqRel))
     }
 
     /// Stops the media bridge of a live call (the call itself ends when the
