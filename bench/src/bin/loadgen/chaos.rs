@@ -388,7 +388,7 @@ async fn soak(args: &Args) -> Result<bool, String> {
             // The level's records are not needed here: keep the generator's memory flat.
             run.tw_records.lock().unwrap_or_else(|p| p.into_inner()).clear();
             run.ai_records.lock().unwrap_or_else(|p| p.into_inner()).clear();
-            if samples.len() % 6 == 0 {
+            if samples.len().is_multiple_of(6) {
                 eprintln!(
                     "chaos: {:>4.0} s: {} live, {} placed, RSS {:.0} MiB, {} AI drops, {} stalls",
                     started.elapsed().as_secs_f64(),

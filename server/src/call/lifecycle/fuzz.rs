@@ -132,8 +132,7 @@ proptest! {
         for form in forms {
             let has_known_status = form
                 .iter()
-                .filter(|(k, _)| k == "CallStatus")
-                .next_back()
+                .rfind(|(k, _)| k == "CallStatus")
                 .is_some_and(|(_, v)| CallStatus::from_twilio(v).is_some());
             let Some(report) = provider_status(form) else {
                 prop_assert!(!has_known_status);
