@@ -23,6 +23,8 @@
 //! measure both side by side.
 
 mod filter;
+#[cfg(test)]
+mod fuzz;
 mod mulaw;
 mod resample;
 #[cfg(test)]

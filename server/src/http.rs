@@ -232,7 +232,7 @@ async fn twiml_webhook(
 
 /// Twilio's status callback parameters (§2.1) as the domain takes them;
 /// `None` when `CallStatus` is missing or unknown.
-fn provider_status(params: Vec<(String, String)>) -> Option<ProviderStatus> {
+pub(crate) fn provider_status(params: Vec<(String, String)>) -> Option<ProviderStatus> {
     let mut params: HashMap<String, String> = params.into_iter().collect();
     let status = params.get("CallStatus").and_then(|s| CallStatus::from_twilio(s))?;
     Some(ProviderStatus {

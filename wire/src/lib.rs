@@ -16,6 +16,8 @@
 //! Protocol facts come from the repository's `docs/protocols.md`; comments
 //! cite its sections (§).
 
+#[cfg(test)]
+mod fuzz;
 pub mod realtime;
 #[cfg(any(test, feature = "specs"))]
 pub mod specs;

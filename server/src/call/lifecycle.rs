@@ -277,6 +277,9 @@ fn status_detail(status: CallStatus, error: Option<&str>, sip: Option<&str>, end
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 

@@ -3,7 +3,20 @@
 
 pub const XML_DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
 
-/// Escapes text for XML content and attribute values.
+/// Whether XML 1.0 can carry `c` at all (§2.2 `Char`: tab, line feed,
+/// carriage return, and U+0020 up, except U+FFFE and U+FFFF; a `str` holds no
+/// surrogates). Not even a character reference can carry the others.
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// Escapes text for XML content and attribute values. Characters XML 1.0
+/// cannot carry (C0 controls other than tab and line ends, U+FFFE, U+FFFF)
+/// are dropped: a greeting like "hi\x01\x0b" would otherwise make the whole
+/// document unreadable for Twilio (issue 12, finding 7), and no reference can
+/// stand for them. Tab and line ends are written as character references so
+/// that a parser's end-of-line and attribute-value normalisation (XML §2.11,
+/// §3.3.3) hands them back unchanged.
 fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -13,6 +26,10 @@ fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c if !is_xml_char(c) => {}
             c => out.push(c),
         }
     }
@@ -20,7 +37,10 @@ fn escape(s: &str) -> String {
 }
 
 fn push_say(out: &mut String, text: Option<&str>) {
-    if let Some(t) = text.map(str::trim).filter(|t| !t.is_empty()) {
+    // What XML cannot carry goes before trimming, so that a greeting of
+    // spaces and control characters gives no empty `<Say>`.
+    let carried: Option<String> = text.map(|t| t.chars().filter(|c| is_xml_char(*c)).collect());
+    if let Some(t) = carried.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
         out.push_str("<Say>");
         out.push_str(&escape(t));
         out.push_str("</Say>");
@@ -80,5 +100,15 @@ mod tests {
         assert!(x.contains("<Say>Hi &amp; &lt;welcome&gt; &quot;you&quot;</Say><Connect>"));
         assert!(x.contains(r#"<Parameter name="secret" value="a&amp;b&quot;c"/>"#));
         assert!(x.ends_with("</Stream></Connect></Response>"));
+    }
+
+    #[test]
+    fn characters_xml_cannot_carry_are_dropped_and_line_ends_kept() {
+        // Issue 12, finding 7: a greeting with \x01\x0b broke the document.
+        let x = connect_stream(Some("Hi\x01\x0b there\u{FFFF}"), "wss://h/ws", &[("p", "a\nb\x00")]);
+        assert!(x.contains("<Say>Hi there</Say>"), "{x}");
+        assert!(x.contains(r#"<Parameter name="p" value="a&#10;b"/>"#), "{x}");
+        assert!(!say_and_hang_up(" \x01 ").contains("<Say>"));
+        assert!(say_and_hang_up("line\r\nbreak").contains("<Say>line&#13;&#10;break</Say>"));
     }
 }

@@ -108,6 +108,15 @@ async fn session(run: &Run, socket: WebSocket) -> AiRecord {
     loop {
         tokio::select! {
             scheduled = tick.tick(), if !sending.is_cancelled() && !matches!(turn, Turn::Idle) => {
+                if let Some(k) = &run.chaos
+                    && k.roll_ai_drop(run.ai_chunk)
+                {
+                    // The service goes away: half the time with a close frame, half the time without.
+                    if crate::chaos::coin() {
+                        let _ = sink.send(Message::Close(None)).await;
+                    }
+                    return record;
+                }
                 let now = Instant::now();
                 let mut out: Vec<String> = Vec::new();
                 match &mut turn {

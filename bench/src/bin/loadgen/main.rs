@@ -24,9 +24,11 @@
 //! A level is **carried** when nothing was late or lost, every barge-in got
 //! its `clear` and `truncate`, and no call ended early.
 //!
-//! Usage: `loadgen [--levels 50,100,250] [--seconds 20] [--mode transcode|passthrough|both] [--quick]`
+//! Usage: `loadgen [--levels 50,100,250] [--seconds 20] [--mode transcode|passthrough|both] [--quick]`,
+//! or `loadgen --chaos [--chaos-calls 200] [--chaos-seconds 600] [--quick]`: the chaos soak ([`chaos`]).
 
 mod ai;
+mod chaos;
 mod server;
 mod stats;
 mod twilio;
@@ -74,6 +76,23 @@ struct Args {
     /// 3 calls for 3 s in both modes; exits non-zero when frames were lost or nothing was measured.
     #[arg(long)]
     quick: bool,
+    /// The chaos soak instead of levels: a sustained number of calls while AI
+    /// sockets drop, Twilio sockets stall and the server is SIGKILLed and
+    /// restarted once (with --quick: 4 calls for 16 s).
+    #[arg(long)]
+    chaos: bool,
+    /// Chaos: concurrent calls kept up (each lasts 20–60 s, then another replaces it).
+    #[arg(long, default_value_t = 200)]
+    chaos_calls: usize,
+    /// Chaos: length of the soak, seconds (the kill comes halfway).
+    #[arg(long, default_value_t = 600)]
+    chaos_seconds: u64,
+    /// Chaos: AI sockets the fake AI drops, per call-minute.
+    #[arg(long, default_value_t = 0.5)]
+    ai_drops_per_call_minute: f64,
+    /// Chaos: stalls of the fake Twilio (stops reading and sending for 2–20 s), per call-minute.
+    #[arg(long, default_value_t = 0.3)]
+    stalls_per_call_minute: f64,
     /// The server binary (default: voice-agent-server beside this binary).
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -119,6 +138,8 @@ pub struct Run {
     /// Records of finished AI sides.
     pub ai_records: Mutex<Vec<ai::AiRecord>>,
     problems: Mutex<(usize, Vec<String>)>,
+    /// The chaos soak's faults (none in a level run).
+    pub chaos: Option<chaos::Knobs>,
 }
 
 impl Run {
@@ -296,6 +317,7 @@ async fn run_level(
         tw_records: Mutex::default(),
         ai_records: Mutex::default(),
         problems: Mutex::default(),
+        chaos: None,
     });
     let twilio_addr = twilio::start(run.clone()).await.map_err(|e| e.to_string())?;
     let ai_addr = ai::start(run.clone()).await.map_err(|e| e.to_string())?;
@@ -627,6 +649,9 @@ fn fmt1(x: f64) -> String {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if args.chaos {
+        return chaos::main(&args);
+    }
     let (levels, seconds, warmup) = if args.quick {
         (vec![3], 3, 1)
     } else {

@@ -18,6 +18,8 @@ pub struct ServerProcess {
     /// Log lines at WARN or ERROR (the first few are kept, all are counted).
     pub warnings: Arc<Mutex<(usize, Vec<String>)>>,
     dir: PathBuf,
+    /// The directory (and its database) outlives the process: `kill` keeps it for a restart.
+    keep_dir: bool,
 }
 
 /// Where the server binary is: beside this one (same profile), unless given.
@@ -38,6 +40,12 @@ impl ServerProcess {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
+        Self::start_in(dir, binary, cpus, env)
+    }
+
+    /// Like [`ServerProcess::start`] in `dir`, which may hold the database of
+    /// a server killed before (the chaos soak's restart).
+    pub fn start_in(dir: PathBuf, binary: &Path, cpus: Option<&str>, env: &[(&str, String)]) -> Result<Self, String> {
         let mut cmd = match cpus {
             Some(cpus) => {
                 let mut c = Command::new("taskset");
@@ -110,7 +118,17 @@ impl ServerProcess {
             addr,
             warnings,
             dir,
+            keep_dir: false,
         })
+    }
+
+    /// SIGKILL, as a crash would: no shutdown path runs. Returns the
+    /// directory, database included, for a restart.
+    pub fn kill(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.keep_dir = true;
+        self.dir.clone()
     }
 
     /// The process id.
@@ -156,7 +174,9 @@ impl Drop for ServerProcess {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.keep_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

@@ -145,6 +145,8 @@ impl Fake {
 
     /// One call, from Twilio accepting it to the final status callback.
     async fn call(self: Arc<Self>, sid: String, form: Vec<(String, String)>, hangup: CancellationToken) {
+        // The chaos soak keeps its level by counting the calls Twilio is busy with.
+        let _live = self.run.chaos.as_ref().map(|k| crate::chaos::Live::new(&k.twilio_live));
         let get = |k: &str| form.iter().find(|(f, _)| f == k).map(|(_, v)| v.clone());
         let events: Vec<String> = form
             .iter()
@@ -304,9 +306,22 @@ async fn media(
         format!(r#"{{"event":"mark","sequenceNumber":"0","streamSid":"{stream_sid}","mark":{{"name":"{name}"}}}}"#)
     };
     let sending = run.stop_sending.clone();
+    // In the chaos soak a call ends on its own (the callee hangs up); otherwise with the run.
+    let lifetime = run
+        .chaos
+        .as_ref()
+        .map_or(Duration::from_secs(86_400), |_| crate::chaos::lifetime());
+    let ends = tokio::time::sleep(lifetime);
+    tokio::pin!(ends);
     loop {
         tokio::select! {
             scheduled = tick.tick(), if !sending.is_cancelled() => {
+                if let Some(k) = &run.chaos
+                    && k.roll_stall(FRAME)
+                {
+                    // Neither reads nor writes: the server's writes back up as on a stalled network.
+                    tokio::time::sleep(crate::chaos::stall()).await;
+                }
                 // 20 ms of agent audio played: the marks reached are echoed.
                 let mut budget = 20 * BYTES_PER_MS;
                 while let Some((bytes, mark)) = playback.front_mut() {
@@ -339,6 +354,7 @@ async fn media(
                 break;
             }
             _ = run.close.cancelled() => break,
+            _ = &mut ends => break,
             msg = source.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
                     let text = text.as_str();
