@@ -18,7 +18,7 @@ use voice_agent_tests::*;
 /// How long anything that should happen "at once" or "after a 1 s limit" may take.
 const BOUND: Duration = Duration::from_secs(10);
 
-const CHUNKED_STATUS_POST: &[u8] = b"POST /twilio/status?call_id=x HTTP/1.1\r\nHost: test\r\n\
+const CHUNKED_STATUS_POST: &[u8] = b"POST /twilio/status?call_id=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\
 Content-Type: application/x-www-form-urlencoded\r\nTransfer-Encoding: chunked\r\n";
 
 /// One chunk of a chunked body.
@@ -67,7 +67,7 @@ async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
 
 /// A complete keep-alive request to /metrics; the whole response is read.
 async fn get_metrics(tcp: &mut TcpStream) -> String {
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await
         .unwrap();
     let read = async {
@@ -148,7 +148,7 @@ async fn signed_webhook_bodies_are_bounded_in_size_and_time() {
     // Declared too large: refused before any of it is read.
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
-        "POST /twilio/status?call_id=x HTTP/1.1\r\nHost: test\r\nX-Twilio-Signature: bm90IGEgc2lnbmF0dXJl\r\n\
+        "POST /twilio/status?call_id=x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Twilio-Signature: bm90IGEgc2lnbmF0dXJl\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
         max + 1
     );
@@ -281,7 +281,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
         open.push(tcp);
     }
     let mut over = TcpStream::connect(server.addr).await.unwrap();
-    let _ = over.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await;
+    let _ = over.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
     assert_eq!(status_line(&mut over, BOUND).await, None, "no answer over the cap");
     assert!(closed_within(&mut over, BOUND).await, "closed at once");
     assert!(server.state.metrics.connections_refused.get() >= 1);
@@ -292,7 +292,7 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
     let served_again = tokio::time::timeout(BOUND, async {
         loop {
             let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-            let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n").await;
+            let _ = tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
             if status_line(&mut tcp, BOUND).await.as_deref() == Some("HTTP/1.1 200 OK") {
                 return;
             }
