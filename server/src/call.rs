@@ -370,6 +370,41 @@ pub struct CallRecord {
     pub turn_latencies_ms: Vec<u32>,
 }
 
+#[cfg(test)]
+impl CallRecord {
+    /// A queued Voice Live call to a test number with empty texts: the one
+    /// fixture the unit tests start from (they set what they test with `..`).
+    pub(crate) fn for_tests() -> Self {
+        CallRecord {
+            call_id: CallId::new(),
+            to: "+14155551212".into(),
+            from: "+15005550006".into(),
+            backend: Backend::VoiceLive,
+            status: CallStatus::Queued,
+            provider_call_id: String::new(),
+            metadata: Default::default(),
+            created_at: Utc::now(),
+            answered_at: None,
+            ended_at: None,
+            emulated: false,
+            end_reason: String::new(),
+            instructions: String::new(),
+            voice: String::new(),
+            greeting: String::new(),
+            max_duration_secs: 600,
+            duration_seconds: 0,
+            answered_by: String::new(),
+            provider_error_code: String::new(),
+            turn_latency_p50_ms: 0,
+            turn_latency_p95_ms: 0,
+            event_count: 0,
+            stream_secret: "s".into(),
+            last_provider_sequence: None,
+            turn_latencies_ms: vec![],
+        }
+    }
+}
+
 impl CallRecord {
     /// Applies an event's effect on the record (status, timestamps, metrics);
     /// the hub calls this before storing the event with the record.

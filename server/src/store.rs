@@ -296,35 +296,15 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::call::{Backend, CallStatus};
 
     pub(crate) fn record(id: &CallId) -> CallRecord {
         CallRecord {
             call_id: id.clone(),
             to: "+15550100".into(),
-            from: "+15005550006".into(),
-            backend: Backend::VoiceLive,
-            status: CallStatus::Queued,
-            provider_call_id: String::new(),
-            metadata: Default::default(),
-            created_at: Utc::now(),
-            answered_at: None,
-            ended_at: None,
             emulated: true,
-            end_reason: String::new(),
             instructions: "i".into(),
             voice: "v".into(),
-            greeting: String::new(),
-            max_duration_secs: 600,
-            duration_seconds: 0,
-            answered_by: String::new(),
-            provider_error_code: String::new(),
-            turn_latency_p50_ms: 0,
-            turn_latency_p95_ms: 0,
-            event_count: 0,
-            stream_secret: "s".into(),
-            last_provider_sequence: None,
-            turn_latencies_ms: vec![],
+            ..CallRecord::for_tests()
         }
     }
 

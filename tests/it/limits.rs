@@ -281,7 +281,9 @@ async fn connections_over_the_cap_are_closed_at_once_and_counted() {
         open.push(tcp);
     }
     let mut over = TcpStream::connect(server.addr).await.unwrap();
-    let _ = over.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    let _ = over
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
     assert_eq!(status_line(&mut over, BOUND).await, None, "no answer over the cap");
     assert!(closed_within(&mut over, BOUND).await, "closed at once");
     assert!(server.state.metrics.connections_refused.get() >= 1);

@@ -281,12 +281,10 @@ mod fuzz;
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use chrono::Utc;
 
     use super::*;
-    use crate::call::CallId;
 
     const SID: &str = "CA11111111111111111111111111111111";
     const OTHER_SID: &str = "CA22222222222222222222222222222222";
@@ -306,31 +304,10 @@ mod tests {
 
     fn record(status: CallStatus) -> CallRecord {
         CallRecord {
-            call_id: CallId::new(),
-            to: "+14155551212".into(),
-            from: "+15005550006".into(),
-            backend: Backend::VoiceLive,
             status,
             provider_call_id: SID.into(),
-            metadata: BTreeMap::new(),
-            created_at: Utc::now(),
-            answered_at: None,
-            ended_at: None,
             emulated: true,
-            end_reason: String::new(),
-            instructions: String::new(),
-            voice: String::new(),
-            greeting: String::new(),
-            max_duration_secs: 600,
-            duration_seconds: 0,
-            answered_by: String::new(),
-            provider_error_code: String::new(),
-            turn_latency_p50_ms: 0,
-            turn_latency_p95_ms: 0,
-            event_count: 0,
-            stream_secret: "s".into(),
-            last_provider_sequence: None,
-            turn_latencies_ms: vec![],
+            ..CallRecord::for_tests()
         }
     }
 

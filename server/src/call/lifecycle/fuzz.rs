@@ -4,13 +4,10 @@
 //! a call backwards, out of a terminal status, or ends it without a reason.
 //! docs/fuzzing.md has the long run's figures.
 
-use std::collections::BTreeMap;
-
 use chrono::Utc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::call::CallId;
 use crate::http::provider_status;
 
 /// Inputs per target in the test command; `PROPTEST_CASES` overrides it.
@@ -41,36 +38,16 @@ const STATUSES: [CallStatus; 9] = [
 
 fn record(status: CallStatus, provider_call_id: &str, last: Option<u64>, end_reason: &str) -> CallRecord {
     CallRecord {
-        call_id: CallId::new(),
-        to: "+14155551212".into(),
-        from: "+15005550006".into(),
-        backend: Backend::VoiceLive,
         status,
         provider_call_id: provider_call_id.into(),
-        metadata: BTreeMap::new(),
-        created_at: Utc::now(),
-        answered_at: None,
-        ended_at: None,
-        emulated: false,
         // A record already terminal has its reason (the invariant under test).
         end_reason: if status.is_terminal() && end_reason.is_empty() {
             "ended".into()
         } else {
             end_reason.into()
         },
-        instructions: String::new(),
-        voice: String::new(),
-        greeting: String::new(),
-        max_duration_secs: 600,
-        duration_seconds: 0,
-        answered_by: String::new(),
-        provider_error_code: String::new(),
-        turn_latency_p50_ms: 0,
-        turn_latency_p95_ms: 0,
-        event_count: 0,
-        stream_secret: "s".into(),
         last_provider_sequence: last,
-        turn_latencies_ms: vec![],
+        ..CallRecord::for_tests()
     }
 }
 
