@@ -5,7 +5,7 @@
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 #[cfg(test)]
-use voice_agent_wire::twilio::twiml::{XML_DECL, connect_stream, hangup, say_and_hang_up};
+use voice_agent_wire::twilio::twiml::{connect_stream, hangup, say_and_hang_up};
 
 /// One TwiML verb, as the emulator runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,17 +214,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_greeting_stream_and_escaped_parameters() {
+    fn reads_back_exactly_what_the_builder_escaped() {
+        // The builder's own escaping is tested in the wire crate; here the
+        // emulator's reader must hand back exactly what we meant.
         let x = connect_stream(
             Some("Hi & <welcome> \"you\""),
             "wss://h.example/ws/media/c1",
             &[("call_id", "c1"), ("secret", "a&b\"c")],
         );
-        assert!(x.starts_with(XML_DECL));
-        assert!(x.contains("<Say>Hi &amp; &lt;welcome&gt; &quot;you&quot;</Say><Connect>"));
-        assert!(x.contains(r#"<Parameter name="secret" value="a&amp;b&quot;c"/>"#));
-        assert!(x.ends_with("</Stream></Connect></Response>"));
-        // And the emulator's parser reads back exactly what we meant.
         assert_eq!(
             parse(&x).unwrap(),
             vec![
