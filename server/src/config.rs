@@ -131,8 +131,14 @@ pub mod var {
     /// Call store.
     pub const DATABASE_URL: Variable = (
         "DATABASE_URL",
-        "call store: sqlite://<path> or sqlite::memory:",
+        "call store: sqlite://<path> or sqlite::memory: (one process), or postgres://user:password@host:port/db (replicas; docs/deploy.md)",
         "sqlite://./data/voice-agent.db",
+    );
+    /// How long a stopping replica lets its live calls run on.
+    pub const DRAIN_TIMEOUT: Variable = (
+        "DRAIN_TIMEOUT",
+        "seconds a server told to stop (SIGTERM) lets its live calls run on, refusing new ones and failing readiness, before it ends them (0 = at once)",
+        "0",
     );
     /// API bearer token.
     pub const API_TOKEN: Variable = (
@@ -178,6 +184,7 @@ const TAIL: &[Variable] = &[
     var::SYSTEM_PROMPT,
     var::AUDIO_MODE,
     var::DATABASE_URL,
+    var::DRAIN_TIMEOUT,
     var::API_TOKEN,
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
@@ -239,6 +246,8 @@ pub enum DatabaseLocation {
     File(PathBuf),
     /// An in-memory SQLite database (tests).
     Memory,
+    /// A PostgreSQL database shared by replicas (its URL may hold a password).
+    Postgres(Secret),
 }
 
 /// Everything the server needs to run.
@@ -274,6 +283,8 @@ pub struct Config {
     pub audio_mode: AudioMode,
     /// Call store location.
     pub database: DatabaseLocation,
+    /// How long a SIGTERM lets live calls run on (0 = end them at once).
+    pub drain_timeout: Duration,
     /// Bearer token required by VoiceAgentService, if set.
     pub api_token: Option<Secret>,
     /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
@@ -513,6 +524,7 @@ impl Config {
             voice: env.or_default(&openai::VOICE),
             audio_mode,
             database,
+            drain_timeout: env.seconds(&var::DRAIN_TIMEOUT, 0, 4 * 3600)?,
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: Some(PathBuf::from(env.or_default(&var::WEB_DIR))),
@@ -637,13 +649,21 @@ fn parse_database_url(raw: &str) -> Result<DatabaseLocation, ConfigError> {
     if raw == "sqlite::memory:" || raw == ":memory:" {
         return Ok(DatabaseLocation::Memory);
     }
+    if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+        // Checked here so a typo fails at start, naming the variable (the
+        // message never repeats the URL: it may hold a password).
+        return match raw.parse::<tokio_postgres::Config>() {
+            Ok(_) => Ok(DatabaseLocation::Postgres(Secret::new(raw))),
+            Err(e) => Err(err("DATABASE_URL", format!("not a valid PostgreSQL URL: {e}"))),
+        };
+    }
     let path = raw
         .strip_prefix("sqlite://")
         .or_else(|| raw.strip_prefix("sqlite:"))
         .ok_or_else(|| {
             err(
                 "DATABASE_URL",
-                format!("only SQLite is supported: expected sqlite://<path> or sqlite::memory:, got {raw:?}"),
+                "expected sqlite://<path>, sqlite::memory: or postgres://…",
             )
         })?;
     let path = path.split('?').next().unwrap_or(path);
@@ -689,7 +709,8 @@ mod tests {
             ("PUBLIC_URL", "ftp://example.com"),
             ("AUDIO_MODE", "stereo"),
             ("DEFAULT_BACKEND", "watson"),
-            ("DATABASE_URL", "postgres://x"),
+            ("DATABASE_URL", "mysql://x"),
+            ("DATABASE_URL", "postgres://x:notaport/db"),
             ("AZURE_VOICE_LIVE_ENDPOINT", "::"),
             ("RING_TIMEOUT", "1"),
             ("CORS_ALLOWED_ORIGINS", "*"),
@@ -787,6 +808,7 @@ mod tests {
         let vars = [
             (var::TWILIO_HTTP_TIMEOUT, c.twilio_http_timeout.as_secs().to_string()),
             (var::RING_TIMEOUT, c.ring_timeout.as_secs().to_string()),
+            (var::DRAIN_TIMEOUT, c.drain_timeout.as_secs().to_string()),
             (var::MAX_CALL_DURATION, c.max_call_duration.as_secs().to_string()),
             (var::HTTP_HEADER_TIMEOUT, c.limits.header_timeout.as_secs().to_string()),
             (var::HTTP_BODY_TIMEOUT, c.limits.body_timeout.as_secs().to_string()),

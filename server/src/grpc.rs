@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::call::hub::HubError;
 use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, Speaker, lifecycle};
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
+use crate::store::{Inserted, RequestKey};
 use crate::telephony::{DialRequest, FailureClass, TelephonyError};
 
 /// Longest `instructions`, bytes.
@@ -35,6 +36,9 @@ pub const MAX_METADATA_VALUE: usize = 512;
 pub const MAX_DURATION_RANGE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(4 * 3600));
 /// Fewest and most digits after the `+` of `to` (published in GetServerInfo).
 pub use crate::config::E164_DIGITS;
+
+/// Longest `request_id`, bytes.
+pub const MAX_REQUEST_ID: usize = 128;
 
 /// How much longer than `max_duration` the provider's own limit is.
 pub const TIME_LIMIT_MARGIN: Duration = Duration::from_secs(15);
@@ -137,6 +141,34 @@ struct ValidCall {
     greeting: String,
     metadata: BTreeMap<String, String>,
     max_duration: Duration,
+    request_id: String,
+}
+
+impl ValidCall {
+    /// The idempotency key of the call, if the client gave one: its id, and
+    /// a digest of what is asked (after defaults), which tells a retry from a
+    /// different request under a reused id. (SHA-1 only tells requests apart
+    /// here; a client gains nothing by colliding with its own key.)
+    fn request_key(&self) -> Option<RequestKey> {
+        use sha1::Digest as _;
+        if self.request_id.is_empty() {
+            return None;
+        }
+        let canonical = serde_json::json!([
+            self.to,
+            self.backend.as_str(),
+            self.instructions,
+            self.voice,
+            self.greeting,
+            self.metadata,
+            self.max_duration.as_secs(),
+        ]);
+        let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
+        Some(RequestKey {
+            id: self.request_id.clone(),
+            fingerprint: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
 }
 
 fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, Status> {
@@ -181,6 +213,20 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         return Err(invalid("voice", "must not contain control characters"));
     }
     check_text("instructions", &req.instructions)?;
+    if req.request_id.len() > MAX_REQUEST_ID
+        || !req
+            .request_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    {
+        return Err(invalid(
+            "request_id",
+            format!(
+                "at most {MAX_REQUEST_ID} of A-Z a-z 0-9 . _ : - (got {})",
+                quoted(&req.request_id)
+            ),
+        ));
+    }
     let greeting = req.greeting.unwrap_or_else(|| DEFAULT_GREETING.to_string());
     if greeting.len() > MAX_GREETING {
         return Err(invalid(
@@ -252,6 +298,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         greeting,
         metadata: req.metadata.into_iter().collect(),
         max_duration,
+        request_id: req.request_id,
     })
 }
 
@@ -282,7 +329,13 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         request: Request<pb::PlaceCallRequest>,
     ) -> Result<Response<pb::PlaceCallResponse>, Status> {
         let state = &self.state;
+        if state.draining.is_cancelled() {
+            return Err(Status::unavailable(
+                "the server is shutting down and takes no new calls; retry (another replica takes it)",
+            ));
+        }
         let call = validate(state, request.into_inner())?;
+        let key = call.request_key();
         let emulated = state.emulated_telephony || state.ai_emulated(call.backend);
         let record = CallRecord {
             call_id: CallId::new(),
@@ -312,12 +365,29 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             turn_latencies_ms: vec![],
         };
         let id = record.call_id.clone();
-        // The call is stored before anything is dialled.
-        state.hub.create(record).await.map_err(hub_status)?;
+        // The call is stored before anything is dialled; with a request key,
+        // only the request that stored it dials.
+        match state.hub.create_once(record, key).await.map_err(hub_status)?.0 {
+            Inserted::New => {}
+            Inserted::Existing(rec) => {
+                tracing::info!(call_id = %rec.call_id, "PlaceCall retried with the same request_id: the same call");
+                return Ok(Response::new(pb::PlaceCallResponse {
+                    call_id: rec.call_id.to_string(),
+                    provider_call_id: rec.provider_call_id.clone(),
+                    status: status_to_pb(rec.status) as i32,
+                    emulated: rec.emulated,
+                }));
+            }
+            Inserted::Mismatch(other) => {
+                return Err(Status::already_exists(format!(
+                    "request_id: already used by call {other} for a different request; choose a new request_id for a new call"
+                )));
+            }
+        }
         let emulation = emulated.then(|| state.emulation_summary(call.backend));
         state
             .hub
-            .update(&id, |rec| lifecycle::placed(rec, emulation))
+            .update(&id, move |rec| lifecycle::placed(rec, emulation))
             .await
             .map_err(hub_status)?;
         tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
@@ -339,7 +409,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                 let sid = dialed.provider_call_id.clone();
                 state
                     .hub
-                    .update(&id, |rec| lifecycle::dialed(rec, sid))
+                    .update(&id, move |rec| lifecycle::dialed(rec, sid))
                     .await
                     .map_err(hub_status)?;
                 let rec = state.hub.get(&id).await.map_err(hub_status)?;
@@ -354,8 +424,9 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                 tracing::warn!(call_id = %id, error = %e.message, "the provider refused the call");
                 state
                     .hub
-                    .update(&id, |rec| {
-                        lifecycle::dial_refused(rec, e.provider_code.as_deref(), &e.message)
+                    .update(&id, {
+                        let (code, message) = (e.provider_code.clone(), e.message.clone());
+                        move |rec| lifecycle::dial_refused(rec, code.as_deref(), &message)
                     })
                     .await
                     .map_err(hub_status)?;
@@ -429,9 +500,9 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .map_err(hub_status)?;
                 return Err(telephony_status(&e));
             }
-            // The media bridge stops now; the provider's status callback
-            // brings the terminal status.
-            state.hub.stop_media(&id);
+            // The media bridge stops now (on whichever replica runs it); the
+            // provider's status callback brings the terminal status.
+            state.hub.stop_media(&id).await.map_err(hub_status)?;
         }
         let rec = state.hub.get(&id).await.map_err(hub_status)?;
         Ok(Response::new(pb::HangUpCallResponse {

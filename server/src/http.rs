@@ -1,6 +1,6 @@
 //! HTTP routes beside gRPC: Twilio's webhooks and media WebSocket (each
 //! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` (behind
-//! `API_TOKEN`), the web UI, and plain 404s.
+//! `API_TOKEN`), `/readyz` (for load balancers), the web UI, and plain 404s.
 //!
 //! Handlers only authenticate ([`SignedTwilioForm`], [`SignedTwilioUpgrade`]),
 //! parse and hand over: decisions about a call live in
@@ -37,6 +37,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twilio/status", post(status_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .with_state(state);
     router = match web_dir {
         Some(dir) if dir.join("index.html").is_file() => {
@@ -261,7 +262,7 @@ async fn status_webhook(
     };
     let result = state
         .hub
-        .update(&id, |rec| match lifecycle::on_provider_status(rec, &report) {
+        .update(&id, move |rec| match lifecycle::on_provider_status(rec, &report) {
             Reported::Ignored(Ignored::ForeignCallSid) => {
                 tracing::warn!(call_id = %rec.call_id, "status callback for another CallSid ignored");
                 vec![]
@@ -302,6 +303,26 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         .into_response()
 }
 
+/// How long `/readyz` waits for the store.
+const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `GET /readyz`: 200 while this server takes new work (not stopping, the
+/// call store answers), else 503 — for load balancers' health checks
+/// (docs/deploy.md). Open: it says nothing about calls.
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
+    }
+    match tokio::time::timeout(READY_STORE_TIMEOUT, state.hub.store().ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "not ready: the call store does not answer");
+            (StatusCode::SERVICE_UNAVAILABLE, "the call store does not answer\n").into_response()
+        }
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the call store does not answer in time\n").into_response(),
+    }
+}
+
 /// `GET /ws/media/{call_id}`: Twilio opens the Media Streams WebSocket.
 async fn media_upgrade(
     State(state): State<Arc<AppState>>,
@@ -317,11 +338,18 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
-    // One media stream per call; a second connection is refused before the
-    // upgrade and leaves the call as it is.
-    if !state.hub.claim_media(&id) {
-        tracing::warn!(call_id = %id, "refused a second media stream for the call");
-        return (StatusCode::CONFLICT, "the call has a media stream already\n").into_response();
+    // One media stream per call (on any replica); a second connection is
+    // refused before the upgrade and leaves the call as it is.
+    match state.hub.claim_media(&id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::warn!(call_id = %id, "refused a second media stream for the call");
+            return (StatusCode::CONFLICT, "the call has a media stream already\n").into_response();
+        }
+        Err(e) => {
+            tracing::error!(call_id = %id, error = %e, "the media stream could not be claimed");
+            return (StatusCode::SERVICE_UNAVAILABLE, "the call store is unavailable\n").into_response();
+        }
     }
     // Tracked, so that a shutdown waits for the bridge to record how the call ended.
     let bridges = state.bridges.clone();

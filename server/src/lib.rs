@@ -151,7 +151,7 @@ impl Server {
             Some(u) => u.clone(),
             None => Url::parse(&format!("http://{local}")).map_err(|e| StartError::Other(e.to_string()))?,
         };
-        let store = Store::open(&config.database)?;
+        let store = Store::open(&config.database).await?;
         let shutdown = CancellationToken::new();
         let hub = CallHub::new(store, shutdown.clone());
         let mut twilio_emulator = None;
@@ -194,17 +194,25 @@ impl Server {
                     )
                 }
             };
-        // Before anything is served: the calls a crash left live are hung up
-        // with the provider (which needs the telephony above) and marked failed.
-        let recovered = hub
-            .recover(telephony.as_ref())
-            .await
-            .map_err(|e| StartError::Other(e.to_string()))?;
-        if recovered > 0 {
-            tracing::warn!(
-                calls = recovered,
-                "hung up calls left live by the previous run and marked them failed"
-            );
+        if hub.store().shared() {
+            // Replicas: the other replicas' calls go on. A call whose media
+            // bridge's replica died is ended once its lease expires, by
+            // whichever replica sweeps first (this one included).
+            hub.spawn_lease_keeping(telephony.clone());
+        } else {
+            // One process: before anything is served, the calls a crash left
+            // live are hung up with the provider (which needs the telephony
+            // above) and marked failed.
+            let recovered = hub
+                .recover(telephony.as_ref())
+                .await
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            if recovered > 0 {
+                tracing::warn!(
+                    calls = recovered,
+                    "hung up calls left live by the previous run and marked them failed"
+                );
+            }
         }
         let realtime_emulator = if config.all_backends_configured() {
             None
@@ -250,6 +258,7 @@ impl Server {
             from_number,
             realtime,
             shutdown,
+            draining: CancellationToken::new(),
             bridges: TaskTracker::new(),
             metrics: metrics::Metrics::default(),
         });
@@ -284,6 +293,14 @@ impl Server {
         self.state.shutdown.clone()
     }
 
+    /// Cancelling this token drains the server (SIGTERM): readiness fails
+    /// and new calls are refused at once, the live calls run on until they
+    /// end or `DRAIN_TIMEOUT` passes, then the server shuts down as through
+    /// [`Server::shutdown_token`].
+    pub fn drain_token(&self) -> CancellationToken {
+        self.state.draining.clone()
+    }
+
     /// Serves until the shutdown token is cancelled, then stops accepting,
     /// lets the live calls' media bridges end their calls, lets watchers
     /// receive what is stored, closes the store, and returns within the
@@ -295,13 +312,24 @@ impl Server {
         let shutdown = self.state.shutdown.clone();
         let serve = listener::serve(self.listener, router, self.state.clone(), shutdown.clone());
         let serve = tokio::spawn(serve);
-        shutdown.cancelled().await;
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = self.state.draining.cancelled() => drain(&self.state).await,
+        }
+        self.state.draining.cancel();
+        shutdown.cancel();
         let deadline = tokio::time::Instant::now() + self.grace;
         // The bridges saw the same cancellation: each records why its call
         // ended and hangs it up. Only then are the watchers ended, so those
         // still streaming get the end of their call, not a cut-off history.
         self.state.bridges.close();
-        let cancelled = cancel_unanswered(&self.state);
+        let cancelled = async {
+            // Replicas: the calls not answered yet go on; their TwiML and
+            // media land on the other replicas.
+            if !self.state.hub.store().shared() {
+                cancel_unanswered(&self.state).await;
+            }
+        };
         let (bridges, cancelled) = tokio::join!(
             tokio::time::timeout_at(deadline, self.state.bridges.wait()),
             tokio::time::timeout_at(deadline, cancelled),
@@ -327,6 +355,26 @@ impl Server {
         self.state.hub.store().close().await?;
         Ok(())
     }
+}
+
+/// The first step of a stop (SIGTERM): readiness fails and PlaceCall is
+/// refused at once (both read `draining`); the media bridges of this process
+/// run on until they end or `DRAIN_TIMEOUT` passes. Then the shutdown ends
+/// the rest with a reason.
+async fn drain(state: &AppState) {
+    let timeout = state.config.drain_timeout;
+    if timeout.is_zero() {
+        return;
+    }
+    tracing::info!(bridges = state.bridges.len(), ?timeout, "draining: no new calls; live calls run on");
+    // Closing only changes what `wait` waits for: a media stream that still
+    // lands here (its call was answered before the load balancer noticed) is
+    // tracked and waited for too.
+    state.bridges.close();
+    if tokio::time::timeout(timeout, state.bridges.wait()).await.is_err() {
+        tracing::warn!(bridges = state.bridges.len(), "the drain timed out; ending the calls still live");
+    }
+    state.bridges.reopen();
 }
 
 /// At shutdown, the calls not answered yet (queued, dialling, ringing) are
@@ -376,6 +424,18 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
     health_reporter
         .set_serving::<VoiceAgentServiceServer<VoiceAgent>>()
         .await;
+    // Readiness fails as soon as a stop begins, so load balancers send
+    // nothing new here while the live calls drain.
+    let draining = state.draining.clone();
+    tokio::spawn(async move {
+        draining.cancelled().await;
+        health_reporter
+            .set_not_serving::<VoiceAgentServiceServer<VoiceAgent>>()
+            .await;
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(voice_agent_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

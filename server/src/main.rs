@@ -65,11 +65,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let shutdown = server.shutdown_token();
+        let drain = server.drain_token();
         tokio::spawn(async move {
             wait_for_signal().await;
+            // With DRAIN_TIMEOUT (replicas), the live calls run on first.
             tracing::info!("shutting down");
-            shutdown.cancel();
+            drain.cancel();
         });
         match server.run().await {
             Ok(()) => ExitCode::SUCCESS,

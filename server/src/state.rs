@@ -37,6 +37,10 @@ pub struct AppState {
     pub realtime: RealtimeBackends,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
+    /// Cancelled when the server is told to stop (SIGTERM), before
+    /// `shutdown`: readiness fails and PlaceCall is refused while the live
+    /// calls run on for up to `DRAIN_TIMEOUT`. Always cancelled by `shutdown` too.
+    pub draining: CancellationToken,
     /// The running media bridges: a shutdown waits for them to record how
     /// their calls ended before it ends the watchers and closes the store.
     pub bridges: TaskTracker,

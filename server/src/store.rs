@@ -1,20 +1,31 @@
-//! The call store: SQLite (file or memory) with numbered migrations.
+//! The call store seam: one [`Store`] with two engines of the same meaning.
 //!
-//! A call is one row (indexed columns plus the whole record as JSON) and its
-//! events are an append-only table keyed by `(call_id, sequence)`. An event and
-//! the record change it causes are written in one transaction, so the log and
-//! the record never disagree, and the primary key makes a duplicate or a gap
-//! impossible to store. SQLite calls are blocking: they run on the blocking
-//! pool, one connection behind a mutex (WAL mode; writes are per event, never
-//! per audio frame, so this is far from the bottleneck).
+//! - **SQLite** (`sqlite://path`, the default): one process, embedded.
+//! - **PostgreSQL** (`postgres://…`): several replicas on one database
+//!   (docs/deploy.md). Besides storing, it carries what replicas tell each
+//!   other: a notice per commit (LISTEN/NOTIFY, see [`Notice`]) and commands
+//!   for the replica that runs a call's media bridge.
+//!
+//! What both guarantee (one test suite, `store/tests.rs`, runs against both):
+//! a call is one row (indexed columns plus the whole record as JSON) and its
+//! events an append-only log keyed by `(call_id, sequence)`. A change is
+//! applied by [`Store::update`] inside one transaction that first locks the
+//! call's row, so under concurrent writers (tasks of one process, or
+//! replicas) each change sees the one before it, sequences stay gapless, and
+//! the log and the record never disagree; the primary key makes a duplicate
+//! impossible to store. Migrations are numbered and applied under a lock, so
+//! replicas starting at once apply each exactly once.
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod postgres;
+mod sqlite;
+#[cfg(test)]
+pub(crate) mod tests;
 
-use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use std::time::Duration;
 
-use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
+use tokio::sync::mpsc;
+
+use crate::call::{CallEvent, CallId, CallRecord};
 use crate::config::DatabaseLocation;
 
 /// A store failure.
@@ -23,6 +34,12 @@ pub enum StoreError {
     /// SQLite refused.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused or could not be reached.
+    #[error("database error: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// No PostgreSQL connection could be had from the pool.
+    #[error("database unavailable: {0}")]
+    Pool(String),
     /// A stored JSON value did not decode (corruption or a newer schema).
     #[error("stored data is unreadable: {0}")]
     Decode(#[from] serde_json::Error),
@@ -37,36 +54,6 @@ pub enum StoreError {
     NotFound,
 }
 
-/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[
-    // 1: calls and their event log.
-    "CREATE TABLE calls (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        call_id TEXT NOT NULL UNIQUE,
-        provider_call_id TEXT NOT NULL DEFAULT '',
-        status TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        record TEXT NOT NULL
-    );
-    CREATE INDEX calls_provider ON calls(provider_call_id);
-    CREATE TABLE events (
-        call_id TEXT NOT NULL REFERENCES calls(call_id),
-        sequence INTEGER NOT NULL,
-        time TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        PRIMARY KEY (call_id, sequence)
-    ) WITHOUT ROWID;",
-];
-
-/// The SQLite call store. Cheap to clone.
-#[derive(Clone)]
-pub struct Store {
-    conn: Arc<Mutex<Connection>>,
-    /// How many events each [`Store::events_after`] returned (tests check the paging).
-    #[cfg(test)]
-    pages: Arc<Mutex<Vec<usize>>>,
-}
-
 /// One page of calls, newest first.
 pub struct CallPage {
     /// The calls.
@@ -75,131 +62,132 @@ pub struct CallPage {
     pub next: Option<i64>,
 }
 
+/// A client's idempotency key for a new call (`PlaceCallRequest.request_id`)
+/// and a digest of what it asked for, so a different request under a reused
+/// key is told apart from a retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    /// The client's id.
+    pub id: String,
+    /// Digest of the request's fields.
+    pub fingerprint: String,
+}
+
+/// What [`Store::insert_call`] did.
+#[derive(Debug)]
+pub enum Inserted {
+    /// The call is stored: the caller dials it.
+    New,
+    /// A call was stored under the same request key and the same request
+    /// before: this is a retry (nothing is dialled again).
+    Existing(Box<CallRecord>),
+    /// The request key belongs to a different request.
+    Mismatch(CallId),
+}
+
+/// What one replica tells the others, through the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Events up to `sequence` of the call are committed; `terminal` when the
+    /// call ended with them.
+    Committed {
+        /// The call.
+        call_id: CallId,
+        /// Its last committed sequence.
+        sequence: u64,
+        /// The call reached a terminal status.
+        terminal: bool,
+    },
+    /// Stop the media bridge of the call, wherever it runs (HangUpCall).
+    StopMedia(CallId),
+    /// The notice channel was re-established: notices may have been missed,
+    /// so every watcher re-reads the store.
+    Resync,
+}
+
+/// The replica that runs a call's media bridge holds a lease on the call in
+/// the store and renews it; a call whose lease expired lost its bridge.
+#[derive(Clone, Debug)]
+pub struct Lease {
+    /// Who holds it (a replica's id).
+    pub owner: String,
+    /// How long it lasts unless renewed.
+    pub ttl: Duration,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
+}
+
+/// The call store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    engine: Engine,
+    /// How many events each [`Store::events_after`] returned (tests check the paging).
+    #[cfg(test)]
+    pages: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+/// Calls in these statuses are live (the SQL spelling of
+/// [`crate::call::CallStatus::is_terminal`]'s complement).
+pub(crate) const LIVE_STATUSES: &str = "('queued', 'initiated', 'ringing', 'in_progress')";
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match &$self.engine {
+            Engine::Sqlite($s) => $e,
+            Engine::Postgres($s) => $e,
+        }
+    };
+}
+
 impl Store {
     /// Opens (creating if needed) and migrates the store.
-    pub fn open(location: &DatabaseLocation) -> Result<Self, StoreError> {
-        let conn = match location {
-            DatabaseLocation::Memory => Connection::open_in_memory()?,
-            DatabaseLocation::File(path) => {
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir)?;
-                }
-                open_file(path)?
-            }
+    pub async fn open(location: &DatabaseLocation) -> Result<Self, StoreError> {
+        let engine = match location {
+            DatabaseLocation::Memory => Engine::Sqlite(sqlite::SqliteStore::open(None)?),
+            DatabaseLocation::File(path) => Engine::Sqlite(sqlite::SqliteStore::open(Some(path))?),
+            DatabaseLocation::Postgres(url) => Engine::Postgres(postgres::PgStore::open(url.expose()).await?),
         };
-        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
-        migrate(&conn)?;
         Ok(Self {
-            conn: Arc::new(Mutex::new(conn)),
+            engine,
             #[cfg(test)]
-            pages: Arc::default(),
+            pages: Default::default(),
         })
     }
 
-    async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock poisons it; the connection itself
-            // is still consistent (SQLite rolls back the open transaction).
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
-        })
-        .await
-        .map_err(|e| StoreError::Join(e.to_string()))?
+    /// True on an engine several replicas share (PostgreSQL).
+    pub fn shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
     }
 
-    /// Stores a new call (before anything is dialled).
-    pub async fn insert_call(&self, record: CallRecord) -> Result<(), StoreError> {
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO calls (call_id, provider_call_id, status, created_at, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    record.call_id.as_str(),
-                    record.provider_call_id,
-                    status_text(record.status),
-                    record.created_at.to_rfc3339(),
-                    serde_json::to_string(&record)?
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+    /// Stores a new call (before anything is dialled). With a request key,
+    /// the database's unique index decides whether this is a new call, a
+    /// retry of one stored before, or a reused key.
+    pub async fn insert_call(&self, record: CallRecord, key: Option<RequestKey>) -> Result<Inserted, StoreError> {
+        dispatch!(self, s => s.insert_call(record, key).await)
     }
 
-    /// Writes a changed record together with the events it came with (their
-    /// sequences must continue the log; the primary key enforces it).
-    pub async fn commit(&self, record: CallRecord, events: Vec<CallEvent>) -> Result<(), StoreError> {
-        self.with(move |c| {
-            let tx = c.transaction()?;
-            for ev in &events {
-                tx.execute(
-                    "INSERT INTO events (call_id, sequence, time, kind) VALUES (?1, ?2, ?3, ?4)",
-                    params![
-                        record.call_id.as_str(),
-                        ev.sequence as i64,
-                        ev.time.to_rfc3339(),
-                        serde_json::to_string(&ev.kind)?
-                    ],
-                )?;
-            }
-            let n = tx.execute(
-                "UPDATE calls SET provider_call_id = ?2, status = ?3, record = ?4 WHERE call_id = ?1",
-                params![
-                    record.call_id.as_str(),
-                    record.provider_call_id,
-                    status_text(record.status),
-                    serde_json::to_string(&record)?
-                ],
-            )?;
-            if n == 0 {
-                return Err(StoreError::NotFound);
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+    /// Changes a call in one transaction: locks its row, reads the record,
+    /// lets `f` edit it and return the events that describe the change (their
+    /// sequences continuing the log), stores both, and returns them.
+    pub async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
+    where
+        F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
+    {
+        dispatch!(self, s => s.update(id, f).await)
     }
 
     /// One call record.
     pub async fn get_call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
-        let id = id.clone();
-        self.with(move |c| {
-            let json: Option<String> = c
-                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| {
-                    r.get(0)
-                })
-                .optional()?;
-            Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
-        })
-        .await
+        dispatch!(self, s => s.get_call(id).await)
     }
 
     /// The events of a call with a sequence above `after`, in order, at most `limit` of them.
     pub async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
-        let id = id.clone();
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let events = self.with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![id.as_str(), after as i64, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (sequence, time, kind) = row?;
-                out.push(CallEvent {
-                    sequence: sequence as u64,
-                    time: parse_time(&time)?,
-                    kind: serde_json::from_str::<EventKind>(&kind)?,
-                });
-            }
-            Ok(out)
-        })
-        .await?;
+        let events = dispatch!(self, s => s.events_after(id, after, limit).await)?;
         #[cfg(test)]
         self.pages.lock().unwrap_or_else(|p| p.into_inner()).push(events.len());
         Ok(events)
@@ -213,157 +201,160 @@ impl Store {
 
     /// A page of calls, newest first; `before` is the cursor from the previous page.
     pub async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
-        self.with(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, record FROM calls WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), page_size as i64 + 1], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-            })?;
-            let mut calls = Vec::new();
-            let mut seqs = Vec::new();
-            for row in rows {
-                let (seq, json) = row?;
-                seqs.push(seq);
-                calls.push(serde_json::from_str::<CallRecord>(&json)?);
-            }
-            let next = if calls.len() > page_size {
-                calls.truncate(page_size);
-                seqs.get(page_size - 1).copied()
-            } else {
-                None
-            };
-            Ok(CallPage { calls, next })
-        })
-        .await
+        dispatch!(self, s => s.list_calls(page_size, before).await)
     }
 
-    /// Calls that were live when the server last stopped.
+    /// Calls not ended yet.
     pub async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
-        self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT record FROM calls WHERE status IN ('queued', 'initiated', 'ringing', 'in_progress') ORDER BY seq",
-            )?;
-            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            let mut out = Vec::new();
-            for row in rows {
-                out.push(serde_json::from_str(&row?)?);
-            }
-            Ok(out)
-        })
-        .await
+        dispatch!(self, s => s.unfinished_calls().await)
     }
 
-    /// Checkpoints the WAL so the file is complete on its own (graceful shutdown).
+    /// Claims the one media stream of a live call for `lease.owner`: false
+    /// when the call has ended or a stream claimed it before (it is never
+    /// given back).
+    pub async fn claim_media(&self, id: &CallId, lease: &Lease) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.claim_media(id, lease).await)
+    }
+
+    /// Renews the leases `lease.owner` holds on `ids` (its running bridges).
+    pub async fn renew_leases(&self, ids: &[CallId], lease: &Lease) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self, s => s.renew_leases(ids, lease).await)
+    }
+
+    /// Takes over the live calls whose lease expired (their bridge's replica
+    /// is gone), at most `limit`: each is given to `lease.owner`, so only one
+    /// survivor ends it. Returns their records.
+    pub async fn take_expired(&self, lease: &Lease, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        dispatch!(self, s => s.take_expired(lease, limit).await)
+    }
+
+    /// Sends `notice` to every replica (PostgreSQL; one process on SQLite
+    /// has nobody to tell).
+    pub async fn notify(&self, notice: &Notice) -> Result<(), StoreError> {
+        match &self.engine {
+            Engine::Sqlite(_) => Ok(()),
+            Engine::Postgres(s) => s.notify(notice).await,
+        }
+    }
+
+    /// The notices of every replica (this one's included), from a connection
+    /// of their own that reconnects; `None` on SQLite.
+    pub fn notices(&self, stop: tokio_util::sync::CancellationToken) -> Option<mpsc::Receiver<Notice>> {
+        match &self.engine {
+            Engine::Sqlite(_) => None,
+            Engine::Postgres(s) => Some(s.listen(stop)),
+        }
+    }
+
+    /// True when the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self, s => s.ping().await)
+    }
+
+    /// Makes the store complete on its own (SQLite: checkpoints the WAL) and
+    /// closes the pool (graceful shutdown).
     pub async fn close(&self) -> Result<(), StoreError> {
-        self.with(|c| {
-            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
-            Ok(())
-        })
-        .await
+        dispatch!(self, s => s.close().await)
     }
 }
 
-fn open_file(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    // WAL lets readers run beside the writer; NORMAL sync is durable across
-    // process crashes (only an OS crash can lose the last transactions).
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")?;
-    Ok(conn)
-}
-
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
-        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
-    }
-    Ok(())
-}
-
-fn status_text(s: CallStatus) -> String {
-    // The serde spelling, so SQL filters and the JSON record agree.
+/// The serde spelling of a status, so SQL filters and the JSON record agree.
+pub(crate) fn status_text(s: crate::call::CallStatus) -> String {
     serde_json::to_value(s)
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
+/// The payload of a [`Notice`] on the wire (PostgreSQL NOTIFY; ≤ 8000 bytes).
+pub(crate) fn notice_payload(n: &Notice) -> String {
+    match n {
+        Notice::Committed {
+            call_id,
+            sequence,
+            terminal,
+        } => format!("c {call_id} {sequence} {}", u8::from(*terminal)),
+        Notice::StopMedia(id) => format!("s {id}"),
+        Notice::Resync => "r".into(),
+    }
+}
+
+/// A [`Notice`] from its payload; `None` for anything else.
+pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
+    let mut parts = payload.split(' ');
+    let notice = match parts.next()? {
+        "c" => Notice::Committed {
+            call_id: CallId::parse(parts.next()?)?,
+            sequence: parts.next()?.parse().ok()?,
+            terminal: parts.next()? == "1",
+        },
+        "s" => Notice::StopMedia(CallId::parse(parts.next()?)?),
+        "r" => Notice::Resync,
+        _ => return None,
+    };
+    parts.next().is_none().then_some(notice)
+}
+
+/// A stored event time (RFC 3339 text in both engines).
+pub(crate) fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
         .map_err(|e| StoreError::Join(format!("bad stored time {s:?}: {e}")))
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
+/// Where the tests find PostgreSQL (`TEST_DATABASE_URL`; tests/run.sh starts
+/// one there when none answers).
+pub const TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
-    pub(crate) fn record(id: &CallId) -> CallRecord {
-        CallRecord {
-            call_id: id.clone(),
-            to: "+15550100".into(),
-            emulated: true,
-            instructions: "i".into(),
-            voice: "v".into(),
-            ..CallRecord::for_tests()
-        }
+/// A database of its own for one test on the PostgreSQL the tests are given
+/// (`TEST_DATABASE_URL`, default [`TEST_DATABASE_URL`]): created with a unique
+/// name, dropped by [`ScratchDatabase::drop_database`]. Test support.
+pub struct ScratchDatabase {
+    /// `postgres://…/<the new database>`.
+    pub url: String,
+    admin: tokio_postgres::Config,
+    name: String,
+}
+
+impl ScratchDatabase {
+    /// Creates the database; panics, saying how to get one, when PostgreSQL
+    /// does not answer.
+    pub async fn create() -> Self {
+        let admin_url = std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| TEST_DATABASE_URL.to_string());
+        let admin: tokio_postgres::Config = admin_url.parse().expect("TEST_DATABASE_URL is a PostgreSQL URL");
+        let name = format!("va_test_{}", uuid::Uuid::new_v4().simple());
+        Self::admin(&admin, &admin_url, &format!("CREATE DATABASE {name}")).await;
+        let url = match admin.get_dbname() {
+            Some(db) if admin_url.contains(&format!("/{db}")) => {
+                admin_url.replacen(&format!("/{db}"), &format!("/{name}"), 1)
+            }
+            _ => panic!("TEST_DATABASE_URL must name its database (…/test): {admin_url}"),
+        };
+        Self { url, admin, name }
     }
 
-    fn ev(seq: u64) -> CallEvent {
-        CallEvent {
-            sequence: seq,
-            time: Utc::now(),
-            kind: EventKind::Dtmf { digit: "1".into() },
-        }
+    async fn admin(admin: &tokio_postgres::Config, shown: &str, sql: &str) {
+        let (client, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL does not answer at {shown} ({e}): tests/run.sh starts one; or set TEST_DATABASE_URL"
+            )
+        });
+        let driver = tokio::spawn(connection);
+        client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
     }
 
-    #[tokio::test]
-    async fn events_are_gapless_and_duplicates_are_refused() {
-        let store = Store::open(&DatabaseLocation::Memory).unwrap();
-        let id = CallId::new();
-        store.insert_call(record(&id)).await.unwrap();
-        let mut rec = record(&id);
-        rec.event_count = 2;
-        store.commit(rec.clone(), vec![ev(1), ev(2)]).await.unwrap();
-        assert!(store.commit(rec, vec![ev(2)]).await.is_err(), "sequence 2 twice");
-        let evs = store.events_after(&id, 1, 10).await.unwrap();
-        assert_eq!(evs.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2]);
-        assert_eq!(store.get_call(&id).await.unwrap().unwrap().event_count, 2);
-    }
-
-    #[tokio::test]
-    async fn list_pages_newest_first() {
-        let store = Store::open(&DatabaseLocation::Memory).unwrap();
-        let mut ids = vec![];
-        for _ in 0..5 {
-            let id = CallId::new();
-            store.insert_call(record(&id)).await.unwrap();
-            ids.push(id);
-        }
-        let p1 = store.list_calls(2, None).await.unwrap();
-        assert_eq!(
-            p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(),
-            vec![ids[4].clone(), ids[3].clone()]
-        );
-        let p2 = store.list_calls(2, p1.next).await.unwrap();
-        assert_eq!(p2.calls[0].call_id, ids[2]);
-        let p3 = store.list_calls(2, p2.next).await.unwrap();
-        assert_eq!(p3.calls.len(), 1);
-        assert!(p3.next.is_none());
-    }
-
-    #[tokio::test]
-    async fn file_store_survives_reopen() {
-        let dir = std::env::temp_dir().join(format!("va-store-{}", uuid::Uuid::new_v4()));
-        let loc = DatabaseLocation::File(dir.join("nested/calls.db"));
-        let id = CallId::new();
-        {
-            let store = Store::open(&loc).unwrap();
-            store.insert_call(record(&id)).await.unwrap();
-            store.close().await.unwrap();
-        }
-        let store = Store::open(&loc).unwrap();
-        assert!(store.get_call(&id).await.unwrap().is_some());
-        assert_eq!(store.unfinished_calls().await.unwrap().len(), 1);
-        let _ = std::fs::remove_dir_all(dir);
+    /// Drops the database (closing what is still connected to it).
+    pub async fn drop_database(self) {
+        Self::admin(
+            &self.admin,
+            "TEST_DATABASE_URL",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        )
+        .await;
     }
 }

@@ -453,7 +453,7 @@ fn secrets_never_reach_the_log_at_trace_level() {
     // The stream secrets the server gave the calls, from its store.
     let db = voice_agent_server::config::DatabaseLocation::File(server.dir.0.join("data/voice-agent.db"));
     let stream_secrets: Vec<String> = rt.block_on(async {
-        let store = voice_agent_server::store::Store::open(&db).unwrap();
+        let store = voice_agent_server::store::Store::open(&db).await.unwrap();
         let page = store.list_calls(10, None).await.unwrap();
         page.calls.into_iter().map(|c| c.stream_secret).collect()
     });

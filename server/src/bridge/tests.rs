@@ -233,7 +233,7 @@ struct World {
 impl World {
     async fn new(max_duration_secs: u64) -> Self {
         let shutdown = CancellationToken::new();
-        let hub = CallHub::new(Store::open(&DatabaseLocation::Memory).unwrap(), shutdown.clone());
+        let hub = CallHub::new(Store::open(&DatabaseLocation::Memory).await.unwrap(), shutdown.clone());
         let record = CallRecord {
             call_id: CallId::new(),
             to: "+15550100".into(),

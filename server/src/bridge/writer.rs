@@ -118,9 +118,10 @@ async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
 
 /// Records why the call is about to end ([`lifecycle::note_end_reason`]: the first reason wins).
 async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
+    let reason = reason.to_string();
     let result = hub
-        .update(id, |r| {
-            lifecycle::note_end_reason(r, reason);
+        .update(id, move |r| {
+            lifecycle::note_end_reason(r, &reason);
             vec![]
         })
         .await;

@@ -3,23 +3,36 @@
 //! change is, the caller decides (with [`crate::call::lifecycle`]); the hub
 //! only applies it.
 //!
-//! Per live call there is one async mutex around its record, so events get
-//! their sequence numbers and reach the store and the broadcast channel in the
-//! same order. Watchers subscribe to the broadcast *before* they read history
-//! from the store, and skip sequences they already sent, so nothing falls in
-//! between. A watcher that falls behind (broadcast lag) re-reads the store: a
-//! slow or vanished watcher never slows the call.
+//! The store orders the changes of a call (each runs in a transaction that
+//! locks the call's row and gives its events the next sequences), so writers
+//! on any task, or any replica, never interleave. The hub keeps, per call
+//! this process is involved in ([`LocalCall`]: placed here, bridged here, or
+//! watched here), the tokens of its local tasks and a broadcast channel to
+//! its local watchers. The channel carries this process's own commits as
+//! events, and, on a shared store (PostgreSQL), the other replicas' commits
+//! as notices that say up to which sequence the store holds the call
+//! ([`Signal::Committed`]). Watchers subscribe to it *before* they read
+//! history from the store, and skip sequences they already sent, so nothing
+//! falls in between. A watcher that falls behind (broadcast lag), sees a gap,
+//! or hears of another replica's commit re-reads the store from its last
+//! sequence: a slow or vanished watcher never slows the call.
+//!
+//! On a shared store a live call's media bridge holds a lease in the store
+//! that its replica renews ([`LEASE_TTL`]); every replica sweeps for expired
+//! leases ([`CallHub::spawn_lease_keeping`]) and ends the calls whose
+//! bridge's replica is gone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, lifecycle, payload_caps};
-use crate::store::{Store, StoreError};
+use crate::store::{Inserted, Lease, Notice, RequestKey, Store, StoreError};
 use crate::telephony::Telephony;
 
 /// Events buffered per live call for watchers that are momentarily behind.
@@ -39,6 +52,17 @@ const WATCH_BUFFER: usize = 64;
 pub const WATCH_PAGE: usize = 256;
 /// Calls hung up with the provider at once while recovering from a crash.
 const RECOVER_CONCURRENCY: usize = 8;
+/// How long a media bridge's lease lasts unless its replica renews it. A
+/// replica killed mid-call loses its calls to a survivor within this plus
+/// [`SWEEP_EVERY`] (issue #13: within 15 s).
+pub const LEASE_TTL: Duration = Duration::from_secs(8);
+/// How often a replica renews the leases of its bridges (a few renewals fit
+/// in one lease, so a slow database round trip does not lose one).
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+/// How often a replica looks for expired leases.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Calls taken over per sweep.
+const SWEEP_BATCH: usize = 32;
 
 /// A hub failure.
 #[derive(Debug, thiserror::Error)]
@@ -51,42 +75,138 @@ pub enum HubError {
     Store(#[from] StoreError),
 }
 
-struct LiveCall {
-    record: tokio::sync::Mutex<CallRecord>,
-    tx: broadcast::Sender<CallEvent>,
+/// What a watcher hears from the hub.
+#[derive(Clone, Debug)]
+enum Signal {
+    /// An event committed by this process.
+    Event(CallEvent),
+    /// The store holds the call's events up to this sequence (another
+    /// replica's commit, or a resync after notices may have been missed).
+    Committed(u64),
+}
+
+/// A call this process is involved in.
+struct LocalCall {
+    tx: broadcast::Sender<Signal>,
     /// Cancelled when the call reaches a terminal status (or the server
     /// stops): the media bridge and every per-call task end with it.
     cancel: CancellationToken,
     /// Child of `cancel`: stops the media bridge alone (HangUpCall, end_call)
     /// while the call waits for the provider's final status.
     media: CancellationToken,
-    /// Set by the first media stream's upgrade: a call has one media stream
-    /// for good (see [`CallHub::claim_media`]).
-    media_claimed: AtomicBool,
+    /// This process runs the call's media bridge (it holds the lease).
+    bridged: AtomicBool,
 }
 
 /// Live calls and their event fan-out. Cheap to clone.
 #[derive(Clone)]
 pub struct CallHub {
     store: Store,
-    live: Arc<Mutex<HashMap<CallId, Arc<LiveCall>>>>,
+    local: Arc<Mutex<HashMap<CallId, Arc<LocalCall>>>>,
     shutdown: CancellationToken,
     /// Cancelled by [`CallHub::end_watchers`]: every WatchCall stream
     /// delivers what is stored and ends. Separate from `shutdown` so that
     /// the calls a shutdown ends can record how they ended first, and the
     /// watchers still see it.
     watchers_end: CancellationToken,
+    /// This process's lease (its replica id as the owner).
+    lease: Lease,
 }
 
 impl CallHub {
-    /// A hub over `store`; per-call tokens are children of `shutdown`.
+    /// A hub over `store`; per-call tokens are children of `shutdown`. On a
+    /// shared store it starts listening to the other replicas' notices.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
-        Self {
+        let hub = Self {
             store,
-            live: Arc::default(),
+            local: Arc::default(),
             shutdown,
             watchers_end: CancellationToken::new(),
+            lease: Lease {
+                owner: uuid::Uuid::new_v4().to_string(),
+                ttl: LEASE_TTL,
+            },
+        };
+        // Until the watchers end: a bridge here may still wait for a
+        // terminal status committed by another replica.
+        if let Some(notices) = hub.store.notices(hub.watchers_end.clone()) {
+            tokio::spawn(hub.clone().route_notices(notices));
         }
+        hub
+    }
+
+    /// This process's id among the replicas (the owner of its leases).
+    pub fn replica_id(&self) -> &str {
+        &self.lease.owner
+    }
+
+    async fn route_notices(self, mut notices: mpsc::Receiver<Notice>) {
+        while let Some(notice) = notices.recv().await {
+            match notice {
+                Notice::Committed {
+                    call_id,
+                    sequence,
+                    terminal,
+                } => {
+                    if let Some(local) = self.local_call(&call_id) {
+                        let _ = local.tx.send(Signal::Committed(sequence));
+                    }
+                    if terminal {
+                        self.end_local(&call_id);
+                    }
+                }
+                Notice::StopMedia(call_id) => {
+                    if let Some(local) = self.local_call(&call_id) {
+                        local.media.cancel();
+                    }
+                }
+                Notice::Resync => {
+                    let calls: Vec<(CallId, Arc<LocalCall>)> = self
+                        .local
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .iter()
+                        .map(|(id, l)| (id.clone(), l.clone()))
+                        .collect();
+                    for (id, local) in calls {
+                        let _ = local.tx.send(Signal::Committed(u64::MAX));
+                        // A call that ended while notices were lost ends here too.
+                        if let Ok(Some(rec)) = self.store.get_call(&id).await
+                            && rec.status.is_terminal()
+                        {
+                            self.end_local(&id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets a call that ended: its local tasks stop, its watchers' channel closes.
+    fn end_local(&self, id: &CallId) {
+        let removed = self.local.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(local) = removed {
+            local.cancel.cancel();
+        }
+    }
+
+    /// The local entry of a call, made if missing.
+    fn local_entry(&self, id: &CallId) -> Arc<LocalCall> {
+        self.local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.clone())
+            .or_insert_with(|| {
+                let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+                let cancel = self.shutdown.child_token();
+                Arc::new(LocalCall {
+                    tx,
+                    media: cancel.child_token(),
+                    cancel,
+                    bridged: AtomicBool::new(false),
+                })
+            })
+            .clone()
     }
 
     /// Ends every WatchCall stream, present and future, once it has
@@ -101,28 +221,39 @@ impl CallHub {
         &self.store
     }
 
-    fn live_call(&self, id: &CallId) -> Option<Arc<LiveCall>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    fn local_call(&self, id: &CallId) -> Option<Arc<LocalCall>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
 
-    /// Number of calls not yet ended.
+    /// Number of calls this process is involved in and has not seen end.
     pub fn live_count(&self) -> usize {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.local.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
-    /// Ends the calls left unfinished by a previous run: their media bridge
+    /// Ends the calls left unfinished by a previous run (one process on
+    /// SQLite; replicas use leases instead): their media bridge
     /// died with that process, so nobody can carry them on. Each one the
     /// provider has (it has a provider id) is first hung up or cancelled
     /// there, or its callee would stay on a line nobody serves; then it is
     /// marked FAILED with a reason that says so. A refused hang-up is stored
     /// as an error event. Returns how many calls were ended.
     pub async fn recover(&self, telephony: &dyn Telephony) -> Result<usize, HubError> {
-        use futures_util::StreamExt as _;
         let stale = self.store.unfinished_calls().await?;
-        let n = stale.len();
-        // A few at a time: each is a provider request (bounded by its HTTP timeout).
-        let mut ended = futures_util::stream::iter(stale)
-            .map(|record| self.recover_one(telephony, record))
+        self.end_orphans(telephony, stale, &RESTART).await
+    }
+
+    /// Hangs up and fails `calls`, a few at a time (each is a provider
+    /// request, bounded by its HTTP timeout).
+    async fn end_orphans(
+        &self,
+        telephony: &dyn Telephony,
+        calls: Vec<CallRecord>,
+        why: &'static OrphanReasons,
+    ) -> Result<usize, HubError> {
+        use futures_util::StreamExt as _;
+        let n = calls.len();
+        let mut ended = futures_util::stream::iter(calls)
+            .map(|record| self.end_orphan(telephony, record, why))
             .buffer_unordered(RECOVER_CONCURRENCY);
         while let Some(result) = ended.next().await {
             result?;
@@ -130,138 +261,219 @@ impl CallHub {
         Ok(n)
     }
 
-    async fn recover_one(&self, telephony: &dyn Telephony, mut record: CallRecord) -> Result<(), HubError> {
-        let mut events = Vec::new();
+    async fn end_orphan(
+        &self,
+        telephony: &dyn Telephony,
+        record: CallRecord,
+        why: &'static OrphanReasons,
+    ) -> Result<(), HubError> {
+        let id = record.call_id.clone();
+        if why.end_first {
+            // Other replicas are up: the provider's final status (the hang-up
+            // below causes it) would reach one of them at once, so the end
+            // and its reason are stored before.
+            let reason = why.hung_up;
+            self.update(&id, move |r| lifecycle::end(r, lifecycle::Ending::Failed, reason))
+                .await?;
+        }
+        let mut error = None;
         let reason = if record.provider_call_id.is_empty() {
             // Never reached the provider: there is nothing to hang up.
-            lifecycle::RESTART_REASON
+            why.not_placed
         } else {
             let answered = record.status == CallStatus::InProgress;
             match telephony.hang_up(&record.provider_call_id, answered).await {
-                Ok(()) => lifecycle::RESTART_HUNG_UP_REASON,
+                Ok(()) => why.hung_up,
                 Err(e) => {
-                    tracing::warn!(call_id = %record.call_id, error = %e.message, "a call left live could not be hung up after a restart");
-                    events.extend(stamp(&mut record, |_| {
-                        vec![EventKind::error(
-                            ErrorCode::from_provider(e.provider_code.as_deref()),
-                            format!("hanging up the call after a restart failed: {}", e.message),
-                        )]
-                    }));
-                    lifecycle::RESTART_HANG_UP_FAILED_REASON
+                    tracing::warn!(call_id = %id, error = %e.message, "{}", why.hang_up_failed);
+                    error = Some(EventKind::error(
+                        ErrorCode::from_provider(e.provider_code.as_deref()),
+                        format!("{}: {}", why.error_prefix, e.message),
+                    ));
+                    why.hang_up_failed
                 }
             }
         };
-        events.extend(stamp(&mut record, |r| {
-            lifecycle::end(r, lifecycle::Ending::Failed, reason)
-        }));
-        self.store.commit(record, events).await?;
+        // (With `end_first`, the call has ended: only an error is added.)
+        self.update(&id, move |r| {
+            let mut events: Vec<EventKind> = error.into_iter().collect();
+            events.extend(lifecycle::end(r, lifecycle::Ending::Failed, reason));
+            events
+        })
+        .await?;
         Ok(())
+    }
+
+    /// On a shared store: renews the leases of the bridges this process runs,
+    /// and ends the live calls whose lease expired (their replica is gone),
+    /// until the watchers end (the last step of a shutdown).
+    pub fn spawn_lease_keeping(&self, telephony: Arc<dyn Telephony>) {
+        if !self.store.shared() {
+            return;
+        }
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut renew = tokio::time::interval(RENEW_EVERY);
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hub.watchers_end.cancelled() => return,
+                    _ = renew.tick() => hub.renew_leases().await,
+                    _ = sweep.tick() => hub.sweep(telephony.as_ref()).await,
+                }
+            }
+        });
+    }
+
+    async fn renew_leases(&self) {
+        let bridged: Vec<CallId> = self
+            .local
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, l)| l.bridged.load(Ordering::Acquire))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if let Err(e) = self.store.renew_leases(&bridged, &self.lease).await {
+            tracing::error!(error = %e, calls = bridged.len(), "the leases of this replica's calls were not renewed");
+        }
+    }
+
+    async fn sweep(&self, telephony: &dyn Telephony) {
+        if self.shutdown.is_cancelled() {
+            // A replica going away takes nothing over.
+            return;
+        }
+        let taken = match self.store.take_expired(&self.lease, SWEEP_BATCH).await {
+            Ok(taken) => taken,
+            Err(e) => {
+                tracing::error!(error = %e, "looking for calls whose replica is gone failed");
+                return;
+            }
+        };
+        if taken.is_empty() {
+            return;
+        }
+        tracing::warn!(calls = taken.len(), "took over calls whose media replica is gone; hanging them up");
+        if let Err(e) = self.end_orphans(telephony, taken, &TAKEOVER).await {
+            tracing::error!(error = %e, "a call taken over was not ended");
+        }
     }
 
     /// Stores a new call and makes it live. Returns its cancellation token.
     pub async fn create(&self, record: CallRecord) -> Result<CancellationToken, HubError> {
-        let id = record.call_id.clone();
-        self.store.insert_call(record.clone()).await?;
-        let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        let cancel = self.shutdown.child_token();
-        let live = Arc::new(LiveCall {
-            record: tokio::sync::Mutex::new(record),
-            tx,
-            media: cancel.child_token(),
-            cancel: cancel.clone(),
-            media_claimed: AtomicBool::new(false),
-        });
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, live);
-        Ok(cancel)
+        match self.create_once(record, None).await? {
+            (Inserted::New, token) => Ok(token),
+            _ => Err(HubError::NotFound),
+        }
     }
 
-    /// The records of the live calls, as they are now.
+    /// Stores a new call under the client's request key (if any) and makes it
+    /// live; see [`Inserted`] for a retry or a reused key (then nothing is
+    /// made live here). Returns the call's cancellation token.
+    pub async fn create_once(
+        &self,
+        record: CallRecord,
+        key: Option<RequestKey>,
+    ) -> Result<(Inserted, CancellationToken), HubError> {
+        let id = record.call_id.clone();
+        let inserted = self.store.insert_call(record, key).await?;
+        let token = match inserted {
+            Inserted::New => self.local_entry(&id).cancel.clone(),
+            _ => CancellationToken::new(),
+        };
+        Ok((inserted, token))
+    }
+
+    /// The records of the calls this process is involved in that are still live.
     pub async fn live_records(&self) -> Vec<CallRecord> {
-        let calls: Vec<Arc<LiveCall>> = self
-            .live
+        let ids: Vec<CallId> = self
+            .local
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .values()
+            .keys()
             .cloned()
             .collect();
-        let mut records = Vec::with_capacity(calls.len());
-        for call in calls {
-            records.push(call.record.lock().await.clone());
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(Some(rec)) = self.store.get_call(&id).await
+                && !rec.status.is_terminal()
+            {
+                records.push(rec);
+            }
         }
         records
     }
 
-    /// The cancellation token of a live call.
+    /// The cancellation token of a live call this process is involved in.
     pub fn cancel_token(&self, id: &CallId) -> Option<CancellationToken> {
-        self.live_call(id).map(|l| l.cancel.clone())
+        self.local_call(id).map(|l| l.cancel.clone())
     }
 
-    /// The token the media bridge of a live call runs under.
+    /// The token the media bridge of a live call runs under (after [`CallHub::claim_media`]).
     pub fn media_token(&self, id: &CallId) -> Option<CancellationToken> {
-        self.live_call(id).map(|l| l.media.clone())
+        self.local_call(id).map(|l| l.media.clone())
     }
 
-    /// Claims the one media stream of a live call; false when the call is not
-    /// live or a stream claimed it before. The upgrade's signature covers
-    /// only the URL, so it is the same for every connection to the call: the
-    /// claim, not the signature, is what keeps a second connection from
-    /// reaching the call. It is never given back: a stream that fails before
-    /// `start` ends the call (the bridge hangs it up), so nobody can retry
-    /// against it and add an event each time.
-    pub fn claim_media(&self, id: &CallId) -> bool {
-        self.live_call(id)
-            .is_some_and(|l| !l.media_claimed.swap(true, Ordering::AcqRel))
-    }
-
-    /// Stops the media bridge of a live call (the call itself ends when the
-    /// provider reports its final status).
-    pub fn stop_media(&self, id: &CallId) {
-        if let Some(live) = self.live_call(id) {
-            live.media.cancel();
+    /// Claims the one media stream of a live call for this process; false
+    /// when the call is not live or a stream claimed it before (on any
+    /// replica: the claim is in the store, with this process's lease). The
+    /// upgrade's signature covers only the URL, so it is the same for every
+    /// connection to the call: the claim, not the signature, is what keeps a
+    /// second connection from reaching the call. It is never given back: a
+    /// stream that fails before `start` ends the call (the bridge hangs it
+    /// up), so nobody can retry against it and add an event each time.
+    pub async fn claim_media(&self, id: &CallId) -> Result<bool, HubError> {
+        if !self.store.claim_media(id, &self.lease).await? {
+            return Ok(false);
         }
+        self.local_entry(id).bridged.store(true, Ordering::Release);
+        Ok(true)
     }
 
-    /// The current record of a call (live or stored).
+    /// Stops the media bridge of a live call, on whichever replica runs it
+    /// (the call itself ends when the provider reports its final status).
+    pub async fn stop_media(&self, id: &CallId) -> Result<(), HubError> {
+        if let Some(local) = self.local_call(id) {
+            local.media.cancel();
+        }
+        self.store.notify(&Notice::StopMedia(id.clone())).await?;
+        Ok(())
+    }
+
+    /// The current record of a call (as stored: replicas share no memory).
     pub async fn get(&self, id: &CallId) -> Result<CallRecord, HubError> {
-        if let Some(live) = self.live_call(id) {
-            return Ok(live.record.lock().await.clone());
-        }
         self.store.get_call(id).await?.ok_or(HubError::NotFound)
     }
 
     /// Changes a call: `f` edits the record and returns the events that
-    /// describe the change. The record and events are committed together, then
-    /// broadcast. A terminal status ends the call (its token is cancelled).
+    /// describe the change. The record and events are committed together
+    /// (see [`Store::update`]), then broadcast to this process's watchers (the
+    /// store tells the other replicas). A terminal status ends the call (its
+    /// token is cancelled).
     pub async fn update(
         &self,
         id: &CallId,
-        f: impl FnOnce(&mut CallRecord) -> Vec<EventKind>,
+        f: impl FnOnce(&mut CallRecord) -> Vec<EventKind> + Send + 'static,
     ) -> Result<Vec<CallEvent>, HubError> {
-        let Some(live) = self.live_call(id) else {
-            // Ended (or unknown) calls: apply to the stored record, nobody is
-            // subscribed. Terminal statuses are final, so this is rare
-            // (late provider data such as CallDuration).
-            let Some(mut record) = self.store.get_call(id).await? else {
-                return Err(HubError::NotFound);
-            };
-            let events = stamp(&mut record, f);
-            self.store.commit(record, events.clone()).await?;
-            return Ok(events);
-        };
-        let mut guard = live.record.lock().await;
-        let mut record = guard.clone();
-        let events = stamp(&mut record, f);
-        self.store.commit(record.clone(), events.clone()).await?;
-        *guard = record;
-        let ended = guard.status.is_terminal();
-        for ev in &events {
-            // No receivers is fine: the event is stored.
-            let _ = live.tx.send(ev.clone());
+        let (record, events) = self
+            .store
+            .update(id, move |record| stamp(record, f))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => HubError::NotFound,
+                e => HubError::Store(e),
+            })?;
+        if let Some(local) = self.local_call(id) {
+            for ev in &events {
+                // No receivers is fine: the event is stored.
+                let _ = local.tx.send(Signal::Event(ev.clone()));
+            }
         }
-        drop(guard);
-        if ended {
-            live.cancel.cancel();
-            self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if record.status.is_terminal() {
+            self.end_local(id);
         }
         Ok(events)
     }
@@ -278,11 +490,12 @@ impl CallHub {
         id: &CallId,
         after: u64,
     ) -> Result<mpsc::Receiver<Result<CallEvent, HubError>>, HubError> {
-        // Subscribe first, then read history: see the module doc.
-        let rx = self.live_call(id).map(|l| l.tx.subscribe());
-        if rx.is_none() && self.store.get_call(id).await?.is_none() {
+        let Some(record) = self.store.get_call(id).await? else {
             return Err(HubError::NotFound);
-        }
+        };
+        // Subscribe first, then read history: see the module doc. An ended
+        // call's history is all there is.
+        let rx = (!record.status.is_terminal()).then(|| self.local_entry(id).tx.subscribe());
         let (out, out_rx) = mpsc::channel(WATCH_BUFFER);
         let store = self.store.clone();
         let id = id.clone();
@@ -299,6 +512,34 @@ impl CallHub {
         Ok(out_rx)
     }
 }
+
+/// How calls nobody serves any more end.
+struct OrphanReasons {
+    /// Store the end before asking the provider to hang up.
+    end_first: bool,
+    not_placed: &'static str,
+    hung_up: &'static str,
+    hang_up_failed: &'static str,
+    error_prefix: &'static str,
+}
+
+/// Calls found live when the process (one on SQLite) started again.
+const RESTART: OrphanReasons = OrphanReasons {
+    end_first: false,
+    not_placed: lifecycle::RESTART_REASON,
+    hung_up: lifecycle::RESTART_HUNG_UP_REASON,
+    hang_up_failed: lifecycle::RESTART_HANG_UP_FAILED_REASON,
+    error_prefix: "hanging up the call after a restart failed",
+};
+
+/// Calls whose media bridge's replica stopped renewing its lease.
+const TAKEOVER: OrphanReasons = OrphanReasons {
+    end_first: true,
+    not_placed: lifecycle::TAKEOVER_HUNG_UP_REASON,
+    hung_up: lifecycle::TAKEOVER_HUNG_UP_REASON,
+    hang_up_failed: lifecycle::TAKEOVER_HANG_UP_FAILED_REASON,
+    error_prefix: "hanging up the call after its replica stopped failed",
+};
 
 /// Assigns sequence numbers and times to the events `f` produced, applying
 /// each to the record.
@@ -335,13 +576,12 @@ enum Flow {
 }
 
 impl Watcher {
-    async fn run(&mut self, rx: Option<broadcast::Receiver<CallEvent>>, end: CancellationToken) {
+    async fn run(&mut self, rx: Option<broadcast::Receiver<Signal>>, end: CancellationToken) {
         if let Flow::Done = self.catch_up().await {
             return;
         }
         let Some(mut rx) = rx else {
-            // Not live and not terminal: only possible for a record written by
-            // an older run that `recover` has not seen; nothing more will come.
+            // The call had ended: its history is all there is.
             return;
         };
         loop {
@@ -355,10 +595,12 @@ impl Watcher {
                 _ = self.out.closed() => return,
             };
             let flow = match received {
-                Ok(ev) if ev.sequence <= self.last => Flow::Continue,
-                Ok(ev) if ev.sequence == self.last + 1 => self.send(ev).await,
-                // A gap (cannot happen with one sender, but never skip) or lag:
-                // the store has everything.
+                Ok(Signal::Event(ev)) if ev.sequence <= self.last => Flow::Continue,
+                Ok(Signal::Event(ev)) if ev.sequence == self.last + 1 => self.send(ev).await,
+                Ok(Signal::Committed(sequence)) if sequence <= self.last => Flow::Continue,
+                // Another replica's commit, a gap (two local writers can
+                // broadcast out of commit order; never skip) or lag: the
+                // store has everything.
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
                 Err(broadcast::error::RecvError::Closed) => {
                     let _ = self.catch_up().await;
@@ -415,16 +657,16 @@ mod tests {
     use crate::store::tests::record;
     use crate::telephony::{DialRequest, Dialed, FailureClass, TelephonyError};
 
-    fn hub() -> CallHub {
+    async fn hub() -> CallHub {
         CallHub::new(
-            Store::open(&DatabaseLocation::Memory).unwrap(),
+            Store::open(&DatabaseLocation::Memory).await.unwrap(),
             CancellationToken::new(),
         )
     }
 
     #[tokio::test]
     async fn watch_replays_a_long_history_in_pages_then_goes_live() {
-        let hub = hub();
+        let hub = hub().await;
         let id = CallId::new();
         hub.create(record(&id)).await.unwrap();
         const N: u64 = 5000;
@@ -485,7 +727,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovery_hangs_up_with_the_provider_before_marking_failed() {
-        let hub = hub();
+        let hub = hub().await;
         let store = hub.store().clone();
         let mut ids = Vec::new();
         for (status, sid) in [
@@ -499,7 +741,7 @@ mod tests {
             let mut rec = record(&id);
             rec.status = status;
             rec.provider_call_id = sid.into();
-            store.insert_call(rec).await.unwrap();
+            store.insert_call(rec, None).await.unwrap();
             ids.push(id);
         }
         let telephony = Recorder {

@@ -1,0 +1,456 @@
+//! The PostgreSQL engine of the call store: several replicas on one database.
+//!
+//! A pool of connections (deadpool) for the queries, and one connection of
+//! its own per replica that LISTENs for the other replicas' notices (see
+//! [`super::Notice`]). A change locks the call's row (`SELECT … FOR UPDATE`)
+//! in its transaction, so writers on different replicas take turns per call;
+//! its NOTIFY is sent in the same transaction, and PostgreSQL delivers
+//! notifications only on commit and in commit order, so a notice never
+//! announces what a reader cannot see yet.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use futures_util::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    CallPage, Inserted, LIVE_STATUSES, Lease, Notice, RequestKey, StoreError, notice_payload, parse_notice, parse_time,
+    status_text,
+};
+use crate::call::{CallEvent, CallId, CallRecord, EventKind};
+
+/// Connections per replica. Writes are per event (a few a second per call)
+/// and short; watchers read a page at a time.
+const POOL_SIZE: usize = 16;
+/// How long a query waits for a pooled connection, and a new connection to open.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// The NOTIFY channel of every notice.
+const CHANNEL: &str = "voice_agent";
+/// Notices buffered for the hub. Policy when full: **drop, then resync**:
+/// the listener must keep reading its connection, so it drops what does not
+/// fit and later sends [`Notice::Resync`], on which every watcher re-reads
+/// the store (nothing is lost: notices only say where to read).
+const NOTICE_BUFFER: usize = 1024;
+/// Wait before reconnecting the listener.
+const RELISTEN_AFTER: Duration = Duration::from_millis(500);
+/// Key of the advisory lock migrations run under (any constant; "va" + 1).
+const MIGRATION_LOCK: i64 = 0x7661_0001;
+
+/// Migrations, applied in order; the table `voice_agent_migrations` records
+/// which ran. They run in one transaction under an advisory lock, so replicas
+/// starting at once wait for each other and apply each exactly once.
+const MIGRATIONS: &[&str] = &[
+    // 1: calls (with the idempotency key and the media lease) and their event log.
+    "CREATE TABLE calls (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        call_id TEXT NOT NULL UNIQUE,
+        provider_call_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL,
+        request_id TEXT UNIQUE,
+        request_fingerprint TEXT,
+        media_owner TEXT,
+        lease_until TIMESTAMPTZ
+    );
+    CREATE INDEX calls_provider ON calls(provider_call_id);
+    CREATE INDEX calls_live ON calls(lease_until) WHERE status IN ('queued', 'initiated', 'ringing', 'in_progress');
+    CREATE TABLE events (
+        call_id TEXT NOT NULL REFERENCES calls(call_id),
+        sequence BIGINT NOT NULL,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (call_id, sequence)
+    );",
+];
+
+/// The PostgreSQL call store. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct PgStore {
+    pool: Pool,
+    config: tokio_postgres::Config,
+}
+
+type Client = deadpool_postgres::Object;
+
+impl PgStore {
+    /// Connects (the URL is libpq's: `postgres://user@host:port/db?…`) and migrates.
+    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(POOL_WAIT);
+        }
+        // A replica that vanishes without closing its sockets holds no
+        // connection (and so no row lock) for long.
+        config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
+            .create_timeout(Some(POOL_WAIT))
+            .recycle_timeout(Some(POOL_WAIT))
+            .build()
+            .map_err(|e| StoreError::Pool(e.to_string()))?;
+        let store = Self { pool, config };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<Client, StoreError> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
+            e => StoreError::Pool(e.to_string()),
+        })
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS voice_agent_migrations (
+                version INTEGER PRIMARY KEY,
+                applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+        let done: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM voice_agent_migrations", &[])
+            .await?
+            .get(0);
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
+            tx.batch_execute(sql).await?;
+            let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+            tx.execute("INSERT INTO voice_agent_migrations (version) VALUES ($1)", &[&version])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn insert_call(&self, record: CallRecord, key: Option<RequestKey>) -> Result<Inserted, StoreError> {
+        let client = self.client().await?;
+        let json = serde_json::to_string(&record)?;
+        let (request_id, fingerprint) = match &key {
+            Some(k) => (Some(k.id.as_str()), Some(k.fingerprint.as_str())),
+            None => (None, None),
+        };
+        // The unique index on request_id decides: of two inserts with one key
+        // (on any replicas), the second waits for the first and inserts nothing.
+        let inserted = client
+            .execute(
+                "INSERT INTO calls (call_id, provider_call_id, status, created_at, record, request_id, request_fingerprint)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (request_id) DO NOTHING",
+                &[
+                    &record.call_id.as_str(),
+                    &record.provider_call_id,
+                    &status_text(record.status),
+                    &record.created_at.to_rfc3339(),
+                    &json,
+                    &request_id,
+                    &fingerprint,
+                ],
+            )
+            .await?;
+        if inserted == 1 {
+            return Ok(Inserted::New);
+        }
+        let Some(key) = key else {
+            return Err(StoreError::Join("a call without a request key was not inserted".into()));
+        };
+        let row = client
+            .query_one(
+                "SELECT request_fingerprint, record FROM calls WHERE request_id = $1",
+                &[&key.id],
+            )
+            .await?;
+        let stored: CallRecord = serde_json::from_str(row.get::<_, &str>(1))?;
+        Ok(if row.get::<_, Option<&str>>(0) == Some(key.fingerprint.as_str()) {
+            Inserted::Existing(Box::new(stored))
+        } else {
+            Inserted::Mismatch(stored.call_id)
+        })
+    }
+
+    pub(super) async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
+    where
+        F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt("SELECT record FROM calls WHERE call_id = $1 FOR UPDATE", &[&id.as_str()])
+            .await?
+            .ok_or(StoreError::NotFound)?;
+        let mut record: CallRecord = serde_json::from_str(row.get::<_, &str>(0))?;
+        let events = f(&mut record);
+        if !events.is_empty() {
+            let mut sequences = Vec::with_capacity(events.len());
+            let mut times = Vec::with_capacity(events.len());
+            let mut kinds = Vec::with_capacity(events.len());
+            for ev in &events {
+                sequences.push(i64::try_from(ev.sequence).unwrap_or(i64::MAX));
+                times.push(ev.time.to_rfc3339());
+                kinds.push(serde_json::to_string(&ev.kind)?);
+            }
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO events (call_id, sequence, time, kind)
+                     SELECT $1, * FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[])",
+                )
+                .await?;
+            tx.execute(&insert, &[&id.as_str(), &sequences, &times, &kinds])
+                .await?;
+        }
+        let set = tx
+            .prepare_cached("UPDATE calls SET provider_call_id = $2, status = $3, record = $4 WHERE call_id = $1")
+            .await?;
+        tx.execute(
+            &set,
+            &[
+                &id.as_str(),
+                &record.provider_call_id,
+                &status_text(record.status),
+                &serde_json::to_string(&record)?,
+            ],
+        )
+        .await?;
+        if let Some(last) = events.last() {
+            let notice = Notice::Committed {
+                call_id: id.clone(),
+                sequence: last.sequence,
+                terminal: record.status.is_terminal(),
+            };
+            tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice_payload(&notice)])
+                .await?;
+        }
+        tx.commit().await?;
+        Ok((record, events))
+    }
+
+    pub(super) async fn get_call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT record FROM calls WHERE call_id = $1")
+            .await?;
+        let row = client.query_opt(&stmt, &[&id.as_str()]).await?;
+        Ok(row.map(|r| serde_json::from_str(r.get::<_, &str>(0))).transpose()?)
+    }
+
+    pub(super) async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT sequence, time, kind FROM events WHERE call_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+            )
+            .await?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = client.query(&stmt, &[&id.as_str(), &after, &limit]).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(CallEvent {
+                sequence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+                time: parse_time(row.get(1))?,
+                kind: serde_json::from_str::<EventKind>(row.get(2))?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT seq, record FROM calls WHERE seq < $1 ORDER BY seq DESC LIMIT $2")
+            .await?;
+        let rows = client
+            .query(&stmt, &[&before.unwrap_or(i64::MAX), &(page_size as i64 + 1)])
+            .await?;
+        let mut calls = Vec::new();
+        let mut seqs = Vec::new();
+        for row in rows {
+            seqs.push(row.get::<_, i64>(0));
+            calls.push(serde_json::from_str::<CallRecord>(row.get(1))?);
+        }
+        let next = if calls.len() > page_size {
+            calls.truncate(page_size);
+            seqs.get(page_size - 1).copied()
+        } else {
+            None
+        };
+        Ok(CallPage { calls, next })
+    }
+
+    pub(super) async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT record FROM calls WHERE status IN {LIVE_STATUSES} ORDER BY seq"),
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+            .collect()
+    }
+
+    pub(super) async fn claim_media(&self, id: &CallId, lease: &Lease) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE calls SET media_owner = $2, lease_until = now() + $3::FLOAT8 * interval '1 millisecond'
+                     WHERE call_id = $1 AND media_owner IS NULL AND status IN {LIVE_STATUSES}"
+                ),
+                &[&id.as_str(), &lease.owner, &ttl_millis(lease)],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn renew_leases(&self, ids: &[CallId], lease: &Lease) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let ids: Vec<&str> = ids.iter().map(CallId::as_str).collect();
+        client
+            .execute(
+                "UPDATE calls SET lease_until = now() + $3::FLOAT8 * interval '1 millisecond'
+                 WHERE call_id = ANY($1) AND media_owner = $2",
+                &[&ids, &lease.owner, &ttl_millis(lease)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn take_expired(&self, lease: &Lease, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        let client = self.client().await?;
+        // SKIP LOCKED: survivors sweeping at once take different calls.
+        let rows = client
+            .query(
+                &format!(
+                    "UPDATE calls SET media_owner = $1, lease_until = now() + $2::FLOAT8 * interval '1 millisecond'
+                     WHERE call_id IN (
+                         SELECT call_id FROM calls
+                         WHERE status IN {LIVE_STATUSES} AND lease_until < now()
+                         ORDER BY seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+                     RETURNING record"
+                ),
+                &[&lease.owner, &ttl_millis(lease), &(limit as i64)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+            .collect()
+    }
+
+    pub(super) async fn notify(&self, notice: &Notice) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &notice_payload(notice)])
+            .await?;
+        Ok(())
+    }
+
+    /// Listens for notices on a connection of its own until `stop`,
+    /// reconnecting when it drops (then [`Notice::Resync`]).
+    pub(super) fn listen(&self, stop: CancellationToken) -> mpsc::Receiver<Notice> {
+        let (tx, rx) = mpsc::channel(NOTICE_BUFFER);
+        let config = self.config.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            while !stop.is_cancelled() && !tx.is_closed() {
+                if let Err(e) = listen_once(&config, &tx, &stop, first).await {
+                    tracing::warn!(error = %e, "the database notice connection failed; reconnecting");
+                }
+                first = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(RELISTEN_AFTER) => {}
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
+        rx
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.client().await?.execute("SELECT 1", &[]).await?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) -> Result<(), StoreError> {
+        self.pool.close();
+        Ok(())
+    }
+}
+
+fn ttl_millis(lease: &Lease) -> f64 {
+    lease.ttl.as_secs_f64() * 1000.0
+}
+
+/// One LISTEN connection, until it fails or `stop`.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    tx: &mpsc::Sender<Notice>,
+    stop: &CancellationToken,
+    first: bool,
+) -> Result<(), StoreError> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let missed = Arc::new(AtomicBool::new(!first));
+    let forward = {
+        let tx = tx.clone();
+        let missed = missed.clone();
+        // The connection must be polled for the LISTEN below to complete, and
+        // then it yields the notifications.
+        async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                let n = match message {
+                    Ok(AsyncMessage::Notification(n)) => n,
+                    Ok(_) => continue,
+                    Err(e) => return Err(StoreError::Postgres(e)),
+                };
+                let Some(notice) = parse_notice(n.payload()) else {
+                    tracing::warn!("ignored a malformed database notice");
+                    continue;
+                };
+                if missed.load(Ordering::Acquire) {
+                    if tx.try_send(Notice::Resync).is_err() {
+                        continue;
+                    }
+                    missed.store(false, Ordering::Release);
+                }
+                if tx.try_send(notice).is_err() {
+                    missed.store(true, Ordering::Release);
+                }
+            }
+            Ok(())
+        }
+    };
+    let mut forward = std::pin::pin!(forward);
+    let listen = format!("LISTEN {CHANNEL}");
+    tokio::select! {
+        r = &mut forward => return r,
+        r = client.batch_execute(&listen) => r?,
+    }
+    // After a reconnect: whatever was committed meanwhile is in the store.
+    if missed.load(Ordering::Acquire) && tx.try_send(Notice::Resync).is_ok() {
+        missed.store(false, Ordering::Release);
+    }
+    tokio::select! {
+        r = forward => r,
+        _ = stop.cancelled() => Ok(()),
+    }
+}

@@ -1,0 +1,342 @@
+//! The SQLite engine of the call store (file or memory): one process.
+//!
+//! SQLite calls are blocking: they run on the blocking pool, one connection
+//! behind a mutex (WAL mode; writes are per event, never per audio frame, so
+//! this is far from the bottleneck). A change runs in one `BEGIN IMMEDIATE`
+//! transaction, which takes the database's write lock before it reads, so
+//! even two processes on one file would not interleave a read and a write.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{CallPage, Inserted, LIVE_STATUSES, Lease, RequestKey, StoreError, parse_time, status_text};
+use crate::call::{CallEvent, CallId, CallRecord, EventKind};
+
+/// Migrations, applied in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: calls and their event log.
+    "CREATE TABLE calls (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        call_id TEXT NOT NULL UNIQUE,
+        provider_call_id TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX calls_provider ON calls(provider_call_id);
+    CREATE TABLE events (
+        call_id TEXT NOT NULL REFERENCES calls(call_id),
+        sequence INTEGER NOT NULL,
+        time TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        PRIMARY KEY (call_id, sequence)
+    ) WITHOUT ROWID;",
+    // 2: idempotent PlaceCall, and who holds a call's media stream (and until
+    // when, in Unix milliseconds; see `Lease`).
+    "ALTER TABLE calls ADD COLUMN request_id TEXT;
+    ALTER TABLE calls ADD COLUMN request_fingerprint TEXT;
+    CREATE UNIQUE INDEX calls_request ON calls(request_id) WHERE request_id IS NOT NULL;
+    ALTER TABLE calls ADD COLUMN media_owner TEXT;
+    ALTER TABLE calls ADD COLUMN lease_until INTEGER;",
+];
+
+/// The SQLite call store. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) and migrates the store.
+    pub(super) fn open(file: Option<&Path>) -> Result<Self, StoreError> {
+        let mut conn = match file {
+            None => Connection::open_in_memory()?,
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                open_file(path)?
+            }
+        };
+        conn.execute_batch("PRAGMA foreign_keys = ON;")?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock poisons it; the connection itself
+            // is still consistent (SQLite rolls back the open transaction).
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    pub(super) async fn insert_call(&self, record: CallRecord, key: Option<RequestKey>) -> Result<Inserted, StoreError> {
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(key) = &key {
+                let existing: Option<(Option<String>, String)> = tx
+                    .query_row(
+                        "SELECT request_fingerprint, record FROM calls WHERE request_id = ?1",
+                        [&key.id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((fingerprint, json)) = existing {
+                    let stored: CallRecord = serde_json::from_str(&json)?;
+                    return Ok(if fingerprint.as_deref() == Some(key.fingerprint.as_str()) {
+                        Inserted::Existing(Box::new(stored))
+                    } else {
+                        Inserted::Mismatch(stored.call_id)
+                    });
+                }
+            }
+            tx.execute(
+                "INSERT INTO calls (call_id, provider_call_id, status, created_at, record, request_id, request_fingerprint)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    record.call_id.as_str(),
+                    record.provider_call_id,
+                    status_text(record.status),
+                    record.created_at.to_rfc3339(),
+                    serde_json::to_string(&record)?,
+                    key.as_ref().map(|k| k.id.as_str()),
+                    key.as_ref().map(|k| k.fingerprint.as_str()),
+                ],
+            )?;
+            tx.commit()?;
+            Ok(Inserted::New)
+        })
+        .await
+    }
+
+    pub(super) async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
+    where
+        F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
+    {
+        let id = id.clone();
+        self.with(move |c| {
+            // IMMEDIATE: the write lock before the read, so nothing changes in between.
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let json: Option<String> = tx
+                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let mut record: CallRecord = serde_json::from_str(&json.ok_or(StoreError::NotFound)?)?;
+            let events = f(&mut record);
+            {
+                let mut insert =
+                    tx.prepare_cached("INSERT INTO events (call_id, sequence, time, kind) VALUES (?1, ?2, ?3, ?4)")?;
+                for ev in &events {
+                    insert.execute(params![
+                        id.as_str(),
+                        ev.sequence as i64,
+                        ev.time.to_rfc3339(),
+                        serde_json::to_string(&ev.kind)?
+                    ])?;
+                }
+            }
+            tx.execute(
+                "UPDATE calls SET provider_call_id = ?2, status = ?3, record = ?4 WHERE call_id = ?1",
+                params![
+                    id.as_str(),
+                    record.provider_call_id,
+                    status_text(record.status),
+                    serde_json::to_string(&record)?
+                ],
+            )?;
+            tx.commit()?;
+            Ok((record, events))
+        })
+        .await
+    }
+
+    pub(super) async fn get_call(&self, id: &CallId) -> Result<Option<CallRecord>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            let json: Option<String> = c
+                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            Ok(json.map(|j| serde_json::from_str(&j)).transpose()?)
+        })
+        .await
+    }
+
+    pub(super) async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
+        let id = id.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![id.as_str(), after as i64, limit], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (sequence, time, kind) = row?;
+                out.push(CallEvent {
+                    sequence: sequence as u64,
+                    time: parse_time(&time)?,
+                    kind: serde_json::from_str::<EventKind>(&kind)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+        self.with(move |c| {
+            let mut stmt =
+                c.prepare_cached("SELECT seq, record FROM calls WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
+            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), page_size as i64 + 1], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+            })?;
+            let mut calls = Vec::new();
+            let mut seqs = Vec::new();
+            for row in rows {
+                let (seq, json) = row?;
+                seqs.push(seq);
+                calls.push(serde_json::from_str::<CallRecord>(&json)?);
+            }
+            let next = if calls.len() > page_size {
+                calls.truncate(page_size);
+                seqs.get(page_size - 1).copied()
+            } else {
+                None
+            };
+            Ok(CallPage { calls, next })
+        })
+        .await
+    }
+
+    pub(super) async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {
+        self.with(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT record FROM calls WHERE status IN {LIVE_STATUSES} ORDER BY seq"
+            ))?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.push(serde_json::from_str(&row?)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn claim_media(&self, id: &CallId, lease: &Lease) -> Result<bool, StoreError> {
+        let (id, owner, until) = (id.clone(), lease.owner.clone(), lease_until(lease));
+        self.with(move |c| {
+            let n = c.execute(
+                &format!(
+                    "UPDATE calls SET media_owner = ?2, lease_until = ?3
+                     WHERE call_id = ?1 AND media_owner IS NULL AND status IN {LIVE_STATUSES}"
+                ),
+                params![id.as_str(), owner, until],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn renew_leases(&self, ids: &[CallId], lease: &Lease) -> Result<(), StoreError> {
+        let (ids, owner, until) = (ids.to_vec(), lease.owner.clone(), lease_until(lease));
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE calls SET lease_until = ?3 WHERE call_id = ?1 AND media_owner = ?2",
+                )?;
+                for id in &ids {
+                    stmt.execute(params![id.as_str(), owner, until])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    pub(super) async fn take_expired(&self, lease: &Lease, limit: usize) -> Result<Vec<CallRecord>, StoreError> {
+        let (owner, until) = (lease.owner.clone(), lease_until(lease));
+        let now = Utc::now().timestamp_millis();
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::new();
+            {
+                let mut stmt = tx.prepare(&format!(
+                    "UPDATE calls SET media_owner = ?1, lease_until = ?2
+                     WHERE call_id IN (SELECT call_id FROM calls WHERE status IN {LIVE_STATUSES}
+                                       AND lease_until IS NOT NULL AND lease_until < ?3 ORDER BY seq LIMIT ?4)
+                     RETURNING record"
+                ))?;
+                let rows = stmt.query_map(params![owner, until, now, limit as i64], |r| r.get::<_, String>(0))?;
+                for row in rows {
+                    out.push(serde_json::from_str(&row?)?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Checkpoints the WAL so the file is complete on its own (graceful shutdown).
+    pub(super) async fn close(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// When a lease taken now ends, in Unix milliseconds.
+fn lease_until(lease: &Lease) -> i64 {
+    Utc::now().timestamp_millis() + i64::try_from(lease.ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+fn open_file(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable across
+    // process crashes (only an OS crash can lose the last transactions).
+    conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    // IMMEDIATE: the write lock before the version is read, so two
+    // processes opening one file at once apply each migration once.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        tx.execute_batch(&format!("{sql}; PRAGMA user_version = {};", i + 1))?;
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,354 @@
+//! One test suite for both engines: each test runs on SQLite and on
+//! PostgreSQL (a database of its own, see [`ScratchDatabase`]).
+
+use std::time::Duration;
+
+use chrono::Utc;
+
+use super::*;
+use crate::call::{CallEvent, CallId, CallRecord, CallStatus, EventKind};
+use crate::config::{DatabaseLocation, Secret};
+
+pub(crate) fn record(id: &CallId) -> CallRecord {
+    CallRecord {
+        call_id: id.clone(),
+        to: "+15550100".into(),
+        emulated: true,
+        instructions: "i".into(),
+        voice: "v".into(),
+        ..CallRecord::for_tests()
+    }
+}
+
+/// Appends `kinds` after the record's last event, as the hub stamps them.
+fn append(kinds: Vec<EventKind>) -> impl FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static {
+    move |rec| {
+        kinds
+            .into_iter()
+            .map(|kind| {
+                rec.apply(&kind, Utc::now());
+                CallEvent {
+                    sequence: rec.event_count,
+                    time: Utc::now(),
+                    kind,
+                }
+            })
+            .collect()
+    }
+}
+
+fn dtmf(d: &str) -> EventKind {
+    EventKind::Dtmf { digit: d.into() }
+}
+
+/// Where a test's store lives; `open` opens another connection to it (a
+/// second replica, or a second process on the SQLite file).
+enum Place {
+    Sqlite(std::path::PathBuf),
+    Postgres(ScratchDatabase),
+}
+
+impl Place {
+    async fn sqlite() -> Self {
+        let dir = std::env::temp_dir().join(format!("va-store-{}", uuid::Uuid::new_v4()));
+        Self::Sqlite(dir.join("calls.db"))
+    }
+
+    async fn postgres() -> Self {
+        Self::Postgres(ScratchDatabase::create().await)
+    }
+
+    fn location(&self) -> DatabaseLocation {
+        match self {
+            Self::Sqlite(path) => DatabaseLocation::File(path.clone()),
+            Self::Postgres(db) => DatabaseLocation::Postgres(Secret::new(db.url.clone())),
+        }
+    }
+
+    async fn open(&self) -> Store {
+        Store::open(&self.location()).await.unwrap()
+    }
+
+    async fn remove(self) {
+        match self {
+            Self::Sqlite(path) => {
+                if let Some(dir) = path.parent() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            Self::Postgres(db) => db.drop_database().await,
+        }
+    }
+}
+
+/// Runs `$name(place)` once per engine.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let place = super::Place::sqlite().await;
+                super::$name(&place).await;
+                place.remove().await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let place = super::Place::postgres().await;
+                super::$name(&place).await;
+                place.remove().await;
+            }
+        }
+    };
+}
+
+both!(an_update_stores_the_record_and_its_events_together);
+async fn an_update_stores_the_record_and_its_events_together(place: &Place) {
+    let store = place.open().await;
+    let id = CallId::new();
+    assert!(matches!(store.insert_call(record(&id), None).await.unwrap(), Inserted::New));
+    let (rec, events) = store.update(&id, append(vec![dtmf("1"), dtmf("2")])).await.unwrap();
+    assert_eq!(rec.event_count, 2);
+    assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
+    let evs = store.events_after(&id, 1, 10).await.unwrap();
+    assert_eq!(evs.iter().map(|e| e.sequence).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(evs[0].kind, dtmf("2"));
+    assert_eq!(store.get_call(&id).await.unwrap().unwrap().event_count, 2);
+    // A writer that repeats a sequence is refused, and nothing of it is kept.
+    let repeat = |rec: &mut CallRecord| {
+        rec.to = "+15550199".into();
+        vec![CallEvent {
+            sequence: 2,
+            time: Utc::now(),
+            kind: dtmf("9"),
+        }]
+    };
+    assert!(store.update(&id, repeat).await.is_err(), "sequence 2 twice");
+    assert_eq!(store.get_call(&id).await.unwrap().unwrap().to, "+15550100");
+    assert!(matches!(
+        store.update(&CallId::new(), append(vec![])).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+both!(concurrent_writers_on_two_connections_keep_the_log_gapless);
+async fn concurrent_writers_on_two_connections_keep_the_log_gapless(place: &Place) {
+    // Two stores on one database: two replicas (or two processes on one file).
+    let (a, b) = (place.open().await, place.open().await);
+    let id = CallId::new();
+    a.insert_call(record(&id), None).await.unwrap();
+    const N: usize = 60;
+    let writers: Vec<_> = (0..N)
+        .map(|i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            let id = id.clone();
+            tokio::spawn(async move { store.update(&id, append(vec![dtmf(&(i % 10).to_string())])).await })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap().unwrap();
+    }
+    let events = b.events_after(&id, 0, 1000).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=N as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(a.get_call(&id).await.unwrap().unwrap().event_count, N as u64);
+}
+
+both!(list_pages_newest_first);
+async fn list_pages_newest_first(place: &Place) {
+    let store = place.open().await;
+    let mut ids = vec![];
+    for _ in 0..5 {
+        let id = CallId::new();
+        store.insert_call(record(&id), None).await.unwrap();
+        ids.push(id);
+    }
+    let p1 = store.list_calls(2, None).await.unwrap();
+    assert_eq!(
+        p1.calls.iter().map(|c| c.call_id.clone()).collect::<Vec<_>>(),
+        vec![ids[4].clone(), ids[3].clone()]
+    );
+    let p2 = store.list_calls(2, p1.next).await.unwrap();
+    assert_eq!(p2.calls[0].call_id, ids[2]);
+    let p3 = store.list_calls(2, p2.next).await.unwrap();
+    assert_eq!(p3.calls.len(), 1);
+    assert!(p3.next.is_none());
+}
+
+both!(a_request_key_makes_one_call);
+async fn a_request_key_makes_one_call(place: &Place) {
+    let (a, b) = (place.open().await, place.open().await);
+    let key = |fingerprint: &str| RequestKey {
+        id: "req-1".into(),
+        fingerprint: fingerprint.into(),
+    };
+    // The same key on two connections at once: one call.
+    let (first, second) = (CallId::new(), CallId::new());
+    let (x, y) = tokio::join!(
+        a.insert_call(record(&first), Some(key("f1"))),
+        b.insert_call(record(&second), Some(key("f1")))
+    );
+    let (x, y) = (x.unwrap(), y.unwrap());
+    let winner = match (&x, &y) {
+        (Inserted::New, Inserted::Existing(rec)) => {
+            assert_eq!(rec.call_id, first);
+            first
+        }
+        (Inserted::Existing(rec), Inserted::New) => {
+            assert_eq!(rec.call_id, second);
+            second
+        }
+        other => panic!("not one new call and one retry: {other:?}"),
+    };
+    assert_eq!(a.list_calls(10, None).await.unwrap().calls.len(), 1);
+    // Another request under the key is refused, naming the call that has it.
+    match b.insert_call(record(&CallId::new()), Some(key("f2"))).await.unwrap() {
+        Inserted::Mismatch(id) => assert_eq!(id, winner),
+        other => panic!("{other:?}"),
+    }
+    // Calls without a key are never confused.
+    for _ in 0..2 {
+        assert!(matches!(a.insert_call(record(&CallId::new()), None).await.unwrap(), Inserted::New));
+    }
+}
+
+both!(media_is_claimed_once_and_leases_expire_to_one_survivor);
+async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) {
+    let (a, b) = (place.open().await, place.open().await);
+    let lease = |owner: &str, ttl_ms: u64| Lease {
+        owner: owner.into(),
+        ttl: Duration::from_millis(ttl_ms),
+    };
+    let id = CallId::new();
+    a.insert_call(record(&id), None).await.unwrap();
+    let (la, lb) = (lease("A", 200), lease("B", 200));
+    let (x, y) = tokio::join!(a.claim_media(&id, &la), b.claim_media(&id, &lb));
+    assert!(x.unwrap() ^ y.unwrap(), "exactly one claim wins");
+    assert!(!a.claim_media(&id, &lease("A", 200)).await.unwrap(), "never claimed twice");
+    // Renewed: not expired.
+    a.renew_leases(std::slice::from_ref(&id), &lease("A", 60_000)).await.unwrap();
+    b.renew_leases(std::slice::from_ref(&id), &lease("B", 60_000)).await.unwrap();
+    assert!(b.take_expired(&lease("C", 60_000), 10).await.unwrap().is_empty());
+    // Not renewed (a tiny ttl): expired, and taken by exactly one sweeper.
+    a.renew_leases(std::slice::from_ref(&id), &lease("A", 1)).await.unwrap();
+    b.renew_leases(std::slice::from_ref(&id), &lease("B", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (lc, ld) = (lease("C", 60_000), lease("D", 60_000));
+    let (x, y) = tokio::join!(a.take_expired(&lc, 10), b.take_expired(&ld, 10));
+    let taken: Vec<CallId> = x.unwrap().into_iter().chain(y.unwrap()).map(|r| r.call_id).collect();
+    assert_eq!(taken, [id.clone()]);
+    // The old owner's renewal no longer extends it: the call is the taker's.
+    a.renew_leases(std::slice::from_ref(&id), &lease("A", 1)).await.unwrap();
+    b.renew_leases(std::slice::from_ref(&id), &lease("B", 1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(a.take_expired(&lease("E", 60_000), 10).await.unwrap().is_empty());
+    // Calls nobody claimed (queued, ringing) have no lease to expire; ended calls are never taken.
+    let ringing = CallId::new();
+    a.insert_call(record(&ringing), None).await.unwrap();
+    let ended = CallId::new();
+    a.insert_call(record(&ended), None).await.unwrap();
+    a.claim_media(&ended, &lease("A", 1)).await.unwrap();
+    a.update(&ended, |r| {
+        r.status = CallStatus::Completed;
+        vec![]
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(a.take_expired(&lease("F", 60_000), 10).await.unwrap().is_empty());
+    assert!(!a.claim_media(&ended, &lease("A", 1)).await.unwrap(), "an ended call has no media to claim");
+}
+
+both!(replicas_starting_at_once_migrate_once);
+async fn replicas_starting_at_once_migrate_once(place: &Place) {
+    let location = place.location();
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let location = location.clone();
+            tokio::spawn(async move { Store::open(&location).await.map(|_| ()) })
+        })
+        .collect();
+    for o in opens {
+        o.await.unwrap().unwrap();
+    }
+    let store = place.open().await;
+    let id = CallId::new();
+    store.insert_call(record(&id), None).await.unwrap();
+    store.close().await.unwrap();
+    // Reopened: the call is there, live.
+    let store = place.open().await;
+    assert!(store.get_call(&id).await.unwrap().is_some());
+    assert_eq!(store.unfinished_calls().await.unwrap().len(), 1);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn notices_reach_every_replica_in_commit_order() {
+    let place = Place::postgres().await;
+    let (a, b) = (place.open().await, place.open().await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut heard = b.notices(stop.clone()).expect("PostgreSQL carries notices");
+    // The LISTEN is up once a notice of its own arrives.
+    loop {
+        a.notify(&Notice::Resync).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            Ok(Some(Notice::Resync)) => break,
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => continue,
+        }
+    }
+    let id = CallId::new();
+    a.insert_call(record(&id), None).await.unwrap();
+    a.update(&id, append(vec![dtmf("1"), dtmf("2")])).await.unwrap();
+    a.update(&id, append(vec![])).await.unwrap();
+    a.notify(&Notice::StopMedia(id.clone())).await.unwrap();
+    a.update(&id, |r| {
+        let ev = crate::call::lifecycle::end(r, crate::call::lifecycle::Ending::Failed, "test");
+        append(ev)(r)
+    })
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(heard.recv().await.unwrap());
+    }
+    assert_eq!(
+        got,
+        [
+            Notice::Committed {
+                call_id: id.clone(),
+                sequence: 2,
+                terminal: false
+            },
+            Notice::StopMedia(id.clone()),
+            Notice::Committed {
+                call_id: id.clone(),
+                sequence: 3,
+                terminal: true
+            },
+        ],
+        "an update without events says nothing"
+    );
+    stop.cancel();
+    place.remove().await;
+}
+
+#[test]
+fn notice_payloads_round_trip_and_junk_is_refused() {
+    let id = CallId::new();
+    for n in [
+        Notice::Committed {
+            call_id: id.clone(),
+            sequence: 42,
+            terminal: true,
+        },
+        Notice::StopMedia(id.clone()),
+        Notice::Resync,
+    ] {
+        assert_eq!(parse_notice(&notice_payload(&n)), Some(n));
+    }
+    for junk in ["", "c", "c x 1 0", &format!("c {id} -1 0"), &format!("s {id} extra"), "z"] {
+        assert_eq!(parse_notice(junk), None, "{junk:?}");
+    }
+}

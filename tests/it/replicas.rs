@@ -1,0 +1,530 @@
+//! Replicas on PostgreSQL (issue #13), end to end over real sockets: several
+//! `voice-agent-server` processes on one PostgreSQL database (a database of
+//! its own per test), ONE Twilio emulator in the test process that all of
+//! them dial through (its webhooks and media streams go to the load
+//! balancer), and Debian's haproxy as the load balancer, with the
+//! configuration of docs/deploy.md.
+
+// Test code: a failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tonic::transport::Channel;
+use voice_agent_proto::v1 as pb;
+use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
+use voice_agent_server::emulator::twilio::{TwilioEmulator, TwilioEmulatorHandle};
+use voice_agent_server::store::ScratchDatabase;
+use voice_agent_tests::{binary, get_call, place, statuses, watch, watch_rest, watch_until};
+
+/// A free port on loopback (bound, then released for the process to take).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One `voice-agent-server` process; killed on drop.
+struct Replica {
+    name: &'static str,
+    port: u16,
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    /// Everything it printed, as it comes.
+    log: Arc<Mutex<String>>,
+    dir: PathBuf,
+}
+
+impl Replica {
+    fn start(name: &'static str, port: u16, env: Vec<(String, String)>) -> Self {
+        let dir = std::env::temp_dir().join(format!("va-replica-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut replica = Self {
+            name,
+            port,
+            env,
+            child: None,
+            log: Arc::default(),
+            dir,
+        };
+        replica.spawn();
+        replica
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new(binary("voice-agent-server"));
+        cmd.current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "127.0.0.1")
+            .env("PORT", self.port.to_string())
+            .env("WEB_DIR", self.dir.join("no-ui"))
+            .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start voice-agent-server");
+        let (tx, rx) = std::sync::mpsc::channel();
+        for pipe in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let (log, tx, name) = (self.log.clone(), tx.clone(), self.name);
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if line.contains("listening on http://") {
+                        let _ = tx.send(());
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&format!("[{name}] {line}\n"));
+                }
+            });
+        }
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("{} did not start:\n{}", self.name, self.log());
+        }
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn client(&self) -> VoiceAgentServiceClient<Channel> {
+        client_at(&self.url()).await
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {}", self.name);
+    }
+
+    /// SIGKILL: gone at once, nothing wound up.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (drain included).
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let mut child = self.child.take().expect("running");
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {within:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn client_at(url: &str) -> VoiceAgentServiceClient<Channel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
+    VoiceAgentServiceClient::new(channel)
+}
+
+/// haproxy in the foreground with a configuration of its own; killed on drop.
+struct Haproxy {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    /// docs/deploy.md's configuration for `replicas`, plus `routes`:
+    /// (path prefix, replica index) pairs that pin a path to one replica.
+    fn start(port: u16, replicas: &[&Replica], routes: &[(&str, usize)]) -> Self {
+        let dir = std::env::temp_dir().join(format!("va-haproxy-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let template = include_str!("../../docs/haproxy.cfg");
+        let servers = |proto: &str| {
+            replicas
+                .iter()
+                .map(|r| format!("    server {} 127.0.0.1:{}{proto} check\n", r.name, r.port))
+                .collect::<String>()
+        };
+        let mut pins = String::new();
+        let mut pinned = String::new();
+        for (i, (prefix, replica)) in routes.iter().enumerate() {
+            pins.push_str(&format!("    use_backend pin{i} if {{ path_beg {prefix} }}\n"));
+            let r = replicas[*replica];
+            pinned.push_str(&format!(
+                "backend pin{i}\n    server {} 127.0.0.1:{}\n\n",
+                r.name, r.port
+            ));
+        }
+        let config = replace_servers(
+            &replace_servers(template, "# replicas (grpc)\n", &servers(" proto h2")),
+            "# replicas (http)\n",
+            &servers(""),
+        )
+        .replace("bind :8080", &format!("bind 127.0.0.1:{port}"))
+        .replace("    # PINNED ROUTES (tests)\n", &pins)
+            + "\n"
+            + &pinned;
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let haproxy = which("haproxy")
+            .expect("haproxy is not installed: `apt-get install haproxy` (.ci/run installs it)");
+        let child = Command::new(haproxy)
+            .args(["-db", "-f"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start haproxy");
+        let proxy = Self { child, port, dir };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return proxy;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("haproxy does not listen on {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits until haproxy sees `n` replicas ready (its health checks pass).
+    async fn wait_ready(&self, replicas: &[&Replica]) {
+        // The checks run every 500 ms; a replica is up after two in a row.
+        for r in replicas {
+            let url = format!("{}/readyz", r.url());
+            for _ in 0..200 {
+                if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `config` with the lines between `marker` and "# end replicas" replaced by `servers`.
+fn replace_servers(config: &str, marker: &str, servers: &str) -> String {
+    let start = config.find(marker).expect("marker in docs/haproxy.cfg") + marker.len();
+    let end = start + config[start..].find("    # end replicas").expect("end marker");
+    format!("{}{servers}{}", &config[..start], &config[end..])
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// Three replicas (or `n`) on one fresh database behind haproxy, all
+/// dialling through one Twilio emulator whose webhooks go to haproxy.
+struct Cluster {
+    twilio: TwilioEmulatorHandle,
+    replicas: Vec<Replica>,
+    lb: Option<Haproxy>,
+    lb_port: u16,
+    db: Option<ScratchDatabase>,
+}
+
+impl Cluster {
+    async fn start(n: usize, extra: &[(&str, &str)], routes: &[(&str, usize)]) -> Self {
+        let db = ScratchDatabase::create().await;
+        let twilio = TwilioEmulator::start(Default::default()).await.unwrap();
+        let lb_port = free_port();
+        let mut env: Vec<(String, String)> = [
+            ("PUBLIC_URL", format!("http://127.0.0.1:{lb_port}")),
+            ("DATABASE_URL", db.url.clone()),
+            ("TWILIO_ACCOUNT_SID", twilio.account_sid().to_string()),
+            ("TWILIO_AUTH_TOKEN", twilio.auth_token().to_string()),
+            ("TWILIO_PHONE_NUMBER", "+15005550006".to_string()),
+            ("TWILIO_API_BASE_URL", twilio.base_url()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        const NAMES: [&str; 4] = ["r1", "r2", "r3", "r4"];
+        // Started at once: their migrations meet on the fresh database.
+        let replicas: Vec<Replica> = std::thread::scope(|s| {
+            let handles: Vec<_> = NAMES[..n]
+                .iter()
+                .map(|name| {
+                    let env = env.clone();
+                    s.spawn(move || Replica::start(name, free_port(), env))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let lb = Haproxy::start(lb_port, &replicas.iter().collect::<Vec<_>>(), routes);
+        lb.wait_ready(&replicas.iter().collect::<Vec<_>>()).await;
+        Self {
+            twilio,
+            replicas,
+            lb: Some(lb),
+            lb_port,
+            db: Some(db),
+        }
+    }
+
+    fn lb_url(&self) -> String {
+        self.lb.as_ref().map_or_else(|| format!("http://127.0.0.1:{}", self.lb_port), Haproxy::url)
+    }
+
+    fn logs(&self) -> String {
+        self.replicas.iter().map(Replica::log).collect()
+    }
+
+    async fn stop(mut self) {
+        self.lb.take();
+        for r in &mut self.replicas {
+            r.kill();
+        }
+        if let Some(db) = self.db.take() {
+            db.drop_database().await;
+        }
+    }
+}
+
+/// Every event of a call, read through `client` from the start.
+async fn all_events(client: &mut VoiceAgentServiceClient<Channel>, call_id: &str) -> Vec<pb::CallEvent> {
+    let mut stream = watch(client, call_id, 0).await;
+    watch_rest(&mut stream, Duration::from_secs(120)).await
+}
+
+fn sequences(events: &[pb::CallEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.sequence).collect()
+}
+
+fn is_terminal(ev: &pb::CallEvent) -> bool {
+    statuses(std::slice::from_ref(ev)).iter().any(|s| {
+        matches!(
+            s,
+            pb::CallStatus::Completed
+                | pb::CallStatus::Failed
+                | pb::CallStatus::Busy
+                | pb::CallStatus::NoAnswer
+                | pb::CallStatus::Canceled
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_call_across_three_replicas_is_watched_whole_everywhere() {
+    // TwiML on r1, status callbacks on r2, the media stream on r3: pinned by haproxy.
+    let cluster = Cluster::start(
+        3,
+        &[],
+        &[("/twilio/twiml", 0), ("/twilio/status", 1), ("/ws/media/", 2)],
+    )
+    .await;
+    // Placed on r1 directly; watched from the start on r2, on r3, and
+    // through the load balancer (any replica).
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550106")).await.unwrap().into_inner();
+    let id = placed.call_id.clone();
+    let mut watchers = Vec::new();
+    for url in [cluster.replicas[1].url(), cluster.replicas[2].url(), cluster.lb_url()] {
+        let id = id.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut client = client_at(&url).await;
+            all_events(&mut client, &id).await
+        }));
+    }
+    let mut streams = Vec::new();
+    for w in watchers {
+        streams.push(w.await.unwrap());
+    }
+    let stored = get_call(&mut r1, &id).await;
+    let n = stored.event_count;
+    assert!(n > 5, "a whole call: {stored:?}");
+    for events in &streams {
+        assert_eq!(sequences(events), (1..=n).collect::<Vec<_>>(), "every event once, in order");
+        assert_eq!(events, &streams[0], "the same events everywhere");
+    }
+    assert_eq!(
+        statuses(&streams[0]).last(),
+        Some(&pb::CallStatus::Completed),
+        "{:?}",
+        statuses(&streams[0])
+    );
+    // Each part ran where haproxy sent it.
+    let report = cluster.twilio.call(&placed.provider_call_id).expect("the emulator has the call");
+    assert_eq!(report.twiml_fetches.len(), 1);
+    assert!(report.stream().is_some(), "{report:?}");
+    let [l1, l2, l3] = [0, 1, 2].map(|i| cluster.replicas[i].log());
+    assert!(
+        l3.contains("media bridge ended") && !l1.contains("media bridge ended") && !l2.contains("media bridge ended"),
+        "the bridge ran on r3:\n{}",
+        cluster.logs()
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_same_request_id_on_two_replicas_at_once_is_one_call() {
+    let cluster = Cluster::start(2, &[], &[]).await;
+    let (mut a, mut b) = (cluster.replicas[0].client().await, cluster.replicas[1].client().await);
+    let req = pb::PlaceCallRequest {
+        request_id: format!("order-{}", uuid::Uuid::new_v4()),
+        ..place("+15550103")
+    };
+    let (x, y) = tokio::join!(a.place_call(req.clone()), b.place_call(req.clone()));
+    let (x, y) = (x.unwrap().into_inner(), y.unwrap().into_inner());
+    assert_eq!(x.call_id, y.call_id);
+    assert_eq!(cluster.twilio.call_sids().len(), 1, "dialled once");
+    // A different request under the same id is refused, naming the call.
+    let other = pb::PlaceCallRequest {
+        instructions: "something else".into(),
+        ..req.clone()
+    };
+    let refused = a.place_call(other).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(refused.message().contains(&x.call_id), "{refused:?}");
+    // A retry later, through the load balancer, is the same call again.
+    let mut lb = client_at(&cluster.lb_url()).await;
+    let again = lb.place_call(req).await.unwrap().into_inner();
+    assert_eq!(again.call_id, x.call_id);
+    assert_eq!(cluster.twilio.call_sids().len(), 1, "still dialled once");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bridge_whose_replica_stops_answering_is_failed_by_a_survivor() {
+    // The media stream is pinned to r3; r3 is frozen (SIGSTOP) mid-call: its
+    // sockets stay open, so the provider notices nothing, and only the lease
+    // tells the survivors. Then it is killed for good (SIGKILL).
+    let cluster = Cluster::start(3, &[], &[("/ws/media/", 2)]).await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550100")).await.unwrap().into_inner();
+    let mut stream = watch(&mut r1, &placed.call_id, 0).await;
+    watch_until(&mut stream, Duration::from_secs(60), voice_agent_tests::is_transcript).await;
+    cluster.replicas[2].signal("-STOP");
+    let rest = watch_rest(&mut stream, Duration::from_secs(120)).await;
+    let last = rest.last().expect("the call ends");
+    assert_eq!(statuses(std::slice::from_ref(last)), [pb::CallStatus::Failed], "{rest:?}");
+    let stored = get_call(&mut r1, &placed.call_id).await;
+    assert!(
+        stored.end_reason.contains("another replica ended the call"),
+        "{stored:?}\n{}",
+        cluster.logs()
+    );
+    // The provider was asked to hang up (a REST update with Status=completed).
+    let report = cluster.twilio.call(&placed.provider_call_id).unwrap();
+    assert!(
+        report
+            .updates
+            .iter()
+            .any(|u| u.iter().any(|(k, v)| k == "Status" && v == "completed")),
+        "{report:?}"
+    );
+    let mut cluster = cluster;
+    cluster.replicas[2].kill();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_bridge_replica_ends_its_call_with_a_reason_on_a_survivor() {
+    // SIGKILL: the media socket closes with the process, so the provider
+    // ends <Connect> and the call (protocols.md §4); its final status lands
+    // on a survivor. The watcher on a survivor sees the end, with a reason.
+    let mut cluster = Cluster::start(3, &[], &[("/ws/media/", 2)]).await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550100")).await.unwrap().into_inner();
+    let mut stream = watch(&mut r1, &placed.call_id, 0).await;
+    let before = watch_until(&mut stream, Duration::from_secs(60), voice_agent_tests::is_transcript).await;
+    cluster.replicas[2].kill();
+    let rest = watch_rest(&mut stream, Duration::from_secs(120)).await;
+    let all: Vec<_> = before.into_iter().chain(rest).collect();
+    assert!(all.last().is_some_and(is_terminal), "{all:?}");
+    assert_eq!(sequences(&all), (1..=all.len() as u64).collect::<Vec<_>>());
+    let stored = get_call(&mut r1, &placed.call_id).await;
+    assert!(!stored.end_reason.is_empty(), "{stored:?}");
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_under_live_calls_loses_no_event() {
+    const CALLS: usize = 50;
+    let mut cluster = Cluster::start(3, &[("DRAIN_TIMEOUT", "60")], &[]).await;
+    let lb = cluster.lb_url();
+    // Placed through the load balancer, a few at a time, each with a
+    // request_id so a retry (a replica that began draining) is safe.
+    let mut placed = Vec::new();
+    let mut client = client_at(&lb).await;
+    for i in 0..CALLS {
+        let req = pb::PlaceCallRequest {
+            request_id: format!("roll-{i}"),
+            ..place("+15550100")
+        };
+        placed.push(client.place_call(req).await.unwrap().into_inner().call_id);
+    }
+    // Restart each replica in turn while the calls run.
+    for i in 0..cluster.replicas.len() {
+        let status = cluster.replicas[i].terminate(Duration::from_secs(120));
+        assert!(status.success(), "{status:?}\n{}", cluster.replicas[i].log());
+        cluster.replicas[i].spawn();
+    }
+    // Every call ends with a reason, and its whole log reads back in order,
+    // through the load balancer.
+    let mut ends = HashMap::new();
+    for id in &placed {
+        let events = all_events(&mut client, id).await;
+        let stored = get_call(&mut client, id).await;
+        assert_eq!(
+            sequences(&events),
+            (1..=stored.event_count).collect::<Vec<_>>(),
+            "{id}: no event lost"
+        );
+        assert!(events.last().is_some_and(is_terminal), "{id}: {events:?}");
+        assert!(!stored.end_reason.is_empty(), "{id}: {stored:?}");
+        *ends.entry(stored.end_reason).or_insert(0) += 1;
+    }
+    eprintln!("how the {CALLS} calls ended: {ends:?}");
+    cluster.stop().await;
+}
