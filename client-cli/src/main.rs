@@ -113,6 +113,9 @@ struct CallArgs {
     /// Label echoed on the call record, as key=value; repeat for more.
     #[arg(long, value_parser = args::parse_key_value, value_name = "KEY=VALUE")]
     metadata: Vec<(String, String)>,
+    /// Idempotency key (e.g. a UUID): a retry with the same id returns the same call and never dials twice.
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
     /// Follow the call until it ends (exit status = its outcome, see below).
     #[arg(long)]
     watch: bool,
@@ -231,6 +234,7 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
             seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: 0,
         }),
+        request_id: call.request_id.clone().unwrap_or_default(),
     }
 }
 
