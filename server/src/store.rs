@@ -115,6 +115,13 @@ pub struct Lease {
     pub ttl: Duration,
 }
 
+/// How long an answered call may wait for its media stream to reach a
+/// replica: the store gives it a lease without an owner for that long when it
+/// is answered, so a stream that never arrives (its upgrade refused by a
+/// replica going away, say) and a lost final status leave no call live for
+/// ever: the sweep ends it. Twilio opens the stream right after the TwiML.
+pub const MEDIA_WAIT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 enum Engine {
     Sqlite(sqlite::SqliteStore),

@@ -20,7 +20,9 @@ use tonic::transport::Channel;
 use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
 use voice_agent_server::emulator::twilio::{TwilioEmulator, TwilioEmulatorHandle};
-use voice_agent_server::store::ScratchDatabase;
+use voice_agent_server::call::CallId;
+use voice_agent_server::config::{DatabaseLocation, Secret};
+use voice_agent_server::store::{ScratchDatabase, Store};
 use voice_agent_tests::{binary, get_call, place, statuses, watch, watch_rest, watch_until};
 
 /// A free port on loopback (bound, then released for the process to take).
@@ -202,7 +204,7 @@ impl Haproxy {
         let haproxy = which("haproxy")
             .expect("haproxy is not installed: `apt-get install haproxy` (.ci/run installs it)");
         let child = Command::new(haproxy)
-            .args(["-db", "-f"])
+            .args(["-db", "-q", "-f"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -504,27 +506,83 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
         };
         placed.push(client.place_call(req).await.unwrap().into_inner().call_id);
     }
-    // Restart each replica in turn while the calls run.
+    // Restart each replica in turn while the calls run, as a rolling deploy
+    // does: the next one stops once the load balancer sends to the new one.
+    let mut stream = watch(&mut client, &placed[0], 0).await;
+    watch_until(&mut stream, Duration::from_secs(60), voice_agent_tests::is_transcript).await;
     for i in 0..cluster.replicas.len() {
         let status = cluster.replicas[i].terminate(Duration::from_secs(120));
         assert!(status.success(), "{status:?}\n{}", cluster.replicas[i].log());
         cluster.replicas[i].spawn();
+        let lb = cluster.lb.as_ref().unwrap();
+        lb.wait_ready(&[&cluster.replicas[i]]).await;
     }
-    // Every call ends with a reason, and its whole log reads back in order,
-    // through the load balancer.
+    // Every call ends (within two minutes: no timing is asserted, only that
+    // nothing is left live), with a reason, and its whole log reads back in
+    // order, through the load balancer.
+    let mut live = Vec::new();
+    for _ in 0..240 {
+        live.clear();
+        for id in &placed {
+            let call = get_call(&mut client, id).await;
+            if !matches!(
+                pb::CallStatus::try_from(call.status),
+                Ok(pb::CallStatus::Completed
+                    | pb::CallStatus::Failed
+                    | pb::CallStatus::Busy
+                    | pb::CallStatus::NoAnswer
+                    | pb::CallStatus::Canceled)
+            ) {
+                live.push(call);
+            }
+        }
+        if live.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(live.is_empty(), "calls left live: {live:#?}\n{}", cluster.logs().lines().filter(|l| live.iter().any(|c| l.contains(&c.call_id))).collect::<Vec<_>>().join("\n"));
+    let store = Store::open(&DatabaseLocation::Postgres(Secret::new(
+        cluster.db.as_ref().unwrap().url.clone(),
+    )))
+    .await
+    .unwrap();
     let mut ends = HashMap::new();
+    let mut late = Vec::new();
     for id in &placed {
         let events = all_events(&mut client, id).await;
         let stored = get_call(&mut client, id).await;
+        // The stored log, read from the database itself: gapless.
+        let stored_events = store.events_after(&CallId::parse(id).unwrap(), 0, 10_000).await.unwrap();
+        assert_eq!(
+            stored_events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=stored.event_count).collect::<Vec<_>>(),
+            "{id}: the stored log is gapless"
+        );
+        // WatchCall streams a call up to its terminal status (the contract):
+        // every stored event up to there, once, in order.
+        let until_end = stored_events
+            .iter()
+            .position(|e| e.kind.terminal_status().is_some())
+            .map_or(0, |i| i + 1);
         assert_eq!(
             sequences(&events),
-            (1..=stored.event_count).collect::<Vec<_>>(),
+            (1..=until_end as u64).collect::<Vec<_>>(),
             "{id}: no event lost"
         );
+        if until_end < stored_events.len() {
+            late.push((id.clone(), stored_events[until_end..].to_vec()));
+        }
         assert!(events.last().is_some_and(is_terminal), "{id}: {events:?}");
         assert!(!stored.end_reason.is_empty(), "{id}: {stored:?}");
         *ends.entry(stored.end_reason).or_insert(0) += 1;
     }
-    eprintln!("how the {CALLS} calls ended: {ends:?}");
+    eprintln!("how the {CALLS} calls ended: {ends:#?}");
+    // Events stored after the end: a bridge's last writes when its call was
+    // ended elsewhere (a lease taken over under load); stored, not streamed.
+    eprintln!("calls with events after their end: {}", late.len());
+    for (id, events) in &late {
+        eprintln!("  {id}: {:?}", events.iter().map(|e| e.sequence).collect::<Vec<_>>());
+    }
     cluster.stop().await;
 }

@@ -55,9 +55,10 @@ const RECOVER_CONCURRENCY: usize = 8;
 /// How long a media bridge's lease lasts unless its replica renews it. A
 /// replica killed mid-call loses its calls to a survivor within this plus
 /// [`SWEEP_EVERY`] (issue #13: within 15 s).
-pub const LEASE_TTL: Duration = Duration::from_secs(8);
-/// How often a replica renews the leases of its bridges (a few renewals fit
-/// in one lease, so a slow database round trip does not lose one).
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often a replica renews the leases of its bridges (five renewals fit
+/// in one lease, so a slow database round trip or a busy pool does not lose
+/// one).
 const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// How often a replica looks for expired leases.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
@@ -311,16 +312,27 @@ impl CallHub {
         if !self.store.shared() {
             return;
         }
+        // Two tasks: a sweep waits for provider requests (taking over many
+        // calls can take seconds), and must never delay this replica's own
+        // renewals, or its leases would expire under it.
         let hub = self.clone();
         tokio::spawn(async move {
             let mut renew = tokio::time::interval(RENEW_EVERY);
-            let mut sweep = tokio::time::interval(SWEEP_EVERY);
             renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = hub.watchers_end.cancelled() => return,
                     _ = renew.tick() => hub.renew_leases().await,
+                }
+            }
+        });
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(SWEEP_EVERY);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = hub.watchers_end.cancelled() => return,
                     _ = sweep.tick() => hub.sweep(telephony.as_ref()).await,
                 }
             }

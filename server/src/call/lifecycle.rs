@@ -32,10 +32,10 @@ pub const RESTART_HANG_UP_FAILED_REASON: &str =
 /// surviving replica ended it and hung it up with the provider (an error
 /// event follows if the provider refused).
 pub const TAKEOVER_HUNG_UP_REASON: &str =
-    "the replica serving the call's media stopped; another replica ended the call and asked the provider to hang it up";
+    "no replica serves the call's media any more (its replica stopped, or the stream never arrived); another replica ended the call and asked the provider to hang it up";
 /// Like [`TAKEOVER_HUNG_UP_REASON`], when the provider refused the hang-up (an error event says why).
 pub const TAKEOVER_HANG_UP_FAILED_REASON: &str =
-    "the replica serving the call's media stopped; hanging the call up with the provider failed";
+    "no replica serves the call's media any more; hanging the call up with the provider failed";
 
 /// A status callback of the telephony provider, parsed (protocols.md §2.1).
 #[derive(Clone, Debug, PartialEq, Eq)]

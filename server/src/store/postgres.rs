@@ -217,7 +217,15 @@ impl PgStore {
                 .await?;
         }
         let set = tx
-            .prepare_cached("UPDATE calls SET provider_call_id = $2, status = $3, record = $4 WHERE call_id = $1")
+            // An answered call whose media stream no replica claimed yet gets
+            // a lease of its own (see `MEDIA_WAIT`): should the stream never
+            // arrive, the sweep ends the call.
+            .prepare_cached(
+                "UPDATE calls SET provider_call_id = $2, status = $3, record = $4,
+                     lease_until = CASE WHEN lease_until IS NULL AND media_owner IS NULL AND $3 = 'in_progress'
+                                        THEN now() + $5::FLOAT8 * interval '1 millisecond' ELSE lease_until END
+                 WHERE call_id = $1",
+            )
             .await?;
         tx.execute(
             &set,
@@ -226,6 +234,7 @@ impl PgStore {
                 &record.provider_call_id,
                 &status_text(record.status),
                 &serde_json::to_string(&record)?,
+                &(super::MEDIA_WAIT.as_secs_f64() * 1000.0),
             ],
         )
         .await?;

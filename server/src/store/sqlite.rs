@@ -149,13 +149,20 @@ impl SqliteStore {
                     ])?;
                 }
             }
+            // An answered call whose media stream nobody claimed yet gets a
+            // lease of its own (see `MEDIA_WAIT`).
+            let media_wait = Utc::now().timestamp_millis() + super::MEDIA_WAIT.as_millis() as i64;
             tx.execute(
-                "UPDATE calls SET provider_call_id = ?2, status = ?3, record = ?4 WHERE call_id = ?1",
+                "UPDATE calls SET provider_call_id = ?2, status = ?3, record = ?4,
+                     lease_until = CASE WHEN lease_until IS NULL AND media_owner IS NULL AND ?3 = 'in_progress'
+                                        THEN ?5 ELSE lease_until END
+                 WHERE call_id = ?1",
                 params![
                     id.as_str(),
                     record.provider_call_id,
                     status_text(record.status),
-                    serde_json::to_string(&record)?
+                    serde_json::to_string(&record)?,
+                    media_wait
                 ],
             )?;
             tx.commit()?;
