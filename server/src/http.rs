@@ -319,7 +319,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             tracing::warn!(error = %e, "not ready: the call store does not answer");
             (StatusCode::SERVICE_UNAVAILABLE, "the call store does not answer\n").into_response()
         }
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "the call store does not answer in time\n").into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the call store does not answer in time\n",
+        )
+            .into_response(),
     }
 }
 

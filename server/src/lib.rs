@@ -15,8 +15,10 @@
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
 //!   call/error      ErrorCode / NoticeCode: the codes clients see, spelled once
-//!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams
-//! store.rs     SQLite call store with migrations; append-only event log
+//!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams, media leases
+//! store.rs     the call store seam: SQLite (one process) or PostgreSQL (replicas, docs/deploy.md)
+//!   store/sqlite    SQLite with migrations; append-only event log
+//!   store/postgres  PostgreSQL: pool, row-locked changes, migrations under an advisory lock, LISTEN/NOTIFY
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
 //!   telephony/twilio   the Twilio REST client (wire formats re-exported from `voice-agent-wire`)
 //!   telephony/provider `Telephony` implemented over the Twilio REST client
@@ -42,7 +44,8 @@
 //! Twilio's webhooks land in [`http`], which only checks signatures and
 //! translates. The media WebSocket is handed to a [`bridge`] actor that owns
 //! both sockets. Every event goes through the [`call::hub`]: committed to the
-//! [`store`] first, then broadcast to `WatchCall` streams.
+//! [`store`] first, then broadcast to `WatchCall` streams (and, on PostgreSQL,
+//! announced to the other replicas, whose watchers re-read the store).
 
 /// μ-law codec and resamplers (the `voice-agent-audio` crate).
 pub use voice_agent_audio as audio;
@@ -366,13 +369,20 @@ async fn drain(state: &AppState) {
     if timeout.is_zero() {
         return;
     }
-    tracing::info!(bridges = state.bridges.len(), ?timeout, "draining: no new calls; live calls run on");
+    tracing::info!(
+        bridges = state.bridges.len(),
+        ?timeout,
+        "draining: no new calls; live calls run on"
+    );
     // Closing only changes what `wait` waits for: a media stream that still
     // lands here (its call was answered before the load balancer noticed) is
     // tracked and waited for too.
     state.bridges.close();
     if tokio::time::timeout(timeout, state.bridges.wait()).await.is_err() {
-        tracing::warn!(bridges = state.bridges.len(), "the drain timed out; ending the calls still live");
+        tracing::warn!(
+            bridges = state.bridges.len(),
+            "the drain timed out; ending the calls still live"
+        );
     }
     state.bridges.reopen();
 }

@@ -345,9 +345,7 @@ impl ScratchDatabase {
 
     async fn admin(admin: &tokio_postgres::Config, shown: &str, sql: &str) {
         let (client, connection) = admin.connect(tokio_postgres::NoTls).await.unwrap_or_else(|e| {
-            panic!(
-                "PostgreSQL does not answer at {shown} ({e}): tests/run.sh starts one; or set TEST_DATABASE_URL"
-            )
+            panic!("PostgreSQL does not answer at {shown} ({e}): tests/run.sh starts one; or set TEST_DATABASE_URL")
         });
         let driver = tokio::spawn(connection);
         client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));

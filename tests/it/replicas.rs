@@ -19,9 +19,9 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
-use voice_agent_server::emulator::twilio::{TwilioEmulator, TwilioEmulatorHandle};
 use voice_agent_server::call::CallId;
 use voice_agent_server::config::{DatabaseLocation, Secret};
+use voice_agent_server::emulator::twilio::{TwilioEmulator, TwilioEmulatorHandle};
 use voice_agent_server::store::{ScratchDatabase, Store};
 use voice_agent_tests::{binary, get_call, place, statuses, watch, watch_rest, watch_until};
 
@@ -201,8 +201,8 @@ impl Haproxy {
             + &pinned;
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
-        let haproxy = which("haproxy")
-            .expect("haproxy is not installed: `apt-get install haproxy` (.ci/run installs it)");
+        let haproxy =
+            which("haproxy").expect("haproxy is not installed: `apt-get install haproxy` (.ci/run installs it)");
         let child = Command::new(haproxy)
             .args(["-db", "-q", "-f"])
             .arg(&path)
@@ -315,7 +315,9 @@ impl Cluster {
     }
 
     fn lb_url(&self) -> String {
-        self.lb.as_ref().map_or_else(|| format!("http://127.0.0.1:{}", self.lb_port), Haproxy::url)
+        self.lb
+            .as_ref()
+            .map_or_else(|| format!("http://127.0.0.1:{}", self.lb_port), Haproxy::url)
     }
 
     fn logs(&self) -> String {
@@ -386,7 +388,11 @@ async fn one_call_across_three_replicas_is_watched_whole_everywhere() {
     let n = stored.event_count;
     assert!(n > 5, "a whole call: {stored:?}");
     for events in &streams {
-        assert_eq!(sequences(events), (1..=n).collect::<Vec<_>>(), "every event once, in order");
+        assert_eq!(
+            sequences(events),
+            (1..=n).collect::<Vec<_>>(),
+            "every event once, in order"
+        );
         assert_eq!(events, &streams[0], "the same events everywhere");
     }
     assert_eq!(
@@ -396,7 +402,10 @@ async fn one_call_across_three_replicas_is_watched_whole_everywhere() {
         statuses(&streams[0])
     );
     // Each part ran where haproxy sent it.
-    let report = cluster.twilio.call(&placed.provider_call_id).expect("the emulator has the call");
+    let report = cluster
+        .twilio
+        .call(&placed.provider_call_id)
+        .expect("the emulator has the call");
     assert_eq!(report.twiml_fetches.len(), 1);
     assert!(report.stream().is_some(), "{report:?}");
     let [l1, l2, l3] = [0, 1, 2].map(|i| cluster.replicas[i].log());
@@ -449,7 +458,11 @@ async fn a_bridge_whose_replica_stops_answering_is_failed_by_a_survivor() {
     cluster.replicas[2].signal("-STOP");
     let rest = watch_rest(&mut stream, Duration::from_secs(120)).await;
     let last = rest.last().expect("the call ends");
-    assert_eq!(statuses(std::slice::from_ref(last)), [pb::CallStatus::Failed], "{rest:?}");
+    assert_eq!(
+        statuses(std::slice::from_ref(last)),
+        [pb::CallStatus::Failed],
+        "{rest:?}"
+    );
     let stored = get_call(&mut r1, &placed.call_id).await;
     assert!(
         stored.end_reason.contains("another replica ended the call"),
@@ -492,14 +505,18 @@ async fn a_killed_bridge_replica_ends_its_call_with_a_reason_on_a_survivor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_under_live_calls_loses_no_event() {
-    const CALLS: usize = 50;
+    // The 50; fewer by REPLICA_TEST_CALLS on a small machine.
+    let calls: usize = std::env::var("REPLICA_TEST_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50);
     let mut cluster = Cluster::start(3, &[("DRAIN_TIMEOUT", "60")], &[]).await;
     let lb = cluster.lb_url();
     // Placed through the load balancer, a few at a time, each with a
     // request_id so a retry (a replica that began draining) is safe.
     let mut placed = Vec::new();
     let mut client = client_at(&lb).await;
-    for i in 0..CALLS {
+    for i in 0..calls {
         let req = pb::PlaceCallRequest {
             request_id: format!("roll-{i}"),
             ..place("+15550100")
@@ -541,7 +558,16 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(live.is_empty(), "calls left live: {live:#?}\n{}", cluster.logs().lines().filter(|l| live.iter().any(|c| l.contains(&c.call_id))).collect::<Vec<_>>().join("\n"));
+    assert!(
+        live.is_empty(),
+        "calls left live: {live:#?}\n{}",
+        cluster
+            .logs()
+            .lines()
+            .filter(|l| live.iter().any(|c| l.contains(&c.call_id)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let store = Store::open(&DatabaseLocation::Postgres(Secret::new(
         cluster.db.as_ref().unwrap().url.clone(),
     )))
@@ -553,7 +579,10 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
         let events = all_events(&mut client, id).await;
         let stored = get_call(&mut client, id).await;
         // The stored log, read from the database itself: gapless.
-        let stored_events = store.events_after(&CallId::parse(id).unwrap(), 0, 10_000).await.unwrap();
+        let stored_events = store
+            .events_after(&CallId::parse(id).unwrap(), 0, 10_000)
+            .await
+            .unwrap();
         assert_eq!(
             stored_events.iter().map(|e| e.sequence).collect::<Vec<_>>(),
             (1..=stored.event_count).collect::<Vec<_>>(),
@@ -577,7 +606,7 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
         assert!(!stored.end_reason.is_empty(), "{id}: {stored:?}");
         *ends.entry(stored.end_reason).or_insert(0) += 1;
     }
-    eprintln!("how the {CALLS} calls ended: {ends:#?}");
+    eprintln!("how the {calls} calls ended: {ends:#?}");
     // Events stored after the end: a bridge's last writes when its call was
     // ended elsewhere (a lease taken over under load); stored, not streamed.
     eprintln!("calls with events after their end: {}", late.len());

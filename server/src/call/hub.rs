@@ -368,7 +368,10 @@ impl CallHub {
         if taken.is_empty() {
             return;
         }
-        tracing::warn!(calls = taken.len(), "took over calls whose media replica is gone; hanging them up");
+        tracing::warn!(
+            calls = taken.len(),
+            "took over calls whose media replica is gone; hanging them up"
+        );
         if let Err(e) = self.end_orphans(telephony, taken, &TAKEOVER).await {
             tracing::error!(error = %e, "a call taken over was not ended");
         }

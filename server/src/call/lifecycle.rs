@@ -31,8 +31,7 @@ pub const RESTART_HANG_UP_FAILED_REASON: &str =
 /// renewing its lease (killed, hung, or cut off from the database): a
 /// surviving replica ended it and hung it up with the provider (an error
 /// event follows if the provider refused).
-pub const TAKEOVER_HUNG_UP_REASON: &str =
-    "no replica serves the call's media any more (its replica stopped, or the stream never arrived); another replica ended the call and asked the provider to hang it up";
+pub const TAKEOVER_HUNG_UP_REASON: &str = "no replica serves the call's media any more (its replica stopped, or the stream never arrived); another replica ended the call and asked the provider to hang it up";
 /// Like [`TAKEOVER_HUNG_UP_REASON`], when the provider refused the hang-up (an error event says why).
 pub const TAKEOVER_HANG_UP_FAILED_REASON: &str =
     "no replica serves the call's media any more; hanging the call up with the provider failed";

@@ -141,7 +141,11 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn insert_call(&self, record: CallRecord, key: Option<RequestKey>) -> Result<Inserted, StoreError> {
+    pub(super) async fn insert_call(
+        &self,
+        record: CallRecord,
+        key: Option<RequestKey>,
+    ) -> Result<Inserted, StoreError> {
         let client = self.client().await?;
         let json = serde_json::to_string(&record)?;
         let (request_id, fingerprint) = match &key {
@@ -193,7 +197,10 @@ impl PgStore {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_opt("SELECT record FROM calls WHERE call_id = $1 FOR UPDATE", &[&id.as_str()])
+            .query_opt(
+                "SELECT record FROM calls WHERE call_id = $1 FOR UPDATE",
+                &[&id.as_str()],
+            )
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut record: CallRecord = serde_json::from_str(row.get::<_, &str>(0))?;
@@ -213,8 +220,7 @@ impl PgStore {
                      SELECT $1, * FROM unnest($2::BIGINT[], $3::TEXT[], $4::TEXT[])",
                 )
                 .await?;
-            tx.execute(&insert, &[&id.as_str(), &sequences, &times, &kinds])
-                .await?;
+            tx.execute(&insert, &[&id.as_str(), &sequences, &times, &kinds]).await?;
         }
         let set = tx
             // An answered call whose media stream no replica claimed yet gets
@@ -260,7 +266,12 @@ impl PgStore {
         Ok(row.map(|r| serde_json::from_str(r.get::<_, &str>(0))).transpose()?)
     }
 
-    pub(super) async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
+    pub(super) async fn events_after(
+        &self,
+        id: &CallId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CallEvent>, StoreError> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(

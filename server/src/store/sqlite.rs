@@ -83,7 +83,11 @@ impl SqliteStore {
         .map_err(|e| StoreError::Join(e.to_string()))?
     }
 
-    pub(super) async fn insert_call(&self, record: CallRecord, key: Option<RequestKey>) -> Result<Inserted, StoreError> {
+    pub(super) async fn insert_call(
+        &self,
+        record: CallRecord,
+        key: Option<RequestKey>,
+    ) -> Result<Inserted, StoreError> {
         self.with(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             if let Some(key) = &key {
@@ -184,7 +188,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn events_after(&self, id: &CallId, after: u64, limit: usize) -> Result<Vec<CallEvent>, StoreError> {
+    pub(super) async fn events_after(
+        &self,
+        id: &CallId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<CallEvent>, StoreError> {
         let id = id.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with(move |c| {
@@ -268,9 +277,8 @@ impl SqliteStore {
         self.with(move |c| {
             let tx = c.transaction()?;
             {
-                let mut stmt = tx.prepare_cached(
-                    "UPDATE calls SET lease_until = ?3 WHERE call_id = ?1 AND media_owner = ?2",
-                )?;
+                let mut stmt =
+                    tx.prepare_cached("UPDATE calls SET lease_until = ?3 WHERE call_id = ?1 AND media_owner = ?2")?;
                 for id in &ids {
                     stmt.execute(params![id.as_str(), owner, until])?;
                 }

@@ -105,7 +105,10 @@ both!(an_update_stores_the_record_and_its_events_together);
 async fn an_update_stores_the_record_and_its_events_together(place: &Place) {
     let store = place.open().await;
     let id = CallId::new();
-    assert!(matches!(store.insert_call(record(&id), None).await.unwrap(), Inserted::New));
+    assert!(matches!(
+        store.insert_call(record(&id), None).await.unwrap(),
+        Inserted::New
+    ));
     let (rec, events) = store.update(&id, append(vec![dtmf("1"), dtmf("2")])).await.unwrap();
     assert_eq!(rec.event_count, 2);
     assert_eq!(events.iter().map(|e| e.sequence).collect::<Vec<_>>(), [1, 2]);
@@ -209,7 +212,10 @@ async fn a_request_key_makes_one_call(place: &Place) {
     }
     // Calls without a key are never confused.
     for _ in 0..2 {
-        assert!(matches!(a.insert_call(record(&CallId::new()), None).await.unwrap(), Inserted::New));
+        assert!(matches!(
+            a.insert_call(record(&CallId::new()), None).await.unwrap(),
+            Inserted::New
+        ));
     }
 }
 
@@ -225,10 +231,17 @@ async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) 
     let (la, lb) = (lease("A", 200), lease("B", 200));
     let (x, y) = tokio::join!(a.claim_media(&id, &la), b.claim_media(&id, &lb));
     assert!(x.unwrap() ^ y.unwrap(), "exactly one claim wins");
-    assert!(!a.claim_media(&id, &lease("A", 200)).await.unwrap(), "never claimed twice");
+    assert!(
+        !a.claim_media(&id, &lease("A", 200)).await.unwrap(),
+        "never claimed twice"
+    );
     // Renewed: not expired.
-    a.renew_leases(std::slice::from_ref(&id), &lease("A", 60_000)).await.unwrap();
-    b.renew_leases(std::slice::from_ref(&id), &lease("B", 60_000)).await.unwrap();
+    a.renew_leases(std::slice::from_ref(&id), &lease("A", 60_000))
+        .await
+        .unwrap();
+    b.renew_leases(std::slice::from_ref(&id), &lease("B", 60_000))
+        .await
+        .unwrap();
     assert!(b.take_expired(&lease("C", 60_000), 10).await.unwrap().is_empty());
     // Not renewed (a tiny ttl): expired, and taken by exactly one sweeper.
     a.renew_leases(std::slice::from_ref(&id), &lease("A", 1)).await.unwrap();
@@ -257,7 +270,10 @@ async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) 
     .unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(a.take_expired(&lease("F", 60_000), 10).await.unwrap().is_empty());
-    assert!(!a.claim_media(&ended, &lease("A", 1)).await.unwrap(), "an ended call has no media to claim");
+    assert!(
+        !a.claim_media(&ended, &lease("A", 1)).await.unwrap(),
+        "an ended call has no media to claim"
+    );
 }
 
 both!(replicas_starting_at_once_migrate_once);
@@ -348,7 +364,14 @@ fn notice_payloads_round_trip_and_junk_is_refused() {
     ] {
         assert_eq!(parse_notice(&notice_payload(&n)), Some(n));
     }
-    for junk in ["", "c", "c x 1 0", &format!("c {id} -1 0"), &format!("s {id} extra"), "z"] {
+    for junk in [
+        "",
+        "c",
+        "c x 1 0",
+        &format!("c {id} -1 0"),
+        &format!("s {id} extra"),
+        "z",
+    ] {
         assert_eq!(parse_notice(junk), None, "{junk:?}");
     }
 }
