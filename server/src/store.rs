@@ -125,7 +125,8 @@ pub const MEDIA_WAIT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 enum Engine {
     Sqlite(sqlite::SqliteStore),
-    Postgres(postgres::PgStore),
+    // Boxed: the pool's configuration is large, and a Store is cloned per task.
+    Postgres(Box<postgres::PgStore>),
 }
 
 /// The call store. Cheap to clone.
@@ -156,7 +157,7 @@ impl Store {
         let engine = match location {
             DatabaseLocation::Memory => Engine::Sqlite(sqlite::SqliteStore::open(None)?),
             DatabaseLocation::File(path) => Engine::Sqlite(sqlite::SqliteStore::open(Some(path))?),
-            DatabaseLocation::Postgres(url) => Engine::Postgres(postgres::PgStore::open(url.expose()).await?),
+            DatabaseLocation::Postgres(url) => Engine::Postgres(Box::new(postgres::PgStore::open(url.expose()).await?)),
         };
         Ok(Self {
             engine,

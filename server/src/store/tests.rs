@@ -45,7 +45,7 @@ fn dtmf(d: &str) -> EventKind {
 /// second replica, or a second process on the SQLite file).
 enum Place {
     Sqlite(std::path::PathBuf),
-    Postgres(ScratchDatabase),
+    Postgres(Box<ScratchDatabase>),
 }
 
 impl Place {
@@ -55,7 +55,7 @@ impl Place {
     }
 
     async fn postgres() -> Self {
-        Self::Postgres(ScratchDatabase::create().await)
+        Self::Postgres(Box::new(ScratchDatabase::create().await))
     }
 
     fn location(&self) -> DatabaseLocation {
@@ -76,7 +76,7 @@ impl Place {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
-            Self::Postgres(db) => db.drop_database().await,
+            Self::Postgres(db) => (*db).drop_database().await,
         }
     }
 }
@@ -250,7 +250,7 @@ async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) 
     let (lc, ld) = (lease("C", 60_000), lease("D", 60_000));
     let (x, y) = tokio::join!(a.take_expired(&lc, 10), b.take_expired(&ld, 10));
     let taken: Vec<CallId> = x.unwrap().into_iter().chain(y.unwrap()).map(|r| r.call_id).collect();
-    assert_eq!(taken, [id.clone()]);
+    assert_eq!(taken, std::slice::from_ref(&id));
     // The old owner's renewal no longer extends it: the call is the taker's.
     a.renew_leases(std::slice::from_ref(&id), &lease("A", 1)).await.unwrap();
     b.renew_leases(std::slice::from_ref(&id), &lease("B", 1)).await.unwrap();
