@@ -154,6 +154,26 @@ pub mod var {
     );
     /// Log filter (read by `main`).
     pub const RUST_LOG: Variable = ("RUST_LOG", "log filter (tracing-subscriber EnvFilter syntax)", "info");
+    /// Log line format (read by `main`, docs/observability.md).
+    pub const LOG_FORMAT: Variable = (
+        "LOG_FORMAT",
+        "text (colour only on a terminal) or json (one object per line, with span fields)",
+        "text",
+    );
+    /// OTLP/HTTP endpoint spans are exported to (read by `main` and the OpenTelemetry SDK).
+    pub const OTEL_EXPORTER_OTLP_ENDPOINT: Variable = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP/HTTP collector base URL, e.g. http://localhost:4318; spans go to its /v1/traces (the SDK also reads the other standard OTEL_* variables); none = no traces",
+        "none",
+    );
+    /// OTLP transport; only the specification's default is built in.
+    pub const OTEL_EXPORTER_OTLP_PROTOCOL: Variable = (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTLP transport: http/protobuf (the only one built in; anything else stops the server)",
+        "http/protobuf",
+    );
+    /// `service.name` of the exported spans.
+    pub const OTEL_SERVICE_NAME: Variable = ("OTEL_SERVICE_NAME", "service.name of the exported spans", "voice-agent");
 }
 
 const HEAD: &[Variable] = &[
@@ -182,6 +202,10 @@ const TAIL: &[Variable] = &[
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
     var::RUST_LOG,
+    var::LOG_FORMAT,
+    var::OTEL_EXPORTER_OTLP_ENDPOINT,
+    var::OTEL_EXPORTER_OTLP_PROTOCOL,
+    var::OTEL_SERVICE_NAME,
 ];
 const VARIABLE_COUNT: usize = HEAD.len() + backend::variable_count() + TAIL.len();
 

@@ -320,7 +320,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             .update(&id, |rec| lifecycle::placed(rec, emulation))
             .await
             .map_err(hub_status)?;
-        tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
+        tracing::info!(call_id = %id, to = %crate::redact::phone(&call.to), backend = call.backend.as_str(), emulated, "placing call");
         state.metrics.calls_placed.inc();
 
         let public = state.public_url.as_str().trim_end_matches('/');

@@ -29,7 +29,11 @@
 //!   bridge/shell         sockets, timers, provider requests around it
 //!   bridge/writer        the call's one ordered path to the hub (events, end reason)
 //!   bridge/frames        the per-frame conversions (transcode, base64, message text)
-//! metrics.rs   lock-free media-path histograms and counters, exposed through prometheus-client (GET /metrics)
+//! metrics.rs   lock-free counters and histograms (media path, RPCs, call outcomes, provider errors,
+//!              build, process), exposed through prometheus-client (GET /metrics)
+//! telemetry.rs logs (text/JSON), OpenTelemetry spans over OTLP, W3C trace context in and out,
+//!              the span and RPC metrics of every gRPC request and Twilio request (docs/observability.md)
+//! redact.rs    phone numbers as logs and spans show them (+1***23), pure
 //! ```
 //!
 //! Re-exported crates (walls the compiler checks; see docs/architecture.md):
@@ -57,8 +61,10 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod realtime;
+pub mod redact;
 pub mod state;
 pub mod store;
+pub mod telemetry;
 pub mod telephony;
 
 use std::net::SocketAddr;
@@ -153,7 +159,8 @@ impl Server {
         };
         let store = Store::open(&config.database)?;
         let shutdown = CancellationToken::new();
-        let hub = CallHub::new(store, shutdown.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let hub = CallHub::with_metrics(store, shutdown.clone(), metrics.clone());
         let mut twilio_emulator = None;
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
             match (options.telephony, &config.twilio) {
@@ -194,6 +201,7 @@ impl Server {
                     )
                 }
             };
+        let telephony: Arc<dyn Telephony> = Arc::new(telephony::Metered::new(telephony, metrics.clone()));
         // Before anything is served: the calls a crash left live are hung up
         // with the provider (which needs the telephony above) and marked failed.
         let recovered = hub
@@ -251,7 +259,7 @@ impl Server {
             realtime,
             shutdown,
             bridges: TaskTracker::new(),
-            metrics: metrics::Metrics::default(),
+            metrics,
         });
         Ok(Self {
             state,
@@ -394,12 +402,18 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
         .route_service("/grpc.health.v1.Health/{*rest}", health)
         .route_service("/grpc.reflection.v1.ServerReflection/{*rest}", reflection_v1)
         .route_service("/grpc.reflection.v1alpha.ServerReflection/{*rest}", reflection_v1alpha)
+        // Inside grpc-web's translation, so it sees gRPC's trailers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            telemetry::grpc_requests,
+        ))
         .layer(tonic_web::GrpcWebLayer::new());
     if let Some(cors) = browser::cors(&state.config.cors_allowed_origins) {
         grpc = grpc.layer(cors);
     }
     let origins = Arc::new(browser::OriginPolicy::new(&state.config, &state.public_url));
+    let twilio_spans = axum::middleware::from_fn_with_state(state.clone(), telemetry::twilio_requests);
     Ok(grpc
-        .merge(http::router(state))
+        .merge(http::router(state).layer(twilio_spans))
         .layer(axum::middleware::from_fn_with_state(origins, browser::guard)))
 }

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use voice_agent_server::config::{Config, VARIABLES, var};
+use voice_agent_server::telemetry::{self, LogFormat};
 use voice_agent_server::{Options, Server};
 
 fn variables_help() -> String {
@@ -49,7 +50,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    let format = match LogFormat::parse(std::env::var(var::LOG_FORMAT.0).ok().as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var(var::RUST_LOG.0).unwrap_or_else(|_| var::RUST_LOG.2.to_string());
+    // Before the runtime: the span exporter's HTTP client must not be built inside it.
+    let telemetry = match telemetry::init(format, &filter) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve(config);
+    // After the runtime: the last spans (the calls a shutdown ended) are flushed.
+    telemetry.shutdown();
+    code
+}
+
+fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -81,49 +104,6 @@ fn main() -> ExitCode {
     })
 }
 
-/// Crates whose logs below INFO print what crosses the wire: request and
-/// response headers (the AI's `authorization: Bearer …`, Twilio's basic auth)
-/// or whole messages (the media stream's `start` with its stream secret).
-/// They are capped at INFO whatever `RUST_LOG` says, so no secret reaches the
-/// log at any level. (A directive in the `EnvFilter` would not do: a more
-/// specific one such as `tungstenite::protocol=trace` would win over it.)
-const WIRE_LOGGING_CRATES: &[&str] = &[
-    "tungstenite",
-    "tokio_tungstenite",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "reqwest",
-    "rustls",
-    "tonic",
-    "tower",
-    "tower_http",
-    "axum",
-];
-
-/// The filter that caps [`WIRE_LOGGING_CRATES`], applied after (and beside) the user's `RUST_LOG`.
-fn wire_logging_cap() -> tracing_subscriber::filter::Targets {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    WIRE_LOGGING_CRATES
-        .iter()
-        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, c| {
-            t.with_target(*c, LevelFilter::INFO)
-        })
-}
-
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let user = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(var::RUST_LOG.2));
-    // Both filters must let an event through: the cap cannot be widened by `RUST_LOG`.
-    tracing_subscriber::registry()
-        .with(user)
-        .with(wire_logging_cap())
-        .with(tracing_subscriber::fmt::layer())
-        .init();
-}
-
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -143,26 +123,5 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tracing::Level;
-
-    #[test]
-    fn wire_crates_are_capped_at_info_whatever_the_target_path() {
-        let cap = super::wire_logging_cap();
-        for target in [
-            "tungstenite::handshake::client",
-            "tungstenite::protocol",
-            "hyper::proto::h1",
-            "h2::codec",
-        ] {
-            assert!(!cap.would_enable(target, &Level::DEBUG), "{target}");
-            assert!(!cap.would_enable(target, &Level::TRACE), "{target}");
-            assert!(cap.would_enable(target, &Level::INFO), "{target}");
-        }
-        assert!(cap.would_enable("voice_agent_server::bridge", &Level::TRACE));
     }
 }

@@ -40,8 +40,9 @@ pub struct AppState {
     /// The running media bridges: a shutdown waits for them to record how
     /// their calls ended before it ends the watchers and closes the store.
     pub bridges: TaskTracker,
-    /// Latency and frame counters of the media path.
-    pub metrics: metrics::Metrics,
+    /// Latency and frame counters of the media path, RPCs, call outcomes,
+    /// provider failures (shared with the hub and the telephony provider).
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl AppState {

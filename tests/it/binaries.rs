@@ -471,6 +471,8 @@ fn secrets_never_reach_the_log_at_trace_level() {
         ("AI key", ai.api_key().to_string()),
         ("Bearer header", "Bearer ".to_string()),
         ("basic auth header", "Basic ".to_string()),
+        // Not a secret, but personal: logs show it masked (+1***00), at every level.
+        ("callee's whole number", "5550100".to_string()),
     ];
     secrets.extend(stream_secrets.into_iter().map(|s| ("stream secret", s)));
     for (what, secret) in secrets {

@@ -19,6 +19,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, lifecycle, payload_caps};
+use crate::metrics::Metrics;
+use crate::redact;
 use crate::store::{Store, StoreError};
 use crate::telephony::Telephony;
 
@@ -63,6 +65,9 @@ struct LiveCall {
     /// Set by the first media stream's upgrade: a call has one media stream
     /// for good (see [`CallHub::claim_media`]).
     media_claimed: AtomicBool,
+    /// The call's tracing span, from PlaceCall to its terminal status
+    /// (docs/observability.md "Traces"); taken and closed when the call ends.
+    span: Mutex<Option<tracing::Span>>,
 }
 
 /// Live calls and their event fan-out. Cheap to clone.
@@ -76,16 +81,82 @@ pub struct CallHub {
     /// the calls a shutdown ends can record how they ended first, and the
     /// watchers still see it.
     watchers_end: CancellationToken,
+    /// Where ended calls are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl CallHub {
     /// A hub over `store`; per-call tokens are children of `shutdown`.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self::with_metrics(store, shutdown, Arc::default())
+    }
+
+    /// Like [`CallHub::new`], counting ended calls in `metrics`.
+    pub fn with_metrics(store: Store, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             live: Arc::default(),
             shutdown,
             watchers_end: CancellationToken::new(),
+            metrics,
+        }
+    }
+
+    /// The tracing span of a live call (the parent of its media bridge's and
+    /// webhooks' spans); `None` once it has ended.
+    pub fn call_span(&self, id: &CallId) -> Option<tracing::Span> {
+        let live = self.live_call(id)?;
+        let span = live.span.lock().unwrap_or_else(|p| p.into_inner());
+        span.clone()
+    }
+
+    /// One INFO line per status change, with the call's ids, the status, and
+    /// (when it ends) its end reason with phone numbers masked; the count of
+    /// ended calls; the same on the call's span. Every status change of
+    /// every call passes here (docs/observability.md "Logs").
+    fn observe(&self, record: &CallRecord, events: &[CallEvent], span: Option<&tracing::Span>) {
+        for ev in events {
+            let EventKind::Status { status, .. } = &ev.kind else {
+                continue;
+            };
+            let ended = status.is_terminal();
+            let reason = if ended {
+                redact::numbers_in_text(&record.end_reason)
+            } else {
+                String::new()
+            };
+            let class = lifecycle::EndClass::of(*status, &record.end_reason);
+            let entered = span.map(tracing::Span::enter);
+            if ended {
+                tracing::info!(
+                    call_id = %record.call_id,
+                    call_sid = %record.provider_call_id,
+                    status = status.name(),
+                    reason = %reason,
+                    class = class.as_str(),
+                    "call status changed"
+                );
+            } else {
+                tracing::info!(
+                    call_id = %record.call_id,
+                    call_sid = %record.provider_call_id,
+                    status = status.name(),
+                    "call status changed"
+                );
+            }
+            drop(entered);
+            if let Some(span) = span {
+                span.record("status", status.name());
+                if !record.provider_call_id.is_empty() {
+                    span.record("call_sid", record.provider_call_id.as_str());
+                }
+                if ended {
+                    span.record("end_class", class.as_str());
+                }
+            }
+            if ended {
+                self.metrics.calls_ended.record(*status, &record.end_reason);
+            }
         }
     }
 
@@ -154,7 +225,8 @@ impl CallHub {
         events.extend(stamp(&mut record, |r| {
             lifecycle::end(r, lifecycle::Ending::Failed, reason)
         }));
-        self.store.commit(record, events).await?;
+        self.store.commit(record.clone(), events.clone()).await?;
+        self.observe(&record, &events, None);
         Ok(())
     }
 
@@ -164,12 +236,26 @@ impl CallHub {
         self.store.insert_call(record.clone()).await?;
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
         let cancel = self.shutdown.child_token();
+        // A child of the current span (PlaceCall's), so the call is in the
+        // trace of the request that placed it.
+        let span = tracing::info_span!(
+            "call",
+            otel.name = "call",
+            call_id = %id,
+            backend = record.backend.as_str(),
+            to = %redact::phone(&record.to),
+            emulated = record.emulated,
+            call_sid = tracing::field::Empty,
+            status = tracing::field::Empty,
+            end_class = tracing::field::Empty,
+        );
         let live = Arc::new(LiveCall {
             record: tokio::sync::Mutex::new(record),
             tx,
             media: cancel.child_token(),
             cancel: cancel.clone(),
             media_claimed: AtomicBool::new(false),
+            span: Mutex::new(Some(span)),
         });
         self.live.lock().unwrap_or_else(|p| p.into_inner()).insert(id, live);
         Ok(cancel)
@@ -245,15 +331,24 @@ impl CallHub {
                 return Err(HubError::NotFound);
             };
             let events = stamp(&mut record, f);
-            self.store.commit(record, events.clone()).await?;
+            self.store.commit(record.clone(), events.clone()).await?;
+            self.observe(&record, &events, None);
             return Ok(events);
         };
         let mut guard = live.record.lock().await;
         let mut record = guard.clone();
         let events = stamp(&mut record, f);
         self.store.commit(record.clone(), events.clone()).await?;
+        let ended = record.status.is_terminal();
+        {
+            let mut span = live.span.lock().unwrap_or_else(|p| p.into_inner());
+            self.observe(&record, &events, span.as_ref());
+            if ended {
+                // Closing the span ends it in the trace.
+                span.take();
+            }
+        }
         *guard = record;
-        let ended = guard.status.is_terminal();
         for ev in &events {
             // No receivers is fine: the event is stored.
             let _ = live.tx.send(ev.clone());
