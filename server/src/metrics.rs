@@ -238,12 +238,7 @@ fn served_methods() -> Vec<String> {
         for file in set.file {
             for service in &file.service {
                 for method in &service.method {
-                    methods.push(format!(
-                        "{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    ));
+                    methods.push(format!("{}.{}/{}", file.package(), service.name(), method.name()));
                 }
             }
         }
@@ -297,7 +292,10 @@ impl GrpcMetrics {
     /// Records one finished request: its method, gRPC status code (an unknown
     /// number counts as UNKNOWN) and duration.
     pub fn record(&self, method: usize, code: u32, took: Duration) {
-        let code = usize::try_from(code).ok().filter(|c| *c < GRPC_CODES.len()).unwrap_or(2);
+        let code = usize::try_from(code)
+            .ok()
+            .filter(|c| *c < GRPC_CODES.len())
+            .unwrap_or(2);
         self.codes[method][code].fetch_add(1, Ordering::Relaxed);
         self.duration[method].record(took);
     }
@@ -339,7 +337,10 @@ impl CallsEnded {
             return;
         };
         let class = EndClass::of(status, reason);
-        let c = EndClass::ALL.iter().position(|k| *k == class).unwrap_or(EndClass::ALL.len() - 1);
+        let c = EndClass::ALL
+            .iter()
+            .position(|k| *k == class)
+            .unwrap_or(EndClass::ALL.len() - 1);
         self.0[s][c].inc();
     }
 
@@ -481,7 +482,7 @@ impl Metrics {
                     EndClass::ALL
                         .iter()
                         .zip(row)
-                        .map(|(class, n)| (status.name(), class.as_str(), n.get()))
+                        .map(move |(class, n)| (status.name(), class.as_str(), n.get()))
                 })
                 .collect(),
             provider_errors: std::array::from_fn(|i| {
@@ -548,7 +549,10 @@ mod process {
             .unwrap_or(0);
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok()))
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            })
             .unwrap_or(0);
         let open_fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
         let max_fds = std::fs::read_to_string("/proc/self/limits")
@@ -585,6 +589,9 @@ impl HistogramScrape {
     }
 }
 
+/// One gRPC method in a scrape: its label, its non-zero (code, count), its durations.
+type MethodScrape = (String, Vec<(&'static str, u64)>, HistogramScrape);
+
 /// The values of one scrape: a prometheus-client [`Collector`] that always
 /// describes the same series, whatever was recorded.
 #[derive(Debug)]
@@ -598,7 +605,7 @@ pub struct Scrape {
     connections_refused: u64,
     active_bridges: i64,
     /// Per method called so far: its non-zero codes, and its durations.
-    grpc: Vec<(String, Vec<(&'static str, u64)>, HistogramScrape)>,
+    grpc: Vec<MethodScrape>,
     /// (status, class, count), every combination.
     calls_ended: Vec<(&'static str, &'static str, u64)>,
     /// (provider, kind, count).
@@ -671,7 +678,7 @@ impl Scrape {
         )?;
         for (method, codes, _) in &self.grpc {
             for (code, n) in codes {
-                ConstCounter::new(*n).encode(family.encode_family(&[("method", method.as_str()), ("code", code)])?)?;
+                ConstCounter::new(*n).encode(family.encode_family(&[("method", method.as_str()), ("code", *code)])?)?;
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -710,7 +717,7 @@ impl Scrape {
         for (result, n) in &self.ai_reconnects {
             ConstCounter::new(*n).encode(family.encode_family(&[("result", *result)])?)?;
         }
-        ConstGauge::new(1).encode(
+        ConstGauge::new(1i64).encode(
             encoder
                 .encode_descriptor(
                     "voice_agent_build_info",
@@ -728,8 +735,16 @@ impl Scrape {
                 MetricType::Counter,
             )?)?;
             for (name, help, v) in [
-                ("process_resident_memory_bytes", "Resident memory size, bytes.", p.resident_bytes),
-                ("process_virtual_memory_bytes", "Virtual memory size, bytes.", p.virtual_bytes),
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory size, bytes.",
+                    p.resident_bytes,
+                ),
+                (
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size, bytes.",
+                    p.virtual_bytes,
+                ),
                 ("process_open_fds", "Open file descriptors.", p.open_fds),
                 ("process_max_fds", "Most open file descriptors allowed.", p.max_fds),
             ] {
@@ -881,7 +896,12 @@ mod tests {
         let health = m.grpc.method_index("/grpc.health.v1.Health/Check");
         assert_eq!(m.grpc.method_name(health), "grpc.health.v1.Health/Check");
         // Paths nobody serves share one label, whatever they are.
-        for path in ["/voiceagent.v1.VoiceAgentService/Nope", "/x", "", "/grpc.health.v1.Health/Check/more"] {
+        for path in [
+            "/voiceagent.v1.VoiceAgentService/Nope",
+            "/x",
+            "",
+            "/grpc.health.v1.Health/Check/more",
+        ] {
             assert_eq!(m.grpc.method_name(m.grpc.method_index(path)), UNKNOWN_METHOD, "{path}");
         }
         m.grpc.record(place, 0, Duration::from_millis(3));
@@ -891,16 +911,30 @@ mod tests {
         assert_eq!(m.grpc.count("voiceagent.v1.VoiceAgentService/PlaceCall", "UNKNOWN"), 1);
         let text = m.render();
         let method = "method=\"voiceagent.v1.VoiceAgentService/PlaceCall\"";
-        assert!(text.contains(&format!("voice_agent_grpc_requests_total{{{method},code=\"INVALID_ARGUMENT\"}} 1")), "{text}");
-        assert!(text.contains(&format!("voice_agent_grpc_request_duration_seconds_count{{{method}}} 3")), "{text}");
-        assert!(!text.contains("grpc.health.v1.Health/Check"), "only methods called appear");
+        assert!(
+            text.contains(&format!(
+                "voice_agent_grpc_requests_total{{{method},code=\"INVALID_ARGUMENT\"}} 1"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "voice_agent_grpc_request_duration_seconds_count{{{method}}} 3"
+            )),
+            "{text}"
+        );
+        assert!(
+            !text.contains("grpc.health.v1.Health/Check"),
+            "only methods called appear"
+        );
     }
 
     #[test]
     fn ended_calls_are_counted_by_status_and_class() {
         let m = Metrics::default();
         m.calls_ended.record(CallStatus::Busy, "the line was busy");
-        m.calls_ended.record(CallStatus::Completed, crate::call::lifecycle::HANG_UP_REASON);
+        m.calls_ended
+            .record(CallStatus::Completed, crate::call::lifecycle::HANG_UP_REASON);
         m.calls_ended.record(CallStatus::Ringing, "not final: not counted");
         assert_eq!(m.calls_ended.get(CallStatus::Busy, EndClass::Busy), 1);
         assert_eq!(m.calls_ended.get(CallStatus::Completed, EndClass::HangUpApi), 1);
@@ -909,7 +943,12 @@ mod tests {
         assert!(text.contains("voice_agent_calls_ended_total{status=\"FAILED\",class=\"ai_failure\"} 0"));
         let total: u64 = FINAL_STATUSES
             .iter()
-            .flat_map(|s| EndClass::ALL.iter().map(move |c| m.calls_ended.get(*s, *c)))
+            .flat_map(|s| {
+                EndClass::ALL
+                    .iter()
+                    .map(|c| m.calls_ended.get(*s, *c))
+                    .collect::<Vec<_>>()
+            })
             .sum();
         assert_eq!(total, 2);
     }

@@ -93,7 +93,15 @@ mod tests {
 
     #[test]
     fn anything_else_is_masked_whole() {
-        for s in ["", "+", "4155550123", "+1555", "+1234567890123456", "+1415555012a", "client:alice"] {
+        for s in [
+            "",
+            "+",
+            "4155550123",
+            "+1555",
+            "+1234567890123456",
+            "+1415555012a",
+            "client:alice",
+        ] {
             assert_eq!(phone(s), "***", "{s:?}");
         }
     }
@@ -114,8 +122,14 @@ mod tests {
             numbers_in_text("The 'To' number +14155550123 is not valid; from +442071838750."),
             "The 'To' number +1***23 is not valid; from +44***50."
         );
-        assert_eq!(numbers_in_text("calling +15550100 via voice-live"), "calling +1***00 via voice-live");
-        assert_eq!(numbers_in_text("+5 stars, +123456 and a + sign"), "+5 stars, +123456 and a + sign");
+        assert_eq!(
+            numbers_in_text("calling +15550100 via voice-live"),
+            "calling +1***00 via voice-live"
+        );
+        assert_eq!(
+            numbers_in_text("+5 stars, +123456 and a + sign"),
+            "+5 stars, +123456 and a + sign"
+        );
         assert_eq!(numbers_in_text("ends with +"), "ends with +");
         assert_eq!(numbers_in_text("été +33612345678 fin"), "été +33***78 fin");
         assert_eq!(numbers_in_text(""), "");

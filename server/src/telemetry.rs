@@ -16,10 +16,10 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::body::Bytes;
 use http::HeaderMap;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -200,12 +200,16 @@ fn tracer_provider() -> Result<Option<SdkTracerProvider>, String> {
         .map_err(|e| format!("{}: {e}", var::OTEL_EXPORTER_OTLP_ENDPOINT.0))?;
     let mut resource = opentelemetry_sdk::Resource::builder();
     let named = set("OTEL_SERVICE_NAME").is_some()
-        || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+        || set("OTEL_RESOURCE_ATTRIBUTES")
+            .is_some_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
     if !named {
         resource = resource.with_service_name(DEFAULT_SERVICE_NAME);
     }
     let resource = resource
-        .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
         .build();
     Ok(Some(
         SdkTracerProvider::builder()
@@ -221,9 +225,8 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) -> bool {
     if !EXPORTING.load(Ordering::Acquire) || !headers.contains_key("traceparent") {
         return false;
     }
-    let cx = opentelemetry::global::get_text_map_propagator(|p| {
-        p.extract(&opentelemetry_http::HeaderExtractor(headers))
-    });
+    let cx =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&opentelemetry_http::HeaderExtractor(headers)));
     span.set_parent(cx).is_ok()
 }
 

@@ -83,7 +83,10 @@ impl Process {
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     if let (Some(tx), Some(addr)) = (&tx, line.split("listening on http://").nth(1)) {
-                        let addr: String = addr.chars().take_while(|c| *c == '.' || *c == ':' || c.is_ascii_digit()).collect();
+                        let addr: String = addr
+                            .chars()
+                            .take_while(|c| *c == '.' || *c == ':' || c.is_ascii_digit())
+                            .collect();
                         let _ = tx.send(addr);
                     }
                     log.lock().unwrap().push(line);
@@ -183,10 +186,9 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     // Answers, says a line, hangs up during the agent's reply (COMPLETED).
     let number = "+15550105";
     let mut request = tonic::Request::new(place(number));
-    request.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
-    );
+    request
+        .metadata_mut()
+        .insert("traceparent", format!("00-{trace_id}-{parent_id}-01").parse().unwrap());
     let placed = client.place_call(request).await.unwrap().into_inner();
     let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
@@ -194,16 +196,27 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     let busy = client.place_call(place("+15550102")).await.unwrap().into_inner();
     let events = watch_all(&mut client, &busy.call_id, 0, LIMIT).await;
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Busy));
-    let stream_secrets = [
-        get_call(&mut client, &placed.call_id).await,
-        get_call(&mut client, &busy.call_id).await,
-    ]
-    .map(|c| c.stream_secret);
+    assert_eq!(
+        get_call(&mut client, &placed.call_id).await.provider_call_id,
+        placed.provider_call_id
+    );
     drop(client);
 
     // The shutdown flushes what the batch processor still holds.
     let status = server.terminate();
     assert!(status.success(), "{status:?}: {:?}", server.lines());
+    // The stream secrets the server gave the calls, from its store.
+    let db = voice_agent_server::config::DatabaseLocation::File(server.dir.join("data/voice-agent.db"));
+    let store = voice_agent_server::store::Store::open(&db).unwrap();
+    let stream_secrets: Vec<String> = store
+        .list_calls(10, None)
+        .await
+        .unwrap()
+        .calls
+        .into_iter()
+        .map(|c| c.stream_secret)
+        .collect();
+    assert_eq!(stream_secrets.len(), 2);
 
     // Spans.
     let exports = exports.lock().unwrap().clone();
@@ -234,7 +247,11 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
             .unwrap_or_else(|| panic!("no span {name:?} in the caller's trace: {names:?}"))
     };
     let rpc = named("voiceagent.v1.VoiceAgentService/PlaceCall");
-    assert_eq!(hex(&rpc.parent_span_id), parent_id, "the caller's span is the RPC's parent");
+    assert_eq!(
+        hex(&rpc.parent_span_id),
+        parent_id,
+        "the caller's span is the RPC's parent"
+    );
     assert_eq!(rpc.kind, 2, "a server span");
     let rpc_attrs = attrs(&rpc.attributes);
     assert_eq!(rpc_attrs.get("rpc.system").map(String::as_str), Some("grpc"));
@@ -242,7 +259,10 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     assert_eq!(rpc_attrs.get("rpc.grpc.status_code").map(String::as_str), Some("0"));
 
     let call = named("call");
-    assert_eq!(call.parent_span_id, rpc.span_id, "the call is a child of the RPC that placed it");
+    assert_eq!(
+        call.parent_span_id, rpc.span_id,
+        "the call is a child of the RPC that placed it"
+    );
     let call_attrs = attrs(&call.attributes);
     assert_eq!(call_attrs.get("call_id"), Some(&placed.call_id));
     assert_eq!(call_attrs.get("call_sid"), Some(&placed.provider_call_id));
@@ -264,18 +284,19 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     let dial = named("Twilio POST Calls");
     assert_eq!(dial.kind, 3, "a client span");
     for webhook in ["POST /twilio/twiml", "POST /twilio/status", "GET /ws/media/{call_id}"] {
-        assert_eq!(named(webhook).parent_span_id, call.span_id, "{webhook} is a child of the call");
+        assert_eq!(
+            named(webhook).parent_span_id,
+            call.span_id,
+            "{webhook} is a child of the call"
+        );
     }
     let bridge = named("media_bridge");
     assert_eq!(bridge.parent_span_id, call.span_id);
     assert_eq!(named("ai.connect").parent_span_id, bridge.span_id);
     // The busy call is a trace of its own.
-    assert!(
-        spans
-            .iter()
-            .any(|(_, s)| s.name == "call" && attrs(&s.attributes).get("call_id") == Some(&busy.call_id)
-                && hex(&s.trace_id) != trace_id)
-    );
+    assert!(spans.iter().any(|(_, s)| s.name == "call"
+        && attrs(&s.attributes).get("call_id") == Some(&busy.call_id)
+        && hex(&s.trace_id) != trace_id));
 
     // Nothing secret, and no whole phone number, in any attribute.
     let mut secrets = vec![
@@ -319,7 +340,10 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
             .collect()
     };
     let completed = changes(&placed.call_id);
-    let statuses: Vec<&str> = completed.iter().filter_map(|j| j["fields"]["status"].as_str()).collect();
+    let statuses: Vec<&str> = completed
+        .iter()
+        .filter_map(|j| j["fields"]["status"].as_str())
+        .collect();
     assert_eq!(statuses.first(), Some(&"QUEUED"), "{statuses:?}");
     assert!(statuses.contains(&"IN_PROGRESS"), "{statuses:?}");
     assert_eq!(statuses.last(), Some(&"COMPLETED"), "{statuses:?}");
@@ -424,7 +448,10 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
     assert_eq!(sum(&before, "voice_agent_grpc_requests_total", &[]), 0.0);
     assert_eq!(sum(&before, "voice_agent_calls_ended_total", &[]), 0.0);
     assert_eq!(
-        before.lines().filter(|l| l.starts_with("voice_agent_calls_ended_total{")).count(),
+        before
+            .lines()
+            .filter(|l| l.starts_with("voice_agent_calls_ended_total{"))
+            .count(),
         5 * 14,
         "every final status × class, from the start"
     );
@@ -454,7 +481,9 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
     let requests = |method: &str, code: &str| {
         value(
             &after,
-            &format!("voice_agent_grpc_requests_total{{method=\"voiceagent.v1.VoiceAgentService/{method}\",code=\"{code}\"}}"),
+            &format!(
+                "voice_agent_grpc_requests_total{{method=\"voiceagent.v1.VoiceAgentService/{method}\",code=\"{code}\"}}"
+            ),
         )
     };
     assert_eq!(requests("PlaceCall", "OK"), 2.0, "{after}");
@@ -488,7 +517,10 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
         )
     };
     assert_eq!(sum(&after, "voice_agent_calls_ended_total", &[]), 3.0, "{after}");
-    assert_eq!(sum(&after, "voice_agent_calls_ended_total", &["status=\"COMPLETED\""]), 1.0);
+    assert_eq!(
+        sum(&after, "voice_agent_calls_ended_total", &["status=\"COMPLETED\""]),
+        1.0
+    );
     assert_eq!(ended("BUSY", "busy"), 1.0, "{after}");
     assert_eq!(ended("FAILED", "dial_refused"), 1.0, "{after}");
     assert_eq!(
@@ -507,7 +539,10 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
         .lines()
         .find(|l| l.starts_with("voice_agent_build_info{"))
         .expect("build info");
-    assert!(build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))), "{build}");
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
     assert!(build.ends_with(" 1"), "{build}");
     assert!(metric(&after, "process_resident_memory_bytes") > 1e6);
     assert!(metric(&after, "process_open_fds") >= 3.0);

@@ -186,7 +186,7 @@ async fn connect_ai<C: AiConnect>(
     env: &Env<'_, C>,
     id: &CallId,
     name: &'static str,
-) -> Result<(RealtimeSocket, Dialect), RealtimeError> {
+) -> Result<(C::Socket, Dialect), RealtimeError> {
     use tracing::Instrument as _;
     let span = tracing::info_span!(
         "ai_session",

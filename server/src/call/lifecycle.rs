@@ -875,7 +875,11 @@ mod tests {
             ),
             (CallStatus::Busy, "the line was busy", EndClass::Busy),
             (CallStatus::NoAnswer, "nobody answered", EndClass::NoAnswer),
-            (CallStatus::Canceled, "canceled before it was answered", EndClass::Canceled),
+            (
+                CallStatus::Canceled,
+                "canceled before it was answered",
+                EndClass::Canceled,
+            ),
             (refused.0, refused.1.as_str(), EndClass::DialRefused),
             (
                 CallStatus::Failed,
@@ -887,7 +891,11 @@ mod tests {
                 "the AI failed: the AI connection dropped",
                 EndClass::AiFailure,
             ),
-            (CallStatus::Failed, "the AI failed: connect: refused", EndClass::AiFailure),
+            (
+                CallStatus::Failed,
+                "the AI failed: connect: refused",
+                EndClass::AiFailure,
+            ),
             (
                 CallStatus::Completed,
                 "Twilio sent no 'start' within 10s; closed the media stream",
@@ -898,7 +906,11 @@ mod tests {
                 "Twilio's media stream stopped taking data: nothing could be written to it for 5s",
                 EndClass::MediaFailure,
             ),
-            (CallStatus::Completed, crate::bridge::SHUTDOWN_REASON, EndClass::Shutdown),
+            (
+                CallStatus::Completed,
+                crate::bridge::SHUTDOWN_REASON,
+                EndClass::Shutdown,
+            ),
             (CallStatus::Canceled, crate::bridge::SHUTDOWN_REASON, EndClass::Shutdown),
             (CallStatus::Failed, RESTART_REASON, EndClass::Restart),
             (CallStatus::Failed, RESTART_HUNG_UP_REASON, EndClass::Restart),

@@ -160,7 +160,8 @@ impl TwilioClient {
 
     /// `POST …/Calls.json`: places a call (201 + the call, status `queued`).
     pub async fn create_call(&self, call: &CreateCall) -> Result<CallResource, TwilioError> {
-        self.send(self.post(self.calls_url(), &call.form()), "Twilio POST Calls").await
+        self.send(self.post(self.calls_url(), &call.form()), "Twilio POST Calls")
+            .await
     }
 
     /// `POST …/Calls/{sid}.json`: hangs up, cancels or redirects a call.
