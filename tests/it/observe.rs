@@ -101,8 +101,9 @@ impl Process {
 
     /// SIGTERM, as an orchestrator stops it; waits for the exit.
     fn terminate(&mut self) -> std::process::ExitStatus {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+        // The shell's own `kill`: a fresh machine may lack the procps binary.
+        let killed = Command::new("sh")
+            .args(["-c", &format!("kill -TERM {}", self.child.id())])
             .status()
             .unwrap();
         assert!(killed.success());
