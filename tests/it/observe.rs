@@ -284,6 +284,13 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
 
     let dial = named("Twilio POST Calls");
     assert_eq!(dial.kind, 3, "a client span");
+    // The trace goes on in the requests we make: Twilio's REST API and the AI's handshake.
+    let report = twilio.call(&placed.provider_call_id).expect("the emulator's report");
+    assert_eq!(
+        report.create_traceparent,
+        Some(format!("00-{trace_id}-{}-01", hex(&dial.span_id))),
+        "the dial carries its span as traceparent"
+    );
     for webhook in ["POST /twilio/twiml", "POST /twilio/status", "GET /ws/media/{call_id}"] {
         assert_eq!(
             named(webhook).parent_span_id,
@@ -293,7 +300,15 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     }
     let bridge = named("media_bridge");
     assert_eq!(bridge.parent_span_id, call.span_id);
-    assert_eq!(named("ai.connect").parent_span_id, bridge.span_id);
+    let ai_connect = named("ai.connect");
+    assert_eq!(ai_connect.parent_span_id, bridge.span_id);
+    let sessions = ai.sessions();
+    assert_eq!(sessions.len(), 1, "only the answered call reached the AI");
+    assert_eq!(
+        sessions[0].traceparent,
+        Some(format!("00-{trace_id}-{}-01", hex(&ai_connect.span_id))),
+        "the AI's handshake carries the connect span as traceparent"
+    );
     // The busy call is a trace of its own.
     assert!(spans.iter().any(|(_, s)| s.name == "call"
         && attrs(&s.attributes).get("call_id") == Some(&busy.call_id)
