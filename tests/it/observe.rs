@@ -492,6 +492,20 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    // A browser's grpc-web request is counted like a gRPC one.
+    let (status, frames, trailers) = voice_agent_tests::grpc_web(
+        &server.url(),
+        "voiceagent.v1.VoiceAgentService/GetServerInfo",
+        &pb::GetServerInfoRequest::default(),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(frames.len(), 1);
+    assert!(
+        trailers.contains(&("grpc-status".to_string(), "0".to_string())),
+        "{trailers:?}"
+    );
 
     let after = scrape(&server).await;
     let requests = |method: &str, code: &str| {
@@ -505,6 +519,7 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
     assert_eq!(requests("PlaceCall", "OK"), 2.0, "{after}");
     assert_eq!(requests("PlaceCall", "INVALID_ARGUMENT"), 2.0, "{after}");
     assert_eq!(requests("GetCall", "NOT_FOUND"), 1.0, "{after}");
+    assert_eq!(requests("GetServerInfo", "OK"), 1.0, "{after}");
     assert_eq!(requests("WatchCall", "OK"), 2.0, "{after}");
     assert_eq!(
         value(
