@@ -230,6 +230,18 @@ pub fn set_remote_parent(span: &tracing::Span, headers: &HeaderMap) -> bool {
     span.set_parent(cx).is_ok()
 }
 
+/// Records the trace id of `span` in its `trace_id` field (declared empty),
+/// so that log lines inside it name their trace. Nothing when spans are not
+/// exported.
+pub fn record_trace_id(span: &tracing::Span) {
+    if !EXPORTING.load(Ordering::Acquire) {
+        return;
+    }
+    use opentelemetry::trace::TraceContextExt as _;
+    let trace_id = span.context().span().span_context().trace_id();
+    span.record("trace_id", tracing::field::display(trace_id));
+}
+
 /// Adds the current span's trace context (W3C `traceparent`) to the headers
 /// of a request we make (Twilio's REST API, the AI's WebSocket handshake).
 /// Nothing when spans are not exported.
@@ -272,8 +284,10 @@ pub async fn grpc_requests(State(metrics): State<Arc<Metrics>>, req: Request, ne
         rpc.method = rpc,
         rpc.grpc.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
     set_remote_parent(&span, req.headers());
+    record_trace_id(&span);
     let response = next.run(req).instrument(span.clone()).await;
     let mut finish = Finish {
         metrics,

@@ -370,11 +370,11 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     assert_eq!(end["fields"]["call_sid"], busy.provider_call_id.as_str());
     assert!(end["fields"]["reason"].as_str().is_some_and(|r| !r.is_empty()), "{end}");
     assert_eq!(end["level"], "INFO");
-    // Lines inside a call's span carry its fields.
+    // Lines inside a call's span carry its fields, its trace id among them.
     assert!(
-        completed
-            .iter()
-            .any(|j| j["span"]["name"] == "call" && j["span"]["to"] == "+1***05"),
+        completed.iter().any(|j| j["span"]["name"] == "call"
+            && j["span"]["to"] == "+1***05"
+            && j["span"]["trace_id"] == trace_id.as_str()),
         "{completed:?}"
     );
     let placing = json

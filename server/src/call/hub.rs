@@ -248,7 +248,9 @@ impl CallHub {
             call_sid = tracing::field::Empty,
             status = tracing::field::Empty,
             end_class = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        crate::telemetry::record_trace_id(&span);
         let live = Arc::new(LiveCall {
             record: tokio::sync::Mutex::new(record),
             tx,
