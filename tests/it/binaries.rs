@@ -350,7 +350,7 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
         "{stderr}"
     );
     // Then the server's error details, indented.
-    assert_eq!(lines[1..], ["  reason: INVALID_ARGUMENT field=to"], "{stderr}");
+    assert_eq!(lines[1], "  reason: INVALID_ARGUMENT field=to", "{stderr}");
     assert_eq!(lines.len(), 3, "{stderr}");
     assert!(lines[2].starts_with("  field to: must be E.164"), "{stderr}");
 

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unittest
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,7 +28,7 @@ class Server:
     """The real server in its own process; its log is kept for failure messages."""
 
     def __init__(self) -> None:
-        binary = os.environ.get("VOICE_AGENT_SERVER_BIN", str(REPO / "target" / "debug" / "voice-agent-server"))
+        binary = str(Path(os.environ.get("VOICE_AGENT_SERVER_BIN", REPO / "target" / "debug" / "voice-agent-server")).resolve())
         if not Path(binary).exists():
             raise RuntimeError(f"no server binary at {binary}: cargo build -p voice-agent-server first")
         self.dir = tempfile.TemporaryDirectory()
