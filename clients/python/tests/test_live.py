@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -79,6 +80,63 @@ class Server:
         self.dir.cleanup()
 
 
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 in front of the server whose connections the test can cut, as a network
+    failure would: the client sees its stream break and must reconnect."""
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = "127.0.0.1:%d" % self.listener.getsockname()[1]
+        self.connections = 0
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.connections += 1
+                self.open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self.pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def cut(self) -> None:
+        with self.lock:
+            for s in self.open:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                    s.close()
+                except OSError:
+                    pass
+            self.open = []
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
 class LiveServerTest(unittest.TestCase):
     server: Server
     client: VoiceAgentClient
@@ -124,6 +182,22 @@ class LiveServerTest(unittest.TestCase):
         rest = list(self.client.watch(placed.call_id, after_sequence=middle))
         self.assertEqual([e.sequence for e in rest], [e.sequence for e in events[middle:]])
         self.assertEqual(rest[-1], events[-1])
+
+    def test_a_dropped_watch_reconnects_and_resumes_without_gaps(self) -> None:
+        proxy = CuttableProxy(self.server.target)
+        self.addCleanup(proxy.close)
+        with VoiceAgentClient(proxy.address, token=TOKEN) as client:
+            placed = client.place_call("+15550199")
+            seen = []
+            for event in client.watch(placed.call_id):
+                seen.append(event.sequence)
+                if len(seen) == 2:
+                    proxy.cut()  # the network drops under the stream
+        self.assertGreaterEqual(proxy.connections, 2, "the helper reconnected")
+        self.assertEqual(seen, list(range(1, len(seen) + 1)), "no event skipped or repeated")
+        call = self.client.get_call(placed.call_id)
+        self.assertEqual(call.status_name, "CALL_STATUS_COMPLETED")
+        self.assertEqual(seen[-1], call.event_count)
 
     def test_a_refused_call_names_the_stored_call_and_the_providers_code(self) -> None:
         with self.assertRaises(VoiceAgentError) as caught:
