@@ -180,7 +180,7 @@ fn refuse(headers: &HeaderMap, refusal: Refusal) -> Response {
         .cloned();
     match grpc_type {
         Some(content_type) => {
-            let mut resp = tonic::Status::permission_denied(refusal.to_string()).into_http::<axum::body::Body>();
+            let mut resp = crate::grpc::errors::permission_denied(&refusal.to_string()).into_http::<axum::body::Body>();
             resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
             resp
         }

@@ -11,10 +11,12 @@
 //! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
 //! browser.rs   what browsers may do: CORS allow-list, Host/Origin guard (DNS rebinding), UI security headers
 //! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
+//!   grpc/errors  error statuses with google.rpc ErrorInfo / BadRequest (tonic-types), everything echoed bounded
+//!   grpc/list    ListCalls: filters and order validated into a store query, filter-bound page tokens
 //! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, web UI, 404s
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
-//!   call/error      ErrorCode / NoticeCode: the codes clients see, spelled once
+//!   call/error      ErrorCode / NoticeCode / ErrorReason: the codes and error reasons clients see, spelled once
 //!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams
 //! store.rs     SQLite call store with migrations; append-only event log
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)

@@ -344,8 +344,47 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("E.164"), "{stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert!(
+        lines[0].starts_with("error: INVALID_ARGUMENT: to: ") && lines[0].contains("E.164"),
+        "{stderr}"
+    );
+    // Then the server's error details, indented.
+    assert_eq!(lines[1], "  reason: INVALID_ARGUMENT field=to", "{stderr}");
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[2].starts_with("  field to: must be E.164"), "{stderr}");
+
+    // Refused by the provider: the reason, Twilio's code and the stored call.
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "call", "+15005550001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.lines().nth(1).unwrap_or_default();
+    assert!(reason.starts_with("  reason: TWILIO_ERROR call_id=call_"), "{stderr}");
+    assert!(reason.ends_with(" code=twilio_21211 provider_code=21211"), "{stderr}");
+
+    // list filters: only the busy call, then only the refused one by number.
+    let list = |args: &[&str]| {
+        let out = Command::new(binary("voice-agent"))
+            .args(["--server", &url, "--json", "list"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let busy = list(&["--status", "busy", "--since", "1h"]);
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    assert_eq!(busy[0]["to"], "+15550102");
+    let refused = list(&["--to", "+15005550001", "--status", "failed", "--oldest-first"]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(reason.contains(refused[0]["callId"].as_str().unwrap()), "{reason}");
+    assert_eq!(list(&["--until", "2000-01-01T00:00:00Z"]).len(), 0);
 }
 
 #[test]
