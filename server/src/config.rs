@@ -552,11 +552,6 @@ impl Config {
         !Backend::ALL.into_iter().any(|b| self.backend_configured(b))
     }
 
-    /// True when every backend has a real service (no realtime-AI emulator is needed).
-    pub fn all_backends_configured(&self) -> bool {
-        Backend::ALL.into_iter().all(|b| self.backend_configured(b))
-    }
-
     /// The backend used when a PlaceCall leaves it unspecified: `DEFAULT_BACKEND`, else the
     /// first configured one, else the first.
     pub fn effective_default_backend(&self) -> Backend {

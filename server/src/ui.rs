@@ -183,3 +183,49 @@ fn missing() -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    async fn get(source: Source, path: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+        let req = Request::get(path).body(Body::empty()).expect("a request");
+        let resp = service(source).oneshot(req).await.expect("infallible");
+        let (parts, body) = resp.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.expect("a body");
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    #[tokio::test]
+    async fn without_a_ui_its_routes_say_how_to_build_it() {
+        for path in ["/", "/calls", "/calls/call_0123456789abcdef0123456789abcdef"] {
+            let (status, headers, body) = get(Source::Missing, path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(body.contains("npm ci && npm run build"), "{path}: {body}");
+            assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY", "{path}");
+            assert!(headers.contains_key(header::CONTENT_SECURITY_POLICY), "{path}");
+        }
+        for path in ["/assets/index.js", "/nope"] {
+            assert_eq!(get(Source::Missing, path).await.0, StatusCode::NOT_FOUND, "{path}");
+        }
+        assert!(Source::Missing.describe().contains("NOT built"));
+    }
+
+    #[tokio::test]
+    async fn web_dir_wins_over_the_embedded_ui() {
+        let dir = std::env::temp_dir().join(format!("va-ui-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        std::fs::write(dir.join("index.html"), "<title>from WEB_DIR</title>").expect("index.html");
+        let source = Source::of(Some(&dir));
+        assert_eq!(source, Source::Dir(dir.clone()));
+        let (status, _, body) = get(source, "/calls/x").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "<title>from WEB_DIR</title>"));
+        std::fs::remove_dir_all(dir).expect("cleanup");
+    }
+}

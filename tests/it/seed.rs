@@ -101,28 +101,38 @@ async fn calls_on_the_seed_env_example_reach_both_backends_with_entra() {
     );
     assert!(!info.telephony_emulated);
 
-    for backend in [pb::Backend::VoiceLive, pb::Backend::GptRealtime] {
-        let req = pb::PlaceCallRequest {
-            backend: backend as i32,
-            ..place("+15550199")
-        };
-        let (_, events) = call_and_watch(&mut client, req, LIMIT).await;
-        assert!(errors(&events).is_empty(), "{backend:?}: {:?}", errors(&events));
-        assert_eq!(
-            statuses(&events).last(),
-            Some(&pb::CallStatus::Completed),
-            "{backend:?}"
-        );
-        assert!(
-            transcripts(&events).len() >= 4,
-            "{backend:?}: {:?}",
-            transcripts(&events)
-        );
-    }
+    // Both backends at once (each conversation plays in real time).
+    let call = |backend: pb::Backend| {
+        let mut client = client.clone();
+        async move {
+            let req = pb::PlaceCallRequest {
+                backend: backend as i32,
+                ..place("+15550199")
+            };
+            let (_, events) = call_and_watch(&mut client, req, LIMIT).await;
+            assert!(errors(&events).is_empty(), "{backend:?}: {:?}", errors(&events));
+            assert_eq!(
+                statuses(&events).last(),
+                Some(&pb::CallStatus::Completed),
+                "{backend:?}"
+            );
+            assert!(
+                transcripts(&events).len() >= 4,
+                "{backend:?}: {:?}",
+                transcripts(&events)
+            );
+        }
+    };
+    tokio::join!(call(pb::Backend::VoiceLive), call(pb::Backend::GptRealtime));
     let sessions = ai.sessions();
-    let dialects: Vec<Option<Dialect>> = sessions.iter().map(|s| s.dialect).collect();
-    assert_eq!(dialects, [Some(Dialect::VoiceLive), Some(Dialect::OpenAiPreview)]);
-    let update = sessions[1].session_update.as_ref().expect("session.update");
+    let dialect = |d: Dialect| sessions.iter().filter(|s| s.dialect == Some(d)).count();
+    assert_eq!(sessions.len(), 2);
+    assert_eq!((dialect(Dialect::VoiceLive), dialect(Dialect::OpenAiPreview)), (1, 1));
+    let azure_openai = sessions
+        .iter()
+        .find(|s| s.dialect == Some(Dialect::OpenAiPreview))
+        .expect("the Azure OpenAI session");
+    let update = azure_openai.session_update.as_ref().expect("session.update");
     let instructions = update["session"]["instructions"].as_str().unwrap_or_default();
     assert!(
         instructions.contains(
