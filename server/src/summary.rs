@@ -76,7 +76,7 @@ pub fn lines(state: &AppState, started: &Started<'_>) -> Vec<Line> {
         AudioMode::Passthrough => "audio: passthrough (G.711 mu-law end to end)".into(),
     }));
     out.push(match &config.api_token {
-        Some(_) => info("API auth: on: every VoiceAgentService RPC and /metrics need 'authorization: Bearer <API_TOKEN>'".into()),
+        Some(_) => info("API auth: on: every VoiceAgentService RPC and /metrics need API_TOKEN in their authorization header".into()),
         None => warn(format!(
             "API auth: OFF (no API_TOKEN): whoever reaches {} can place calls; browsers are held to this server's Host and Origin",
             config.bind
