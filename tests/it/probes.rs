@@ -138,3 +138,26 @@ async fn shutdown_reports_not_serving_at_once() {
     drop((watch, health));
     server.stop().await;
 }
+
+/// A store that fails makes the instance not ready (and says why), while it
+/// stays alive: here another process took the calls table away.
+#[tokio::test]
+async fn a_failing_store_fails_readiness_but_not_liveness() {
+    let dir = std::env::temp_dir().join(format!("va-ready-{}", uuid::Uuid::new_v4()));
+    let db = dir.join("calls.db");
+    let mut config = Config::for_tests();
+    config.database = voice_agent_server::config::DatabaseLocation::File(db.clone());
+    let server = TestServer::with_config(config).await;
+    let other = rusqlite::Connection::open(&db).unwrap();
+    other.execute_batch("DROP TABLE events; DROP TABLE calls;").unwrap();
+    let (status, text) = probe(&server, "/readyz", None).await;
+    assert_eq!(status, 503, "{text}");
+    assert!(
+        text.starts_with("not ready: the call store failed: ") && text.contains("calls"),
+        "{text}"
+    );
+    assert_eq!(probe(&server, "/healthz", None).await, (200, "ok\n".into()));
+    server.stop().await;
+    drop(other);
+    let _ = std::fs::remove_dir_all(dir);
+}
