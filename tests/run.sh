@@ -19,6 +19,9 @@ else
   exit 1
 fi
 
+step "deployment recipes: hadolint, yamllint, Kubernetes schemas"
+bash deploy/lint.sh
+
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 

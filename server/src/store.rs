@@ -345,6 +345,18 @@ impl Store {
         .await
     }
 
+    /// Answers when the database does: one read of the calls table (the
+    /// readiness probe; cheap, and it fails when the file has gone or is locked).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT count(*) FROM (SELECT 1 FROM calls LIMIT 1)", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Checkpoints the WAL so the file is complete on its own (graceful shutdown).
     pub async fn close(&self) -> Result<(), StoreError> {
         self.with(|c| {

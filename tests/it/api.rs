@@ -13,6 +13,7 @@ use voice_agent_server::config::{Config, DatabaseLocation, Secret};
 use voice_agent_tests::*;
 
 mod browser;
+mod probes;
 
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
