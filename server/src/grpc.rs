@@ -14,10 +14,16 @@ use tonic::{Request, Response, Status};
 use voice_agent_proto::v1 as pb;
 
 use crate::AppState;
-use crate::call::hub::HubError;
-use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, Speaker, lifecycle};
+use crate::call::{
+    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, Speaker, lifecycle,
+};
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
-use crate::telephony::{DialRequest, FailureClass, TelephonyError};
+use crate::telephony::DialRequest;
+
+pub mod errors;
+mod list;
+
+use errors::{hub_status, invalid, telephony_status};
 
 /// Longest `instructions`, bytes.
 pub const MAX_INSTRUCTIONS: usize = 16 * 1024;
@@ -50,10 +56,6 @@ impl VoiceAgent {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
 }
 
 /// Most characters of client input an error message quotes: the message
@@ -108,26 +110,6 @@ fn parse_call_id(raw: &str) -> Result<CallId, Status> {
     })
 }
 
-fn hub_status(e: HubError) -> Status {
-    match e {
-        HubError::NotFound => Status::not_found("call not found"),
-        HubError::Store(e) => {
-            tracing::error!(error = %e, "call store failed");
-            Status::internal("the call store failed; see the server log")
-        }
-    }
-}
-
-fn telephony_status(e: &TelephonyError) -> Status {
-    let msg = format!("telephony provider: {}", e.message);
-    match e.class {
-        FailureClass::InvalidArgument => Status::invalid_argument(msg),
-        FailureClass::FailedPrecondition => Status::failed_precondition(msg),
-        FailureClass::Unavailable => Status::unavailable(msg),
-        FailureClass::Internal => Status::internal(msg),
-    }
-}
-
 /// A PlaceCall request after validation.
 struct ValidCall {
     to: String,
@@ -163,7 +145,13 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         Err(_) => return Err(invalid("backend", format!("unknown value {}", req.backend))),
     };
     if let Some(why) = config.backend_unavailable(backend) {
-        return Err(Status::failed_precondition(format!("backend: {why}")));
+        return Err(errors::api_status(
+            tonic::Code::FailedPrecondition,
+            &ErrorReason::BackendNotAvailable,
+            format!("backend: {why}"),
+            &[("backend", backend.as_str())],
+            &[],
+        ));
     }
     if req.instructions.len() > MAX_INSTRUCTIONS {
         return Err(invalid(
@@ -312,14 +300,15 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             turn_latencies_ms: vec![],
         };
         let id = record.call_id.clone();
+        let on = |e| hub_status(e, Some(&id));
         // The call is stored before anything is dialled.
-        state.hub.create(record).await.map_err(hub_status)?;
+        state.hub.create(record).await.map_err(on)?;
         let emulation = emulated.then(|| state.emulation_summary(call.backend));
         state
             .hub
             .update(&id, |rec| lifecycle::placed(rec, emulation))
             .await
-            .map_err(hub_status)?;
+            .map_err(on)?;
         tracing::info!(call_id = %id, to = %crate::redact::phone(&call.to), backend = call.backend.as_str(), emulated, "placing call");
         state.metrics.calls_placed.inc();
 
@@ -341,8 +330,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .hub
                     .update(&id, |rec| lifecycle::dialed(rec, sid))
                     .await
-                    .map_err(hub_status)?;
-                let rec = state.hub.get(&id).await.map_err(hub_status)?;
+                    .map_err(on)?;
+                let rec = state.hub.get(&id).await.map_err(on)?;
                 Ok(Response::new(pb::PlaceCallResponse {
                     call_id: id.to_string(),
                     provider_call_id: dialed.provider_call_id,
@@ -358,8 +347,9 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                         lifecycle::dial_refused(rec, e.provider_code.as_deref(), &e.message)
                     })
                     .await
-                    .map_err(hub_status)?;
-                Err(telephony_status(&e))
+                    .map_err(on)?;
+                // The call is stored (FAILED): the error names it.
+                Err(telephony_status(&e, &id))
             }
         }
     }
@@ -377,12 +367,12 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             .hub
             .watch(&id, req.after_sequence)
             .await
-            .map_err(hub_status)?;
-        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| match item {
+            .map_err(|e| hub_status(e, Some(&id)))?;
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |item| match item {
             Ok(ev) => Ok(pb::WatchCallResponse {
                 event: Some(event_to_pb(&ev)),
             }),
-            Err(e) => Err(hub_status(e)),
+            Err(e) => Err(hub_status(e, Some(&id))),
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -393,17 +383,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
     ) -> Result<Response<pb::HangUpCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
         let state = &self.state;
-        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        let on = |e| hub_status(e, Some(&id));
+        let rec = state.hub.get(&id).await.map_err(on)?;
         if rec.status.is_terminal() {
             return Ok(Response::new(pb::HangUpCallResponse {
                 call: Some(call_to_pb(&rec)),
             }));
         }
-        state
-            .hub
-            .update(&id, lifecycle::hang_up_requested)
-            .await
-            .map_err(hub_status)?;
+        state.hub.update(&id, lifecycle::hang_up_requested).await.map_err(on)?;
         if rec.provider_call_id.is_empty() {
             // Still being dialled: nothing to tell the provider yet.
             state
@@ -412,7 +399,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     lifecycle::end(r, lifecycle::Ending::Canceled, lifecycle::HANG_UP_REASON)
                 })
                 .await
-                .map_err(hub_status)?;
+                .map_err(on)?;
         } else {
             let answered = rec.status == CallStatus::InProgress;
             if let Err(e) = state.telephony.hang_up(&rec.provider_call_id, answered).await {
@@ -426,14 +413,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                         ),
                     )
                     .await
-                    .map_err(hub_status)?;
-                return Err(telephony_status(&e));
+                    .map_err(on)?;
+                return Err(telephony_status(&e, &id));
             }
             // The media bridge stops now; the provider's status callback
             // brings the terminal status.
             state.hub.stop_media(&id);
         }
-        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        let rec = state.hub.get(&id).await.map_err(on)?;
         Ok(Response::new(pb::HangUpCallResponse {
             call: Some(call_to_pb(&rec)),
         }))
@@ -441,7 +428,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
 
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::GetCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
-        let rec = self.state.hub.get(&id).await.map_err(hub_status)?;
+        let rec = self.state.hub.get(&id).await.map_err(|e| hub_status(e, Some(&id)))?;
         Ok(Response::new(pb::GetCallResponse {
             call: Some(call_to_pb(&rec)),
         }))
@@ -451,30 +438,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         &self,
         request: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
-        let req = request.into_inner();
-        let page_size = match req.page_size {
-            0 => 20,
-            n @ 1..=100 => n as usize,
-            n => return Err(invalid("page_size", format!("must be 1 to 100 (0 = 20), got {n}"))),
-        };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                req.page_token
-                    .strip_prefix('p')
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid("page_token", "not a token returned by ListCalls"))?,
-            )
-        };
+        let query = list::parse(request.into_inner())?;
         let page = self
             .state
             .hub
             .store()
-            .list_calls(page_size, before)
+            .list_calls_matching(&query.filter, query.page_size, query.after)
             .await
-            .map_err(|e| hub_status(e.into()))?;
+            .map_err(|e| hub_status(e.into(), None))?;
         let mut calls = Vec::with_capacity(page.calls.len());
         for rec in page.calls {
             // Live calls: the hub has the newest record.
@@ -486,7 +457,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         }
         Ok(Response::new(pb::ListCallsResponse {
             calls,
-            next_page_token: page.next.map(|n| format!("p{n}")).unwrap_or_default(),
+            next_page_token: page.next.map(|n| query.token(n)).unwrap_or_default(),
         }))
     }
 
@@ -690,11 +661,11 @@ impl tonic::service::Interceptor for AuthInterceptor {
         if token_matches(given, token) {
             Ok(req)
         } else if given.is_empty() {
-            Err(Status::unauthenticated(
+            Err(errors::unauthenticated(
                 "missing 'authorization: Bearer <API_TOKEN>' metadata",
             ))
         } else {
-            Err(Status::unauthenticated("invalid API token"))
+            Err(errors::unauthenticated("invalid API token"))
         }
     }
 }

@@ -4,17 +4,24 @@
 //! # Layout
 //!
 //! ```text
-//! main.rs      reads the config, sets up logging, calls `Server::start` + `run`
+//! main.rs      reads `.env` (dotenv.rs), the config, sets up logging, calls `Server::start` + `run`
+//! build.rs     (beside src/) builds web-client/ when stale and npm is there; copies its dist for ui.rs to embed
 //! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP; start-up and shutdown wiring
 //! listener.rs  the accept loop: connection cap, header/body/idle timeouts, graceful shutdown
 //! state.rs     AppState: what every part shares (imports no edge and no emulator)
 //! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
+//! dotenv.rs    wire format: `.env` text → variables, python-dotenv's rules (the seed's `.env` as it is)
+//! summary.rs   the start-up summary: telephony, backends and their auth, store, audio, API auth, CORS, UI (no secrets)
 //! browser.rs   what browsers may do: CORS allow-list, Host/Origin guard (DNS rebinding), UI security headers
 //! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
-//! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, web UI, 404s
+//!   grpc/errors  error statuses with google.rpc ErrorInfo / BadRequest (tonic-types), everything echoed bounded
+//!   grpc/list    ListCalls: filters and order validated into a store query, filter-bound page tokens
+//! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, 404s
+//! health.rs    edge: /healthz (alive) and /readyz (not stopping, store answers): open, cheap, bounded
+//! ui.rs        edge: the web UI at / — embedded at build time (rust-embed), or WEB_DIR, or a how-to-build page
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
-//!   call/error      ErrorCode / NoticeCode: the codes clients see, spelled once
+//!   call/error      ErrorCode / NoticeCode / ErrorReason: the codes and error reasons clients see, spelled once
 //!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams
 //! store.rs     SQLite call store with migrations; append-only event log
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
@@ -54,9 +61,11 @@ pub mod bridge;
 pub mod browser;
 pub mod call;
 pub mod config;
+pub mod dotenv;
 /// The built-in emulators (the `voice-agent-emulators` crate).
 pub use voice_agent_emulators as emulator;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod metrics;
@@ -64,8 +73,10 @@ pub mod realtime;
 pub mod redact;
 pub mod state;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 pub mod telephony;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -78,7 +89,6 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 use voice_agent_proto::v1::voice_agent_service_server::VoiceAgentServiceServer;
 
-use crate::call::Backend;
 use crate::call::hub::CallHub;
 use crate::config::{Config, Secret};
 use crate::grpc::{AuthInterceptor, VoiceAgent};
@@ -162,6 +172,7 @@ impl Server {
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = CallHub::with_metrics(store, shutdown.clone(), metrics.clone());
         let mut twilio_emulator = None;
+        let injected_telephony = options.telephony.is_some();
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
             match (options.telephony, &config.twilio) {
                 (Some((t, token)), _) => (t, token, false, "+15005550006".to_string()),
@@ -214,7 +225,9 @@ impl Server {
                 "hung up calls left live by the previous run and marked them failed"
             );
         }
-        let realtime_emulator = if config.all_backends_configured() {
+        // Only when no AI is configured: a backend without credentials beside
+        // a configured one is not offered (Config::available_backends).
+        let realtime_emulator = if !config.ai_emulated() {
             None
         } else {
             Some(
@@ -231,23 +244,6 @@ impl Server {
             emulator_key.as_ref().map(|(u, k)| (u, k)),
             options.entra.unwrap_or_else(EntraAuth::from_environment),
         );
-        if let Some(t) = &twilio_emulator {
-            tracing::warn!(
-                "no Twilio credentials: calls are EMULATED by the built-in Twilio emulator at {} (no real phone is dialled)",
-                t.base_url()
-            );
-        }
-        if let Some(r) = &realtime_emulator {
-            for backend in Backend::ALL {
-                if !config.backend_configured(backend) {
-                    tracing::warn!(
-                        backend = backend.as_str(),
-                        "no AI credentials: this backend is answered by the built-in realtime-AI emulator at {}",
-                        r.url_base()
-                    );
-                }
-            }
-        }
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
@@ -260,7 +256,23 @@ impl Server {
             shutdown,
             bridges: TaskTracker::new(),
             metrics,
+            readiness: state::Readiness::new(),
         });
+        let twilio_base = twilio_emulator.as_ref().map(|t| t.base_url());
+        let realtime_base = realtime_emulator.as_ref().map(|r| r.url_base());
+        let started = summary::Started {
+            twilio_emulator: twilio_base.as_deref(),
+            realtime_emulator: realtime_base.as_ref(),
+            injected_telephony,
+            ui: ui::Source::of(state.config.web_dir.as_deref()).describe(),
+        };
+        for line in summary::lines(&state, &started) {
+            if line.warn {
+                tracing::warn!("{}", line.text);
+            } else {
+                tracing::info!("{}", line.text);
+            }
+        }
         Ok(Self {
             state,
             emulators: Arc::new(Emulators {
@@ -304,6 +316,8 @@ impl Server {
         let serve = listener::serve(self.listener, router, self.state.clone(), shutdown.clone());
         let serve = tokio::spawn(serve);
         shutdown.cancelled().await;
+        // First of all: probes and the gRPC health service say "not ready".
+        self.state.readiness.stop(state::Readiness::SHUTTING_DOWN);
         let deadline = tokio::time::Instant::now() + self.grace;
         // The bridges saw the same cancellation: each records why its call
         // ended and hangs it up. Only then are the watchers ended, so those
@@ -384,6 +398,18 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
     health_reporter
         .set_serving::<VoiceAgentServiceServer<VoiceAgent>>()
         .await;
+    // The gRPC health service follows readiness: NOT_SERVING (the service's
+    // and the server's, "") from the moment a shutdown or drain starts.
+    let mut stopped = state.readiness.subscribe();
+    tokio::spawn(async move {
+        if stopped.wait_for(Option::is_some).await.is_ok() {
+            use tonic_health::ServingStatus;
+            health_reporter
+                .set_not_serving::<VoiceAgentServiceServer<VoiceAgent>>()
+                .await;
+            health_reporter.set_service_status("", ServingStatus::NotServing).await;
+        }
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(voice_agent_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use voice_agent_server::config::{Config, VARIABLES, var};
+use voice_agent_server::dotenv;
 use voice_agent_server::telemetry::{self, LogFormat};
 use voice_agent_server::{Options, Server};
 
@@ -29,19 +30,21 @@ struct Args {
     /// Read this file instead of ./.env (variables already set in the environment win).
     #[arg(long, value_name = "FILE")]
     env_file: Option<std::path::PathBuf>,
+    /// Do not serve: ask the server configured here (HOST, PORT; 0.0.0.0 means this
+    /// machine) for PATH, e.g. /healthz, and exit 0 when it answers 200, else 1. For
+    /// container health checks in images without curl.
+    #[arg(long, value_name = "PATH")]
+    probe: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dotenv = match &args.env_file {
-        Some(path) => dotenvy::from_path(path).map(|_| ()),
-        None => dotenvy::dotenv().map(|_| ()),
-    };
-    if let Err(e) = dotenv
-        && !e.not_found()
-    {
-        eprintln!("error: .env: {e}");
+    if let Err(e) = load_env_file(args.env_file.as_deref()) {
+        eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(path) = &args.probe {
+        return probe(path);
     }
     let config = match Config::from_env().and_then(|c| c.check_startup(args.allow_unauthenticated).map(|()| c)) {
         Ok(c) => c,
@@ -102,6 +105,78 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// `--probe PATH`: one GET to this machine's server, 3 s at most.
+fn probe(path: &str) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ip = match config.bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}{path}", std::net::SocketAddr::new(ip, config.bind.port()));
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                Ok::<_, String>((status, text))
+            })
+        });
+    match answer {
+        Ok((status, _)) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok((status, text)) => {
+            eprintln!("{url}: {status}: {}", text.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Reads `./.env` (or `--env-file`) with python-dotenv's rules and sets the
+/// variables the environment does not already have, as the seed's
+/// `load_dotenv()` did. A missing `./.env` is fine; a missing `--env-file` or
+/// a line that does not parse is an error naming the file and line.
+fn load_env_file(explicit: Option<&std::path::Path>) -> Result<(), String> {
+    let path = explicit.unwrap_or(std::path::Path::new(".env"));
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let bindings = dotenv::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (key, value) in dotenv::resolve(&bindings, &|k: &str| {
+        std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+    }) {
+        // SAFETY: `main` calls this before it starts the runtime or any other
+        // thread, so nothing reads the environment concurrently. The
+        // variables must be in the process environment (not only in our
+        // `Config`): the Azure identity chain and the OpenTelemetry exporter
+        // read theirs from it, as the seed's libraries did after load_dotenv().
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(key, value);
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

@@ -67,7 +67,46 @@ pub struct Store {
     pages: Arc<Mutex<Vec<usize>>>,
 }
 
-/// One page of calls, newest first.
+/// Which calls a listing returns, and in which order (ListCalls' filters).
+/// The default is every call, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallFilter {
+    /// Only calls in one of these statuses; empty = any.
+    pub statuses: Vec<CallStatus>,
+    /// Only calls to exactly this number.
+    pub to: Option<String>,
+    /// Only calls created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only calls created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+impl CallFilter {
+    /// True for every call, newest first.
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The filter as one text, the same for equal filters (statuses in any
+    /// order, no duplicates): what a page token's fingerprint is taken of.
+    pub fn canonical(&self) -> String {
+        let mut statuses: Vec<String> = self.statuses.iter().map(|s| status_text(*s)).collect();
+        statuses.sort();
+        statuses.dedup();
+        format!(
+            "statuses={};to={};after={};before={};oldest_first={}",
+            statuses.join(","),
+            self.to.as_deref().unwrap_or_default(),
+            self.created_after.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.created_before.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.oldest_first
+        )
+    }
+}
+
+/// One page of calls, in the order asked for.
 pub struct CallPage {
     /// The calls.
     pub calls: Vec<CallRecord>,
@@ -213,10 +252,63 @@ impl Store {
 
     /// A page of calls, newest first; `before` is the cursor from the previous page.
     pub async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+        self.list_calls_matching(&CallFilter::default(), page_size, before)
+            .await
+    }
+
+    /// A page of the calls `filter` selects, in its order; `after` is the
+    /// cursor of the previous page (the position of its last call: the next
+    /// page starts past it in the listing's order, so the filters are applied
+    /// to the same rows on every page and none is skipped or repeated).
+    ///
+    /// `created_at` is compared as text: every stored one is
+    /// `DateTime::to_rfc3339` of a UTC time (`+00:00`, 0/3/6/9 fraction
+    /// digits), and in that form text order is time order ('+' sorts before
+    /// '.' and the digits). The bounds are written the same way.
+    pub async fn list_calls_matching(
+        &self,
+        filter: &CallFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<CallPage, StoreError> {
+        use rusqlite::types::Value;
+        let mut clauses = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(cursor) = after {
+            clauses.push(if filter.oldest_first { "seq > ?" } else { "seq < ?" }.to_string());
+            args.push(Value::Integer(cursor));
+        }
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            clauses.push(format!("status IN ({marks})"));
+            args.extend(filter.statuses.iter().map(|s| Value::Text(status_text(*s))));
+        }
+        if let Some(to) = &filter.to {
+            // `to` is not a column: it is read from the stored record.
+            clauses.push("json_extract(record, '$.to') = ?".to_string());
+            args.push(Value::Text(to.clone()));
+        }
+        if let Some(t) = filter.created_after {
+            clauses.push("created_at >= ?".to_string());
+            args.push(Value::Text(t.to_rfc3339()));
+        }
+        if let Some(t) = filter.created_before {
+            clauses.push("created_at < ?".to_string());
+            args.push(Value::Text(t.to_rfc3339()));
+        }
+        let sql = format!(
+            "SELECT seq, record FROM calls {} ORDER BY seq {} LIMIT ?",
+            if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            },
+            if filter.oldest_first { "ASC" } else { "DESC" }
+        );
+        args.push(Value::Integer(i64::try_from(page_size).unwrap_or(i64::MAX - 1) + 1));
         self.with(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, record FROM calls WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), page_size as i64 + 1], |r| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })?;
             let mut calls = Vec::new();
@@ -249,6 +341,18 @@ impl Store {
                 out.push(serde_json::from_str(&row?)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    /// Answers when the database does: one read of the calls table (the
+    /// readiness probe; cheap, and it fails when the file has gone or is locked).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.with(|c| {
+            c.query_row("SELECT count(*) FROM (SELECT 1 FROM calls LIMIT 1)", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
+            Ok(())
         })
         .await
     }
@@ -349,6 +453,89 @@ pub(crate) mod tests {
         let p3 = store.list_calls(2, p2.next).await.unwrap();
         assert_eq!(p3.calls.len(), 1);
         assert!(p3.next.is_none());
+    }
+
+    #[tokio::test]
+    async fn filtered_listings_page_through_exactly_the_matching_calls() {
+        let store = Store::open(&DatabaseLocation::Memory).unwrap();
+        let t0 = DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z").unwrap().to_utc();
+        // 12 calls, 0.5 s apart (sub-second times, to check the text
+        // comparison), alternately to two numbers, every third one busy.
+        let mut all = Vec::new();
+        for i in 0..12i64 {
+            let id = CallId::new();
+            let mut rec = record(&id);
+            rec.to = if i % 2 == 0 { "+15550100" } else { "+15550199" }.into();
+            rec.status = if i % 3 == 0 {
+                CallStatus::Busy
+            } else {
+                CallStatus::Completed
+            };
+            rec.created_at = t0 + chrono::Duration::milliseconds(500 * i);
+            store.insert_call(rec.clone()).await.unwrap();
+            all.push(rec);
+        }
+        let cases = [
+            CallFilter::default(),
+            CallFilter {
+                oldest_first: true,
+                ..Default::default()
+            },
+            CallFilter {
+                statuses: vec![CallStatus::Busy],
+                ..Default::default()
+            },
+            CallFilter {
+                statuses: vec![CallStatus::Busy, CallStatus::Failed],
+                to: Some("+15550100".into()),
+                oldest_first: true,
+                ..Default::default()
+            },
+            CallFilter {
+                // From 10:00:01.000 (call 2) to before 10:00:04.500 (call 9).
+                created_after: Some(t0 + chrono::Duration::milliseconds(1000)),
+                created_before: Some(t0 + chrono::Duration::milliseconds(4500)),
+                ..Default::default()
+            },
+            CallFilter {
+                created_after: Some(t0 + chrono::Duration::milliseconds(1250)),
+                to: Some("+15550199".into()),
+                oldest_first: true,
+                ..Default::default()
+            },
+            CallFilter {
+                to: Some("+15550000".into()),
+                ..Default::default()
+            },
+        ];
+        for filter in cases {
+            let mut expected: Vec<CallId> = all
+                .iter()
+                .filter(|r| filter.statuses.is_empty() || filter.statuses.contains(&r.status))
+                .filter(|r| filter.to.as_ref().is_none_or(|to| &r.to == to))
+                .filter(|r| filter.created_after.is_none_or(|t| r.created_at >= t))
+                .filter(|r| filter.created_before.is_none_or(|t| r.created_at < t))
+                .map(|r| r.call_id.clone())
+                .collect();
+            if !filter.oldest_first {
+                expected.reverse();
+            }
+            // Page sizes that do and do not divide the count.
+            for size in [1, 2, 5, 100] {
+                let mut got = Vec::new();
+                let mut cursor = None;
+                loop {
+                    let page = store.list_calls_matching(&filter, size, cursor).await.unwrap();
+                    assert!(page.calls.len() <= size);
+                    got.extend(page.calls.into_iter().map(|c| c.call_id));
+                    match page.next {
+                        Some(n) => cursor = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, expected, "{filter:?}, pages of {size}");
+            }
+        }
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ use voice_agent_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
 
+mod seed;
+
 fn pb_statuses(list: &[pb::CallStatus]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str_name()).collect()
 }
