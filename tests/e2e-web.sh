@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Starts the real server (emulator mode, the built UI at /) on a free port and
-# runs the web client's browser test against it.
+# Starts the real server (emulator mode, the web UI built into its binary at /)
+# on a free port, from another working directory, and runs the web client's
+# browser test against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,8 +13,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PORT=0 WEB_DIR="$PWD/web-client/dist" DATABASE_URL="sqlite://$work/calls.db" RUST_LOG=info \
-  ./target/debug/voice-agent-server >"$log" 2>&1 &
+server="$PWD/target/debug/voice-agent-server"
+(cd "$work" && PORT=0 DATABASE_URL="sqlite://$work/calls.db" RUST_LOG=info exec "$server") >"$log" 2>&1 &
 pid=$!
 
 addr=""
@@ -24,5 +25,6 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 [ -n "$addr" ] || { cat "$log"; echo "server did not start"; exit 1; }
+grep -q "web UI: built into the binary" "$log" || { cat "$log"; echo "the server binary has no web UI built in"; exit 1; }
 
 (cd web-client && VOICE_AGENT_URL="$addr" npm run e2e) || { echo "--- server log"; tail -n 50 "$log"; exit 1; }

@@ -1,4 +1,5 @@
 import react from "@vitejs/plugin-react";
+import { defaultClientConditions } from "vite";
 import { defineConfig } from "vitest/config";
 
 // The Rust server serves grpc-web and this UI on one origin (default http://127.0.0.1:8000).
@@ -12,6 +13,14 @@ const proxy = {
 
 export default defineConfig({
   plugins: [react()],
+  // @voice-agent/client (../clients/typescript) is read from its TypeScript sources (its
+  // "voice-agent-source" export condition), and the libraries it imports resolve to this package's
+  // node_modules: one copy of @bufbuild/protobuf and @connectrpc/connect, whichever dependencies the
+  // client package has installed for its own tests.
+  resolve: {
+    conditions: ["voice-agent-source", ...defaultClientConditions],
+    dedupe: ["@bufbuild/protobuf", "@connectrpc/connect"],
+  },
   // Absolute asset URLs: the server also answers deep links such as /calls/<id> with index.html,
   // whose assets must still load from /assets/.
   base: "/",

@@ -84,6 +84,28 @@ pub fn parse_server(input: &str) -> Result<String, String> {
     Ok(format!("{scheme}://{authority}"))
 }
 
+/// Parses a point in time for `list --since/--until`: RFC 3339
+/// (`2026-12-02T15:00:00Z`, any offset) or a duration before now (`90m`, `2h`).
+pub fn parse_time(input: &str) -> Result<prost_types::Timestamp, String> {
+    let text = input.trim();
+    let at = match chrono::DateTime::parse_from_rfc3339(text) {
+        Ok(t) => t.to_utc(),
+        Err(_) => {
+            let ago = parse_duration(text).map_err(|_| {
+                format!("expected an RFC 3339 time (2026-12-02T15:00:00Z) or a duration ago (90m, 2h), got {input:?}")
+            })?;
+            chrono::Duration::from_std(ago)
+                .ok()
+                .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago))
+                .ok_or_else(|| format!("{input:?} is too long ago"))?
+        }
+    };
+    Ok(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
+    })
+}
+
 /// Parses `--token`: it travels in a header, so only visible ASCII is allowed.
 pub fn parse_token(input: &str) -> Result<String, String> {
     if input.bytes().all(|b| b.is_ascii_graphic()) {
@@ -134,6 +156,18 @@ mod tests {
         assert!(parse_server("http://").is_err());
         assert_eq!(parse_server(""), Ok(DEFAULT_SERVER.into()));
         assert!(parse_server("http://host?x=1").is_err());
+    }
+
+    #[test]
+    fn times_are_rfc_3339_or_a_duration_ago() {
+        let t = parse_time("2026-12-02T16:00:00.5+01:00").unwrap();
+        assert_eq!((t.seconds, t.nanos), (1_796_223_600, 500_000_000));
+        let now = chrono::Utc::now().timestamp();
+        let ago = parse_time("2h").unwrap().seconds;
+        assert!((now - 7200..=now - 7195).contains(&ago), "{ago} vs {now}");
+        for bad in ["", "yesterday", "2026-12-02", "0s"] {
+            assert!(parse_time(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 
     #[test]

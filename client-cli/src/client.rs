@@ -90,6 +90,39 @@ pub fn describe_status(status: &tonic::Status) -> String {
     }
 }
 
+/// The `google.rpc` details of an error status, one line each, for the
+/// lines after [`describe_status`]: the ErrorInfo's reason (and domain when it
+/// is not ours) with its metadata, then each BadRequest field violation.
+/// Empty when the status has none (an older server, a transport error).
+pub fn describe_details(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let clean = crate::render::sanitize;
+    // Details that do not decode are left out: the first line already says
+    // what failed, and the status message carries the same text.
+    let Ok(details) = status.check_error_details() else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    if let Some(info) = details.error_info() {
+        let mut line = format!("reason: {}", clean(&info.reason));
+        if info.domain != "voice-agent" {
+            line.push_str(&format!(" ({})", clean(&info.domain)));
+        }
+        let mut metadata: Vec<_> = info.metadata.iter().collect();
+        metadata.sort();
+        for (key, value) in metadata {
+            line.push_str(&format!(" {}={}", clean(key), clean(value)));
+        }
+        lines.push(line);
+    }
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            lines.push(format!("field {}: {}", clean(&v.field), clean(&v.description)));
+        }
+    }
+    lines
+}
+
 /// The canonical upper-case name of a gRPC status code.
 pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
@@ -156,6 +189,30 @@ mod tests {
             describe_status(&s),
             "UNAVAILABLE: tcp connect error: Connection refused"
         );
+    }
+
+    #[test]
+    fn details_are_shown_one_line_each() {
+        use tonic_types::{ErrorDetails, StatusExt};
+        let mut details = ErrorDetails::new();
+        details.set_error_info(
+            "TWILIO_ERROR",
+            "voice-agent",
+            [
+                ("provider_code".to_string(), "21211".to_string()),
+                ("call_id".to_string(), "call_1\n".to_string()),
+            ],
+        );
+        details.add_bad_request_violation("to", "must be E.164");
+        let s = tonic::Status::with_error_details(tonic::Code::InvalidArgument, "refused", details);
+        assert_eq!(
+            describe_details(&s),
+            [
+                "reason: TWILIO_ERROR call_id=call_1  provider_code=21211",
+                "field to: must be E.164"
+            ]
+        );
+        assert!(describe_details(&tonic::Status::not_found("x")).is_empty());
     }
 
     #[tokio::test]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use voice_agent_proto::v1 as pb;
 
-use crate::client::{Client, describe_status};
+use crate::client::{Client, describe_details, describe_status};
 use crate::outcome::{EXIT_ERROR, EXIT_HELP, EXIT_OK, EXIT_USAGE, Outcome};
 use crate::render::Palette;
 use crate::watch::WatchError;
@@ -75,8 +75,23 @@ enum Command {
         /// The call id.
         call_id: String,
     },
-    /// List call records, newest first.
+    /// List call records, newest first (filters combine with AND).
     List {
+        /// Only calls in this status; repeat for several.
+        #[arg(long = "status", value_enum, value_name = "STATUS")]
+        statuses: Vec<StatusArg>,
+        /// Only calls to exactly this number (E.164).
+        #[arg(long, value_name = "NUMBER")]
+        to: Option<String>,
+        /// Only calls created at or after this time: RFC 3339 (2026-12-02T15:00:00Z) or a duration ago (90m, 2h).
+        #[arg(long, value_parser = args::parse_time, value_name = "TIME")]
+        since: Option<prost_types::Timestamp>,
+        /// Only calls created before this time: RFC 3339 or a duration ago.
+        #[arg(long, value_parser = args::parse_time, value_name = "TIME")]
+        until: Option<prost_types::Timestamp>,
+        /// Oldest first instead of newest first.
+        #[arg(long)]
+        oldest_first: bool,
         /// Calls per page, 1 to 100 (default: the server's, 20).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
         page_size: Option<u32>,
@@ -128,6 +143,36 @@ struct Reconnect {
     /// How many times in a row to reconnect a dropped event stream (0 = never).
     #[arg(long, default_value_t = 5, value_name = "N")]
     reconnect_tries: u32,
+}
+
+/// A call status, as `list --status` takes it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Queued,
+    Initiated,
+    Ringing,
+    InProgress,
+    Completed,
+    Busy,
+    NoAnswer,
+    Canceled,
+    Failed,
+}
+
+impl From<StatusArg> for pb::CallStatus {
+    fn from(arg: StatusArg) -> pb::CallStatus {
+        match arg {
+            StatusArg::Queued => pb::CallStatus::Queued,
+            StatusArg::Initiated => pb::CallStatus::Initiated,
+            StatusArg::Ringing => pb::CallStatus::Ringing,
+            StatusArg::InProgress => pb::CallStatus::InProgress,
+            StatusArg::Completed => pb::CallStatus::Completed,
+            StatusArg::Busy => pb::CallStatus::Busy,
+            StatusArg::NoAnswer => pb::CallStatus::NoAnswer,
+            StatusArg::Canceled => pb::CallStatus::Canceled,
+            StatusArg::Failed => pb::CallStatus::Failed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -305,6 +350,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             Ok(EXIT_OK)
         }
         Command::List {
+            statuses,
+            to,
+            since,
+            until,
+            oldest_first,
             page_size,
             page_token,
             all,
@@ -314,6 +364,15 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 let request = pb::ListCallsRequest {
                     page_size: page_size.unwrap_or(0),
                     page_token: token,
+                    statuses: statuses.iter().map(|s| pb::CallStatus::from(*s) as i32).collect(),
+                    to: to.clone().unwrap_or_default(),
+                    created_after: *since,
+                    created_before: *until,
+                    order: if *oldest_first {
+                        pb::ListCallsOrder::OldestFirst
+                    } else {
+                        pb::ListCallsOrder::Unspecified
+                    } as i32,
                 };
                 let page = client.list_calls(request).await?.into_inner();
                 for call in &page.calls {
@@ -356,6 +415,9 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(Failure::Rpc(status)) => {
             eprintln!("error: {}", describe_status(&status));
+            for detail in describe_details(&status) {
+                eprintln!("  {detail}");
+            }
             ExitCode::from(EXIT_ERROR)
         }
         Err(Failure::Usage(message)) => {
@@ -431,6 +493,41 @@ mod tests {
         assert_eq!(req.greeting, None);
         assert_eq!(req.max_duration, None);
         assert!(req.instructions.is_empty() && req.voice.is_empty());
+    }
+
+    #[test]
+    fn list_flags_become_the_filters() {
+        let cli = parse(&[
+            "list",
+            "--status",
+            "busy",
+            "--status",
+            "no-answer",
+            "--to",
+            "+15550100",
+            "--since",
+            "2026-12-02T15:00:00Z",
+            "--oldest-first",
+        ])
+        .unwrap();
+        let Command::List {
+            statuses,
+            to,
+            since,
+            until,
+            oldest_first,
+            ..
+        } = cli.command
+        else {
+            panic!("not a list")
+        };
+        let statuses: Vec<pb::CallStatus> = statuses.into_iter().map(pb::CallStatus::from).collect();
+        assert_eq!(statuses, [pb::CallStatus::Busy, pb::CallStatus::NoAnswer]);
+        assert_eq!(to.as_deref(), Some("+15550100"));
+        assert_eq!(since.map(|t| t.seconds), Some(1_796_223_600));
+        assert!(until.is_none() && oldest_first);
+        assert!(parse(&["list", "--status", "nope"]).is_err());
+        assert!(parse(&["list", "--since", "yesterday"]).is_err());
     }
 
     #[test]

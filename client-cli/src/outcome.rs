@@ -29,7 +29,8 @@ Exit status of `watch` and `call --watch` (the outcome of the call):
   5  NO_ANSWER
   6  CANCELED
   7  the event stream broke before the call ended (reconnecting did not help)
-Any command: 1 on an error (one line on stderr: `error: <gRPC code>: <message>`), 2 on a usage error.";
+Any command: 1 on an error (on stderr: `error: <gRPC code>: <message>`, then the server's error
+details indented, if any: `reason: <REASON> key=value…` and `field <path>: <problem>`), 2 on a usage error.";
 
 /// How following a call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -152,6 +152,8 @@ pub struct SessionReport {
     pub stalled: bool,
     /// Every client event type received, in order.
     pub received: Vec<String>,
+    /// The W3C `traceparent` header of the WebSocket handshake, if it had one.
+    pub traceparent: Option<String>,
 }
 
 type Reports = Arc<Mutex<Vec<Arc<Mutex<SessionReport>>>>>;
@@ -290,6 +292,10 @@ async fn upgrade(
     };
     let report = Arc::new(Mutex::new(SessionReport {
         dialect: Some(dialect),
+        traceparent: headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         ..Default::default()
     }));
     let index = {

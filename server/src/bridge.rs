@@ -83,5 +83,11 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
             backend: record.backend,
         },
     };
-    shell::run_media(&env, record, socket).await;
+    // The bridge's span is a child of the call's (docs/observability.md
+    // "Traces"): the AI session's spans are its children.
+    let span = match state.hub.call_span(&record.call_id) {
+        Some(call) => tracing::info_span!(parent: &call, "media_bridge", call_id = %record.call_id),
+        None => tracing::info_span!("media_bridge", call_id = %record.call_id),
+    };
+    tracing::Instrument::instrument(shell::run_media(&env, record, socket), span).await;
 }

@@ -107,7 +107,10 @@ impl OriginPolicy {
 
     /// Checks one request's path, `Host` (or HTTP/2 `:authority`) and `Origin`.
     pub fn check(&self, path: &str, authority: Option<&str>, origin: Option<&[u8]>) -> Result<(), Refusal> {
-        if !self.enforce || SIGNED_PREFIXES.iter().any(|p| path.starts_with(p)) {
+        // The probes tell nothing and change nothing; a kubelet or load
+        // balancer sends them to the pod's or instance's IP or any name.
+        if !self.enforce || SIGNED_PREFIXES.iter().any(|p| path.starts_with(p)) || crate::health::PATHS.contains(&path)
+        {
             return Ok(());
         }
         let authority = authority.map(str::to_ascii_lowercase);
@@ -180,7 +183,7 @@ fn refuse(headers: &HeaderMap, refusal: Refusal) -> Response {
         .cloned();
     match grpc_type {
         Some(content_type) => {
-            let mut resp = tonic::Status::permission_denied(refusal.to_string()).into_http::<axum::body::Body>();
+            let mut resp = crate::grpc::errors::permission_denied(&refusal.to_string()).into_http::<axum::body::Body>();
             resp.headers_mut().insert(header::CONTENT_TYPE, content_type);
             resp
         }
@@ -273,6 +276,15 @@ mod tests {
             assert_eq!(p.check(path, Some("evil.example"), Some(b"null")), Ok(()), "{path}");
         }
         assert_eq!(p.check("/metrics", Some("evil.example"), None), Err(Refusal::Host));
+        for path in ["/healthz", "/readyz"] {
+            assert_eq!(p.check(path, Some("10.1.2.3:8000"), None), Ok(()), "{path}");
+            assert_eq!(
+                p.check(path, Some("svc.cluster.local"), Some(b"null")),
+                Ok(()),
+                "{path}"
+            );
+        }
+        assert_eq!(p.check("/readyz/x", Some("evil.example"), None), Err(Refusal::Host));
     }
 
     #[test]

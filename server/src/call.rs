@@ -7,7 +7,7 @@ pub mod error;
 pub mod hub;
 pub mod lifecycle;
 
-pub use error::{ErrorCode, NoticeCode};
+pub use error::{ERROR_DOMAIN, ErrorCode, ErrorReason, NoticeCode};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -152,14 +152,34 @@ pub mod var {
         "comma-separated origins (scheme://host[:port]) whose pages may call the API cross-origin, e.g. http://localhost:5173; none = no CORS",
         "none",
     );
-    /// Web UI directory.
+    /// Web UI directory (instead of the UI built into the binary).
     pub const WEB_DIR: Variable = (
         "WEB_DIR",
-        "directory of the built web UI served at /",
-        "web-client/dist",
+        "serve the web UI at / from this directory (a vite build, e.g. web-client/dist while developing the UI) instead of the UI built into the binary",
+        "none: the UI built into the binary",
     );
     /// Log filter (read by `main`).
     pub const RUST_LOG: Variable = ("RUST_LOG", "log filter (tracing-subscriber EnvFilter syntax)", "info");
+    /// Log line format (read by `main`, docs/observability.md).
+    pub const LOG_FORMAT: Variable = (
+        "LOG_FORMAT",
+        "text (colour only on a terminal) or json (one object per line, with span fields)",
+        "text",
+    );
+    /// OTLP/HTTP endpoint spans are exported to (read by `main` and the OpenTelemetry SDK).
+    pub const OTEL_EXPORTER_OTLP_ENDPOINT: Variable = (
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTLP/HTTP collector base URL, e.g. http://localhost:4318; spans go to its /v1/traces (the SDK also reads the other standard OTEL_* variables); none = no traces",
+        "none",
+    );
+    /// OTLP transport; only the specification's default is built in.
+    pub const OTEL_EXPORTER_OTLP_PROTOCOL: Variable = (
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+        "OTLP transport: http/protobuf (the only one built in; anything else stops the server)",
+        "http/protobuf",
+    );
+    /// `service.name` of the exported spans.
+    pub const OTEL_SERVICE_NAME: Variable = ("OTEL_SERVICE_NAME", "service.name of the exported spans", "voice-agent");
 }
 
 const HEAD: &[Variable] = &[
@@ -189,6 +209,10 @@ const TAIL: &[Variable] = &[
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
     var::RUST_LOG,
+    var::LOG_FORMAT,
+    var::OTEL_EXPORTER_OTLP_ENDPOINT,
+    var::OTEL_EXPORTER_OTLP_PROTOCOL,
+    var::OTEL_SERVICE_NAME,
 ];
 const VARIABLE_COUNT: usize = HEAD.len() + backend::variable_count() + TAIL.len();
 
@@ -290,10 +314,14 @@ pub struct Config {
     /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
     /// may call the API; empty = no CORS at all.
     pub cors_allowed_origins: Vec<String>,
-    /// Directory of the built web UI (served at `/` when it has an index.html).
+    /// `WEB_DIR`: serve the UI from this directory (it must have an
+    /// index.html); `None` = the UI built into the binary.
     pub web_dir: Option<PathBuf>,
     /// Timeouts and caps of the listener's connections.
     pub limits: ConnectionLimits,
+    /// What the start-up log should say about how the variables were read
+    /// (defaults taken from the seed, the protocol they select); no secrets.
+    pub notes: Vec<String>,
 }
 
 /// What one peer may hold of the listener: how long it may take to send a
@@ -527,7 +555,7 @@ impl Config {
             drain_timeout: env.seconds(&var::DRAIN_TIMEOUT, 0, 4 * 3600)?,
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
-            web_dir: Some(PathBuf::from(env.or_default(&var::WEB_DIR))),
+            web_dir: env.get(var::WEB_DIR.0).map(PathBuf::from),
             limits: ConnectionLimits {
                 header_timeout: env.seconds(&var::HTTP_HEADER_TIMEOUT, 1, 300)?,
                 body_timeout: env.seconds(&var::HTTP_BODY_TIMEOUT, 1, 300)?,
@@ -535,6 +563,7 @@ impl Config {
                 max_connections: env.count(&var::MAX_CONNECTIONS, 1, 1 << 20)?,
                 webhook_max_body: env.count(&var::WEBHOOK_MAX_BODY, 1024, 2 << 20)?,
             },
+            notes: Vec::new(),
         };
         backend::configure_all(&env, &mut config)?;
         Ok(config)
@@ -557,11 +586,6 @@ impl Config {
     /// True when no realtime AI is configured: every backend goes to the emulator.
     pub fn ai_emulated(&self) -> bool {
         !Backend::ALL.into_iter().any(|b| self.backend_configured(b))
-    }
-
-    /// True when every backend has a real service (no realtime-AI emulator is needed).
-    pub fn all_backends_configured(&self) -> bool {
-        Backend::ALL.into_iter().all(|b| self.backend_configured(b))
     }
 
     /// The backend used when a PlaceCall leaves it unspecified: `DEFAULT_BACKEND`, else the
@@ -611,6 +635,17 @@ impl Config {
             && let Some(why) = self.backend_unavailable(backend)
         {
             return Err(err("DEFAULT_BACKEND", why));
+        }
+        if let Some(dir) = &self.web_dir
+            && !dir.join("index.html").is_file()
+        {
+            return Err(err(
+                var::WEB_DIR.0,
+                format!(
+                    "{} has no index.html (build the UI there with `npm run build`, or unset WEB_DIR to serve the UI built into the binary)",
+                    dir.display()
+                ),
+            ));
         }
         Ok(())
     }
@@ -758,6 +793,18 @@ mod tests {
     }
 
     #[test]
+    fn web_dir_must_hold_a_built_ui() {
+        let c = parse(&[("WEB_DIR", "/nonexistent/voice-agent-ui")]).unwrap();
+        assert_eq!(c.check_startup(false).unwrap_err().variable, "WEB_DIR");
+        let dir = std::env::temp_dir().join(format!("va-webdir-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("index.html"), "<!doctype html>").unwrap();
+        let c = parse(&[("WEB_DIR", dir.to_str().unwrap())]).unwrap();
+        assert!(c.check_startup(false).is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn unconfigured_default_backend_is_refused_when_another_is_real() {
         let c = parse(&[("OPENAI_API_KEY", "sk"), ("DEFAULT_BACKEND", "voice-live")]).unwrap();
         assert_eq!(c.check_startup(false).unwrap_err().variable, "DEFAULT_BACKEND");
@@ -823,7 +870,7 @@ mod tests {
         for ((name, _, default), value) in vars {
             assert_eq!(default, value, "{name}");
         }
-        assert_eq!(c.web_dir.unwrap().to_str(), Some(var::WEB_DIR.2));
+        assert!(c.web_dir.is_none(), "the UI built into the binary");
         let c = parse(&[("AZURE_VOICE_LIVE_ENDPOINT", "https://x"), ("OPENAI_API_KEY", "sk")]).unwrap();
         let vl = c.voice_live.unwrap();
         assert_eq!(vl.api_version, voice_live::API_VERSION.2);

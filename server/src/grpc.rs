@@ -14,11 +14,17 @@ use tonic::{Request, Response, Status};
 use voice_agent_proto::v1 as pb;
 
 use crate::AppState;
-use crate::call::hub::HubError;
-use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, Speaker, lifecycle};
+use crate::call::{
+    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, Speaker, lifecycle,
+};
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::store::{Inserted, RequestKey};
-use crate::telephony::{DialRequest, FailureClass, TelephonyError};
+use crate::telephony::DialRequest;
+
+pub mod errors;
+mod list;
+
+use errors::{hub_status, invalid, telephony_status};
 
 /// Longest `instructions`, bytes.
 pub const MAX_INSTRUCTIONS: usize = 16 * 1024;
@@ -54,10 +60,6 @@ impl VoiceAgent {
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
     }
-}
-
-fn invalid(field: &str, problem: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
 }
 
 /// Most characters of client input an error message quotes: the message
@@ -110,26 +112,6 @@ fn parse_call_id(raw: &str) -> Result<CallId, Status> {
             ),
         )
     })
-}
-
-fn hub_status(e: HubError) -> Status {
-    match e {
-        HubError::NotFound => Status::not_found("call not found"),
-        HubError::Store(e) => {
-            tracing::error!(error = %e, "call store failed");
-            Status::internal("the call store failed; see the server log")
-        }
-    }
-}
-
-fn telephony_status(e: &TelephonyError) -> Status {
-    let msg = format!("telephony provider: {}", e.message);
-    match e.class {
-        FailureClass::InvalidArgument => Status::invalid_argument(msg),
-        FailureClass::FailedPrecondition => Status::failed_precondition(msg),
-        FailureClass::Unavailable => Status::unavailable(msg),
-        FailureClass::Internal => Status::internal(msg),
-    }
 }
 
 /// A PlaceCall request after validation.
@@ -195,7 +177,13 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         Err(_) => return Err(invalid("backend", format!("unknown value {}", req.backend))),
     };
     if let Some(why) = config.backend_unavailable(backend) {
-        return Err(Status::failed_precondition(format!("backend: {why}")));
+        return Err(errors::api_status(
+            tonic::Code::FailedPrecondition,
+            &ErrorReason::BackendNotAvailable,
+            format!("backend: {why}"),
+            &[("backend", backend.as_str())],
+            &[],
+        ));
     }
     if req.instructions.len() > MAX_INSTRUCTIONS {
         return Err(invalid(
@@ -329,10 +317,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         request: Request<pb::PlaceCallRequest>,
     ) -> Result<Response<pb::PlaceCallResponse>, Status> {
         let state = &self.state;
-        if state.draining.is_cancelled() {
-            return Err(Status::unavailable(
-                "the server is shutting down and takes no new calls; retry (another replica takes it)",
-            ));
+        if let Some(reason) = state.readiness.stopped() {
+            return Err(errors::not_taking_calls(reason));
         }
         let call = validate(state, request.into_inner())?;
         let key = call.request_key();
@@ -365,9 +351,10 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             turn_latencies_ms: vec![],
         };
         let id = record.call_id.clone();
+        let on = |e| hub_status(e, Some(&id));
         // The call is stored before anything is dialled; with a request key,
         // only the request that stored it dials.
-        match state.hub.create_once(record, key).await.map_err(hub_status)?.0 {
+        match state.hub.create_once(record, key).await.map_err(on)?.0 {
             Inserted::New => {}
             Inserted::Existing(rec) => {
                 tracing::info!(call_id = %rec.call_id, "PlaceCall retried with the same request_id: the same call");
@@ -378,19 +365,15 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     emulated: rec.emulated,
                 }));
             }
-            Inserted::Mismatch(other) => {
-                return Err(Status::already_exists(format!(
-                    "request_id: already used by call {other} for a different request; choose a new request_id for a new call"
-                )));
-            }
+            Inserted::Mismatch(other) => return Err(errors::request_id_reused(&other)),
         }
         let emulation = emulated.then(|| state.emulation_summary(call.backend));
         state
             .hub
             .update(&id, move |rec| lifecycle::placed(rec, emulation))
             .await
-            .map_err(hub_status)?;
-        tracing::info!(call_id = %id, to = %call.to, backend = call.backend.as_str(), emulated, "placing call");
+            .map_err(on)?;
+        tracing::info!(call_id = %id, to = %crate::redact::phone(&call.to), backend = call.backend.as_str(), emulated, "placing call");
         state.metrics.calls_placed.inc();
 
         let public = state.public_url.as_str().trim_end_matches('/');
@@ -411,8 +394,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     .hub
                     .update(&id, move |rec| lifecycle::dialed(rec, sid))
                     .await
-                    .map_err(hub_status)?;
-                let rec = state.hub.get(&id).await.map_err(hub_status)?;
+                    .map_err(on)?;
+                let rec = state.hub.get(&id).await.map_err(on)?;
                 Ok(Response::new(pb::PlaceCallResponse {
                     call_id: id.to_string(),
                     provider_call_id: dialed.provider_call_id,
@@ -429,8 +412,9 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                         move |rec| lifecycle::dial_refused(rec, code.as_deref(), &message)
                     })
                     .await
-                    .map_err(hub_status)?;
-                Err(telephony_status(&e))
+                    .map_err(on)?;
+                // The call is stored (FAILED): the error names it.
+                Err(telephony_status(&e, &id))
             }
         }
     }
@@ -448,12 +432,12 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             .hub
             .watch(&id, req.after_sequence)
             .await
-            .map_err(hub_status)?;
-        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| match item {
+            .map_err(|e| hub_status(e, Some(&id)))?;
+        let stream = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |item| match item {
             Ok(ev) => Ok(pb::WatchCallResponse {
                 event: Some(event_to_pb(&ev)),
             }),
-            Err(e) => Err(hub_status(e)),
+            Err(e) => Err(hub_status(e, Some(&id))),
         });
         Ok(Response::new(Box::pin(stream)))
     }
@@ -464,17 +448,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
     ) -> Result<Response<pb::HangUpCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
         let state = &self.state;
-        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        let on = |e| hub_status(e, Some(&id));
+        let rec = state.hub.get(&id).await.map_err(on)?;
         if rec.status.is_terminal() {
             return Ok(Response::new(pb::HangUpCallResponse {
                 call: Some(call_to_pb(&rec)),
             }));
         }
-        state
-            .hub
-            .update(&id, lifecycle::hang_up_requested)
-            .await
-            .map_err(hub_status)?;
+        state.hub.update(&id, lifecycle::hang_up_requested).await.map_err(on)?;
         if rec.provider_call_id.is_empty() {
             // Still being dialled: nothing to tell the provider yet.
             state
@@ -483,7 +464,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                     lifecycle::end(r, lifecycle::Ending::Canceled, lifecycle::HANG_UP_REASON)
                 })
                 .await
-                .map_err(hub_status)?;
+                .map_err(on)?;
         } else {
             let answered = rec.status == CallStatus::InProgress;
             if let Err(e) = state.telephony.hang_up(&rec.provider_call_id, answered).await {
@@ -497,14 +478,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                         ),
                     )
                     .await
-                    .map_err(hub_status)?;
-                return Err(telephony_status(&e));
+                    .map_err(on)?;
+                return Err(telephony_status(&e, &id));
             }
             // The media bridge stops now (on whichever replica runs it); the
             // provider's status callback brings the terminal status.
-            state.hub.stop_media(&id).await.map_err(hub_status)?;
+            state.hub.stop_media(&id).await.map_err(on)?;
         }
-        let rec = state.hub.get(&id).await.map_err(hub_status)?;
+        let rec = state.hub.get(&id).await.map_err(on)?;
         Ok(Response::new(pb::HangUpCallResponse {
             call: Some(call_to_pb(&rec)),
         }))
@@ -512,7 +493,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
 
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::GetCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
-        let rec = self.state.hub.get(&id).await.map_err(hub_status)?;
+        let rec = self.state.hub.get(&id).await.map_err(|e| hub_status(e, Some(&id)))?;
         Ok(Response::new(pb::GetCallResponse {
             call: Some(call_to_pb(&rec)),
         }))
@@ -522,30 +503,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         &self,
         request: Request<pb::ListCallsRequest>,
     ) -> Result<Response<pb::ListCallsResponse>, Status> {
-        let req = request.into_inner();
-        let page_size = match req.page_size {
-            0 => 20,
-            n @ 1..=100 => n as usize,
-            n => return Err(invalid("page_size", format!("must be 1 to 100 (0 = 20), got {n}"))),
-        };
-        let before = if req.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                req.page_token
-                    .strip_prefix('p')
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| invalid("page_token", "not a token returned by ListCalls"))?,
-            )
-        };
+        let query = list::parse(request.into_inner())?;
         let page = self
             .state
             .hub
             .store()
-            .list_calls(page_size, before)
+            .list_calls_matching(&query.filter, query.page_size, query.after)
             .await
-            .map_err(|e| hub_status(e.into()))?;
+            .map_err(|e| hub_status(e.into(), None))?;
         let mut calls = Vec::with_capacity(page.calls.len());
         for rec in page.calls {
             // Live calls: the hub has the newest record.
@@ -557,7 +522,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         }
         Ok(Response::new(pb::ListCallsResponse {
             calls,
-            next_page_token: page.next.map(|n| format!("p{n}")).unwrap_or_default(),
+            next_page_token: page.next.map(|n| query.token(n)).unwrap_or_default(),
         }))
     }
 
@@ -761,11 +726,11 @@ impl tonic::service::Interceptor for AuthInterceptor {
         if token_matches(given, token) {
             Ok(req)
         } else if given.is_empty() {
-            Err(Status::unauthenticated(
+            Err(errors::unauthenticated(
                 "missing 'authorization: Bearer <API_TOKEN>' metadata",
             ))
         } else {
-            Err(Status::unauthenticated("invalid API token"))
+            Err(errors::unauthenticated("invalid API token"))
         }
     }
 }

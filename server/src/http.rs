@@ -1,6 +1,7 @@
 //! HTTP routes beside gRPC: Twilio's webhooks and media WebSocket (each
 //! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` (behind
-//! `API_TOKEN`), `/readyz` (for load balancers), the web UI, and plain 404s.
+//! `API_TOKEN`), the probes ([`crate::health`]), the web UI ([`crate::ui`]),
+//! and plain 404s.
 //!
 //! Handlers only authenticate ([`SignedTwilioForm`], [`SignedTwilioUpgrade`]),
 //! parse and hand over: decisions about a call live in
@@ -31,50 +32,19 @@ pub const MAX_MEDIA_MESSAGE: usize = 1 << 20;
 
 /// The HTTP router.
 pub fn router(state: Arc<AppState>) -> Router {
-    let web_dir = state.config.web_dir.clone();
-    let mut router = Router::new()
+    let ui = crate::ui::Source::of(state.config.web_dir.as_deref());
+    Router::new()
         .route("/twilio/twiml", post(twiml_webhook))
         .route("/twilio/status", post(status_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    router = match web_dir {
-        Some(dir) if dir.join("index.html").is_file() => {
-            let index = dir.join("index.html");
-            // `fallback`, not `not_found_service`: the latter turns every answer
-            // into a 404, deep links of the UI included.
-            let ui = tower_http::services::ServeDir::new(&dir).fallback(tower::service_fn(
-                move |req: axum::extract::Request| {
-                    let index = index.clone();
-                    async move { Ok::<_, std::convert::Infallible>(spa_or_404(req, &index).await) }
-                },
-            ));
-            router.fallback_service(
-                tower::ServiceBuilder::new()
-                    .layer(axum::middleware::map_response(crate::browser::ui_headers))
-                    .service(ui),
-            )
-        }
-        _ => router.fallback(not_found),
-    };
-    router
+        .with_state(state.clone())
+        .merge(crate::health::router(state))
+        .fallback_service(crate::ui::service(ui))
 }
 
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
-}
-
-/// Client-side routes of the UI (`/calls/…`) get `index.html`; anything else
-/// unknown is a plain 404 (never a grpc-web error).
-async fn spa_or_404(req: axum::extract::Request, index: &std::path::Path) -> Response {
-    let path = req.uri().path();
-    let is_ui_route = matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD)
-        && (path == "/" || path == "/calls" || path.starts_with("/calls/"));
-    if is_ui_route && let Ok(html) = tokio::fs::read(index).await {
-        return ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response();
-    }
-    not_found().await
 }
 
 #[derive(Deserialize)]
@@ -301,30 +271,6 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// How long `/readyz` waits for the store.
-const READY_STORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// `GET /readyz`: 200 while this server takes new work (not stopping, the
-/// call store answers), else 503 — for load balancers' health checks
-/// (docs/deploy.md). Open: it says nothing about calls.
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.draining.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response();
-    }
-    match tokio::time::timeout(READY_STORE_TIMEOUT, state.hub.store().ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ready\n").into_response(),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "not ready: the call store does not answer");
-            (StatusCode::SERVICE_UNAVAILABLE, "the call store does not answer\n").into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the call store does not answer in time\n",
-        )
-            .into_response(),
-    }
 }
 
 /// `GET /ws/media/{call_id}`: Twilio opens the Media Streams WebSocket.

@@ -4,19 +4,26 @@
 //! # Layout
 //!
 //! ```text
-//! main.rs      reads the config, sets up logging, calls `Server::start` + `run`
+//! main.rs      reads `.env` (dotenv.rs), the config, sets up logging, calls `Server::start` + `run`
+//! build.rs     (beside src/) builds web-client/ when stale and npm is there; copies its dist for ui.rs to embed
 //! lib.rs       this map; `Server`: one listener for gRPC, grpc-web and HTTP; start-up and shutdown wiring
 //! listener.rs  the accept loop: connection cap, header/body/idle timeouts, graceful shutdown
 //! state.rs     AppState: what every part shares (imports no edge and no emulator)
 //! config.rs    `Config` from the environment / `.env` (docs/contract.md §3); every default declared once
+//! dotenv.rs    wire format: `.env` text → variables, python-dotenv's rules (the seed's `.env` as it is)
+//! summary.rs   the start-up summary: telephony, backends and their auth, store, audio, API auth, CORS, UI (no secrets)
 //! browser.rs   what browsers may do: CORS allow-list, Host/Origin guard (DNS rebinding), UI security headers
 //! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
-//! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, web UI, 404s
+//!   grpc/errors  error statuses with google.rpc ErrorInfo / BadRequest (tonic-types), everything echoed bounded
+//!   grpc/list    ListCalls: filters and order validated into a store query, filter-bound page tokens
+//! http.rs      edge: Twilio webhooks (signed-request extractors), media WebSocket upgrade, /metrics, 404s
+//! health.rs    edge: /healthz (alive) and /readyz (not stopping, store answers): open, cheap, bounded
+//! ui.rs        edge: the web UI at / — embedded at build time (rust-embed), or WEB_DIR, or a how-to-build page
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
-//!   call/error      ErrorCode / NoticeCode: the codes clients see, spelled once
-//!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams, media leases
-//! store.rs     the call store seam: SQLite (one process) or PostgreSQL (replicas, docs/deploy.md)
+//!   call/error      ErrorCode / NoticeCode / ErrorReason: the codes and error reasons clients see, spelled once
+//!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams, media leases, status-change logs
+//! store.rs     the call store seam: SQLite (one process) or PostgreSQL (replicas, docs/deploy.md); CallFilter
 //!   store/sqlite    SQLite with migrations; append-only event log
 //!   store/postgres  PostgreSQL: pool, row-locked changes, migrations under an advisory lock, LISTEN/NOTIFY
 //! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
@@ -31,7 +38,11 @@
 //!   bridge/shell         sockets, timers, provider requests around it
 //!   bridge/writer        the call's one ordered path to the hub (events, end reason)
 //!   bridge/frames        the per-frame conversions (transcode, base64, message text)
-//! metrics.rs   lock-free media-path histograms and counters, exposed through prometheus-client (GET /metrics)
+//! metrics.rs   lock-free counters and histograms (media path, RPCs, call outcomes, provider errors,
+//!              build, process), exposed through prometheus-client (GET /metrics)
+//! telemetry.rs logs (text/JSON), OpenTelemetry spans over OTLP, W3C trace context in and out,
+//!              the span and RPC metrics of every gRPC request and Twilio request (docs/observability.md)
+//! redact.rs    phone numbers as logs and spans show them (+1***23), pure
 //! ```
 //!
 //! Re-exported crates (walls the compiler checks; see docs/architecture.md):
@@ -53,16 +64,22 @@ pub mod bridge;
 pub mod browser;
 pub mod call;
 pub mod config;
+pub mod dotenv;
 /// The built-in emulators (the `voice-agent-emulators` crate).
 pub use voice_agent_emulators as emulator;
 pub mod grpc;
+pub mod health;
 pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod realtime;
+pub mod redact;
 pub mod state;
 pub mod store;
+pub mod summary;
+pub mod telemetry;
 pub mod telephony;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,7 +92,6 @@ use tokio_util::task::TaskTracker;
 use url::Url;
 use voice_agent_proto::v1::voice_agent_service_server::VoiceAgentServiceServer;
 
-use crate::call::Backend;
 use crate::call::hub::CallHub;
 use crate::config::{Config, Secret};
 use crate::grpc::{AuthInterceptor, VoiceAgent};
@@ -133,6 +149,9 @@ pub struct Server {
     emulators: Arc<Emulators>,
     listener: TcpListener,
     grace: Duration,
+    /// Cancelled to start a drain (SIGTERM, from another task than the one
+    /// that runs the server); what follows reads [`state::Readiness`].
+    drain: CancellationToken,
 }
 
 impl Server {
@@ -156,8 +175,10 @@ impl Server {
         };
         let store = Store::open(&config.database).await?;
         let shutdown = CancellationToken::new();
-        let hub = CallHub::new(store, shutdown.clone());
+        let metrics = Arc::new(metrics::Metrics::default());
+        let hub = CallHub::with_metrics(store, shutdown.clone(), metrics.clone());
         let mut twilio_emulator = None;
+        let injected_telephony = options.telephony.is_some();
         let (telephony, twilio_auth_token, emulated_telephony, from_number): (Arc<dyn Telephony>, _, _, _) =
             match (options.telephony, &config.twilio) {
                 (Some((t, token)), _) => (t, token, false, "+15005550006".to_string()),
@@ -197,6 +218,7 @@ impl Server {
                     )
                 }
             };
+        let telephony: Arc<dyn Telephony> = Arc::new(telephony::Metered::new(telephony, metrics.clone()));
         if hub.store().shared() {
             // Replicas: the other replicas' calls go on. A call whose media
             // bridge's replica died is ended once its lease expires, by
@@ -217,7 +239,9 @@ impl Server {
                 );
             }
         }
-        let realtime_emulator = if config.all_backends_configured() {
+        // Only when no AI is configured: a backend without credentials beside
+        // a configured one is not offered (Config::available_backends).
+        let realtime_emulator = if !config.ai_emulated() {
             None
         } else {
             Some(
@@ -234,23 +258,6 @@ impl Server {
             emulator_key.as_ref().map(|(u, k)| (u, k)),
             options.entra.unwrap_or_else(EntraAuth::from_environment),
         );
-        if let Some(t) = &twilio_emulator {
-            tracing::warn!(
-                "no Twilio credentials: calls are EMULATED by the built-in Twilio emulator at {} (no real phone is dialled)",
-                t.base_url()
-            );
-        }
-        if let Some(r) = &realtime_emulator {
-            for backend in Backend::ALL {
-                if !config.backend_configured(backend) {
-                    tracing::warn!(
-                        backend = backend.as_str(),
-                        "no AI credentials: this backend is answered by the built-in realtime-AI emulator at {}",
-                        r.url_base()
-                    );
-                }
-            }
-        }
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
@@ -261,10 +268,25 @@ impl Server {
             from_number,
             realtime,
             shutdown,
-            draining: CancellationToken::new(),
             bridges: TaskTracker::new(),
-            metrics: metrics::Metrics::default(),
+            metrics,
+            readiness: state::Readiness::new(),
         });
+        let twilio_base = twilio_emulator.as_ref().map(|t| t.base_url());
+        let realtime_base = realtime_emulator.as_ref().map(|r| r.url_base());
+        let started = summary::Started {
+            twilio_emulator: twilio_base.as_deref(),
+            realtime_emulator: realtime_base.as_ref(),
+            injected_telephony,
+            ui: ui::Source::of(state.config.web_dir.as_deref()).describe(),
+        };
+        for line in summary::lines(&state, &started) {
+            if line.warn {
+                tracing::warn!("{}", line.text);
+            } else {
+                tracing::info!("{}", line.text);
+            }
+        }
         Ok(Self {
             state,
             emulators: Arc::new(Emulators {
@@ -273,6 +295,7 @@ impl Server {
             }),
             listener,
             grace: options.grace.unwrap_or(Duration::from_secs(5)),
+            drain: CancellationToken::new(),
         })
     }
 
@@ -301,7 +324,7 @@ impl Server {
     /// end or `DRAIN_TIMEOUT` passes, then the server shuts down as through
     /// [`Server::shutdown_token`].
     pub fn drain_token(&self) -> CancellationToken {
-        self.state.draining.clone()
+        self.drain.clone()
     }
 
     /// Serves until the shutdown token is cancelled, then stops accepting,
@@ -317,10 +340,16 @@ impl Server {
         let serve = tokio::spawn(serve);
         tokio::select! {
             _ = shutdown.cancelled() => {}
-            _ = self.state.draining.cancelled() => drain(&self.state).await,
+            _ = self.drain.cancelled() => {
+                // First of all: probes and the gRPC health service say "not
+                // ready", and PlaceCall is refused.
+                self.state.readiness.stop(state::Readiness::DRAINING);
+                drain(&self.state).await;
+            }
         }
-        self.state.draining.cancel();
         shutdown.cancel();
+        // (After a drain, the reason stays DRAINING: the first one is kept.)
+        self.state.readiness.stop(state::Readiness::SHUTTING_DOWN);
         let deadline = tokio::time::Instant::now() + self.grace;
         // The bridges saw the same cancellation: each records why its call
         // ended and hangs it up. Only then are the watchers ended, so those
@@ -360,8 +389,8 @@ impl Server {
     }
 }
 
-/// The first step of a stop (SIGTERM): readiness fails and PlaceCall is
-/// refused at once (both read `draining`); the media bridges of this process
+/// The first step of a stop (SIGTERM), after readiness has stopped (so
+/// `/readyz`, gRPC health and PlaceCall refuse at once); the media bridges of this process
 /// run on until they end or `DRAIN_TIMEOUT` passes. Then the shutdown ends
 /// the rest with a reason.
 async fn drain(state: &AppState) {
@@ -434,17 +463,17 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
     health_reporter
         .set_serving::<VoiceAgentServiceServer<VoiceAgent>>()
         .await;
-    // Readiness fails as soon as a stop begins, so load balancers send
-    // nothing new here while the live calls drain.
-    let draining = state.draining.clone();
+    // The gRPC health service follows readiness: NOT_SERVING (the service's
+    // and the server's, "") from the moment a shutdown or drain starts.
+    let mut stopped = state.readiness.subscribe();
     tokio::spawn(async move {
-        draining.cancelled().await;
-        health_reporter
-            .set_not_serving::<VoiceAgentServiceServer<VoiceAgent>>()
-            .await;
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        if stopped.wait_for(Option::is_some).await.is_ok() {
+            use tonic_health::ServingStatus;
+            health_reporter
+                .set_not_serving::<VoiceAgentServiceServer<VoiceAgent>>()
+                .await;
+            health_reporter.set_service_status("", ServingStatus::NotServing).await;
+        }
     });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(voice_agent_proto::FILE_DESCRIPTOR_SET)
@@ -464,12 +493,18 @@ async fn router(state: Arc<AppState>) -> Result<Router, StartError> {
         .route_service("/grpc.health.v1.Health/{*rest}", health)
         .route_service("/grpc.reflection.v1.ServerReflection/{*rest}", reflection_v1)
         .route_service("/grpc.reflection.v1alpha.ServerReflection/{*rest}", reflection_v1alpha)
+        // Inside grpc-web's translation, so it sees gRPC's trailers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            telemetry::grpc_requests,
+        ))
         .layer(tonic_web::GrpcWebLayer::new());
     if let Some(cors) = browser::cors(&state.config.cors_allowed_origins) {
         grpc = grpc.layer(cors);
     }
     let origins = Arc::new(browser::OriginPolicy::new(&state.config, &state.public_url));
+    let twilio_spans = axum::middleware::from_fn_with_state(state.clone(), telemetry::twilio_requests);
     Ok(grpc
-        .merge(http::router(state))
+        .merge(http::router(state).layer(twilio_spans))
         .layer(axum::middleware::from_fn_with_state(origins, browser::guard)))
 }

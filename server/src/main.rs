@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use voice_agent_server::config::{Config, VARIABLES, var};
+use voice_agent_server::dotenv;
+use voice_agent_server::telemetry::{self, LogFormat};
 use voice_agent_server::{Options, Server};
 
 fn variables_help() -> String {
@@ -28,19 +30,21 @@ struct Args {
     /// Read this file instead of ./.env (variables already set in the environment win).
     #[arg(long, value_name = "FILE")]
     env_file: Option<std::path::PathBuf>,
+    /// Do not serve: ask the server configured here (HOST, PORT; 0.0.0.0 means this
+    /// machine) for PATH, e.g. /healthz, and exit 0 when it answers 200, else 1. For
+    /// container health checks in images without curl.
+    #[arg(long, value_name = "PATH")]
+    probe: Option<String>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let dotenv = match &args.env_file {
-        Some(path) => dotenvy::from_path(path).map(|_| ()),
-        None => dotenvy::dotenv().map(|_| ()),
-    };
-    if let Err(e) = dotenv
-        && !e.not_found()
-    {
-        eprintln!("error: .env: {e}");
+    if let Err(e) = load_env_file(args.env_file.as_deref()) {
+        eprintln!("error: {e}");
         return ExitCode::from(2);
+    }
+    if let Some(path) = &args.probe {
+        return probe(path);
     }
     let config = match Config::from_env().and_then(|c| c.check_startup(args.allow_unauthenticated).map(|()| c)) {
         Ok(c) => c,
@@ -49,7 +53,29 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    let format = match LogFormat::parse(std::env::var(var::LOG_FORMAT.0).ok().as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = std::env::var(var::RUST_LOG.0).unwrap_or_else(|_| var::RUST_LOG.2.to_string());
+    // Before the runtime: the span exporter's HTTP client must not be built inside it.
+    let telemetry = match telemetry::init(format, &filter) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve(config);
+    // After the runtime: the last spans (the calls a shutdown ended) are flushed.
+    telemetry.shutdown();
+    code
+}
+
+fn serve(config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -82,47 +108,76 @@ fn main() -> ExitCode {
     })
 }
 
-/// Crates whose logs below INFO print what crosses the wire: request and
-/// response headers (the AI's `authorization: Bearer …`, Twilio's basic auth)
-/// or whole messages (the media stream's `start` with its stream secret).
-/// They are capped at INFO whatever `RUST_LOG` says, so no secret reaches the
-/// log at any level. (A directive in the `EnvFilter` would not do: a more
-/// specific one such as `tungstenite::protocol=trace` would win over it.)
-const WIRE_LOGGING_CRATES: &[&str] = &[
-    "tungstenite",
-    "tokio_tungstenite",
-    "hyper",
-    "hyper_util",
-    "h2",
-    "reqwest",
-    "rustls",
-    "tonic",
-    "tower",
-    "tower_http",
-    "axum",
-];
-
-/// The filter that caps [`WIRE_LOGGING_CRATES`], applied after (and beside) the user's `RUST_LOG`.
-fn wire_logging_cap() -> tracing_subscriber::filter::Targets {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    WIRE_LOGGING_CRATES
-        .iter()
-        .fold(Targets::new().with_default(LevelFilter::TRACE), |t, c| {
-            t.with_target(*c, LevelFilter::INFO)
-        })
+/// `--probe PATH`: one GET to this machine's server, 3 s at most.
+fn probe(path: &str) -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let ip = match config.bind.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::IpAddr::from([127, 0, 0, 1]),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let url = format!("http://{}{path}", std::net::SocketAddr::new(ip, config.bind.port()));
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let client = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(3))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let text = resp.text().await.unwrap_or_default();
+                Ok::<_, String>((status, text))
+            })
+        });
+    match answer {
+        Ok((status, _)) if status == reqwest::StatusCode::OK => ExitCode::SUCCESS,
+        Ok((status, text)) => {
+            eprintln!("{url}: {status}: {}", text.trim());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-fn init_logging() {
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let user = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(var::RUST_LOG.2));
-    // Both filters must let an event through: the cap cannot be widened by `RUST_LOG`.
-    tracing_subscriber::registry()
-        .with(user)
-        .with(wire_logging_cap())
-        .with(tracing_subscriber::fmt::layer())
-        .init();
+/// Reads `./.env` (or `--env-file`) with python-dotenv's rules and sets the
+/// variables the environment does not already have, as the seed's
+/// `load_dotenv()` did. A missing `./.env` is fine; a missing `--env-file` or
+/// a line that does not parse is an error naming the file and line.
+fn load_env_file(explicit: Option<&std::path::Path>) -> Result<(), String> {
+    let path = explicit.unwrap_or(std::path::Path::new(".env"));
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && explicit.is_none() => return Ok(()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let bindings = dotenv::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (key, value) in dotenv::resolve(&bindings, &|k: &str| {
+        std::env::var_os(k).map(|v| v.to_string_lossy().into_owned())
+    }) {
+        // SAFETY: `main` calls this before it starts the runtime or any other
+        // thread, so nothing reads the environment concurrently. The
+        // variables must be in the process environment (not only in our
+        // `Config`): the Azure identity chain and the OpenTelemetry exporter
+        // read theirs from it, as the seed's libraries did after load_dotenv().
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var(key, value);
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -144,26 +199,5 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use tracing::Level;
-
-    #[test]
-    fn wire_crates_are_capped_at_info_whatever_the_target_path() {
-        let cap = super::wire_logging_cap();
-        for target in [
-            "tungstenite::handshake::client",
-            "tungstenite::protocol",
-            "hyper::proto::h1",
-            "h2::codec",
-        ] {
-            assert!(!cap.would_enable(target, &Level::DEBUG), "{target}");
-            assert!(!cap.would_enable(target, &Level::TRACE), "{target}");
-            assert!(cap.would_enable(target, &Level::INFO), "{target}");
-        }
-        assert!(cap.would_enable("voice_agent_server::bridge", &Level::TRACE));
     }
 }

@@ -145,6 +145,8 @@ impl RealtimeBackends {
                 headers.insert("authorization", header(&format!("Bearer {token}"))?);
             }
         }
+        // The AI services ignore it today; a proxy or gateway in between may not.
+        crate::telemetry::inject(headers);
         // No Nagle: each 20 ms append must leave at once, not wait for the
         // previous one's ACK.
         let config =

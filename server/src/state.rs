@@ -37,15 +37,63 @@ pub struct AppState {
     pub realtime: RealtimeBackends,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
-    /// Cancelled when the server is told to stop (SIGTERM), before
-    /// `shutdown`: readiness fails and PlaceCall is refused while the live
-    /// calls run on for up to `DRAIN_TIMEOUT`. Always cancelled by `shutdown` too.
-    pub draining: CancellationToken,
     /// The running media bridges: a shutdown waits for them to record how
     /// their calls ended before it ends the watchers and closes the store.
     pub bridges: TaskTracker,
-    /// Latency and frame counters of the media path.
-    pub metrics: metrics::Metrics,
+    /// Latency and frame counters of the media path, RPCs, call outcomes,
+    /// provider failures (shared with the hub and the telephony provider).
+    pub metrics: Arc<metrics::Metrics>,
+    /// Whether this instance takes new work (`/readyz`, the gRPC health service).
+    pub readiness: Readiness,
+}
+
+/// Whether this instance should be sent new work. `/readyz` answers 503 and
+/// the gRPC health service reports `NOT_SERVING` from the moment one part
+/// calls [`Readiness::stop`] (the shutdown at its start; a drain before it),
+/// so load balancers and kubelets stop routing here while the calls already
+/// running end on their own. One-way: an instance that stopped taking work
+/// never takes it again. (Whether the store answers is checked per probe by
+/// `/readyz`, not recorded here.)
+#[derive(Debug)]
+pub struct Readiness {
+    stopped: tokio::sync::watch::Sender<Option<&'static str>>,
+}
+
+impl Readiness {
+    /// The reason `/readyz` gives once shutdown has started.
+    pub const SHUTTING_DOWN: &'static str = "the server is shutting down";
+    /// The reason `/readyz` gives while the server drains before stopping.
+    pub const DRAINING: &'static str = "the server is draining: no new calls";
+
+    /// Ready.
+    pub fn new() -> Self {
+        Self {
+            stopped: tokio::sync::watch::Sender::new(None),
+        }
+    }
+
+    /// From now on this instance is not ready, for `reason` (the first reason
+    /// given is kept).
+    pub fn stop(&self, reason: &'static str) {
+        self.stopped
+            .send_if_modified(|r| r.is_none() && r.replace(reason).is_none());
+    }
+
+    /// Why the instance is not ready, or `None` while it is.
+    pub fn stopped(&self) -> Option<&'static str> {
+        *self.stopped.borrow()
+    }
+
+    /// Changes of [`Self::stopped`] (the gRPC health service follows them).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Option<&'static str>> {
+        self.stopped.subscribe()
+    }
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl AppState {

@@ -23,9 +23,10 @@ pub(crate) mod tests;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
-use crate::call::{CallEvent, CallId, CallRecord};
+use crate::call::{CallEvent, CallId, CallRecord, CallStatus};
 use crate::config::DatabaseLocation;
 
 /// A store failure.
@@ -54,12 +55,65 @@ pub enum StoreError {
     NotFound,
 }
 
-/// One page of calls, newest first.
+/// Which calls a listing returns, and in which order (ListCalls' filters).
+/// The default is every call, newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallFilter {
+    /// Only calls in one of these statuses; empty = any.
+    pub statuses: Vec<CallStatus>,
+    /// Only calls to exactly this number.
+    pub to: Option<String>,
+    /// Only calls created at or after this time.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Only calls created before this time.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Oldest first instead of newest first.
+    pub oldest_first: bool,
+}
+
+impl CallFilter {
+    /// True for every call, newest first.
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The filter as one text, the same for equal filters (statuses in any
+    /// order, no duplicates): what a page token's fingerprint is taken of.
+    pub fn canonical(&self) -> String {
+        let mut statuses: Vec<String> = self.statuses.iter().map(|s| status_text(*s)).collect();
+        statuses.sort();
+        statuses.dedup();
+        format!(
+            "statuses={};to={};after={};before={};oldest_first={}",
+            statuses.join(","),
+            self.to.as_deref().unwrap_or_default(),
+            self.created_after.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.created_before.map(|t| t.to_rfc3339()).unwrap_or_default(),
+            self.oldest_first
+        )
+    }
+}
+
+/// One page of calls, in the order asked for.
 pub struct CallPage {
     /// The calls.
     pub calls: Vec<CallRecord>,
     /// Cursor for the next page, if any.
     pub next: Option<i64>,
+}
+
+impl CallPage {
+    /// A page of at most `page_size` from `calls` (read with one more than
+    /// that, so a next page is known to exist) and their positions `seqs`.
+    fn cut(mut calls: Vec<CallRecord>, seqs: Vec<i64>, page_size: usize) -> Self {
+        let next = if calls.len() > page_size {
+            calls.truncate(page_size);
+            seqs.get(page_size.wrapping_sub(1)).copied()
+        } else {
+            None
+        };
+        Self { calls, next }
+    }
 }
 
 /// A client's idempotency key for a new call (`PlaceCallRequest.request_id`)
@@ -209,7 +263,27 @@ impl Store {
 
     /// A page of calls, newest first; `before` is the cursor from the previous page.
     pub async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
-        dispatch!(self, s => s.list_calls(page_size, before).await)
+        self.list_calls_matching(&CallFilter::default(), page_size, before)
+            .await
+    }
+
+    /// A page of the calls `filter` selects, in its order; `after` is the
+    /// cursor of the previous page (the position of its last call: the next
+    /// page starts past it in the listing's order, so the filters are applied
+    /// to the same rows on every page and none is skipped or repeated).
+    ///
+    /// `created_at` is compared as text: every stored one is
+    /// `DateTime::to_rfc3339` of a UTC time (`+00:00`, 0/3/6/9 fraction
+    /// digits), and in that form byte order is time order ('+' sorts before
+    /// '.' and the digits). The bounds are written the same way; PostgreSQL
+    /// compares them under the "C" collation (bytes), not the database's.
+    pub async fn list_calls_matching(
+        &self,
+        filter: &CallFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<CallPage, StoreError> {
+        dispatch!(self, s => s.list_calls_matching(filter, page_size, after).await)
     }
 
     /// Calls not ended yet.

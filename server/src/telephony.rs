@@ -7,7 +7,11 @@ pub mod twilio;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+
+use crate::metrics::{Metrics, ProviderError};
 
 /// What the provider needs to dial a call.
 #[derive(Clone, Debug)]
@@ -67,4 +71,43 @@ pub trait Telephony: Send + Sync + 'static {
     async fn hang_up(&self, provider_call_id: &str, answered: bool) -> Result<(), TelephonyError>;
     /// Replaces what a live call does with speaking `text` and hanging up.
     async fn say_and_hang_up(&self, provider_call_id: &str, text: &str) -> Result<(), TelephonyError>;
+}
+
+/// A provider whose failures are counted (`voice_agent_provider_errors_total`
+/// with `provider="twilio"`), whoever calls it.
+pub struct Metered {
+    inner: Arc<dyn Telephony>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    /// Counts the failures of `inner` in `metrics`.
+    pub fn new(inner: Arc<dyn Telephony>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+
+    fn count<T>(&self, result: Result<T, TelephonyError>) -> Result<T, TelephonyError> {
+        if let Err(e) = &result {
+            self.metrics.provider_errors.inc(match e.class {
+                FailureClass::InvalidArgument => ProviderError::TwilioInvalidArgument,
+                FailureClass::FailedPrecondition => ProviderError::TwilioRefused,
+                FailureClass::Unavailable => ProviderError::TwilioUnavailable,
+                FailureClass::Internal => ProviderError::TwilioOther,
+            });
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl Telephony for Metered {
+    async fn dial(&self, req: &DialRequest) -> Result<Dialed, TelephonyError> {
+        self.count(self.inner.dial(req).await)
+    }
+    async fn hang_up(&self, provider_call_id: &str, answered: bool) -> Result<(), TelephonyError> {
+        self.count(self.inner.hang_up(provider_call_id, answered).await)
+    }
+    async fn say_and_hang_up(&self, provider_call_id: &str, text: &str) -> Result<(), TelephonyError> {
+        self.count(self.inner.say_and_hang_up(provider_call_id, text).await)
+    }
 }

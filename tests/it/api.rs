@@ -13,6 +13,7 @@ use voice_agent_server::config::{Config, DatabaseLocation, Secret};
 use voice_agent_tests::*;
 
 mod browser;
+mod probes;
 
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
@@ -291,7 +292,7 @@ async fn every_validation_error_names_its_field() {
             client
                 .list_calls(pb::ListCallsRequest {
                     page_size: 1000,
-                    page_token: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err(),
@@ -300,8 +301,8 @@ async fn every_validation_error_names_its_field() {
         (
             client
                 .list_calls(pb::ListCallsRequest {
-                    page_size: 0,
                     page_token: "garbage".into(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap_err(),
@@ -488,7 +489,7 @@ async fn list_calls_pages_newest_first() {
     let p1 = client
         .list_calls(pb::ListCallsRequest {
             page_size: 2,
-            page_token: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -502,6 +503,7 @@ async fn list_calls_pages_newest_first() {
         .list_calls(pb::ListCallsRequest {
             page_size: 2,
             page_token: p1.next_page_token,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -833,5 +835,199 @@ async fn server_info_needs_the_token_like_every_rpc() {
     );
     let decoded = pb::GetServerInfoResponse::decode(&frames[0][..]).expect("one message");
     assert_eq!(decoded, info);
+    server.stop().await;
+}
+
+/// The `google.rpc` details of an error status (tonic-types reads `grpc-status-details-bin`).
+fn details(e: &tonic::Status) -> (tonic_types::ErrorInfo, Vec<String>) {
+    use tonic_types::StatusExt;
+    let details = e.check_error_details().expect("the details decode");
+    let info = details
+        .error_info()
+        .cloned()
+        .unwrap_or_else(|| panic!("no ErrorInfo on {e:?}"));
+    let fields = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    (info, fields)
+}
+
+#[tokio::test]
+async fn errors_carry_error_info_and_bad_request_over_grpc_and_grpc_web() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+
+    let e = client.place_call(place("+1415")).await.unwrap_err();
+    let (info, fields) = details(&e);
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("INVALID_ARGUMENT", "voice-agent")
+    );
+    assert_eq!(fields, ["to"]);
+
+    // A huge bad value comes back cut short: the details are a header.
+    let e = client
+        .place_call(place(&format!("+{}", "9".repeat(100_000))))
+        .await
+        .unwrap_err();
+    assert!(e.details().len() < 2048, "{} bytes of details", e.details().len());
+    assert!(e.message().len() < 1024, "{} bytes of message", e.message().len());
+
+    // Stored, then refused by the provider: the error names the stored call.
+    let e = client.place_call(place("+15005550001")).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let (info, _) = details(&e);
+    assert_eq!(info.reason, "TWILIO_ERROR");
+    assert_eq!(info.metadata.get("provider_code").map(String::as_str), Some("21211"));
+    assert_eq!(info.metadata.get("code").map(String::as_str), Some("twilio_21211"));
+    let refused = info.metadata.get("call_id").cloned().expect("the stored call's id");
+    let stored = client
+        .get_call(pb::GetCallRequest {
+            call_id: refused.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .call
+        .unwrap();
+    assert_eq!(stored.status(), pb::CallStatus::Failed);
+    assert_eq!(stored.provider_error_code, "21211");
+
+    let unknown = "call_0123456789abcdef0123456789abcdef";
+    let e = client
+        .get_call(pb::GetCallRequest {
+            call_id: unknown.into(),
+        })
+        .await
+        .unwrap_err();
+    let (info, _) = details(&e);
+    assert_eq!(info.reason, "CALL_NOT_FOUND");
+    assert_eq!(info.metadata.get("call_id").map(String::as_str), Some(unknown));
+
+    let e = client
+        .list_calls(pb::ListCallsRequest {
+            statuses: vec![pb::CallStatus::Failed as i32, 0],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).1, ["statuses[1]"]);
+
+    // grpc-web: the same details, in the response (trailers-only) as grpc-status-details-bin.
+    let (status, frames, trailers) = grpc_web(
+        &server.url(),
+        "voiceagent.v1.VoiceAgentService/PlaceCall",
+        &place("+15005550001"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(frames.is_empty());
+    let get = |name: &str| {
+        trailers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {trailers:?}"))
+    };
+    assert_eq!(get("grpc-status"), "3");
+    use base64::Engine as _;
+    let raw = get("grpc-status-details-bin");
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(raw.trim_end_matches('='))
+        .unwrap();
+    let web = tonic::Status::with_details(tonic::Code::InvalidArgument, "", bytes.into());
+    let (info, _) = details(&web);
+    assert_eq!(info.reason, "TWILIO_ERROR");
+    let web_refused = info.metadata.get("call_id").cloned().unwrap();
+    assert_ne!(web_refused, refused, "a second stored call");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_calls_filters_and_orders_with_paging() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let before_all = std::time::SystemTime::now();
+    // Short calls: the emulator's +15550102 is busy, +15550104 fails.
+    let mut placed = Vec::new();
+    for to in ["+15550102", "+15550104", "+15550102", "+15550104", "+15550102"] {
+        let (p, _) = call_and_watch(&mut client, place(to), CALL_LIMIT).await;
+        placed.push((p.call_id, to));
+    }
+    let ts = |t: std::time::SystemTime| prost_types::Timestamp::from(t);
+    let list = |req: pb::ListCallsRequest| {
+        let mut client = client.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut req = req;
+            loop {
+                let page = client.list_calls(req.clone()).await.unwrap().into_inner();
+                assert!(page.calls.len() <= 2);
+                ids.extend(page.calls.into_iter().map(|c| (c.call_id, c.to, c.status)));
+                if page.next_page_token.is_empty() {
+                    return ids;
+                }
+                req.page_token = page.next_page_token;
+            }
+        }
+    };
+    let busy: Vec<_> = list(pb::ListCallsRequest {
+        page_size: 2,
+        statuses: vec![pb::CallStatus::Busy as i32],
+        ..Default::default()
+    })
+    .await;
+    let expected: Vec<String> = placed
+        .iter()
+        .rev()
+        .filter(|(_, to)| *to == "+15550102")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(busy.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), expected);
+    assert!(busy.iter().all(|c| c.2 == pb::CallStatus::Busy as i32));
+
+    let failed_oldest: Vec<_> = list(pb::ListCallsRequest {
+        page_size: 2,
+        to: "+15550104".into(),
+        order: pb::ListCallsOrder::OldestFirst as i32,
+        created_after: Some(ts(before_all)),
+        ..Default::default()
+    })
+    .await;
+    let expected: Vec<String> = placed
+        .iter()
+        .filter(|(_, to)| *to == "+15550104")
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(failed_oldest.iter().map(|c| c.0.clone()).collect::<Vec<_>>(), expected);
+
+    let none = list(pb::ListCallsRequest {
+        created_before: Some(ts(before_all)),
+        ..Default::default()
+    })
+    .await;
+    assert!(none.is_empty(), "{none:?}");
+
+    // A token of one listing is refused by another.
+    let first = client
+        .list_calls(pb::ListCallsRequest {
+            page_size: 1,
+            statuses: vec![pb::CallStatus::Busy as i32],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let e = client
+        .list_calls(pb::ListCallsRequest {
+            page_size: 1,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(details(&e).1, ["page_token"]);
     server.stop().await;
 }

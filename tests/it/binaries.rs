@@ -30,8 +30,16 @@ impl Drop for TempDir {
 
 impl ServerProcess {
     fn start(extra: &[(&str, &str)]) -> Self {
+        Self::start_with_files(extra, &[])
+    }
+
+    /// Starts the server in a fresh working directory holding `files` (name, content).
+    fn start_with_files(extra: &[(&str, &str)], files: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(format!("va-bin-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).unwrap();
+        }
         let mut cmd = Command::new(binary("voice-agent-server"));
         cmd.current_dir(&dir)
             .env_clear()
@@ -344,8 +352,47 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("E.164"), "{stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert!(
+        lines[0].starts_with("error: INVALID_ARGUMENT: to: ") && lines[0].contains("E.164"),
+        "{stderr}"
+    );
+    // Then the server's error details, indented.
+    assert_eq!(lines[1], "  reason: INVALID_ARGUMENT field=to", "{stderr}");
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(lines[2].starts_with("  field to: must be E.164"), "{stderr}");
+
+    // Refused by the provider: the reason, Twilio's code and the stored call.
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "call", "+15005550001"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reason = stderr.lines().nth(1).unwrap_or_default();
+    assert!(reason.starts_with("  reason: TWILIO_ERROR call_id=call_"), "{stderr}");
+    assert!(reason.ends_with(" code=twilio_21211 provider_code=21211"), "{stderr}");
+
+    // list filters: only the busy call, then only the refused one by number.
+    let list = |args: &[&str]| {
+        let out = Command::new(binary("voice-agent"))
+            .args(["--server", &url, "--json", "list"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let busy = list(&["--status", "busy", "--since", "1h"]);
+    assert_eq!(busy.len(), 1, "{busy:?}");
+    assert_eq!(busy[0]["to"], "+15550102");
+    let refused = list(&["--to", "+15005550001", "--status", "failed", "--oldest-first"]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(reason.contains(refused[0]["callId"].as_str().unwrap()), "{reason}");
+    assert_eq!(list(&["--until", "2000-01-01T00:00:00Z"]).len(), 0);
 }
 
 #[test]
@@ -471,6 +518,8 @@ fn secrets_never_reach_the_log_at_trace_level() {
         ("AI key", ai.api_key().to_string()),
         ("Bearer header", "Bearer ".to_string()),
         ("basic auth header", "Basic ".to_string()),
+        // Not a secret, but personal: logs show it masked (+1***00), at every level.
+        ("callee's whole number", "5550100".to_string()),
     ];
     secrets.extend(stream_secrets.into_iter().map(|s| ("stream secret", s)));
     for (what, secret) in secrets {
@@ -483,4 +532,200 @@ fn secrets_never_reach_the_log_at_trace_level() {
                 .unwrap_or_default()
         );
     }
+}
+
+/// `voice-agent --json info` against `addr`: GetServerInfo as proto3 JSON.
+fn server_info(addr: &str) -> serde_json::Value {
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &format!("http://{addr}"), "--json", "info"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("info prints JSON")
+}
+
+/// The seed's `.env.example`, byte for byte, as `./.env`: python-dotenv's
+/// rules read it (its SYSTEM_PROMPT is unquoted with spaces), and the server
+/// offers what it configures: real Twilio, Voice Live and gpt-realtime on
+/// Azure OpenAI, both with Entra ID (no keys). The environment overrides only
+/// what cannot work here, as it would on any machine (the environment wins
+/// over `.env`): a free loopback port instead of 0.0.0.0:8000, and an account
+/// SID of the right shape instead of the placeholder. Nothing is dialled, so
+/// no endpoint is contacted.
+#[test]
+fn the_seed_env_example_starts_the_server() {
+    let seed = include_str!("../fixtures/seed.env.example");
+    let sid = "AC0123456789abcdef0123456789abcdef";
+    let server =
+        ServerProcess::start_with_files(&[("HOST", "127.0.0.1"), ("TWILIO_ACCOUNT_SID", sid)], &[(".env", seed)]);
+    let info = server_info(&server.addr);
+    let backends: Vec<(&str, bool)> = info["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap_or(""), b["emulated"] == true))
+        .collect();
+    assert_eq!(
+        backends,
+        [("BACKEND_VOICE_LIVE", false), ("BACKEND_GPT_REALTIME", false)],
+        "{info}"
+    );
+    assert_ne!(info["telephonyEmulated"], true, "{info}");
+    assert_eq!(info["backends"][0]["defaultVoice"], "en-US-AriaNeural", "{info}");
+    assert_eq!(info["backends"][1]["defaultVoice"], "alloy", "{info}");
+
+    let log = server.log.lock().unwrap().clone();
+    for said in [
+        "telephony: Twilio, account AC0123…cdef",
+        "backend voice-live: Azure Voice Live at wss://agent-svc-project-resource.cognitiveservices.azure.com/voice-live/realtime?api-version=2025-05-01-preview&model=gpt-realtime-1.5",
+        "backend gpt-realtime: Azure OpenAI at wss://agent-svc-project-resource.cognitiveservices.azure.com/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime, OpenAiPreview protocol, auth: Microsoft Entra ID",
+        "public URL (Twilio callbacks, media stream, signatures): https://your-ngrok-or-public-url.ngrok-free.app/",
+        "API auth: OFF",
+    ] {
+        assert!(log.contains(said), "the log lacks {said:?}:\n{log}");
+    }
+    assert!(!log.contains("emulator"), "nothing is emulated here:\n{log}");
+    assert!(
+        !log.contains("your_twilio_auth_token"),
+        "a secret reached the log:\n{log}"
+    );
+}
+
+/// With only AZURE_OPENAI_ENDPOINT, the seed's defaults apply and the log
+/// says which protocol they select; no word about a Voice Live emulator.
+#[test]
+fn only_azure_openai_takes_the_seed_defaults_and_says_so() {
+    let server =
+        ServerProcess::start_with_files(&[], &[(".env", "AZURE_OPENAI_ENDPOINT=https://res.openai.azure.com\n")]);
+    let info = server_info(&server.addr);
+    let backends: Vec<&str> = info["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["backend"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(backends, ["BACKEND_GPT_REALTIME"], "{info}");
+    let log = server.log.lock().unwrap().clone();
+    assert!(
+        log.contains(
+            "gpt-4o-realtime-preview with api-version 2025-04-01-preview, which selects the preview realtime protocol"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("backend voice-live: not offered"), "{log}");
+    assert!(!log.contains("realtime-AI emulator"), "{log}");
+}
+
+#[test]
+fn a_dotenv_line_that_does_not_parse_names_file_line_and_variable() {
+    let dir = std::env::temp_dir().join(format!("va-dotenv-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".env"), "PORT=0\n# the key\nAPI_TOKEN=\"unterminated\n").unwrap();
+    let out = Command::new(binary("voice-agent-server"))
+        .current_dir(&dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains(".env: line 3: API_TOKEN:"), "{stderr}");
+    assert!(!stderr.contains("unterminated"), "the value is not echoed: {stderr}");
+}
+
+/// Started from a directory with no web-client/ in sight, the server serves
+/// the UI built into its binary: deep links, hashed assets (immutable, with
+/// their type), the security headers, revalidation by ETag. A binary built
+/// without Node serves a page that says how to build the UI instead (CI has
+/// Node, so there the UI must be embedded).
+#[test]
+fn the_embedded_ui_is_served_from_any_working_directory() {
+    let server = ServerProcess::start(&[]);
+    let log = server.log.lock().unwrap().clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let http = reqwest::Client::new();
+        let base = format!("http://{}", server.addr);
+        let get = |path: &str| http.get(format!("{base}{path}")).send();
+        if log.contains("web UI: NOT built into this binary") {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI has Node: the UI must be built in:\n{log}"
+            );
+            eprintln!("SKIPPED (partly): this binary was built without the web UI (no npm)");
+            let resp = get("/").await.unwrap();
+            assert_eq!(resp.status(), 200);
+            assert!(resp.text().await.unwrap().contains("npm run build"));
+            return;
+        }
+        assert!(log.contains("web UI: built into the binary"), "{log}");
+        let resp = get("/calls/call_0123456789abcdef0123456789abcdef").await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let h = resp.headers().clone();
+        assert_eq!(h["content-type"], "text/html", "{h:?}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("default-src 'self'")
+        );
+        assert_eq!(h["x-frame-options"], "DENY");
+        let etag = h["etag"].to_str().unwrap().to_string();
+        let html = resp.text().await.unwrap();
+        let index = get("/").await.unwrap().text().await.unwrap();
+        assert_eq!(html, index, "a deep link is the index page");
+        let script = html
+            .split("src=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("index.html loads a script: {html}"));
+        assert!(script.starts_with("/assets/"), "{script}");
+        let asset = get(script).await.unwrap();
+        assert_eq!(asset.status(), 200, "{script}");
+        assert!(asset.headers()["content-type"].to_str().unwrap().contains("javascript"));
+        assert!(asset.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+        let again = http
+            .get(format!("{base}/"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304);
+        for path in ["/assets/none.js", "/nope", "/callsx"] {
+            assert_eq!(get(path).await.unwrap().status(), 404, "{path}");
+        }
+    });
+}
+
+/// `voice-agent-server --probe PATH` (the container image's HEALTHCHECK: it has no curl).
+#[test]
+fn the_probe_flag_asks_the_running_server() {
+    let server = ServerProcess::start(&[]);
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    let probe = |port: &str, path: &str| {
+        Command::new(binary("voice-agent-server"))
+            .current_dir(std::env::temp_dir())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOST", "0.0.0.0")
+            .env("PORT", port)
+            .args(["--probe", path])
+            .output()
+            .unwrap()
+    };
+    for path in ["/healthz", "/readyz"] {
+        let out = probe(&port, path);
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = probe(&port, "/nope");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assert_eq!(probe(&closed.to_string(), "/healthz").status.code(), Some(1));
 }

@@ -8,10 +8,15 @@
 use std::time::Duration;
 
 use voice_agent_proto::v1 as pb;
+use voice_agent_server::call::CallStatus;
+use voice_agent_server::call::lifecycle::EndClass;
 use voice_agent_server::config::{AudioMode, Config};
+use voice_agent_server::metrics::ProviderError;
 use voice_agent_tests::*;
 
 const LIMIT: Duration = Duration::from_secs(90);
+
+mod seed;
 
 fn pb_statuses(list: &[pb::CallStatus]) -> Vec<&'static str> {
     list.iter().map(|s| s.as_str_name()).collect()
@@ -440,7 +445,11 @@ async fn duplicate_and_stale_status_callbacks_change_nothing() {
     server.stop().await;
 }
 
-async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEmulatorConfig, code: &str) {
+async fn ai_failure(
+    emulator: voice_agent_server::emulator::realtime::RealtimeEmulatorConfig,
+    code: &str,
+    counted: ProviderError,
+) {
     let emu = voice_agent_server::emulator::realtime::start(emulator).await.unwrap();
     let mut config = Config::for_tests();
     config.voice_live = Some(voice_agent_server::config::VoiceLiveConfig {
@@ -478,6 +487,10 @@ async fn ai_failure(emulator: voice_agent_server::emulator::realtime::RealtimeEm
     );
     let call = get_call(&mut client, &placed.call_id).await;
     assert!(call.end_reason.contains("AI"), "{}", call.end_reason);
+    // Counted by kind, and the call by its end class (docs/observability.md).
+    let m = &server.state.metrics;
+    assert_eq!(m.provider_errors.get(counted), 1, "{counted:?}");
+    assert_eq!(m.calls_ended.get(CallStatus::Completed, EndClass::AiFailure), 1);
     server.stop().await;
     emu.shutdown();
 }
@@ -490,6 +503,7 @@ async fn ai_auth_failure_apologises_and_ends_cleanly() {
             ..Default::default()
         },
         "ai_auth_failed",
+        ProviderError::AiAuth,
     )
     .await;
 }
@@ -502,6 +516,7 @@ async fn ai_refusing_the_session_apologises_and_ends_cleanly() {
             ..Default::default()
         },
         "ai_session_failed",
+        ProviderError::AiFatal,
     )
     .await;
 }
@@ -734,6 +749,16 @@ async fn ai_drop_mid_call_reconnects_once_with_the_conversation() {
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
     let sessions = emu.sessions();
     assert_eq!(sessions.len(), 2, "one reconnect");
+    let m = &server.state.metrics;
+    assert_eq!(
+        (
+            m.provider_errors.get(ProviderError::AiDrop),
+            m.ai_reconnects_ok.get(),
+            m.ai_reconnects_failed.get()
+        ),
+        (1, 1, 0),
+        "one drop, one reconnect that worked"
+    );
     // The new session got the instructions and the conversation so far.
     assert!(sessions[1].session_update.is_some());
     let restored = sessions[1]
@@ -778,6 +803,12 @@ async fn ai_drop_without_recovery_apologises_and_ends() {
         report.said
     );
     assert_eq!(emu.sessions().len(), 2, "one reconnect was tried");
+    let m = &server.state.metrics;
+    assert_eq!(
+        (m.provider_errors.get(ProviderError::AiDrop), m.ai_reconnects_ok.get()),
+        (2, 1),
+        "the reconnect worked, then the new session dropped too"
+    );
     server.stop().await;
     emu.shutdown();
 }

@@ -4,7 +4,7 @@ import userEvent from "@testing-library/user-event";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { App, EMULATED_BANNER } from "./App";
 import { defaultScript, FakeVoiceAgent, type FakeOptions, type ScriptKind } from "./fake/fakeService";
-import { Backend, CallStatus, Speaker, VoiceAgentService } from "./gen/voiceagent/v1/voice_agent_pb";
+import { Backend, CallStatus, Speaker, VoiceAgentService } from "@voice-agent/client";
 import { AuthStore, authInterceptor } from "./rpc/auth";
 import { voiceAgentClient } from "./rpc/client";
 

@@ -5,7 +5,7 @@ import { CallsList } from "./components/CallsList";
 import { CallView } from "./components/CallView";
 import { PlaceCallForm } from "./components/PlaceCallForm";
 import { TokenPanel } from "./components/TokenPanel";
-import type { Call, CallStatus, PlaceCallResponse } from "./gen/voiceagent/v1/voice_agent_pb";
+import type { Call, CallStatus, PlaceCallResponse } from "@voice-agent/client";
 import { useHashCallId, useServerInfo } from "./hooks";
 import { isUnauthenticated } from "./model/rpcErrors";
 import { backendNames, emulationBanner } from "./model/serverInfo";

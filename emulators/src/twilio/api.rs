@@ -194,7 +194,14 @@ async fn create(
             shared.cancel.cancelled().await;
             error(StatusCode::SERVICE_UNAVAILABLE, 20503, "Service unavailable")
         }
-        Ok(params) => start_call(&shared, params),
+        Ok(params) => {
+            // Recorded for tests of trace propagation (the real API ignores it).
+            let traceparent = headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            start_call(&shared, params, traceparent)
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -304,7 +311,7 @@ fn call_resource(account: &str, sid: &str, to: &str, from: &str) -> CallResource
     }
 }
 
-fn start_call(shared: &Arc<Shared>, params: CreateParams) -> Response {
+fn start_call(shared: &Arc<Shared>, params: CreateParams, traceparent: Option<String>) -> Response {
     if params.scenario == Scenario::ServerError {
         return error(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -320,6 +327,7 @@ fn start_call(shared: &Arc<Shared>, params: CreateParams) -> Response {
         from: params.from.clone(),
         scenario: params.scenario.clone(),
         status: "queued".into(),
+        create_traceparent: traceparent,
         ..EmulatedCallReport::default()
     };
     let (commands_tx, commands_rx) = mpsc::channel(8);

@@ -39,6 +39,8 @@ pub struct EmulatedCallReport {
     pub streams: Vec<StreamReport>,
     /// Problems seen (TwiML errors, unreachable URLs), with Twilio's code where one exists.
     pub errors: Vec<String>,
+    /// The W3C `traceparent` header of the create request, if it had one.
+    pub create_traceparent: Option<String>,
 }
 
 impl EmulatedCallReport {

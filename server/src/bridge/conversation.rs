@@ -23,7 +23,7 @@ use crate::audio::ULAW_BYTES_PER_MS;
 use crate::bridge::frames::FrameCodec;
 use crate::call::{CallId, ErrorCode, EventKind, NoticeCode, Speaker};
 use crate::config::AudioMode;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ProviderError};
 use crate::realtime::protocol::{self, Dialect, ServerEvent, SessionConfig};
 
 /// Barge-ins whose response's late deltas are still recognised and dropped.
@@ -524,6 +524,7 @@ impl<'m> Conversation<'m> {
                     )));
                 }
                 if fatal {
+                    self.metrics.provider_errors.inc(ProviderError::AiFatal);
                     out.push_back(Action::End(Outcome::AiFatal));
                     return;
                 }
@@ -536,6 +537,10 @@ impl<'m> Conversation<'m> {
 
     /// The AI's socket is gone (`loss`): the one reconnect, or the end.
     pub fn on_ai_lost(&mut self, loss: AiLoss, out: &mut VecDeque<Action>) {
+        self.metrics.provider_errors.inc(match loss {
+            AiLoss::Dropped => ProviderError::AiDrop,
+            AiLoss::Stalled(_) => ProviderError::AiStall,
+        });
         if self.reconnected {
             out.push_back(Action::End(loss_outcome(loss)));
             return;
@@ -793,7 +798,7 @@ impl<'m> Conversation<'m> {
         }
         // Once: the conversation ends here.
         self.hangup_requested = false;
-        out.push_back(Action::EndReason("the agent ended the call".into()));
+        out.push_back(Action::EndReason(crate::call::lifecycle::AGENT_ENDED_REASON.into()));
         out.push_back(Action::HangUp {
             failure: "hang-up after end_call failed",
         });

@@ -27,7 +27,7 @@ use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::CallHub;
 use crate::call::{Backend, CallId, CallRecord, CallStatus, ErrorCode, EventKind};
 use crate::config::AudioMode;
-use crate::metrics::{Counter, Histogram, Metrics};
+use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
 use crate::realtime::{RealtimeBackends, RealtimeError, RealtimeSocket};
 use crate::telephony::Telephony;
@@ -133,7 +133,7 @@ where
         }
     };
 
-    let (ai, dialect) = match env.ai.connect().await {
+    let (ai, dialect) = match connect_ai(env, &id, "ai.connect").await {
         Ok(ok) => ok,
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot open the realtime AI");
@@ -177,6 +177,41 @@ where
     };
     let outcome = bridge.run().await;
     tracing::info!(call_id = %id, ?outcome, "media bridge ended");
+}
+
+/// Opens the AI's socket in a span named `name` (`ai.connect`, or
+/// `ai.reconnect` mid-call; docs/observability.md "Traces"), a child of the
+/// call's, and counts a failure by kind.
+async fn connect_ai<C: AiConnect>(
+    env: &Env<'_, C>,
+    id: &CallId,
+    name: &'static str,
+) -> Result<(C::Socket, Dialect), RealtimeError> {
+    use tracing::Instrument as _;
+    let span = tracing::info_span!(
+        "ai_session",
+        otel.name = name,
+        otel.kind = "client",
+        call_id = %id,
+        otel.status_code = tracing::field::Empty,
+        error = tracing::field::Empty,
+    );
+    let result = env.ai.connect().instrument(span.clone()).await;
+    match &result {
+        Ok(_) => {
+            span.record("otel.status_code", "OK");
+        }
+        Err(e) => {
+            span.record("otel.status_code", "ERROR");
+            span.record("error", tracing::field::display(e));
+            env.metrics.provider_errors.inc(match e {
+                RealtimeError::Auth(_) | RealtimeError::Token(_) => ProviderError::AiAuth,
+                RealtimeError::Refused(_) => ProviderError::AiRefused,
+                RealtimeError::Connect(_) | RealtimeError::Timeout(_) => ProviderError::AiConnect,
+            });
+        }
+    }
+    result
 }
 
 /// Why a media stream was refused before it started.
@@ -626,7 +661,14 @@ where
             return;
         }
         let started = now();
-        match tokio::time::timeout(RECONNECT_WITHIN, self.env.ai.connect()).await {
+        let connect = connect_ai(self.env, &self.id, "ai.reconnect");
+        let result = tokio::time::timeout(RECONNECT_WITHIN, connect).await;
+        let counter = match &result {
+            Ok(Ok(_)) => &self.env.metrics.ai_reconnects_ok,
+            _ => &self.env.metrics.ai_reconnects_failed,
+        };
+        counter.inc();
+        match result {
             Ok(Ok((socket, dialect))) => {
                 // The old socket is dead; what was fed to it is lost with it.
                 self.ai = Socket::new(socket);

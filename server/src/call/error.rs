@@ -52,6 +52,38 @@ impl ErrorCode {
         }
     }
 
+    /// The `reason` of the `google.rpc.ErrorInfo` an API error caused by
+    /// this failure carries: the code in UPPER_SNAKE with the provider's own
+    /// part left out (it goes to the ErrorInfo metadata, see
+    /// [`ErrorCode::provider_code`]), so the set of reasons stays fixed.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Twilio(_) => "TWILIO_ERROR",
+            Self::Ai(_) => "AI_ERROR",
+            Self::Telephony => "TELEPHONY_ERROR",
+            Self::MediaNoStart => "MEDIA_NO_START",
+            Self::MediaClosed => "MEDIA_CLOSED",
+            Self::MediaRefused => "MEDIA_REFUSED",
+            Self::MediaSocketError => "MEDIA_SOCKET_ERROR",
+            Self::MediaMalformed => "MEDIA_MALFORMED",
+            Self::AiAuthFailed => "AI_AUTH_FAILED",
+            Self::AiRefused => "AI_REFUSED",
+            Self::AiUnavailable => "AI_UNAVAILABLE",
+            Self::AiDisconnected => "AI_DISCONNECTED",
+            Self::AiSocketError => "AI_SOCKET_ERROR",
+            Self::AiTranscriptionFailed => "AI_TRANSCRIPTION_FAILED",
+        }
+    }
+
+    /// The provider's own code inside this one (Twilio's `21211`, the AI's
+    /// `invalid_request_error`), if any.
+    pub fn provider_code(&self) -> Option<&str> {
+        match self {
+            Self::Twilio(code) | Self::Ai(code) => Some(code),
+            _ => None,
+        }
+    }
+
     /// The text clients see.
     pub fn as_str(&self) -> Cow<'static, str> {
         Cow::Borrowed(match self {
@@ -82,6 +114,51 @@ impl fmt::Display for ErrorCode {
 impl From<ErrorCode> for String {
     fn from(code: ErrorCode) -> Self {
         code.as_str().into_owned()
+    }
+}
+
+/// The `domain` of every `google.rpc.ErrorInfo` the API sends.
+pub const ERROR_DOMAIN: &str = "voice-agent";
+
+/// The `reason` of the `google.rpc.ErrorInfo` on an API error status
+/// (UPPER_SNAKE; clients match on it, so a reason never changes meaning).
+/// Failures of a call's telephony carry their [`ErrorCode`]'s reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ErrorReason {
+    /// A request field is wrong; a `google.rpc.BadRequest` names it: `INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// No call has this id: `CALL_NOT_FOUND`.
+    CallNotFound,
+    /// The API token is missing or wrong: `UNAUTHENTICATED`.
+    Unauthenticated,
+    /// The Host/Origin guard refused a browser request: `PERMISSION_DENIED`.
+    PermissionDenied,
+    /// The backend asked for is not offered by this server: `BACKEND_NOT_AVAILABLE`.
+    BackendNotAvailable,
+    /// The call store failed: `STORE_FAILED`.
+    StoreFailed,
+    /// This server is draining or shutting down and takes no new call: `SERVER_STOPPING`.
+    ServerStopping,
+    /// A PlaceCall's `request_id` belongs to a call placed by a different request: `REQUEST_ID_REUSED`.
+    RequestIdReused,
+    /// A failure with a code of a call's event log (telephony): its reason.
+    Call(ErrorCode),
+}
+
+impl ErrorReason {
+    /// The text clients see.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument => "INVALID_ARGUMENT",
+            Self::CallNotFound => "CALL_NOT_FOUND",
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::PermissionDenied => "PERMISSION_DENIED",
+            Self::BackendNotAvailable => "BACKEND_NOT_AVAILABLE",
+            Self::StoreFailed => "STORE_FAILED",
+            Self::ServerStopping => "SERVER_STOPPING",
+            Self::RequestIdReused => "REQUEST_ID_REUSED",
+            Self::Call(code) => code.reason(),
+        }
     }
 }
 
@@ -147,6 +224,47 @@ mod tests {
             assert_eq!(code.to_string(), text);
             assert_eq!(String::from(code), text);
         }
+    }
+
+    #[test]
+    fn reasons_are_upper_snake_and_leave_the_provider_code_to_the_metadata() {
+        let codes = [
+            ErrorCode::Twilio("21211".into()),
+            ErrorCode::Telephony,
+            ErrorCode::MediaNoStart,
+            ErrorCode::MediaClosed,
+            ErrorCode::MediaRefused,
+            ErrorCode::MediaSocketError,
+            ErrorCode::MediaMalformed,
+            ErrorCode::AiAuthFailed,
+            ErrorCode::AiRefused,
+            ErrorCode::AiUnavailable,
+            ErrorCode::AiDisconnected,
+            ErrorCode::AiSocketError,
+            ErrorCode::AiTranscriptionFailed,
+            ErrorCode::Ai("invalid_request_error".into()),
+        ];
+        for code in codes {
+            let reason = code.reason();
+            assert!(reason.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'), "{reason}");
+            match code.provider_code() {
+                // The code without its provider part, upper-cased.
+                Some(own) => {
+                    let prefix = code
+                        .as_str()
+                        .strip_suffix(own)
+                        .map(|p| p.trim_end_matches('_').to_owned());
+                    assert_eq!(
+                        prefix.map(|p| format!("{}_ERROR", p.to_uppercase())).as_deref(),
+                        Some(reason)
+                    );
+                }
+                None => assert_eq!(code.as_str().to_uppercase(), reason),
+            }
+        }
+        assert_eq!(ErrorCode::Twilio("21211".into()).provider_code(), Some("21211"));
+        assert_eq!(ErrorReason::Call(ErrorCode::Telephony).as_str(), "TELEPHONY_ERROR");
+        assert_eq!(ErrorReason::CallNotFound.as_str(), "CALL_NOT_FOUND");
     }
 
     #[test]

@@ -32,6 +32,8 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::call::{CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, lifecycle, payload_caps};
+use crate::metrics::Metrics;
+use crate::redact;
 use crate::store::{Inserted, Lease, Notice, RequestKey, Store, StoreError};
 use crate::telephony::Telephony;
 
@@ -97,6 +99,10 @@ struct LocalCall {
     media: CancellationToken,
     /// This process runs the call's media bridge (it holds the lease).
     bridged: AtomicBool,
+    /// The call's tracing span, from PlaceCall to its terminal status
+    /// (docs/observability.md "Traces"); only on the replica that placed
+    /// the call; taken and closed when the call ends.
+    span: Mutex<Option<tracing::Span>>,
 }
 
 /// Live calls and their event fan-out. Cheap to clone.
@@ -112,12 +118,19 @@ pub struct CallHub {
     watchers_end: CancellationToken,
     /// This process's lease (its replica id as the owner).
     lease: Lease,
+    /// Where ended calls are counted.
+    metrics: Arc<Metrics>,
 }
 
 impl CallHub {
     /// A hub over `store`; per-call tokens are children of `shutdown`. On a
     /// shared store it starts listening to the other replicas' notices.
     pub fn new(store: Store, shutdown: CancellationToken) -> Self {
+        Self::with_metrics(store, shutdown, Arc::default())
+    }
+
+    /// Like [`CallHub::new`], counting ended calls in `metrics`.
+    pub fn with_metrics(store: Store, shutdown: CancellationToken, metrics: Arc<Metrics>) -> Self {
         let hub = Self {
             store,
             local: Arc::default(),
@@ -127,6 +140,7 @@ impl CallHub {
                 owner: uuid::Uuid::new_v4().to_string(),
                 ttl: LEASE_TTL,
             },
+            metrics,
         };
         // Until the watchers end: a bridge here may still wait for a
         // terminal status committed by another replica.
@@ -134,6 +148,65 @@ impl CallHub {
             tokio::spawn(hub.clone().route_notices(notices));
         }
         hub
+    }
+
+    /// The tracing span of a live call placed by this process (the parent of
+    /// its media bridge's and webhooks' spans); `None` once it has ended, or
+    /// when another replica placed it.
+    pub fn call_span(&self, id: &CallId) -> Option<tracing::Span> {
+        let local = self.local_call(id)?;
+        let span = local.span.lock().unwrap_or_else(|p| p.into_inner());
+        span.clone()
+    }
+
+    /// One INFO line per status change, with the call's ids, the status, and
+    /// (when it ends) its end reason with phone numbers masked; the count of
+    /// ended calls; the same on the call's span. Every status change of
+    /// every call passes here (docs/observability.md "Logs").
+    fn observe(&self, record: &CallRecord, events: &[CallEvent], span: Option<&tracing::Span>) {
+        for ev in events {
+            let EventKind::Status { status, .. } = &ev.kind else {
+                continue;
+            };
+            let ended = status.is_terminal();
+            let reason = if ended {
+                redact::numbers_in_text(&record.end_reason)
+            } else {
+                String::new()
+            };
+            let class = lifecycle::EndClass::of(*status, &record.end_reason);
+            let entered = span.map(tracing::Span::enter);
+            if ended {
+                tracing::info!(
+                    call_id = %record.call_id,
+                    call_sid = %record.provider_call_id,
+                    status = status.name(),
+                    reason = %reason,
+                    class = class.as_str(),
+                    "call status changed"
+                );
+            } else {
+                tracing::info!(
+                    call_id = %record.call_id,
+                    call_sid = %record.provider_call_id,
+                    status = status.name(),
+                    "call status changed"
+                );
+            }
+            drop(entered);
+            if let Some(span) = span {
+                span.record("status", status.name());
+                if !record.provider_call_id.is_empty() {
+                    span.record("call_sid", record.provider_call_id.as_str());
+                }
+                if ended {
+                    span.record("end_class", class.as_str());
+                }
+            }
+            if ended {
+                self.metrics.calls_ended.record(*status, &record.end_reason);
+            }
+        }
     }
 
     /// This process's id among the replicas (the owner of its leases).
@@ -205,6 +278,7 @@ impl CallHub {
                     media: cancel.child_token(),
                     cancel,
                     bridged: AtomicBool::new(false),
+                    span: Mutex::new(None),
                 })
             })
             .clone()
@@ -394,9 +468,28 @@ impl CallHub {
         key: Option<RequestKey>,
     ) -> Result<(Inserted, CancellationToken), HubError> {
         let id = record.call_id.clone();
+        // A child of the current span (PlaceCall's), so the call is in the
+        // trace of the request that placed it.
+        let span = tracing::info_span!(
+            "call",
+            otel.name = "call",
+            call_id = %id,
+            backend = record.backend.as_str(),
+            to = %redact::phone(&record.to),
+            emulated = record.emulated,
+            call_sid = tracing::field::Empty,
+            status = tracing::field::Empty,
+            end_class = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
         let inserted = self.store.insert_call(record, key).await?;
         let token = match inserted {
-            Inserted::New => self.local_entry(&id).cancel.clone(),
+            Inserted::New => {
+                crate::telemetry::record_trace_id(&span);
+                let local = self.local_entry(&id);
+                *local.span.lock().unwrap_or_else(|p| p.into_inner()) = Some(span);
+                local.cancel.clone()
+            }
             _ => CancellationToken::new(),
         };
         Ok((inserted, token))
@@ -481,13 +574,25 @@ impl CallHub {
                 StoreError::NotFound => HubError::NotFound,
                 e => HubError::Store(e),
             })?;
-        if let Some(local) = self.local_call(id) {
+        let ended = record.status.is_terminal();
+        let local = self.local_call(id);
+        // Logged and counted by the replica that committed the change (each
+        // status change is committed once, by one replica: a survivor that
+        // ends a call taken over comes through here too).
+        let span = local.as_ref().and_then(|l| {
+            let mut span = l.span.lock().unwrap_or_else(|p| p.into_inner());
+            // Closing the span at the end ends it in the trace.
+            if ended { span.take() } else { span.clone() }
+        });
+        self.observe(&record, &events, span.as_ref());
+        drop(span);
+        if let Some(local) = local {
             for ev in &events {
                 // No receivers is fine: the event is stored.
                 let _ = local.tx.send(Signal::Event(ev.clone()));
             }
         }
-        if record.status.is_terminal() {
+        if ended {
             self.end_local(id);
         }
         Ok(events)

@@ -219,6 +219,124 @@ pub fn default_end_reason(status: CallStatus) -> String {
     status.name().to_ascii_lowercase().replace('_', " ")
 }
 
+/// The end reason of a call the agent ended (its `end_call` tool).
+pub const AGENT_ENDED_REASON: &str = "the agent ended the call";
+/// How the reasons of a failing AI start (the bridge adds the cause).
+pub const AI_FAILED_PREFIX: &str = "the AI failed";
+/// How the end reason of a call the provider refused to place starts.
+pub const DIAL_REFUSED_PREFIX: &str = "the telephony provider refused the call";
+/// How the end reason of a call that reached `max_duration` starts.
+pub const TIME_LIMIT_PREFIX: &str = "the call reached its maximum duration";
+
+/// Why a call ended, as a small fixed set of classes: the end reason is free
+/// text (it quotes providers), so metrics count calls by this instead
+/// (bounded label values, docs/observability.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EndClass {
+    /// Answered and ended by the callee or the provider as normal.
+    Normal,
+    /// The agent ended it (`end_call`).
+    Agent,
+    /// `HangUpCall`.
+    HangUpApi,
+    /// It reached its maximum duration.
+    TimeLimit,
+    /// The line was busy.
+    Busy,
+    /// Nobody answered.
+    NoAnswer,
+    /// Ended before it was answered (not through the API).
+    Canceled,
+    /// The provider refused to place it.
+    DialRefused,
+    /// The provider failed it (an error code, SIP failure, unreachable).
+    ProviderFailure,
+    /// The realtime AI could not be reached, refused, dropped or stalled.
+    AiFailure,
+    /// Twilio's media stream failed or was refused.
+    MediaFailure,
+    /// The server shut down under it.
+    Shutdown,
+    /// The server restarted under it (recovered at start).
+    Restart,
+    /// None of the above.
+    Other,
+}
+
+impl EndClass {
+    /// Every class, in the order metrics list them.
+    pub const ALL: [EndClass; 14] = [
+        Self::Normal,
+        Self::Agent,
+        Self::HangUpApi,
+        Self::TimeLimit,
+        Self::Busy,
+        Self::NoAnswer,
+        Self::Canceled,
+        Self::DialRefused,
+        Self::ProviderFailure,
+        Self::AiFailure,
+        Self::MediaFailure,
+        Self::Shutdown,
+        Self::Restart,
+        Self::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Agent => "agent",
+            Self::HangUpApi => "hang_up_api",
+            Self::TimeLimit => "time_limit",
+            Self::Busy => "busy",
+            Self::NoAnswer => "no_answer",
+            Self::Canceled => "canceled",
+            Self::DialRefused => "dial_refused",
+            Self::ProviderFailure => "provider_failure",
+            Self::AiFailure => "ai_failure",
+            Self::MediaFailure => "media_failure",
+            Self::Shutdown => "shutdown",
+            Self::Restart => "restart",
+            Self::Other => "other",
+        }
+    }
+
+    /// The class of a call that ended with `status` and `end_reason` (the
+    /// reasons are the constants above and the bridge's, which its tests
+    /// pin). Reasons outrank the status: a call the agent ended is
+    /// COMPLETED, one the server shut down may be COMPLETED or CANCELED.
+    pub fn of(status: CallStatus, end_reason: &str) -> Self {
+        let r = end_reason;
+        if r == HANG_UP_REASON {
+            Self::HangUpApi
+        } else if r == AGENT_ENDED_REASON {
+            Self::Agent
+        } else if r.starts_with(TIME_LIMIT_PREFIX) {
+            Self::TimeLimit
+        } else if r.starts_with(AI_FAILED_PREFIX) {
+            Self::AiFailure
+        } else if r.starts_with(DIAL_REFUSED_PREFIX) {
+            Self::DialRefused
+        } else if r == crate::bridge::SHUTDOWN_REASON {
+            Self::Shutdown
+        } else if r.starts_with(RESTART_REASON) {
+            Self::Restart
+        } else if r.contains("media stream") {
+            Self::MediaFailure
+        } else {
+            match status {
+                CallStatus::Completed => Self::Normal,
+                CallStatus::Busy => Self::Busy,
+                CallStatus::NoAnswer => Self::NoAnswer,
+                CallStatus::Canceled => Self::Canceled,
+                CallStatus::Failed => Self::ProviderFailure,
+                _ => Self::Other,
+            }
+        }
+    }
+}
+
 /// A hang-up through the API was asked for: recorded as the end reason (the
 /// call itself ends when the provider reports it, or by [`end`] when the
 /// provider has no call yet).
@@ -742,5 +860,74 @@ mod tests {
                 message: "emulated call".into()
             }
         );
+    }
+
+    #[test]
+    fn every_end_reason_falls_in_its_class() {
+        let refused = {
+            let mut rec = record(CallStatus::Queued);
+            let events = dial_refused(&mut rec, Some("21211"), "invalid 'To' number");
+            apply(&mut rec, &events);
+            (rec.status, rec.end_reason)
+        };
+        let cases = [
+            (CallStatus::Completed, "call ended", EndClass::Normal),
+            (CallStatus::Completed, "", EndClass::Normal),
+            (CallStatus::Completed, AGENT_ENDED_REASON, EndClass::Agent),
+            (CallStatus::Completed, HANG_UP_REASON, EndClass::HangUpApi),
+            (CallStatus::Canceled, HANG_UP_REASON, EndClass::HangUpApi),
+            (
+                CallStatus::Completed,
+                "the call reached its maximum duration (600 s)",
+                EndClass::TimeLimit,
+            ),
+            (CallStatus::Busy, "the line was busy", EndClass::Busy),
+            (CallStatus::NoAnswer, "nobody answered", EndClass::NoAnswer),
+            (
+                CallStatus::Canceled,
+                "canceled before it was answered",
+                EndClass::Canceled,
+            ),
+            (refused.0, refused.1.as_str(), EndClass::DialRefused),
+            (
+                CallStatus::Failed,
+                "the call could not be connected (Twilio error 31005)",
+                EndClass::ProviderFailure,
+            ),
+            (
+                CallStatus::Completed,
+                "the AI failed: the AI connection dropped",
+                EndClass::AiFailure,
+            ),
+            (
+                CallStatus::Failed,
+                "the AI failed: connect: refused",
+                EndClass::AiFailure,
+            ),
+            (
+                CallStatus::Completed,
+                "Twilio sent no 'start' within 10s; closed the media stream",
+                EndClass::MediaFailure,
+            ),
+            (
+                CallStatus::Completed,
+                "Twilio's media stream stopped taking data: nothing could be written to it for 5s",
+                EndClass::MediaFailure,
+            ),
+            (
+                CallStatus::Completed,
+                crate::bridge::SHUTDOWN_REASON,
+                EndClass::Shutdown,
+            ),
+            (CallStatus::Canceled, crate::bridge::SHUTDOWN_REASON, EndClass::Shutdown),
+            (CallStatus::Failed, RESTART_REASON, EndClass::Restart),
+            (CallStatus::Failed, RESTART_HUNG_UP_REASON, EndClass::Restart),
+            (CallStatus::Failed, RESTART_HANG_UP_FAILED_REASON, EndClass::Restart),
+        ];
+        for (status, reason, class) in cases {
+            assert_eq!(EndClass::of(status, reason), class, "{status:?} {reason:?}");
+        }
+        let labels: std::collections::HashSet<_> = EndClass::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(labels.len(), EndClass::ALL.len());
     }
 }

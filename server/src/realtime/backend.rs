@@ -312,6 +312,44 @@ mod tests {
         assert!(matches!(e.auth, Auth::ApiKey { header: "api-key", .. }));
     }
 
+    /// The seed's config.py defaulted the deployment and the api-version: a
+    /// `.env` with only the endpoint gets both, and the note says which protocol.
+    #[test]
+    fn azure_openai_with_only_an_endpoint_takes_the_seed_defaults() {
+        let c = config(&[("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")]);
+        let e = spec(Backend::GptRealtime).configured_endpoint(&c).expect("configured");
+        assert_eq!(
+            e.url.as_str(),
+            "wss://res.openai.azure.com/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-4o-realtime-preview"
+        );
+        assert_eq!(e.dialect, Dialect::OpenAiPreview);
+        assert_eq!(c.notes.len(), 1, "{:?}", c.notes);
+        assert!(
+            c.notes[0].contains("gpt-4o-realtime-preview") && c.notes[0].contains("preview realtime protocol"),
+            "{}",
+            c.notes[0]
+        );
+        // A deployment without an api-version is the GA protocol, as before, and no note.
+        let c = config(&[
+            ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),
+            ("AZURE_OPENAI_DEPLOYMENT", "rt"),
+        ]);
+        assert!(c.notes.is_empty());
+        // An api-version alone keeps the version and defaults the deployment.
+        let e = endpoint(
+            Backend::GptRealtime,
+            &[
+                ("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com"),
+                ("AZURE_OPENAI_API_VERSION", "2024-10-01-preview"),
+            ],
+        );
+        assert!(
+            e.url
+                .as_str()
+                .ends_with("?api-version=2024-10-01-preview&deployment=gpt-4o-realtime-preview")
+        );
+    }
+
     #[test]
     fn openai_bearer_and_custom_url() {
         let e = endpoint(
@@ -357,7 +395,7 @@ mod tests {
         );
         assert_eq!(
             spec(Backend::GptRealtime).not_configured(),
-            "backend gpt-realtime is not configured (set AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT, or OPENAI_API_KEY)"
+            "backend gpt-realtime is not configured (set AZURE_OPENAI_ENDPOINT, or OPENAI_API_KEY)"
         );
     }
 

@@ -19,8 +19,8 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CallPage, Inserted, LIVE_STATUSES, Lease, Notice, RequestKey, StoreError, notice_payload, parse_notice, parse_time,
-    status_text,
+    CallFilter, CallPage, Inserted, LIVE_STATUSES, Lease, Notice, RequestKey, StoreError, notice_payload, parse_notice,
+    parse_time, status_text,
 };
 use crate::call::{CallEvent, CallId, CallRecord, EventKind};
 
@@ -292,27 +292,64 @@ impl PgStore {
         Ok(out)
     }
 
-    pub(super) async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+    pub(super) async fn list_calls_matching(
+        &self,
+        filter: &CallFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<CallPage, StoreError> {
+        use tokio_postgres::types::ToSql;
+        let mut clauses = Vec::new();
+        let mut args: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+        let mut arg = |clauses: &mut Vec<String>, clause: &str, value: Box<dyn ToSql + Sync + Send>| {
+            args.push(value);
+            clauses.push(clause.replace('?', &format!("${}", args.len())));
+        };
+        if let Some(cursor) = after {
+            arg(
+                &mut clauses,
+                if filter.oldest_first { "seq > ?" } else { "seq < ?" },
+                Box::new(cursor),
+            );
+        }
+        if !filter.statuses.is_empty() {
+            let statuses: Vec<String> = filter.statuses.iter().map(|s| status_text(*s)).collect();
+            arg(&mut clauses, "status = ANY(?)", Box::new(statuses));
+        }
+        if let Some(to) = &filter.to {
+            // `to` is not a column: it is read from the stored record.
+            arg(&mut clauses, "(record::jsonb ->> 'to') = ?", Box::new(to.clone()));
+        }
+        // Byte order ("C"), not the database's collation: see Store::list_calls_matching.
+        if let Some(t) = filter.created_after {
+            arg(&mut clauses, "created_at COLLATE \"C\" >= ?", Box::new(t.to_rfc3339()));
+        }
+        if let Some(t) = filter.created_before {
+            arg(&mut clauses, "created_at COLLATE \"C\" < ?", Box::new(t.to_rfc3339()));
+        }
+        let limit = i64::try_from(page_size).unwrap_or(i64::MAX - 1) + 1;
+        args.push(Box::new(limit));
+        let sql = format!(
+            "SELECT seq, record FROM calls {} ORDER BY seq {} LIMIT ${}",
+            if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            },
+            if filter.oldest_first { "ASC" } else { "DESC" },
+            args.len()
+        );
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT seq, record FROM calls WHERE seq < $1 ORDER BY seq DESC LIMIT $2")
-            .await?;
-        let rows = client
-            .query(&stmt, &[&before.unwrap_or(i64::MAX), &(page_size as i64 + 1)])
-            .await?;
+        let stmt = client.prepare_cached(&sql).await?;
+        let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let rows = client.query(&stmt, &params).await?;
         let mut calls = Vec::new();
         let mut seqs = Vec::new();
         for row in rows {
             seqs.push(row.get::<_, i64>(0));
             calls.push(serde_json::from_str::<CallRecord>(row.get(1))?);
         }
-        let next = if calls.len() > page_size {
-            calls.truncate(page_size);
-            seqs.get(page_size - 1).copied()
-        } else {
-            None
-        };
-        Ok(CallPage { calls, next })
+        Ok(CallPage::cut(calls, seqs, page_size))
     }
 
     pub(super) async fn unfinished_calls(&self) -> Result<Vec<CallRecord>, StoreError> {

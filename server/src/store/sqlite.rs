@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{CallPage, Inserted, LIVE_STATUSES, Lease, RequestKey, StoreError, parse_time, status_text};
+use super::{CallFilter, CallPage, Inserted, LIVE_STATUSES, Lease, RequestKey, StoreError, parse_time, status_text};
 use crate::call::{CallEvent, CallId, CallRecord, EventKind};
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
@@ -217,11 +217,50 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn list_calls(&self, page_size: usize, before: Option<i64>) -> Result<CallPage, StoreError> {
+    pub(super) async fn list_calls_matching(
+        &self,
+        filter: &CallFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<CallPage, StoreError> {
+        use rusqlite::types::Value;
+        let mut clauses = Vec::new();
+        let mut args: Vec<Value> = Vec::new();
+        if let Some(cursor) = after {
+            clauses.push(if filter.oldest_first { "seq > ?" } else { "seq < ?" }.to_string());
+            args.push(Value::Integer(cursor));
+        }
+        if !filter.statuses.is_empty() {
+            let marks = vec!["?"; filter.statuses.len()].join(", ");
+            clauses.push(format!("status IN ({marks})"));
+            args.extend(filter.statuses.iter().map(|s| Value::Text(status_text(*s))));
+        }
+        if let Some(to) = &filter.to {
+            // `to` is not a column: it is read from the stored record.
+            clauses.push("json_extract(record, '$.to') = ?".to_string());
+            args.push(Value::Text(to.clone()));
+        }
+        if let Some(t) = filter.created_after {
+            clauses.push("created_at >= ?".to_string());
+            args.push(Value::Text(t.to_rfc3339()));
+        }
+        if let Some(t) = filter.created_before {
+            clauses.push("created_at < ?".to_string());
+            args.push(Value::Text(t.to_rfc3339()));
+        }
+        let sql = format!(
+            "SELECT seq, record FROM calls {} ORDER BY seq {} LIMIT ?",
+            if clauses.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", clauses.join(" AND "))
+            },
+            if filter.oldest_first { "ASC" } else { "DESC" }
+        );
+        args.push(Value::Integer(i64::try_from(page_size).unwrap_or(i64::MAX - 1) + 1));
         self.with(move |c| {
-            let mut stmt =
-                c.prepare_cached("SELECT seq, record FROM calls WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2")?;
-            let rows = stmt.query_map(params![before.unwrap_or(i64::MAX), page_size as i64 + 1], |r| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(rusqlite::params_from_iter(args), |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })?;
             let mut calls = Vec::new();
@@ -231,13 +270,7 @@ impl SqliteStore {
                 seqs.push(seq);
                 calls.push(serde_json::from_str::<CallRecord>(&json)?);
             }
-            let next = if calls.len() > page_size {
-                calls.truncate(page_size);
-                seqs.get(page_size - 1).copied()
-            } else {
-                None
-            };
-            Ok(CallPage { calls, next })
+            Ok(CallPage::cut(calls, seqs, page_size))
         })
         .await
     }

@@ -375,3 +375,88 @@ fn notice_payloads_round_trip_and_junk_is_refused() {
         assert_eq!(parse_notice(junk), None, "{junk:?}");
     }
 }
+
+both!(filtered_listings_page_through_exactly_the_matching_calls);
+async fn filtered_listings_page_through_exactly_the_matching_calls(place: &Place) {
+    let store = place.open().await;
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-12-02T10:00:00Z")
+        .unwrap()
+        .to_utc();
+    // 12 calls, 0.5 s apart (sub-second times, to check the text
+    // comparison), alternately to two numbers, every third one busy.
+    let mut all = Vec::new();
+    for i in 0..12i64 {
+        let id = CallId::new();
+        let mut rec = record(&id);
+        rec.to = if i % 2 == 0 { "+15550100" } else { "+15550199" }.into();
+        rec.status = if i % 3 == 0 {
+            CallStatus::Busy
+        } else {
+            CallStatus::Completed
+        };
+        rec.created_at = t0 + chrono::Duration::milliseconds(500 * i);
+        store.insert_call(rec.clone(), None).await.unwrap();
+        all.push(rec);
+    }
+    let cases = [
+        CallFilter::default(),
+        CallFilter {
+            oldest_first: true,
+            ..Default::default()
+        },
+        CallFilter {
+            statuses: vec![CallStatus::Busy],
+            ..Default::default()
+        },
+        CallFilter {
+            statuses: vec![CallStatus::Busy, CallStatus::Failed],
+            to: Some("+15550100".into()),
+            oldest_first: true,
+            ..Default::default()
+        },
+        CallFilter {
+            // From 10:00:01.000 (call 2) to before 10:00:04.500 (call 9).
+            created_after: Some(t0 + chrono::Duration::milliseconds(1000)),
+            created_before: Some(t0 + chrono::Duration::milliseconds(4500)),
+            ..Default::default()
+        },
+        CallFilter {
+            created_after: Some(t0 + chrono::Duration::milliseconds(1250)),
+            to: Some("+15550199".into()),
+            oldest_first: true,
+            ..Default::default()
+        },
+        CallFilter {
+            to: Some("+15550000".into()),
+            ..Default::default()
+        },
+    ];
+    for filter in cases {
+        let mut expected: Vec<CallId> = all
+            .iter()
+            .filter(|r| filter.statuses.is_empty() || filter.statuses.contains(&r.status))
+            .filter(|r| filter.to.as_ref().is_none_or(|to| &r.to == to))
+            .filter(|r| filter.created_after.is_none_or(|t| r.created_at >= t))
+            .filter(|r| filter.created_before.is_none_or(|t| r.created_at < t))
+            .map(|r| r.call_id.clone())
+            .collect();
+        if !filter.oldest_first {
+            expected.reverse();
+        }
+        // Page sizes that do and do not divide the count.
+        for size in [1, 2, 5, 100] {
+            let mut got = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = store.list_calls_matching(&filter, size, cursor).await.unwrap();
+                assert!(page.calls.len() <= size);
+                got.extend(page.calls.into_iter().map(|c| c.call_id));
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+            assert_eq!(got, expected, "{filter:?}, pages of {size}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 // the call with the resumable watcher and renders the pure view model (model/callView.ts).
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useEffect, useId, useReducer, useRef, useState } from "react";
-import { type Backend, type Call, type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type Backend, type Call, type CallEvent, CallStatus, Speaker } from "@voice-agent/client";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
   applyEvent,

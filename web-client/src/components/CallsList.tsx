@@ -1,7 +1,7 @@
 // Past and current calls from ListCalls, newest first, a page at a time.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useCallback, useEffect, useId, useRef, useState } from "react";
-import { type Backend, type Call, CallStatus } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type Backend, type Call, CallStatus } from "@voice-agent/client";
 import { formatDateTime } from "../hooks";
 import { backendLabel, isTerminal, statusLabel } from "../model/labels";
 import { describeError } from "../model/rpcErrors";

@@ -1,6 +1,6 @@
 // "Place a call": validates before sending and puts server errors next to the field they concern.
 import { type FormEvent, useEffect, useId, useRef, useState } from "react";
-import { Backend, type PlaceCallResponse } from "../gen/voiceagent/v1/voice_agent_pb";
+import { Backend, type PlaceCallResponse } from "@voice-agent/client";
 import { e164Help, normalizePhone, validateE164 } from "../model/e164";
 import { placeCallLimits } from "../model/limits";
 import { type PlaceCallField, placeCallFieldError } from "../model/rpcErrors";

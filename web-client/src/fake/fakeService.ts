@@ -26,7 +26,7 @@ import {
   GetServerInfoResponseSchema,
   Speaker,
   VoiceAgentService,
-} from "../gen/voiceagent/v1/voice_agent_pb";
+} from "@voice-agent/client";
 import { e164Pattern } from "../model/e164";
 import { backendLabel, isTerminal } from "../model/labels";
 import { FALLBACK_LIMITS, type Limits } from "../model/limits";

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { CallStatus, Speaker } from "@voice-agent/client";
 import {
   applyEvent,
   applyEvents,

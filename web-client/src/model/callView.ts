@@ -1,7 +1,7 @@
 // Reduces a call's event log (WatchCall) into what the live call view shows. Pure functions only:
 // the same log always gives the same view, whichever order of reconnects delivered it.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type CallEvent, CallStatus, Speaker } from "@voice-agent/client";
 import { isTerminal } from "./labels";
 
 /** One status the call went through. */

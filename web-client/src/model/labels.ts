@@ -1,5 +1,5 @@
 // Human-readable names for the contract's enums, in one place so every view says the same.
-import { Backend, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { Backend, CallStatus, Speaker } from "@voice-agent/client";
 
 /** Terminal statuses per the contract: a call never leaves them and WatchCall ends after one. */
 export const TERMINAL_STATUSES: ReadonlySet<CallStatus> = new Set([

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { GetServerInfoResponseSchema } from "../gen/voiceagent/v1/voice_agent_pb";
+import { GetServerInfoResponseSchema } from "@voice-agent/client";
 import { FALLBACK_LIMITS, placeCallLimits } from "./limits";
 
 describe("placeCallLimits", () => {

@@ -1,7 +1,7 @@
 // What PlaceCall accepts, as the server publishes it (GetServerInfo's `limits`), so the form checks input
 // against the server's own bounds. This build's copy is only the fallback while the server has not answered,
 // could not be asked, or is older than the field.
-import type { PlaceCallLimits } from "../gen/voiceagent/v1/voice_agent_pb";
+import type { PlaceCallLimits } from "@voice-agent/client";
 import type { ServerInfoState } from "./serverInfo";
 
 /** PlaceCall's bounds, in plain numbers (durations in whole seconds). */

@@ -1,8 +1,40 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { BadRequestSchema, ErrorInfoSchema } from "@voice-agent/client";
 import { describe, expect, it } from "vitest";
 import { describeError, isUnauthenticated, placeCallFieldError } from "./rpcErrors";
 
 describe("placeCallFieldError", () => {
+  it("takes the field from the server's BadRequest, then its ErrorInfo", () => {
+    const bad = new ConnectError(
+      'metadata["k"]: must not contain control characters',
+      Code.InvalidArgument,
+      undefined,
+      [
+        { desc: ErrorInfoSchema, value: { reason: "INVALID_ARGUMENT", domain: "voice-agent" } },
+        {
+          desc: BadRequestSchema,
+          value: { fieldViolations: [{ field: 'metadata["k"]', description: "must not contain control characters" }] },
+        },
+      ],
+    );
+    expect(placeCallFieldError(bad)).toEqual({
+      field: "metadata",
+      message: "must not contain control characters",
+      code: Code.InvalidArgument,
+    });
+    const refused = new ConnectError("telephony provider: the number is refused", Code.InvalidArgument, undefined, [
+      {
+        desc: ErrorInfoSchema,
+        value: { reason: "TWILIO_ERROR", domain: "voice-agent", metadata: { provider_code: "21211", call_id: "c" } },
+      },
+    ]);
+    expect(placeCallFieldError(refused).field).toBe("to");
+    const backend = new ConnectError("backend: not offered", Code.FailedPrecondition, undefined, [
+      { desc: ErrorInfoSchema, value: { reason: "BACKEND_NOT_AVAILABLE", domain: "voice-agent" } },
+    ]);
+    expect(placeCallFieldError(backend).field).toBe("backend");
+  });
+
   it("maps the field the server names first", () => {
     const e = placeCallFieldError(
       new ConnectError("to: must be E.164: '+' then 8 to 15 digits, e.g. +14155551212", Code.InvalidArgument),

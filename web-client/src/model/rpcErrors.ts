@@ -1,5 +1,6 @@
 // Turns server errors into something a person can act on, next to the form field they concern.
 import { Code, ConnectError } from "@connectrpc/connect";
+import { errorDetails } from "@voice-agent/client";
 
 /** Fields of the place-call form; names are the proto field names the server puts in its messages. */
 export type PlaceCallField = "to" | "backend" | "instructions" | "voice" | "greeting" | "max_duration" | "metadata";
@@ -13,6 +14,10 @@ const FIELDS: readonly PlaceCallField[] = [
   "max_duration",
   "metadata",
 ];
+
+/** Twilio codes that refuse the dialled number itself: 21211 invalid 'To', 21214 not reachable, 21217 not a phone
+ * number, 21219 unverified (trial account), 21610 unsubscribed, 13224 invalid. */
+const TO_CODES: ReadonlySet<string> = new Set(["21211", "21214", "21217", "21219", "21610", "13224"]);
 
 /** Where an error belongs in the form and what to say. */
 export interface FieldError {
@@ -29,6 +34,18 @@ export interface FieldError {
  */
 export function placeCallFieldError(err: unknown): FieldError {
   const e = ConnectError.from(err);
+  const details = errorDetails(e);
+  // The server's BadRequest names the field exactly (`to`, `metadata["key"]`); older servers only say it in text.
+  const violation = details.fieldViolations[0];
+  const root = violation?.field.split(/[.[]/, 1)[0];
+  if (violation !== undefined && root !== undefined && (FIELDS as readonly string[]).includes(root)) {
+    return { field: root as PlaceCallField, message: violation.description, code: e.code };
+  }
+  // A provider refusal with Twilio's code of a bad number belongs next to the number.
+  if (details.reason === "TWILIO_ERROR" && TO_CODES.has(details.metadata["provider_code"] ?? "")) {
+    return { field: "to", message: e.rawMessage, code: e.code };
+  }
+  if (details.reason === "BACKEND_NOT_AVAILABLE") return { field: "backend", message: e.rawMessage, code: e.code };
   const message = e.rawMessage || Code[e.code] || "request failed";
   const lead = /^\s*([a-z_]+)(?:\.[a-z_]+)*\s*:/.exec(message);
   const named = lead?.[1];

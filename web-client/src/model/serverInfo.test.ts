@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import { describe, expect, it } from "vitest";
-import { Backend, GetServerInfoResponseSchema } from "../gen/voiceagent/v1/voice_agent_pb";
+import { Backend, GetServerInfoResponseSchema } from "@voice-agent/client";
 import {
   AI_EMULATED_BANNER,
   backendHelp,

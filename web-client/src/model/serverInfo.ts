@@ -1,6 +1,6 @@
 // What the server offers (GetServerInfo), turned into what the page shows: the backend choices of
 // the form and the banner saying what is emulated. Plain functions, unit-tested.
-import { Backend, type GetServerInfoResponse } from "../gen/voiceagent/v1/voice_agent_pb";
+import { Backend, type GetServerInfoResponse } from "@voice-agent/client";
 import { BACKEND_CHOICES, backendLabel } from "./labels";
 
 /** GetServerInfo as the page knows it: still asking, answered, or failed (an older server, no token…). */

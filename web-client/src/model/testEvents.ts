@@ -1,7 +1,7 @@
 // Builders of CallEvent messages for the unit tests.
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { type CallEvent, CallEventSchema, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type CallEvent, CallEventSchema, CallStatus, Speaker } from "@voice-agent/client";
 
 type Kind = MessageInitShape<typeof CallEventSchema>["kind"];
 

@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { describe, expect, it } from "vitest";
 import { FakeVoiceAgent } from "../fake/fakeService";
-import { type CallEvent, CallStatus, Speaker } from "../gen/voiceagent/v1/voice_agent_pb";
+import { type CallEvent, CallStatus, Speaker } from "@voice-agent/client";
 import { openWatchStream, voiceAgentClient } from "../rpc/client";
 import { applyEvents, EMPTY_CALL_VIEW, transcriptLines } from "./callView";
 import { ev, sampleLog, sayKind, statusKind } from "./testEvents";

@@ -2,7 +2,7 @@
 // after_sequence = the last sequence applied, skips anything it already has (duplicates) and
 // refuses to jump over missing sequences (gaps), retrying with backoff until the terminal status.
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { CallEvent } from "../gen/voiceagent/v1/voice_agent_pb";
+import type { CallEvent } from "@voice-agent/client";
 import { isTerminal } from "./labels";
 
 /** What the tracker thinks of an incoming sequence number. */

@@ -2,7 +2,7 @@
 // on the page's own origin (the Rust server serves both the UI and grpc-web on one port).
 import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
-import { VoiceAgentService } from "../gen/voiceagent/v1/voice_agent_pb";
+import { VoiceAgentService } from "@voice-agent/client";
 import type { OpenWatchStream } from "../model/watch";
 
 /** Typed client of the service. */

@@ -429,6 +429,7 @@ async fn soak(args: &Args) -> Result<bool, String> {
             .list_calls(authed(pb::ListCallsRequest {
                 page_size: 100,
                 page_token: token.clone(),
+                ..Default::default()
             }))
             .await
             .map_err(|e| format!("ListCalls: {e}"))?

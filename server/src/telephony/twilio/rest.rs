@@ -128,24 +128,46 @@ impl TwilioClient {
             .body(body.finish())
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> Result<CallResource, TwilioError> {
-        let resp = req.send().await.map_err(from_reqwest)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(from_reqwest)?;
-        if !status.is_success() {
-            return Err(api_error(status.as_u16(), &body));
+    /// Sends a request in a client span named `name` (docs/observability.md
+    /// "Traces"), carrying the trace context in `traceparent`.
+    async fn send(&self, req: reqwest::RequestBuilder, name: &'static str) -> Result<CallResource, TwilioError> {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "twilio_rest",
+            otel.name = name,
+            otel.kind = "client",
+            http.response.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let sent = async {
+            let mut trace = http::HeaderMap::new();
+            crate::telemetry::inject(&mut trace);
+            let resp = req.headers(trace).send().await.map_err(from_reqwest)?;
+            let status = resp.status();
+            tracing::Span::current().record("http.response.status_code", status.as_u16());
+            let body = resp.bytes().await.map_err(from_reqwest)?;
+            if !status.is_success() {
+                return Err(api_error(status.as_u16(), &body));
+            }
+            serde_json::from_slice(&body).map_err(|e| TwilioError::Decode(e.to_string()))
+        };
+        let result = sent.instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "ERROR");
         }
-        serde_json::from_slice(&body).map_err(|e| TwilioError::Decode(e.to_string()))
+        result
     }
 
     /// `POST …/Calls.json`: places a call (201 + the call, status `queued`).
     pub async fn create_call(&self, call: &CreateCall) -> Result<CallResource, TwilioError> {
-        self.send(self.post(self.calls_url(), &call.form())).await
+        self.send(self.post(self.calls_url(), &call.form()), "Twilio POST Calls")
+            .await
     }
 
     /// `POST …/Calls/{sid}.json`: hangs up, cancels or redirects a call.
     pub async fn update_call(&self, sid: &str, update: &UpdateCall) -> Result<CallResource, TwilioError> {
-        self.send(self.post(self.call_url(sid), &update.form())).await
+        self.send(self.post(self.call_url(sid), &update.form()), "Twilio POST Calls/{sid}")
+            .await
     }
 
     /// `GET …/Calls/{sid}.json`.
@@ -155,7 +177,7 @@ impl TwilioClient {
             .get(self.call_url(sid))
             .basic_auth(&self.account_sid, Some(&self.auth_token))
             .header(http::header::ACCEPT, "application/json");
-        self.send(req).await
+        self.send(req, "Twilio GET Calls/{sid}").await
     }
 }
 

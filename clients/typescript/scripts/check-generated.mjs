@@ -1,6 +1,8 @@
 // @ts-check
-// Fails (exit 1) when src/gen is not exactly what `npm run generate` makes from ../proto today,
-// so CI catches a proto change that was committed without regenerating the TypeScript client.
+// Fails (exit 1) when src/gen is not exactly what `npm run generate` makes from ../../proto (and the
+// vendored proto/) today, so CI catches a proto change that was committed without regenerating the
+// TypeScript client. The web client runs it too (its `npm run check-generated`), with its own buf and
+// protoc-gen-es on PATH.
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -47,7 +49,7 @@ try {
     }
   }
   if (problems.length > 0) {
-    console.error("Generated code is stale; run `npm run generate` and commit src/gen:");
+    console.error("Generated code is stale; run `npm run generate` in clients/typescript and commit src/gen:");
     for (const p of problems) console.error(`  ${p}`);
     process.exitCode = 1;
   } else {

@@ -1,0 +1,354 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Backend(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BACKEND_UNSPECIFIED: _ClassVar[Backend]
+    BACKEND_VOICE_LIVE: _ClassVar[Backend]
+    BACKEND_GPT_REALTIME: _ClassVar[Backend]
+
+class AudioMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUDIO_MODE_UNSPECIFIED: _ClassVar[AudioMode]
+    AUDIO_MODE_TRANSCODE: _ClassVar[AudioMode]
+    AUDIO_MODE_PASSTHROUGH: _ClassVar[AudioMode]
+
+class CallStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_STATUS_UNSPECIFIED: _ClassVar[CallStatus]
+    CALL_STATUS_QUEUED: _ClassVar[CallStatus]
+    CALL_STATUS_INITIATED: _ClassVar[CallStatus]
+    CALL_STATUS_RINGING: _ClassVar[CallStatus]
+    CALL_STATUS_IN_PROGRESS: _ClassVar[CallStatus]
+    CALL_STATUS_COMPLETED: _ClassVar[CallStatus]
+    CALL_STATUS_BUSY: _ClassVar[CallStatus]
+    CALL_STATUS_NO_ANSWER: _ClassVar[CallStatus]
+    CALL_STATUS_CANCELED: _ClassVar[CallStatus]
+    CALL_STATUS_FAILED: _ClassVar[CallStatus]
+
+class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SPEAKER_UNSPECIFIED: _ClassVar[Speaker]
+    SPEAKER_CALLEE: _ClassVar[Speaker]
+    SPEAKER_AGENT: _ClassVar[Speaker]
+
+class ListCallsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIST_CALLS_ORDER_UNSPECIFIED: _ClassVar[ListCallsOrder]
+    LIST_CALLS_ORDER_NEWEST_FIRST: _ClassVar[ListCallsOrder]
+    LIST_CALLS_ORDER_OLDEST_FIRST: _ClassVar[ListCallsOrder]
+BACKEND_UNSPECIFIED: Backend
+BACKEND_VOICE_LIVE: Backend
+BACKEND_GPT_REALTIME: Backend
+AUDIO_MODE_UNSPECIFIED: AudioMode
+AUDIO_MODE_TRANSCODE: AudioMode
+AUDIO_MODE_PASSTHROUGH: AudioMode
+CALL_STATUS_UNSPECIFIED: CallStatus
+CALL_STATUS_QUEUED: CallStatus
+CALL_STATUS_INITIATED: CallStatus
+CALL_STATUS_RINGING: CallStatus
+CALL_STATUS_IN_PROGRESS: CallStatus
+CALL_STATUS_COMPLETED: CallStatus
+CALL_STATUS_BUSY: CallStatus
+CALL_STATUS_NO_ANSWER: CallStatus
+CALL_STATUS_CANCELED: CallStatus
+CALL_STATUS_FAILED: CallStatus
+SPEAKER_UNSPECIFIED: Speaker
+SPEAKER_CALLEE: Speaker
+SPEAKER_AGENT: Speaker
+LIST_CALLS_ORDER_UNSPECIFIED: ListCallsOrder
+LIST_CALLS_ORDER_NEWEST_FIRST: ListCallsOrder
+LIST_CALLS_ORDER_OLDEST_FIRST: ListCallsOrder
+
+class PlaceCallRequest(_message.Message):
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TO_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    GREETING_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    to: str
+    backend: Backend
+    instructions: str
+    voice: str
+    greeting: str
+    metadata: _containers.ScalarMap[str, str]
+    max_duration: _duration_pb2.Duration
+    request_id: str
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PlaceCallResponse(_message.Message):
+    __slots__ = ("call_id", "provider_call_id", "status", "emulated")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    provider_call_id: str
+    status: CallStatus
+    emulated: bool
+    def __init__(self, call_id: _Optional[str] = ..., provider_call_id: _Optional[str] = ..., status: _Optional[_Union[CallStatus, str]] = ..., emulated: _Optional[bool] = ...) -> None: ...
+
+class WatchCallRequest(_message.Message):
+    __slots__ = ("call_id", "after_sequence")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    after_sequence: int
+    def __init__(self, call_id: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchCallResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: CallEvent
+    def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
+
+class CallEvent(_message.Message):
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice")
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    TRANSCRIPT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DTMF_FIELD_NUMBER: _ClassVar[int]
+    TURN_FIELD_NUMBER: _ClassVar[int]
+    NOTICE_FIELD_NUMBER: _ClassVar[int]
+    sequence: int
+    time: _timestamp_pb2.Timestamp
+    status: StatusChanged
+    transcript: Transcript
+    error: CallError
+    dtmf: Dtmf
+    turn: TurnMetrics
+    notice: Notice
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+
+class StatusChanged(_message.Message):
+    __slots__ = ("status", "detail")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    status: CallStatus
+    detail: str
+    def __init__(self, status: _Optional[_Union[CallStatus, str]] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class Transcript(_message.Message):
+    __slots__ = ("speaker", "text", "interrupted")
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPTED_FIELD_NUMBER: _ClassVar[int]
+    speaker: Speaker
+    text: str
+    interrupted: bool
+    def __init__(self, speaker: _Optional[_Union[Speaker, str]] = ..., text: _Optional[str] = ..., interrupted: _Optional[bool] = ...) -> None: ...
+
+class CallError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Dtmf(_message.Message):
+    __slots__ = ("digit",)
+    DIGIT_FIELD_NUMBER: _ClassVar[int]
+    digit: str
+    def __init__(self, digit: _Optional[str] = ...) -> None: ...
+
+class TurnMetrics(_message.Message):
+    __slots__ = ("turn_index", "first_audio_sent_ms", "first_audio_heard_ms")
+    TURN_INDEX_FIELD_NUMBER: _ClassVar[int]
+    FIRST_AUDIO_SENT_MS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_AUDIO_HEARD_MS_FIELD_NUMBER: _ClassVar[int]
+    turn_index: int
+    first_audio_sent_ms: int
+    first_audio_heard_ms: int
+    def __init__(self, turn_index: _Optional[int] = ..., first_audio_sent_ms: _Optional[int] = ..., first_audio_heard_ms: _Optional[int] = ...) -> None: ...
+
+class Notice(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class HangUpCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class HangUpCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class GetCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class GetCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+
+class ListCallsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "statuses", "to", "created_after", "created_before", "order")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    statuses: _containers.RepeatedScalarFieldContainer[CallStatus]
+    to: str
+    created_after: _timestamp_pb2.Timestamp
+    created_before: _timestamp_pb2.Timestamp
+    order: ListCallsOrder
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., statuses: _Optional[_Iterable[_Union[CallStatus, str]]] = ..., to: _Optional[str] = ..., created_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., order: _Optional[_Union[ListCallsOrder, str]] = ...) -> None: ...
+
+class ListCallsResponse(_message.Message):
+    __slots__ = ("calls", "next_page_token")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    next_page_token: str
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    FROM_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    TURN_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    TURN_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    to: str
+    backend: Backend
+    status: CallStatus
+    provider_call_id: str
+    metadata: _containers.ScalarMap[str, str]
+    created_at: _timestamp_pb2.Timestamp
+    answered_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    emulated: bool
+    end_reason: str
+    instructions: str
+    voice: str
+    duration_seconds: int
+    answered_by: str
+    provider_error_code: str
+    turn_latency_p50_ms: int
+    turn_latency_p95_ms: int
+    event_count: int
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., **kwargs) -> None: ...
+
+class GetServerInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetServerInfoResponse(_message.Message):
+    __slots__ = ("backends", "default_backend", "telephony_emulated", "default_greeting", "default_max_duration", "audio_mode", "server_version", "limits")
+    BACKENDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_BACKEND_FIELD_NUMBER: _ClassVar[int]
+    TELEPHONY_EMULATED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_GREETING_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_MODE_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    backends: _containers.RepeatedCompositeFieldContainer[BackendInfo]
+    default_backend: Backend
+    telephony_emulated: bool
+    default_greeting: str
+    default_max_duration: _duration_pb2.Duration
+    audio_mode: AudioMode
+    server_version: str
+    limits: PlaceCallLimits
+    def __init__(self, backends: _Optional[_Iterable[_Union[BackendInfo, _Mapping]]] = ..., default_backend: _Optional[_Union[Backend, str]] = ..., telephony_emulated: _Optional[bool] = ..., default_greeting: _Optional[str] = ..., default_max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., audio_mode: _Optional[_Union[AudioMode, str]] = ..., server_version: _Optional[str] = ..., limits: _Optional[_Union[PlaceCallLimits, _Mapping]] = ...) -> None: ...
+
+class PlaceCallLimits(_message.Message):
+    __slots__ = ("min_to_digits", "max_to_digits", "max_instructions_bytes", "max_voice_bytes", "max_greeting_bytes", "max_metadata_entries", "max_metadata_key_bytes", "max_metadata_value_bytes", "shortest_max_duration", "longest_max_duration")
+    MIN_TO_DIGITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TO_DIGITS_FIELD_NUMBER: _ClassVar[int]
+    MAX_INSTRUCTIONS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VOICE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_GREETING_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_KEY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_METADATA_VALUE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHORTEST_MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    LONGEST_MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    min_to_digits: int
+    max_to_digits: int
+    max_instructions_bytes: int
+    max_voice_bytes: int
+    max_greeting_bytes: int
+    max_metadata_entries: int
+    max_metadata_key_bytes: int
+    max_metadata_value_bytes: int
+    shortest_max_duration: _duration_pb2.Duration
+    longest_max_duration: _duration_pb2.Duration
+    def __init__(self, min_to_digits: _Optional[int] = ..., max_to_digits: _Optional[int] = ..., max_instructions_bytes: _Optional[int] = ..., max_voice_bytes: _Optional[int] = ..., max_greeting_bytes: _Optional[int] = ..., max_metadata_entries: _Optional[int] = ..., max_metadata_key_bytes: _Optional[int] = ..., max_metadata_value_bytes: _Optional[int] = ..., shortest_max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., longest_max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class BackendInfo(_message.Message):
+    __slots__ = ("backend", "emulated", "default_voice", "display_name")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_VOICE_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    backend: Backend
+    emulated: bool
+    default_voice: str
+    display_name: str
+    def __init__(self, backend: _Optional[_Union[Backend, str]] = ..., emulated: _Optional[bool] = ..., default_voice: _Optional[str] = ..., display_name: _Optional[str] = ...) -> None: ...
