@@ -208,7 +208,7 @@ async fn a_call_is_one_trace_under_the_callers_traceparent_and_its_log_lines_are
     assert!(status.success(), "{status:?}: {:?}", server.lines());
     // The stream secrets the server gave the calls, from its store.
     let db = voice_agent_server::config::DatabaseLocation::File(server.dir.join("data/voice-agent.db"));
-    let store = voice_agent_server::store::Store::open(&db).unwrap();
+    let store = voice_agent_server::store::Store::open(&db).await.unwrap();
     let stream_secrets: Vec<String> = store
         .list_calls(10, None)
         .await
