@@ -64,7 +64,6 @@ impl Replica {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOST", "127.0.0.1")
             .env("PORT", self.port.to_string())
-            .env("WEB_DIR", self.dir.join("no-ui"))
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())

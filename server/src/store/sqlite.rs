@@ -348,7 +348,11 @@ impl SqliteStore {
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
         self.with(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))?;
+            // One read of the calls table: cheap, and it fails when the file
+            // has gone, is locked, or lost its tables.
+            c.query_row("SELECT count(*) FROM (SELECT 1 FROM calls LIMIT 1)", [], |r| {
+                r.get::<_, i64>(0)
+            })?;
             Ok(())
         })
         .await
