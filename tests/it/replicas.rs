@@ -477,6 +477,14 @@ async fn a_bridge_whose_replica_stops_answering_is_failed_by_a_survivor() {
             .any(|u| u.iter().any(|(k, v)| k == "Status" && v == "completed")),
         "{report:?}"
     );
+    // The survivor that ended it logged the end once (the status-change line,
+    // written where calls_ended is counted: CallHub::update), and nobody else did.
+    let logs = cluster.logs();
+    let ends = logs
+        .lines()
+        .filter(|l| l.contains("call status changed") && l.contains(&placed.call_id) && l.contains("status=\"FAILED\""))
+        .count();
+    assert_eq!(ends, 1, "{logs}");
     let mut cluster = cluster;
     cluster.replicas[2].kill();
     cluster.stop().await;
