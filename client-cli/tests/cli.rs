@@ -484,7 +484,23 @@ async fn the_watch_survives_a_server_restart() {
     tokio::task::spawn_blocking(move || server.join().unwrap())
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // The port was free a moment ago, but between the two servers any
+    // process on the machine may be handed it as an ephemeral local port for
+    // an outgoing connection (seen once while other suites ran beside this
+    // one); such a connection is short-lived, so wait for it to go.
+    let listener = {
+        let mut tries = 0;
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 300 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("cannot listen again on {addr}: {e}"),
+            }
+        }
+    };
     let _server = tokio::spawn(serve_on(second, listener));
     // A guard against hanging forever, not a timing assertion.
     let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
