@@ -248,12 +248,7 @@ fn grpcurl_examples_from_the_readme_work() {
             }
             "voiceagent.v1.VoiceAgentService/GetServerInfo" => {
                 let v: serde_json::Value = serde_json::from_str(&out).expect("GetServerInfo prints JSON");
-                let backends: Vec<(&str, bool)> = v["backends"]
-                    .as_array()
-                    .expect("backends")
-                    .iter()
-                    .map(|b| (b["backend"].as_str().unwrap_or(""), b["emulated"] == true))
-                    .collect();
+                let backends = backends_offered(&v);
                 assert_eq!(
                     backends,
                     [("BACKEND_VOICE_LIVE", true), ("BACKEND_GPT_REALTIME", true)],
@@ -559,12 +554,7 @@ fn the_seed_env_example_starts_the_server() {
     let server =
         ServerProcess::start_with_files(&[("HOST", "127.0.0.1"), ("TWILIO_ACCOUNT_SID", sid)], &[(".env", seed)]);
     let info = server_info(&server.addr);
-    let backends: Vec<(&str, bool)> = info["backends"]
-        .as_array()
-        .expect("backends")
-        .iter()
-        .map(|b| (b["backend"].as_str().unwrap_or(""), b["emulated"] == true))
-        .collect();
+    let backends = backends_offered(&info);
     assert_eq!(
         backends,
         [("BACKEND_VOICE_LIVE", false), ("BACKEND_GPT_REALTIME", false)],
@@ -728,4 +718,14 @@ fn the_probe_flag_asks_the_running_server() {
         .unwrap()
         .port();
     assert_eq!(probe(&closed.to_string(), "/healthz").status.code(), Some(1));
+}
+
+/// GetServerInfo's backends as (backend, emulated) pairs, in its order.
+fn backends_offered(info: &serde_json::Value) -> Vec<(&str, bool)> {
+    info["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| (b["backend"].as_str().unwrap_or(""), b["emulated"] == true))
+        .collect()
 }
