@@ -55,6 +55,42 @@ pub enum StoreError {
     NotFound,
 }
 
+impl StoreError {
+    /// True when the same request may succeed if tried again: no connection
+    /// could be had in time, the connection broke, the server is going
+    /// away or refused for load, or the database was busy (SQLite's lock).
+    /// Callers retry these a bounded number of times; a client sees
+    /// `UNAVAILABLE` for them, not `INTERNAL`.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Pool(_) => true,
+            Self::Postgres(e) => {
+                if e.is_closed() {
+                    return true;
+                }
+                match e.code() {
+                    // SQLSTATE class 08 (connection exception), 40001
+                    // (serialization failure), 40P01 (deadlock detected),
+                    // 53300 (too many connections), 57P01..57P03 (the
+                    // server is shutting down or cannot connect now).
+                    Some(code) => {
+                        let code = code.code();
+                        code.starts_with("08")
+                            || matches!(code, "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03")
+                    }
+                    // No SQLSTATE: the error came from the socket, not the server.
+                    None => e.as_db_error().is_none(),
+                }
+            }
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// Which calls a listing returns, and in which order (ListCalls' filters).
 /// The default is every call, newest first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

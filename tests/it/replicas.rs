@@ -335,6 +335,46 @@ impl Cluster {
 }
 
 /// Every event of a call, read through `client` from the start.
+/// Whether a client should try `status` again: the service said so
+/// (UNAVAILABLE: a replica draining, a store briefly out of reach) or the
+/// load balancer had no replica for a moment (haproxy's HTML 503, which
+/// tonic reports as a protocol error naming the HTTP status).
+fn retryable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable || status.message().contains("503 Service Unavailable")
+}
+
+/// PlaceCall through the load balancer as a careful client does: with a
+/// `request_id`, so retrying what may have reached a replica is safe.
+async fn place_retrying(
+    client: &mut VoiceAgentServiceClient<Channel>,
+    req: pb::PlaceCallRequest,
+) -> pb::PlaceCallResponse {
+    assert!(!req.request_id.is_empty(), "a retried PlaceCall needs a request_id");
+    for _ in 0..60 {
+        match client.place_call(req.clone()).await {
+            Ok(r) => return r.into_inner(),
+            Err(s) if retryable(&s) => {
+                eprintln!("PlaceCall {}: {s:?}; retrying", req.request_id);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => panic!("PlaceCall {}: {s:?}", req.request_id),
+        }
+    }
+    panic!("PlaceCall {}: still unavailable after 30 s", req.request_id)
+}
+
+/// GetCall through the load balancer, retried as [`place_retrying`] is.
+async fn get_call_retrying(client: &mut VoiceAgentServiceClient<Channel>, id: &str) -> pb::Call {
+    for _ in 0..60 {
+        match client.get_call(pb::GetCallRequest { call_id: id.into() }).await {
+            Ok(r) => return r.into_inner().call.expect("call set"),
+            Err(s) if retryable(&s) => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(s) => panic!("GetCall {id}: {s:?}"),
+        }
+    }
+    panic!("GetCall {id}: still unavailable after 30 s")
+}
+
 async fn all_events(client: &mut VoiceAgentServiceClient<Channel>, call_id: &str) -> Vec<pb::CallEvent> {
     let mut stream = watch(client, call_id, 0).await;
     watch_rest(&mut stream, Duration::from_secs(120)).await
@@ -528,7 +568,7 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
             request_id: format!("roll-{i}"),
             ..place("+15550100")
         };
-        placed.push(client.place_call(req).await.unwrap().into_inner().call_id);
+        placed.push(place_retrying(&mut client, req).await.call_id);
     }
     // Restart each replica in turn while the calls run, as a rolling deploy
     // does: the next one stops once the load balancer sends to the new one.
@@ -548,7 +588,7 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
     for _ in 0..240 {
         live.clear();
         for id in &placed {
-            let call = get_call(&mut client, id).await;
+            let call = get_call_retrying(&mut client, id).await;
             if !matches!(
                 pb::CallStatus::try_from(call.status),
                 Ok(pb::CallStatus::Completed
@@ -584,7 +624,7 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
     let mut late = Vec::new();
     for id in &placed {
         let events = all_events(&mut client, id).await;
-        let stored = get_call(&mut client, id).await;
+        let stored = get_call_retrying(&mut client, id).await;
         // The stored log, read from the database itself: gapless.
         let stored_events = store
             .events_after(&CallId::parse(id).unwrap(), 0, 10_000)

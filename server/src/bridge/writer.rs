@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::bridge::SHUTDOWN_REASON;
-use crate::call::hub::CallHub;
+use crate::call::hub::{CallHub, retry_transient};
 use crate::call::lifecycle::{self, Ending};
 use crate::call::{CallId, EventKind};
 
@@ -99,13 +99,38 @@ impl CallWriter {
     }
 }
 
+/// Events stored in one transaction at most. A bridge queues events one at
+/// a time; under load (a slow store, many calls) they pile up, and storing
+/// what is queued together costs one commit instead of one each, so the
+/// store catches up instead of falling further behind.
+const BATCH: usize = 64;
+
 async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
-    while let Some(write) = rx.recv().await {
+    let mut next = None;
+    loop {
+        let Some(write) = next.take() else {
+            match rx.recv().await {
+                Some(write) => {
+                    next = Some(write);
+                    continue;
+                }
+                None => return,
+            }
+        };
         match write {
             Write::Event(kind) => {
-                if let Err(e) = hub.publish(&id, kind).await {
-                    tracing::error!(call_id = %id, error = %e, "event not stored");
+                let mut kinds = vec![kind];
+                while kinds.len() < BATCH {
+                    match rx.try_recv() {
+                        Ok(Write::Event(kind)) => kinds.push(kind),
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
                 }
+                store_events(&hub, &id, kinds).await;
             }
             Write::EndReason(reason) => note_end_reason(&hub, &id, &reason).await,
             Write::EndOnShutdown => end_on_shutdown(&hub, &id).await,
@@ -116,15 +141,30 @@ async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
     }
 }
 
+/// Stores events in order, retrying while the store is briefly unavailable
+/// (the queue before this task makes the bridge wait meanwhile).
+async fn store_events(hub: &CallHub, id: &CallId, kinds: Vec<EventKind>) {
+    let count = kinds.len();
+    let result = retry_transient("storing a call's events", || {
+        let kinds = kinds.clone();
+        async move { hub.update(id, move |_| kinds).await }
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(call_id = %id, error = %e, events = count, "events not stored");
+    }
+}
+
 /// Records why the call is about to end ([`lifecycle::note_end_reason`]: the first reason wins).
 async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
-    let reason = reason.to_string();
-    let result = hub
-        .update(id, move |r| {
+    let result = retry_transient("storing a call's end reason", || {
+        let reason = reason.to_string();
+        hub.update(id, move |r| {
             lifecycle::note_end_reason(r, &reason);
             vec![]
         })
-        .await;
+    })
+    .await;
     if let Err(e) = result {
         tracing::error!(call_id = %id, error = %e, "end reason not stored");
     }
@@ -136,11 +176,12 @@ async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
 /// up is closing the media stream, which the bridge does next: nothing
 /// follows `<Connect>` in the call's TwiML (protocols.md §4).
 async fn end_on_shutdown(hub: &CallHub, id: &CallId) {
-    let result = hub
-        .update(id, |r| {
+    let result = retry_transient("storing a call's end at shutdown", || {
+        hub.update(id, |r| {
             lifecycle::end_with_recorded_reason(r, Ending::Completed, SHUTDOWN_REASON)
         })
-        .await;
+    })
+    .await;
     if let Err(e) = result {
         tracing::error!(call_id = %id, error = %e, "the end of the call at shutdown was not stored");
     }

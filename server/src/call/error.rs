@@ -137,6 +137,9 @@ pub enum ErrorReason {
     BackendNotAvailable,
     /// The call store failed: `STORE_FAILED`.
     StoreFailed,
+    /// The call store could not be reached in time (no connection, a broken
+    /// one, a busy database); retrying may succeed: `STORE_UNAVAILABLE`.
+    StoreUnavailable,
     /// This server is draining or shutting down and takes no new call: `SERVER_STOPPING`.
     ServerStopping,
     /// A PlaceCall's `request_id` belongs to a call placed by a different request: `REQUEST_ID_REUSED`.
@@ -155,6 +158,7 @@ impl ErrorReason {
             Self::PermissionDenied => "PERMISSION_DENIED",
             Self::BackendNotAvailable => "BACKEND_NOT_AVAILABLE",
             Self::StoreFailed => "STORE_FAILED",
+            Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::ServerStopping => "SERVER_STOPPING",
             Self::RequestIdReused => "REQUEST_ID_REUSED",
             Self::Call(code) => code.reason(),

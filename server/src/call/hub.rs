@@ -67,6 +67,19 @@ const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// Calls taken over per sweep.
 const SWEEP_BATCH: usize = 32;
 
+/// How long a read or write the call cannot do without (a watcher's next
+/// page, a bridge's event) is retried while the store fails transiently
+/// ([`StoreError::is_transient`]: a pool wait timed out under load, a
+/// connection broke, the database restarted). Longer than a pool wait, so
+/// a burst that queues every connection for a while costs a delay, not an
+/// event or a watcher's stream; short enough that a store that stays away
+/// surfaces as an error while the call's lease (and the watcher's client)
+/// can still act on it.
+pub const STORE_RETRY_FOR: Duration = Duration::from_secs(20);
+/// First wait between retries; doubled each time up to [`STORE_RETRY_MAX_WAIT`].
+const STORE_RETRY_FIRST_WAIT: Duration = Duration::from_millis(50);
+const STORE_RETRY_MAX_WAIT: Duration = Duration::from_secs(2);
+
 /// A hub failure.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -76,6 +89,35 @@ pub enum HubError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl HubError {
+    /// See [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Store(e) if e.is_transient())
+    }
+}
+
+/// Runs `op` until it succeeds, fails for good, or has failed transiently
+/// for [`STORE_RETRY_FOR`], waiting longer between tries (each failure is
+/// logged, so a struggling store is visible long before anything gives up).
+pub async fn retry_transient<T, F, Fut>(what: &str, mut op: F) -> Result<T, HubError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, HubError>>,
+{
+    let give_up = tokio::time::Instant::now() + STORE_RETRY_FOR;
+    let mut wait = STORE_RETRY_FIRST_WAIT;
+    loop {
+        match op().await {
+            Err(e) if e.is_transient() && tokio::time::Instant::now() + wait < give_up => {
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "{what}: the store is unavailable; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(STORE_RETRY_MAX_WAIT);
+            }
+            result => return result,
+        }
+    }
 }
 
 /// What a watcher hears from the hub.
@@ -610,7 +652,11 @@ impl CallHub {
         id: &CallId,
         after: u64,
     ) -> Result<mpsc::Receiver<Result<CallEvent, HubError>>, HubError> {
-        let Some(record) = self.store.get_call(id).await? else {
+        let record = retry_transient("reading a watched call", || async {
+            Ok(self.store.get_call(id).await?)
+        })
+        .await?;
+        let Some(record) = record else {
             return Err(HubError::NotFound);
         };
         // Subscribe first, then read history: see the module doc. An ended
@@ -738,10 +784,15 @@ impl Watcher {
     /// the stream), and each page waits for the watcher to take the last.
     async fn catch_up(&mut self) -> Flow {
         loop {
-            let events = match self.store.events_after(&self.id, self.last, WATCH_PAGE).await {
+            let (store, id, last) = (&self.store, &self.id, self.last);
+            let read = retry_transient("reading a watched call's events", || async {
+                Ok(store.events_after(id, last, WATCH_PAGE).await?)
+            });
+            let events = match read.await {
                 Ok(events) => events,
                 Err(e) => {
-                    let _ = self.out.send(Err(e.into())).await;
+                    // The client resumes after the last event it got.
+                    let _ = self.out.send(Err(e)).await;
                     return Flow::Done;
                 }
             };
@@ -894,5 +945,38 @@ mod tests {
         assert_eq!(failed[1].kind.terminal_status(), Some(CallStatus::Failed));
         let done = store.get_call(&ids[4]).await.unwrap().unwrap();
         assert_eq!(done.status, CallStatus::Completed, "ended calls are left alone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_store_failures_are_retried_and_others_are_not() {
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let result = retry_transient("test", || async {
+            if tries.fetch_add(1, Ordering::SeqCst) < 3 {
+                Err(HubError::Store(StoreError::Pool("timed out".into())))
+            } else {
+                Ok(7)
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap(), 7);
+        assert_eq!(tries.load(Ordering::SeqCst), 4);
+
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        let result: Result<(), _> = retry_transient("test", || async {
+            tries.fetch_add(1, Ordering::SeqCst);
+            Err(HubError::NotFound)
+        })
+        .await;
+        assert!(matches!(result, Err(HubError::NotFound)));
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "a permanent failure is not retried");
+
+        // A store that stays away: given up after STORE_RETRY_FOR, with its error.
+        let started = tokio::time::Instant::now();
+        let result: Result<(), _> = retry_transient("test", || async {
+            Err(HubError::Store(StoreError::Pool("timed out".into())))
+        })
+        .await;
+        assert!(result.unwrap_err().is_transient());
+        assert!(started.elapsed() <= STORE_RETRY_FOR, "{:?}", started.elapsed());
     }
 }

@@ -77,6 +77,16 @@ pub fn hub_status(e: HubError, call: Option<&CallId>) -> Status {
             &[("call_id", id)],
             &[],
         ),
+        HubError::Store(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "call store unavailable");
+            api_status(
+                Code::Unavailable,
+                &ErrorReason::StoreUnavailable,
+                "the call store is unavailable; retry",
+                &[("call_id", id)],
+                &[],
+            )
+        }
         HubError::Store(e) => {
             tracing::error!(error = %e, "call store failed");
             api_status(

@@ -1,8 +1,13 @@
 //! The PostgreSQL engine of the call store: several replicas on one database.
 //!
-//! A pool of connections (deadpool) for the queries, and one connection of
-//! its own per replica that LISTENs for the other replicas' notices (see
-//! [`super::Notice`]). A change locks the call's row (`SELECT … FOR UPDATE`)
+//! A pool of connections (deadpool) for the queries, one connection of its
+//! own per replica that LISTENs for the other replicas' notices (see
+//! [`super::Notice`]), and one more, the *control* connection, for what must
+//! never queue behind a busy pool: renewing this replica's leases (a renewal
+//! that waited for a pooled connection under load would let a healthy
+//! replica's calls be taken over) and the readiness ping (a saturated pool is
+//! load, not a reason to take the replica out of the load balancer, which
+//! would move its load onto the others). A change locks the call's row (`SELECT … FOR UPDATE`)
 //! in its transaction, so writers on different replicas take turns per call;
 //! its NOTIFY is sent in the same transaction, and PostgreSQL delivers
 //! notifications only on commit and in commit order, so a notice never
@@ -74,6 +79,9 @@ const MIGRATIONS: &[&str] = &[
 pub(super) struct PgStore {
     pool: Pool,
     config: tokio_postgres::Config,
+    /// The control connection (see the module doc); connected on first use
+    /// and again after it fails.
+    control: Arc<tokio::sync::Mutex<Option<tokio_postgres::Client>>>,
 }
 
 type Client = deadpool_postgres::Object;
@@ -103,7 +111,11 @@ impl PgStore {
             .recycle_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| StoreError::Pool(e.to_string()))?;
-        let store = Self { pool, config };
+        let store = Self {
+            pool,
+            config,
+            control: Arc::default(),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -113,6 +125,43 @@ impl PgStore {
             deadpool_postgres::PoolError::Backend(e) => StoreError::Postgres(e),
             e => StoreError::Pool(e.to_string()),
         })
+    }
+
+    /// Runs `query` on the control connection, connecting it first if
+    /// needed, within [`POOL_WAIT`]; a failed connection is dropped so the
+    /// next use reconnects.
+    async fn on_control(
+        &self,
+        query: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let mut control = self.control.lock().await;
+        let run = async {
+            if control.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "the database control connection ended");
+                    }
+                });
+                *control = Some(client);
+            }
+            let client = control.as_ref().expect("connected above");
+            Ok::<_, StoreError>(client.execute(query, params).await?)
+        };
+        match tokio::time::timeout(POOL_WAIT, run).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => {
+                *control = None;
+                Err(e)
+            }
+            Err(_) => {
+                *control = None;
+                Err(StoreError::Pool(format!(
+                    "the control connection did not answer within {POOL_WAIT:?}"
+                )))
+            }
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -380,15 +429,13 @@ impl PgStore {
     }
 
     pub(super) async fn renew_leases(&self, ids: &[CallId], lease: &Lease) -> Result<(), StoreError> {
-        let client = self.client().await?;
         let ids: Vec<&str> = ids.iter().map(CallId::as_str).collect();
-        client
-            .execute(
-                "UPDATE calls SET lease_until = now() + $3::FLOAT8 * interval '1 millisecond'
-                 WHERE call_id = ANY($1) AND media_owner = $2",
-                &[&ids, &lease.owner, &ttl_millis(lease)],
-            )
-            .await?;
+        self.on_control(
+            "UPDATE calls SET lease_until = now() + $3::FLOAT8 * interval '1 millisecond'
+             WHERE call_id = ANY($1) AND media_owner = $2",
+            &[&ids, &lease.owner, &ttl_millis(lease)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -443,13 +490,15 @@ impl PgStore {
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        // One read of the calls table, as on SQLite.
-        self.client().await?.execute("SELECT 1 FROM calls LIMIT 1", &[]).await?;
+        // One read of the calls table, as on SQLite; on the control
+        // connection (the module doc says why).
+        self.on_control("SELECT 1 FROM calls LIMIT 1", &[]).await?;
         Ok(())
     }
 
     pub(super) async fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
+        *self.control.lock().await = None;
         Ok(())
     }
 }
