@@ -272,7 +272,12 @@ mod tests {
         let p = policy(true, "http://127.0.0.1:8000", &[]);
         assert_eq!(p.check(API, Some("evil.example"), Some(b"null")), Ok(()));
         let p = policy(false, "http://127.0.0.1:8000", &[]);
-        for path in ["/twilio/status", "/twilio/twiml", "/ws/media/call_0"] {
+        for path in [
+            "/twilio/status",
+            "/twilio/twiml",
+            "/twilio/connect-action",
+            "/ws/media/call_0",
+        ] {
             assert_eq!(p.check(path, Some("evil.example"), Some(b"null")), Ok(()), "{path}");
         }
         assert_eq!(p.check("/metrics", Some("evil.example"), None), Err(Refusal::Host));

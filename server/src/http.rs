@@ -36,6 +36,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/twilio/twiml", post(twiml_webhook))
         .route("/twilio/status", post(status_webhook))
+        .route("/twilio/connect-action", post(connect_action_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
         .with_state(state.clone())
@@ -194,11 +195,64 @@ async fn twiml_webhook(
     let base = signed_url(&state, &Uri::from_static("/"), true);
     let stream_url = format!("{}ws/media/{}", base, id);
     let greeting = (!record.greeting.is_empty()).then_some(record.greeting.as_str());
-    twiml_response(twiml::connect_stream(
-        greeting,
-        &stream_url,
-        &[("call_id", id.as_str()), ("secret", record.stream_secret.as_str())],
-    ))
+    let params = [("call_id", id.as_str()), ("secret", record.stream_secret.as_str())];
+    // With replicas, a stream that closes may have lost its bridge with a
+    // killed replica: Twilio then asks the action URL, through the load
+    // balancer, and a survivor decides. One process alone has nobody else
+    // to ask (and during its own shutdown the request could not land), so
+    // there the call hangs up as the stream closes, as before.
+    if state.hub.store().shared() {
+        let action = format!(
+            "{}twilio/connect-action?call_id={}",
+            signed_url(&state, &Uri::from_static("/"), false),
+            id
+        );
+        twiml_response(twiml::connect_stream_with_action(
+            greeting,
+            &stream_url,
+            &params,
+            &action,
+        ))
+    } else {
+        twiml_response(twiml::connect_stream(greeting, &stream_url, &params))
+    }
+}
+
+/// `POST /twilio/connect-action?call_id=…`: the call's media stream closed
+/// and the call goes on; Twilio asks what next (`<Connect action>`,
+/// protocols.md §4). Any replica answers: [`lifecycle::on_stream_ended`]
+/// decides from the stored call.
+async fn connect_action_webhook(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<CallIdQuery>,
+    SignedTwilioForm(params): SignedTwilioForm,
+) -> Response {
+    let Some(id) = q.call_id.as_deref().and_then(CallId::parse) else {
+        return bad_call_id();
+    };
+    let sid = params.into_iter().find(|(k, _)| k == "CallSid").map(|(_, v)| v);
+    let result = state
+        .hub
+        .update(&id, move |rec| {
+            if sid
+                .as_deref()
+                .is_some_and(|s| !rec.provider_call_id.is_empty() && s != rec.provider_call_id)
+            {
+                tracing::warn!(call_id = %rec.call_id, "connect action for another CallSid ignored");
+                return vec![];
+            }
+            let (lifecycle::AfterStream::HangUp, events) = lifecycle::on_stream_ended(rec);
+            events
+        })
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(HubError::NotFound) => return (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
+        // Hanging up is right whatever the store says: nothing serves the
+        // call's media now.
+        Err(e) => tracing::error!(call_id = %id, error = %e, "the end of a call whose stream closed was not stored"),
+    }
+    twiml_response(twiml::hangup())
 }
 
 /// Twilio's status callback parameters (§2.1) as the domain takes them;

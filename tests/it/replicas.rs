@@ -21,7 +21,7 @@ use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
 use voice_agent_server::call::CallId;
 use voice_agent_server::config::{DatabaseLocation, Secret};
-use voice_agent_server::emulator::twilio::{TwilioEmulator, TwilioEmulatorHandle};
+use voice_agent_server::emulator::twilio::{EndCause, TwilioEmulator, TwilioEmulatorHandle};
 use voice_agent_server::store::{ScratchDatabase, Store};
 use voice_agent_tests::{binary, get_call, place, statuses, watch, watch_rest, watch_until};
 
@@ -533,8 +533,10 @@ async fn a_bridge_whose_replica_stops_answering_is_failed_by_a_survivor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_bridge_replica_ends_its_call_with_a_reason_on_a_survivor() {
     // SIGKILL: the media socket closes with the process, so the provider
-    // ends <Connect> and the call (protocols.md §4); its final status lands
-    // on a survivor. The watcher on a survivor sees the end, with a reason.
+    // asks the <Connect action> URL what next (protocols.md §4); through
+    // the load balancer a survivor answers: the call recorded no reason to
+    // end, so its bridge was lost; it ends FAILED at once and hangs up. The
+    // watcher on a survivor sees the end, with that reason.
     let mut cluster = Cluster::start(3, &[], &[("/ws/media/", 2)]).await;
     let mut r1 = cluster.replicas[0].client().await;
     let placed = r1.place_call(place("+15550100")).await.unwrap().into_inner();
@@ -546,7 +548,28 @@ async fn a_killed_bridge_replica_ends_its_call_with_a_reason_on_a_survivor() {
     assert!(all.last().is_some_and(is_terminal), "{all:?}");
     assert_eq!(sequences(&all), (1..=all.len() as u64).collect::<Vec<_>>());
     let stored = get_call(&mut r1, &placed.call_id).await;
-    assert!(!stored.end_reason.is_empty(), "{stored:?}");
+    assert_eq!(stored.status(), pb::CallStatus::Failed, "{stored:?}");
+    assert_eq!(
+        stored.end_reason,
+        voice_agent_server::call::lifecycle::STREAM_LOST_REASON
+    );
+    assert_eq!(statuses(&all).last(), Some(&pb::CallStatus::Failed), "{all:?}");
+    // The provider asked the action URL (signed: the replica answered) and hung up.
+    let report = cluster
+        .twilio
+        .call(&placed.provider_call_id)
+        .expect("the emulator has the call");
+    let action = report
+        .twiml_fetches
+        .iter()
+        .find(|f| f.url.contains("/twilio/connect-action?call_id="))
+        .unwrap_or_else(|| panic!("no action request: {report:?}"));
+    assert_eq!(action.response_status, Some(200), "{report:?}");
+    assert!(
+        action.body.as_deref().is_some_and(|b| b.contains("<Hangup/>")),
+        "{report:?}"
+    );
+    assert_eq!(report.end_cause, Some(EndCause::TwimlHangup), "{report:?}");
     cluster.stop().await;
 }
 

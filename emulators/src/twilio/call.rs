@@ -286,7 +286,33 @@ impl CallActor {
                 }
                 Verb::Pause(secs) => self.wait(Duration::from_secs(secs.into())).await,
                 Verb::Hangup => return Ending::completed(EndCause::TwimlHangup),
-                Verb::Connect(Some(stream)) => self.run_stream(&stream).await,
+                Verb::Connect(Some(stream)) => match self.run_stream(&stream).await {
+                    // The socket closed and the call goes on: with an
+                    // `action`, Twilio requests it and runs what it answers
+                    // instead of the rest of this document (protocols.md §4);
+                    // its failure is an application error that ends the call.
+                    None => match &stream.connect_action {
+                        Some((url, method)) => {
+                            let source = match self.action_url(url) {
+                                Ok(url) => TwimlSource::Fetch {
+                                    url,
+                                    method: method.clone(),
+                                },
+                                Err(e) => {
+                                    self.slot.report(|r| r.errors.push(e.clone()));
+                                    return Ending::completed(EndCause::ApplicationError(e));
+                                }
+                            };
+                            program = match self.load(source).await {
+                                Ok(p) => p,
+                                Err(e) => return e,
+                            };
+                            continue;
+                        }
+                        None => None,
+                    },
+                    interrupt => interrupt,
+                },
                 Verb::Connect(None) => None,
                 Verb::Other(name) => {
                     self.slot
@@ -307,6 +333,21 @@ impl CallActor {
                 }
             }
         }
+    }
+
+    /// A `<Connect action>` URL: absolute, or relative to the TwiML's URL.
+    fn action_url(&self, url: &str) -> Result<String, String> {
+        if url.contains("://") {
+            return Ok(url.to_string());
+        }
+        let base = self
+            .twiml_base
+            .as_deref()
+            .ok_or_else(|| format!("11200 HTTP retrieval failure: relative action {url} in inline TwiML"))?;
+        url::Url::parse(base)
+            .and_then(|b| b.join(url))
+            .map(String::from)
+            .map_err(|e| format!("11200 HTTP retrieval failure: action {url}: {e}"))
     }
 
     /// How long `<Say>` takes at the configured speed.

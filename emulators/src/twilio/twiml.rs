@@ -5,7 +5,7 @@
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 #[cfg(test)]
-use voice_agent_wire::twilio::twiml::{connect_stream, hangup, say_and_hang_up};
+use voice_agent_wire::twilio::twiml::{connect_stream, connect_stream_with_action, hangup, say_and_hang_up};
 
 /// One TwiML verb, as the emulator runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +31,9 @@ pub struct StreamSpec {
     pub name: Option<String>,
     /// `<Parameter name value>` children, in order.
     pub parameters: Vec<(String, String)>,
+    /// The enclosing `<Connect>`'s `action` URL and `method` (POST unless
+    /// given): requested when the stream's socket closes while the call goes on.
+    pub connect_action: Option<(String, String)>,
 }
 
 /// TwiML the parser refuses.
@@ -75,6 +78,7 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
     let mut say_text: Option<String> = None;
     let mut stream: Option<StreamSpec> = None;
     let mut connect_stream: Option<StreamSpec> = None;
+    let mut connect_action: Option<(String, String)> = None;
     let mut saw_root = false;
     loop {
         let event = reader.read_event().map_err(xml_err)?;
@@ -104,7 +108,13 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                         };
                         verbs.push(Verb::Pause(length));
                     }
-                    "Connect" => connect_stream = None,
+                    "Connect" => {
+                        connect_stream = None;
+                        connect_action = match attr(&e, "action")? {
+                            Some(url) => Some((url, attr(&e, "method")?.unwrap_or_else(|| "POST".into()))),
+                            None => None,
+                        };
+                    }
                     "Hangup" => verbs.push(Verb::Hangup),
                     other => verbs.push(Verb::Other(other.to_string())),
                 },
@@ -118,6 +128,7 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                                 url,
                                 name: attr(&e, "name")?,
                                 parameters: Vec::new(),
+                                connect_action: None,
                             });
                         }
                         (Some("Stream"), "Parameter") => {
@@ -138,6 +149,7 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                     &mut stream,
                     &mut connect_stream,
                 );
+                attach_action(&name, path.len(), &mut verbs, &mut connect_action);
             } else {
                 path.push(name);
             }
@@ -156,6 +168,7 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                     &mut stream,
                     &mut connect_stream,
                 );
+                attach_action(&name, path.len(), &mut verbs, &mut connect_action);
             }
             Event::Text(t) => {
                 if let Some(s) = say_text.as_mut() {
@@ -186,6 +199,17 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
         return Err(TwimlError::Xml("empty document".into()));
     }
     Ok(verbs)
+}
+
+/// Once a `<Connect>` closed, gives its `action` to its stream.
+fn attach_action(name: &str, depth: usize, verbs: &mut [Verb], action: &mut Option<(String, String)>) {
+    if (depth, name) != (1, "Connect") {
+        return;
+    }
+    let action = action.take();
+    if let Some(Verb::Connect(Some(stream))) = verbs.last_mut() {
+        stream.connect_action = action;
+    }
 }
 
 /// Finishes element `name` whose depth (root = 0) is `depth`.
@@ -230,9 +254,29 @@ mod tests {
                     url: "wss://h.example/ws/media/c1".into(),
                     name: None,
                     parameters: vec![("call_id".into(), "c1".into()), ("secret".into(), "a&b\"c".into())],
+                    connect_action: None,
                 })),
             ]
         );
+    }
+
+    #[test]
+    fn the_connect_action_goes_with_its_stream() {
+        let x = connect_stream_with_action(None, "wss://h/ws", &[], "https://h/a?x=1&y=2");
+        let verbs = parse(&x).unwrap();
+        let [Verb::Connect(Some(stream))] = verbs.as_slice() else {
+            panic!("{x}");
+        };
+        assert_eq!(
+            stream.connect_action,
+            Some(("https://h/a?x=1&y=2".into(), "POST".into()))
+        );
+        let x = r#"<Response><Connect action="/next" method="GET"><Stream url="wss://h/ws"/></Connect><Connect><Stream url="wss://h/2"/></Connect></Response>"#;
+        let verbs = parse(x).unwrap();
+        assert!(
+            matches!(&verbs[0], Verb::Connect(Some(s)) if s.connect_action == Some(("/next".into(), "GET".into())))
+        );
+        assert!(matches!(&verbs[1], Verb::Connect(Some(s)) if s.connect_action.is_none()));
     }
 
     #[test]

@@ -36,6 +36,13 @@ pub const TAKEOVER_HUNG_UP_REASON: &str = "no replica serves the call's media an
 pub const TAKEOVER_HANG_UP_FAILED_REASON: &str =
     "no replica serves the call's media any more; hanging the call up with the provider failed";
 
+/// The end reason of a live call whose media stream closed while nothing
+/// had recorded why (no hang-up, `end_call`, time limit, AI failure or
+/// shutdown: each records its reason before it closes the stream): the
+/// replica that ran its bridge vanished (killed, or its connection cut), and
+/// the provider asked the `<Connect action>` URL what to do next.
+pub const STREAM_LOST_REASON: &str = "the media stream closed with nothing ending the call (its replica stopped or was cut off); another replica hung the call up";
+
 /// A status callback of the telephony provider, parsed (protocols.md §2.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderStatus {
@@ -357,6 +364,26 @@ pub fn end(rec: &mut CallRecord, ending: Ending, reason: &str) -> Vec<EventKind>
         status: ending.into(),
         detail: reason.to_string(),
     }]
+}
+
+/// What the provider is told when a call's media stream closed while the
+/// call goes on (`<Connect action>`, protocols.md §4).
+#[derive(Debug, PartialEq, Eq)]
+pub enum AfterStream {
+    /// Hang up: the call ended, is ending on purpose (its reason is
+    /// recorded), or its stream was lost (see [`STREAM_LOST_REASON`]).
+    HangUp,
+}
+
+/// The provider reports that the media stream of a call closed and asks what
+/// to do next. A call ended on purpose recorded its reason before its bridge
+/// closed the stream (the bridge settles its writes first), so a live call
+/// with no reason lost its bridge: it ends FAILED.
+pub fn on_stream_ended(rec: &mut CallRecord) -> (AfterStream, Vec<EventKind>) {
+    if rec.status.is_terminal() || !rec.end_reason.is_empty() {
+        return (AfterStream::HangUp, Vec::new());
+    }
+    (AfterStream::HangUp, end(rec, Ending::Failed, STREAM_LOST_REASON))
 }
 
 /// Like [`end`], but the event says the recorded end reason (`fallback` when
@@ -929,5 +956,23 @@ mod tests {
         }
         let labels: std::collections::HashSet<_> = EndClass::ALL.iter().map(|c| c.as_str()).collect();
         assert_eq!(labels.len(), EndClass::ALL.len());
+    }
+
+    #[test]
+    fn a_stream_that_ends_with_nothing_ending_the_call_fails_it_and_others_hang_up_quietly() {
+        let mut lost = record(CallStatus::InProgress);
+        let (after, events) = on_stream_ended(&mut lost);
+        assert_eq!(after, AfterStream::HangUp);
+        apply(&mut lost, &events);
+        assert_eq!(lost.status, CallStatus::Failed);
+        assert_eq!(lost.end_reason, STREAM_LOST_REASON);
+
+        let mut ending = record(CallStatus::InProgress);
+        assert!(note_end_reason(&mut ending, AGENT_ENDED_REASON));
+        assert_eq!(on_stream_ended(&mut ending), (AfterStream::HangUp, vec![]));
+        assert_eq!(ending.status, CallStatus::InProgress, "the provider's callback ends it");
+
+        let mut ended = record(CallStatus::Completed);
+        assert_eq!(on_stream_ended(&mut ended), (AfterStream::HangUp, vec![]));
     }
 }

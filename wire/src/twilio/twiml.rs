@@ -53,11 +53,37 @@ fn push_say(out: &mut String, text: Option<&str>) {
 /// the emulator) and carries no query string, hence the parameters; nothing
 /// follows `</Connect>`, so the call hangs up when our server closes the socket.
 pub fn connect_stream(greeting: Option<&str>, stream_url: &str, params: &[(&str, &str)]) -> String {
+    render_connect(greeting, stream_url, params, None)
+}
+
+/// [`connect_stream`] with `<Connect action="…">` (method POST): when the
+/// stream's socket closes and the call goes on, Twilio requests `action` and
+/// runs the TwiML it answers instead of what follows `</Connect>`
+/// (protocols.md §4). It lets a replica that did not run the stream decide
+/// what happens next (its own bridge vanished with a killed replica).
+pub fn connect_stream_with_action(
+    greeting: Option<&str>,
+    stream_url: &str,
+    params: &[(&str, &str)],
+    action: &str,
+) -> String {
+    render_connect(greeting, stream_url, params, Some(action))
+}
+
+fn render_connect(greeting: Option<&str>, stream_url: &str, params: &[(&str, &str)], action: Option<&str>) -> String {
     let mut out = String::with_capacity(256);
     out.push_str(XML_DECL);
     out.push_str("<Response>");
     push_say(&mut out, greeting);
-    out.push_str("<Connect><Stream url=\"");
+    match action {
+        Some(action) => {
+            out.push_str("<Connect action=\"");
+            out.push_str(&escape(action));
+            out.push_str("\" method=\"POST\">");
+        }
+        None => out.push_str("<Connect>"),
+    }
+    out.push_str("<Stream url=\"");
     out.push_str(&escape(stream_url));
     out.push_str("\">");
     for (name, value) in params {
@@ -100,6 +126,20 @@ mod tests {
         assert!(x.contains("<Say>Hi &amp; &lt;welcome&gt; &quot;you&quot;</Say><Connect>"));
         assert!(x.contains(r#"<Parameter name="secret" value="a&amp;b&quot;c"/>"#));
         assert!(x.ends_with("</Stream></Connect></Response>"));
+    }
+
+    #[test]
+    fn the_action_url_is_an_escaped_attribute_of_connect() {
+        let x = connect_stream_with_action(
+            None,
+            "wss://h/ws",
+            &[],
+            "https://h/twilio/connect-action?call_id=c1&x=1",
+        );
+        assert!(
+            x.contains(r#"<Connect action="https://h/twilio/connect-action?call_id=c1&amp;x=1" method="POST"><Stream url="wss://h/ws">"#),
+            "{x}"
+        );
     }
 
     #[test]
