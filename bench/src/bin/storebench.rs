@@ -95,7 +95,7 @@ fn record() -> CallRecord {
 /// A transcript of a typical utterance: the event the bridge stores most.
 fn utterance(n: u64) -> EventKind {
     EventKind::Transcript {
-        speaker: if n % 2 == 0 { Speaker::Agent } else { Speaker::Callee },
+        speaker: if n.is_multiple_of(2) { Speaker::Agent } else { Speaker::Callee },
         text: format!("Utterance {n}: yes, Tuesday at three in the afternoon works for me, thank you."),
         interrupted: false,
     }
