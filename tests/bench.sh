@@ -9,7 +9,7 @@
 #     both audio modes, with AI deltas of 20 ms (one per Twilio frame, the most
 #     messages) and of 100 ms (the size the built-in AI emulator streams);
 #   - no pinning at all (server and generator share both cores), transcode, 20 ms;
-# then the floor (tests/src/bin/floor.rs): the same message pattern over the
+# then the floor (bench/src/bin/floor.rs): the same message pattern over the
 # same loopback TCP with no server or generator work at all, which is what this
 # machine's kernel alone allows.
 set -euo pipefail

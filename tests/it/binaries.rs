@@ -411,6 +411,62 @@ fn load_generator_quick_mode_runs() {
 }
 
 #[test]
+fn load_generator_quick_mode_runs_two_replicas_on_postgres_behind_haproxy() {
+    // The replica figures' topology (tests/bench-replicas.sh): two server
+    // processes on a PostgreSQL database of their own, haproxy in front
+    // (docs/haproxy.cfg), every call watched on both replicas. Not a
+    // benchmark: it proves the run still carries calls end to end through
+    // it, loses no frame and streams every event once, in order, everywhere.
+    let db =
+        std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| voice_agent_server::store::TEST_DATABASE_URL.to_string());
+    let out = Command::new(binary("loadgen"))
+        .args([
+            "--quick",
+            "--replicas",
+            "2",
+            "--haproxy",
+            "--watch",
+            "--database-url",
+            &db,
+        ])
+        .output()
+        .expect("run loadgen");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| transcode | 3 |"), "{stdout}");
+    // The replica table: 2 replicas on PostgreSQL behind haproxy, events
+    // watched, none out of order, no stream failed.
+    assert!(
+        stdout.contains("| transcode | 3 | 2, PostgreSQL, haproxy |") && stdout.contains("| 0 / 0 |"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn store_benchmark_quick_mode_runs() {
+    // Not a benchmark here: SQLite and PostgreSQL with 2 writers for 1 s;
+    // the tool fails when nothing was committed or a stored log is wrong.
+    let out = Command::new(binary("storebench"))
+        .arg("--quick")
+        .output()
+        .expect("run storebench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("| sqlite | 2 |") && stdout.contains("| postgres | 2 |"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn floor_benchmark_runs() {
     // Like the load generator's quick mode: not a benchmark here, only proof that
     // the floor tool still runs its message pattern and measures something.

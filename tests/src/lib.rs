@@ -333,7 +333,7 @@ pub fn binary(name: &str) -> PathBuf {
     if !path.exists() {
         let package = match name {
             "voice-agent" => "voice-agent-cli",
-            "loadgen" | "floor" => "voice-agent-tests",
+            "loadgen" | "floor" | "storebench" => "voice-agent-bench",
             _ => "voice-agent-server",
         };
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());

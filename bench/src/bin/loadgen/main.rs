@@ -24,14 +24,23 @@
 //! A level is **carried** when nothing was late or lost, every barge-in got
 //! its `clear` and `truncate`, and no call ended early.
 //!
+//! Replicas (issue #13, [`cluster`]): `--replicas 2 --database-url postgres://…/test` runs that
+//! many server processes on a PostgreSQL database of their own (made per level, dropped after),
+//! `--haproxy` puts docs/haproxy.cfg in front of them, and `--watch` watches every call on every
+//! replica and reports how long each event took from its stamp to each watcher.
+//!
 //! Usage: `loadgen [--levels 50,100,250] [--seconds 20] [--mode transcode|passthrough|both] [--quick]`,
 //! or `loadgen --chaos [--chaos-calls 200] [--chaos-seconds 600] [--quick]`: the chaos soak ([`chaos`]).
 
 mod ai;
 mod chaos;
+mod cluster;
 mod server;
 mod stats;
 mod twilio;
+
+#[path = "../../pg.rs"]
+mod pg;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,6 +112,22 @@ struct Args {
     /// The server's tokio worker threads (`TOKIO_WORKER_THREADS`; default: one per CPU it may use).
     #[arg(long)]
     server_workers: Option<usize>,
+    /// Server processes (replicas); more than one needs --database-url.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Run the replicas on PostgreSQL: a database of their own is created
+    /// beside the one this URL names, per level, and dropped after.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Put haproxy (docs/haproxy.cfg) in front: PUBLIC_URL and PlaceCall go
+    /// through it. Without it, everything goes to the first replica.
+    #[arg(long)]
+    haproxy: bool,
+    /// Watch every call on every replica (WatchCall) and report each
+    /// event's delivery latency (stamped by the replica that committed it →
+    /// received here), per replica watched.
+    #[arg(long)]
+    watch: bool,
 }
 
 /// How the server under test is started.
@@ -110,6 +135,10 @@ struct Launch<'a> {
     binary: &'a std::path::Path,
     cpus: Option<&'a str>,
     workers: Option<usize>,
+    replicas: usize,
+    database_url: Option<&'a str>,
+    haproxy: bool,
+    watch: bool,
 }
 
 /// State of one level's run, shared by both sides and the coordinator.
@@ -250,6 +279,23 @@ struct LevelResult {
     generator_lag_p999_ms: f64,
     problems: (usize, Vec<String>),
     server_warnings: (usize, Vec<String>),
+    /// Replica runs: what is measured beside the table's columns.
+    replicas: Option<ReplicaFigures>,
+}
+
+/// Figures of a run with replicas, PostgreSQL, haproxy or watchers.
+struct ReplicaFigures {
+    replicas: usize,
+    engine: &'static str,
+    front: &'static str,
+    /// Media bridges live on each replica during the window (how the load spread).
+    bridges: Vec<f64>,
+    /// CPU seconds per call-minute over the window: the replicas together,
+    /// haproxy, PostgreSQL's backends of the database (None: not visible).
+    cpu_replicas: f64,
+    cpu_haproxy: Option<f64>,
+    cpu_postgres: Option<f64>,
+    watched: Option<cluster::Watched>,
 }
 
 impl LevelResult {
@@ -277,7 +323,25 @@ impl LevelResult {
             && self.missing_truncates == 0
             && self.ended_early == 0
             && self.problems.0 == 0
+            && self
+                .replicas
+                .as_ref()
+                .and_then(|r| r.watched.as_ref())
+                .is_none_or(|w| w.disorder == 0 && w.failed == 0)
     }
+}
+
+/// The metrics of every replica, summed (histograms bucket by bucket).
+async fn metrics_all(http: &reqwest::Client, bases: &[String]) -> Result<(Snapshot, Vec<Snapshot>), String> {
+    let mut each = Vec::new();
+    for b in bases {
+        each.push(metrics(http, b).await?);
+    }
+    let mut sum = Snapshot::default();
+    for s in &each {
+        sum.add(s);
+    }
+    Ok((sum, each))
 }
 
 async fn metrics(http: &reqwest::Client, base: &str) -> Result<Snapshot, String> {
@@ -344,11 +408,80 @@ async fn run_level(
     if let Some(n) = launch.workers {
         env.push(("TOKIO_WORKER_THREADS", n.to_string()));
     }
-    let server = ServerProcess::start(launch.binary, launch.cpus, &env)?;
-    let base = format!("http://{}", server.addr);
+    let db = match launch.database_url {
+        Some(url) => Some(pg::PgDatabase::create(url, None).await?),
+        None => None,
+    };
+    let result = run_servers(launch, env, db.as_ref(), run, calls, seconds, warmup, mode).await;
+    if let Some(db) = db {
+        db.drop_database().await;
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_servers(
+    launch: &Launch<'_>,
+    mut env: Vec<(&str, String)>,
+    db: Option<&pg::PgDatabase>,
+    run: Arc<Run>,
+    calls: usize,
+    seconds: u64,
+    warmup: u64,
+    mode: &'static str,
+) -> Result<LevelResult, String> {
+    if let Some(db) = db {
+        env.push(("DATABASE_URL", db.url.clone()));
+    }
+    let lb_port = if launch.haproxy {
+        Some(cluster::free_port()?)
+    } else {
+        None
+    };
+    if let Some(port) = lb_port {
+        env.push(("PUBLIC_URL", format!("http://127.0.0.1:{port}")));
+    }
+    let mut servers = Vec::new();
+    for _ in 0..launch.replicas.max(1) {
+        servers.push(ServerProcess::start(launch.binary, launch.cpus, &env)?);
+    }
+    let addrs: Vec<std::net::SocketAddr> = servers.iter().map(|s| s.addr).collect();
+    let bases: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
+    let lb = match lb_port {
+        Some(port) => {
+            let lb = cluster::Haproxy::start(port, &addrs)?;
+            lb.wait_ready(&addrs).await?;
+            Some(lb)
+        }
+        None => None,
+    };
+    // Calls are placed through haproxy, or on the first replica.
+    let base = lb
+        .as_ref()
+        .map_or_else(|| bases[0].clone(), |lb| format!("http://127.0.0.1:{}", lb.port));
     let http = reqwest::Client::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = server.rss_kib();
+    let rss_idle: f64 = servers.iter().map(ServerProcess::rss_kib).sum();
+    let watched: Arc<Mutex<cluster::Watched>> = Arc::default();
+    let watch_window: Arc<Mutex<Option<(std::time::SystemTime, std::time::SystemTime)>>> = Arc::default();
+    let watch_stop = CancellationToken::new();
+    // Watchers: one HTTP/2 connection per replica and 50 streams.
+    let mut watch_channels: Vec<Vec<tonic::transport::Channel>> = Vec::new();
+    if launch.watch {
+        for _ in 0..calls.div_ceil(50) {
+            let mut per_replica = Vec::new();
+            for b in &bases {
+                per_replica.push(
+                    tonic::transport::Channel::from_shared(b.clone())
+                        .map_err(|e| e.to_string())?
+                        .connect()
+                        .await
+                        .map_err(|e| format!("gRPC connect {b}: {e}"))?,
+                );
+            }
+            watch_channels.push(per_replica);
+        }
+    }
 
     // Place the calls, a few at a time, over one HTTP/2 connection.
     let channel = tonic::transport::Channel::from_shared(base.clone())
@@ -365,6 +498,12 @@ async fn run_level(
     for _ in 0..8 {
         let (mut client, run, placed, next, keys) =
             (client.clone(), run.clone(), placed.clone(), next.clone(), keys.clone());
+        let (watch_channels, watched, watch_window, watch_stop) = (
+            watch_channels.clone(),
+            watched.clone(),
+            watch_window.clone(),
+            watch_stop.clone(),
+        );
         placers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -382,9 +521,18 @@ async fn run_level(
                     .insert("authorization", format!("Bearer {API_TOKEN}").parse().expect("ascii"));
                 match client.place_call(req).await {
                     Ok(resp) => {
-                        keys.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(resp.into_inner().call_id, key);
+                        let call_id = resp.into_inner().call_id;
+                        if !watch_channels.is_empty() {
+                            cluster::watch_everywhere(
+                                &watch_channels[i / 50 % watch_channels.len()],
+                                call_id.clone(),
+                                API_TOKEN,
+                                watch_window.clone(),
+                                watched.clone(),
+                                watch_stop.clone(),
+                            );
+                        }
+                        keys.lock().unwrap_or_else(|p| p.into_inner()).insert(call_id, key);
                         placed.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(e) => run.problem(format!("PlaceCall: {e}")),
@@ -406,17 +554,28 @@ async fn run_level(
     tokio::time::sleep(Duration::from_secs(warmup)).await;
 
     // The measurement window.
-    let m0 = metrics(&http, &base).await?;
-    let (cpu0, self0, w0) = (server.cpu_seconds(), server::cpu_seconds("/proc/self/stat"), run.us());
+    let cpu_all = |servers: &[ServerProcess]| servers.iter().map(ServerProcess::cpu_seconds).sum::<f64>();
+    let pg_pids = match db {
+        Some(db) => db.backend_pids().await,
+        None => vec![],
+    };
+    let lb_cpu = |lb: &Option<cluster::Haproxy>| lb.as_ref().and_then(|l| pg::cpu_seconds(i64::from(l.pid())));
+    let (m0, _) = metrics_all(&http, &bases).await?;
+    let (pg0, lb0) = (pg::cpu_of(&pg_pids), lb_cpu(&lb));
+    let (cpu0, self0, w0) = (cpu_all(&servers), server::cpu_seconds("/proc/self/stat"), run.us());
+    let wall0 = std::time::SystemTime::now();
+    *watch_window.lock().unwrap_or_else(|p| p.into_inner()) = Some((wall0, wall0 + Duration::from_secs(86_400)));
     let started = Instant::now();
     let mut rss = Vec::new();
     while started.elapsed() < Duration::from_secs(seconds) {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        rss.push(server.rss_kib());
+        rss.push(servers.iter().map(ServerProcess::rss_kib).sum::<f64>());
     }
-    let (cpu1, self1, w1) = (server.cpu_seconds(), server::cpu_seconds("/proc/self/stat"), run.us());
+    let (cpu1, self1, w1) = (cpu_all(&servers), server::cpu_seconds("/proc/self/stat"), run.us());
+    *watch_window.lock().unwrap_or_else(|p| p.into_inner()) = Some((wall0, std::time::SystemTime::now()));
+    let (pg1, lb1) = (pg::cpu_of(&pg_pids), lb_cpu(&lb));
     let window_s = started.elapsed().as_secs_f64();
-    let m1 = metrics(&http, &base).await?;
+    let (m1, each1) = metrics_all(&http, &bases).await?;
 
     // Wind down: stop the audio, let what is in flight arrive, end the streams.
     run.stop_sending.cancel();
@@ -429,17 +588,45 @@ async fn run_level(
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The bridges have ended when the server's count of live ones is back to 0.
+    // The bridges have ended when the servers' count of live ones is back to 0.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut m_end = metrics(&http, &base).await?;
+    let (mut m_end, _) = metrics_all(&http, &bases).await?;
     while m_end.value("voice_agent_active_media_bridges") > 0.0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        m_end = metrics(&http, &base).await?;
+        m_end = metrics_all(&http, &bases).await?.0;
     }
-    let server_warnings = server.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Err(e) = server.stop(Duration::from_secs(10)) {
-        run.problem(e);
+    watch_stop.cancel();
+    let mut server_warnings = (0, Vec::new());
+    for s in &servers {
+        let w = s.warnings.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        server_warnings.0 += w.0;
+        server_warnings
+            .1
+            .extend(w.1.into_iter().take(10usize.saturating_sub(server_warnings.1.len())));
     }
+    drop(lb);
+    for s in servers {
+        if let Err(e) = s.stop(Duration::from_secs(10)) {
+            run.problem(e);
+        }
+    }
+    let call_minutes = calls as f64 * window_s / 60.0;
+    let replica_figures =
+        (launch.replicas > 1 || db.is_some() || lb_port.is_some() || launch.watch).then(|| ReplicaFigures {
+            replicas: launch.replicas.max(1),
+            engine: if db.is_some() { "PostgreSQL" } else { "SQLite" },
+            front: if lb_port.is_some() { "haproxy" } else { "first replica" },
+            bridges: each1
+                .iter()
+                .map(|m| m.value("voice_agent_active_media_bridges"))
+                .collect(),
+            cpu_replicas: (cpu1 - cpu0) / call_minutes,
+            cpu_haproxy: lb0.zip(lb1).map(|(a, b)| (b - a) / call_minutes),
+            cpu_postgres: pg::cpu_between(&pg0, &pg1).map(|c| c / call_minutes),
+            watched: launch
+                .watch
+                .then(|| std::mem::take(&mut *watched.lock().unwrap_or_else(|p| p.into_inner()))),
+        });
 
     // Join both sides' records by call.
     let tw = std::mem::take(&mut *run.tw_records.lock().unwrap_or_else(|p| p.into_inner()));
@@ -485,6 +672,7 @@ async fn run_level(
         generator_lag_p999_ms: f64::NAN,
         problems: (0, vec![]),
         server_warnings,
+        replicas: replica_figures,
     };
     r.late_bridge = r.bridge_in.above_ms(LATE_MS) + r.bridge_out.above_ms(LATE_MS);
     let keys = std::mem::take(&mut *keys.lock().unwrap_or_else(|p| p.into_inner()));
@@ -629,6 +817,47 @@ fn row(r: &LevelResult) -> String {
     )
 }
 
+/// The replica figures of one level (a second table beside the main one).
+fn replica_row(r: &LevelResult, f: &ReplicaFigures) -> String {
+    let opt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.3}"));
+    let all = f.cpu_replicas + f.cpu_haproxy.unwrap_or(0.0) + f.cpu_postgres.unwrap_or(0.0);
+    let (count, latency, disorder) = match &f.watched {
+        Some(w) => {
+            let mut each = Vec::new();
+            let mut count = 0;
+            for (i, l) in w.latencies.iter().enumerate() {
+                let mut l = l.clone();
+                l.sort_by(f64::total_cmp);
+                count += l.len();
+                each.push(format!("r{}: {}", i + 1, samples4(&l)));
+            }
+            (
+                count.to_string(),
+                each.join("; "),
+                format!("{} / {}", w.disorder, w.failed),
+            )
+        }
+        None => ("–".into(), "–".into(), "–".into()),
+    };
+    format!(
+        "| {} | {} | {}, {}, {} | {} | {:.3} / {} / {} / {:.3} | {count} | {latency} | {disorder} |",
+        r.mode,
+        r.calls,
+        f.replicas,
+        f.engine,
+        f.front,
+        f.bridges
+            .iter()
+            .map(|b| format!("{b:.0}"))
+            .collect::<Vec<_>>()
+            .join(" / "),
+        f.cpu_replicas,
+        opt(f.cpu_haproxy),
+        opt(f.cpu_postgres),
+        all,
+    )
+}
+
 /// The CPUs this process may run on (`Cpus_allowed_list`), when restricted.
 fn allowed_cpus() -> Option<String> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -659,14 +888,27 @@ fn main() -> std::process::ExitCode {
     };
     let modes: Vec<bool> = match (args.quick, args.mode.as_str()) {
         (false, "transcode") => vec![true],
+        // Replicas, quickly: one mode is proof enough that the topology runs.
+        (true, _) if args.replicas > 1 || args.database_url.is_some() => vec![true],
         (false, "passthrough") => vec![false],
         _ => vec![true, false],
     };
     let binary = args.server_bin.clone().unwrap_or_else(server::default_binary);
+    if args.replicas > 1 && args.database_url.is_none() {
+        eprintln!(
+            "error: --replicas {} needs --database-url (replicas share a PostgreSQL database)",
+            args.replicas
+        );
+        return std::process::ExitCode::FAILURE;
+    }
     let launch = Launch {
         binary: &binary,
         cpus: args.server_cpus.as_deref(),
         workers: args.server_workers,
+        replicas: args.replicas.max(1),
+        database_url: args.database_url.as_deref(),
+        haproxy: args.haproxy,
+        watch: args.watch,
     };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -690,6 +932,7 @@ fn main() -> std::process::ExitCode {
     let mut failed = false;
     for transcode in modes {
         let mut best = 0;
+        let mut replica_rows = Vec::new();
         for &n in &levels {
             let chunk = Duration::from_millis(args.ai_chunk_ms.clamp(20, 1000) / 20 * 20);
             let r = match runtime.block_on(run_level(&launch, n, seconds, warmup, transcode, chunk)) {
@@ -701,6 +944,9 @@ fn main() -> std::process::ExitCode {
                 }
             };
             println!("{}", row(&r));
+            if let Some(f) = &r.replicas {
+                replica_rows.push(replica_row(&r, f));
+            }
             if r.problems.0 > 0 {
                 eprintln!("level {n}: {} problems, e.g. {:?}", r.problems.0, r.problems.1);
             }
@@ -723,7 +969,11 @@ fn main() -> std::process::ExitCode {
                     || r.missing_truncates != 0
                     || r.ended_early != 0
                     || r.placed != r.calls
-                    || r.problems.0 > 0)
+                    || r.problems.0 > 0
+                    || r.replicas
+                        .as_ref()
+                        .and_then(|f| f.watched.as_ref())
+                        .is_some_and(|w| w.disorder > 0 || w.failed > 0 || w.latencies.iter().all(Vec::is_empty)))
             {
                 failed = true;
             }
@@ -735,6 +985,16 @@ fn main() -> std::process::ExitCode {
         }
         let name = if transcode { "transcode" } else { "passthrough" };
         println!("\n{name}: highest level carried = {best} concurrent calls\n");
+        if !replica_rows.is_empty() {
+            println!(
+                "| mode | calls | replicas, store, front | bridges per replica | CPU s per call-minute: replicas / haproxy / PostgreSQL / all | watched events | delivery ms p50 / p99 / p99.9 / max, per replica watched | out of order / failed streams |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            for r in &replica_rows {
+                println!("{r}");
+            }
+            println!();
+        }
     }
     if failed {
         eprintln!("load generator run failed: frames were lost, nothing was measured, or a call went wrong");

@@ -63,7 +63,10 @@ impl ServerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.env("DATABASE_URL", format!("sqlite://{}/calls.db", dir.display()));
+        // SQLite in the fresh directory, unless a (PostgreSQL) database is given.
+        if !env.iter().any(|(k, _)| *k == "DATABASE_URL") {
+            cmd.env("DATABASE_URL", format!("sqlite://{}/calls.db", dir.display()));
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", binary.display()))?;

@@ -61,6 +61,25 @@ impl Snapshot {
         snap
     }
 
+    /// Adds `other` to this one: values summed, histograms bucket by
+    /// bucket (the servers' buckets are one fixed set), so several replicas
+    /// read as one server.
+    pub fn add(&mut self, other: &Snapshot) {
+        for (k, v) in &other.values {
+            *self.values.entry(k.clone()).or_default() += v;
+        }
+        for (k, buckets) in &other.histograms {
+            let mine = self.histograms.entry(k.clone()).or_default();
+            for (le, c) in buckets {
+                match mine.iter_mut().find(|(l, _)| l == le) {
+                    Some((_, n)) => *n += c,
+                    None => mine.push((*le, *c)),
+                }
+            }
+            mine.sort_by(|a, b| a.0.total_cmp(&b.0));
+        }
+    }
+
     /// A plain value (0 when absent).
     pub fn value(&self, series: &str) -> f64 {
         self.values.get(series).copied().unwrap_or(0.0)
