@@ -306,7 +306,10 @@ async fn recording(State(state): State<Arc<AppState>>, Path(file): Path<String>,
             Ok(m) if m.is_file() => (f, m.len()),
             _ => return not_found().await,
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return not_found().await,
+        // No file, or no directory (RECORDINGS_DIR unusable: the recording failed and says so).
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return not_found().await;
+        }
         Err(e) => {
             tracing::warn!(call_id = %id, error = %e, "cannot read a recording");
             return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the recording\n").into_response();
