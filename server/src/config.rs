@@ -897,12 +897,19 @@ mod tests {
         assert!(!c.record_calls);
         let c = parse(&[("DATABASE_URL", "sqlite:///srv/va/calls.db")]).unwrap();
         assert_eq!(c.recordings_dir, PathBuf::from("/srv/va/recordings"));
-        let c = parse(&[("DATABASE_URL", "sqlite::memory:"), ("RECORDINGS_DIR", "/mnt/shared/rec")]).unwrap();
+        let c = parse(&[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("RECORDINGS_DIR", "/mnt/shared/rec"),
+        ])
+        .unwrap();
         assert_eq!(c.recordings_dir, PathBuf::from("/mnt/shared/rec"));
         let c = parse(&[("RECORD_CALLS", "TRUE"), ("RECORDING_RETENTION", "0")]).unwrap();
         assert!(c.record_calls);
         assert!(c.recording_retention.is_zero());
-        assert_eq!(parse(&[("RECORD_CALLS", "maybe")]).unwrap_err().variable, "RECORD_CALLS");
+        assert_eq!(
+            parse(&[("RECORD_CALLS", "maybe")]).unwrap_err().variable,
+            "RECORD_CALLS"
+        );
         assert_eq!(
             parse(&[("RECORDING_RETENTION", "a week")]).unwrap_err().variable,
             "RECORDING_RETENTION"

@@ -15,8 +15,8 @@ use voice_agent_proto::v1 as pb;
 
 use crate::AppState;
 use crate::call::{
-    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, RecordingInfo, RecordingState, Speaker,
-    lifecycle,
+    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, RecordingInfo,
+    RecordingState, Speaker, lifecycle,
 };
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::store::{Inserted, RequestKey};

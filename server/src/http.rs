@@ -256,7 +256,7 @@ async fn status_webhook(
 /// (Prometheus text format). Behind `API_TOKEN` like the gRPC API, since
 /// call volume is nobody else's business.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_api_token(&state, &headers) {
+    if let Some(refused) = api_token_refusal(&state, &headers) {
         return refused;
     }
     (
@@ -270,19 +270,21 @@ async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Resp
 /// request must carry `authorization: Bearer <API_TOKEN>` (else 401).
 /// Without one the route is open like the API, behind the same Host/Origin
 /// guard ([`crate::browser::guard`], applied to every route).
-fn check_api_token(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
+fn api_token_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     if let Some(token) = &state.config.api_token {
         let given = crate::grpc::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
         if !crate::grpc::token_matches(given, token.expose()) {
-            return Err((
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or invalid 'authorization: Bearer <API_TOKEN>'\n",
-            )
-                .into_response());
+            return Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "missing or invalid 'authorization: Bearer <API_TOKEN>'\n",
+                )
+                    .into_response(),
+            );
         }
     }
-    Ok(())
+    None
 }
 
 /// Bytes read from a recording per chunk of the response.
@@ -294,7 +296,7 @@ const RECORDING_CHUNK: usize = 64 * 1024;
 /// Streamed in chunks (a long call's file is hundreds of MB); a recording
 /// still being written is served as far as it goes.
 async fn recording(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(refused) = check_api_token(&state, &headers) {
+    if let Some(refused) = api_token_refusal(&state, &headers) {
         return refused;
     }
     let Some(id) = file.strip_suffix(".wav").and_then(CallId::parse) else {
@@ -307,7 +309,12 @@ async fn recording(State(state): State<Arc<AppState>>, Path(file): Path<String>,
             _ => return not_found().await,
         },
         // No file, or no directory (RECORDINGS_DIR unusable: the recording failed and says so).
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
             return not_found().await;
         }
         Err(e) => {

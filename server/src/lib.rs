@@ -279,9 +279,7 @@ impl Server {
             readiness: state::Readiness::new(),
             recordings,
         });
-        state
-            .recordings
-            .spawn_sweep(state.hub.clone(), state.shutdown.clone());
+        state.recordings.spawn_sweep(state.hub.clone(), state.shutdown.clone());
         let twilio_base = twilio_emulator.as_ref().map(|t| t.base_url());
         let realtime_base = realtime_emulator.as_ref().map(|r| r.url_base());
         let started = summary::Started {

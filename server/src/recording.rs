@@ -128,7 +128,11 @@ impl Recordings {
         while let Ok(Some(entry)) = entries.next_entry().await {
             let name = entry.file_name();
             // Only files named like ours; anything else in the directory is left alone.
-            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".wav")).and_then(CallId::parse) else {
+            let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".wav"))
+                .and_then(CallId::parse)
+            else {
                 continue;
             };
             let old = match entry.metadata().await.and_then(|m| m.modified()) {
@@ -138,9 +142,14 @@ impl Recordings {
             if !old {
                 continue;
             }
-            if let Err(e) = tokio::fs::remove_file(entry.path()).await {
-                tracing::warn!(call_id = %id, error = %e, "cannot delete an expired recording");
-                continue;
+            match tokio::fs::remove_file(entry.path()).await {
+                Ok(()) => {}
+                // Another replica's sweep was first (replicas share the directory).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    tracing::warn!(call_id = %id, error = %e, "cannot delete an expired recording");
+                    continue;
+                }
             }
             deleted += 1;
             let update = hub
@@ -263,7 +272,11 @@ struct Reporter {
 
 impl Reporter {
     async fn report(&self, info: RecordingInfo) {
-        if let Err(e) = self.hub.update(&self.id, move |r| lifecycle::recording_changed(r, info)).await {
+        if let Err(e) = self
+            .hub
+            .update(&self.id, move |r| lifecycle::recording_changed(r, info))
+            .await
+        {
             tracing::error!(call_id = %self.id, error = %e, "the recording's state was not stored");
         }
     }
@@ -495,7 +508,11 @@ mod tests {
         let lin = crate::audio::ulaw_to_linear;
         assert_eq!(d.left[..800], vec![lin(0x10); 800][..]);
         assert_eq!(d.left[800..], vec![lin(0x11); 160][..]);
-        assert_eq!(d.right[..400], vec![lin(0x20); 400][..], "all 400 played before the clear");
+        assert_eq!(
+            d.right[..400],
+            vec![lin(0x20); 400][..],
+            "all 400 played before the clear"
+        );
         assert!(d.right[400..].iter().all(|s| *s == 0));
     }
 
@@ -511,7 +528,10 @@ mod tests {
     async fn the_longest_length_ends_the_recording_with_a_reason() {
         let inputs = (0..10).map(|_| Input::Callee(b64(&[0x10; 160]))).collect();
         let (end, samples, file) = run(inputs, 1000).await;
-        assert!(matches!(&end, End::Failed(why) if why.contains("longest length")), "{end:?}");
+        assert!(
+            matches!(&end, End::Failed(why) if why.contains("longest length")),
+            "{end:?}"
+        );
         assert_eq!(samples, 1000);
         assert_eq!(wav::decode(&file).unwrap().left.len(), 1000);
     }
@@ -560,7 +580,10 @@ mod tests {
             room: wav::HEADER_LEN + wav::BYTES_PER_SECOND as usize + 5000,
         };
         let (end, samples) = record(&mut disk, rx, 1 << 20, &AtomicBool::new(false)).await;
-        assert!(matches!(&end, End::Failed(why) if why.starts_with("the disk is full")), "{end:?}");
+        assert!(
+            matches!(&end, End::Failed(why) if why.starts_with("the disk is full")),
+            "{end:?}"
+        );
         let d = wav::decode(disk.inner.get_ref()).unwrap();
         assert_eq!(d.left.len() as u64, samples);
         assert!(samples >= 8000, "the first second was written and described");
@@ -572,7 +595,10 @@ mod tests {
         tx.send(Input::Callee(b64(&[0x10; 160]))).await.unwrap();
         drop(tx);
         let (end, samples) = record(Cursor::new(Vec::new()), rx, 1 << 20, &AtomicBool::new(true)).await;
-        assert!(matches!(&end, End::Failed(why) if why.contains("fell behind")), "{end:?}");
+        assert!(
+            matches!(&end, End::Failed(why) if why.contains("fell behind")),
+            "{end:?}"
+        );
         assert_eq!(samples, 160);
     }
 }

@@ -82,7 +82,11 @@ async fn recorded_call(server: &TestServer, to: &str) -> (pb::Call, StreamReport
                 .into_inner()
                 .call
                 .unwrap();
-            if call.recording.as_ref().is_some_and(|r| r.state != pb::RecordingState::Recording as i32) {
+            if call
+                .recording
+                .as_ref()
+                .is_some_and(|r| r.state != pb::RecordingState::Recording as i32)
+            {
                 return call;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -194,8 +198,17 @@ async fn channels_are_what_each_side_heard(to: &str, mode: AudioMode) -> StreamR
     // (frames still on the wire when the call ended are not in it).
     let sent = linear(&sent_by_callee(&stream));
     assert!(wav.left.len() <= sent.len());
-    assert!(wav.left.len() + IN_FLIGHT >= sent.len(), "{} of {} samples", wav.left.len(), sent.len());
-    assert_eq!(wav.left[..], sent[..wav.left.len()], "the callee's channel is what the callee sent");
+    assert!(
+        wav.left.len() + IN_FLIGHT >= sent.len(),
+        "{} of {} samples",
+        wav.left.len(),
+        sent.len()
+    );
+    assert_eq!(
+        wav.left[..],
+        sent[..wav.left.len()],
+        "the callee's channel is what the callee sent"
+    );
     let last_line = stream.callee_lines.last().unwrap();
     assert!(
         wav.left.len() >= last_line.ended_ms.unwrap() as usize * 8,
@@ -266,8 +279,17 @@ async fn a_recording_that_cannot_be_written_leaves_the_call_alone() {
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
     assert!(errors(&events).is_empty(), "no errors: {:?}", errors(&events));
     let lines = transcripts(&events);
-    assert!(lines.iter().filter(|(s, _, _)| *s == pb::Speaker::Callee).count() >= 3, "{lines:?}");
-    let report = server.emulators.twilio.as_ref().unwrap().call(&placed.provider_call_id).unwrap();
+    assert!(
+        lines.iter().filter(|(s, _, _)| *s == pb::Speaker::Callee).count() >= 3,
+        "{lines:?}"
+    );
+    let report = server
+        .emulators
+        .twilio
+        .as_ref()
+        .unwrap()
+        .call(&placed.provider_call_id)
+        .unwrap();
     let stream = report.stream().unwrap();
     assert_eq!(stream.callee_lines.len(), 3, "the callee said its three lines");
     assert!(stream.heard_bytes().len() > 8000 * 3, "and heard the agent");
@@ -282,7 +304,11 @@ async fn a_recording_that_cannot_be_written_leaves_the_call_alone() {
         .collect();
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0].state, pb::RecordingState::Failed as i32);
-    assert!(failed[0].error.contains("cannot create the recording"), "{}", failed[0].error);
+    assert!(
+        failed[0].error.contains("cannot create the recording"),
+        "{}",
+        failed[0].error
+    );
     let call = get_call_with(&mut client, &placed.call_id).await;
     assert_eq!(call.recording.unwrap().state, pb::RecordingState::Failed as i32);
     assert!(call.recording_url.is_empty(), "nothing to fetch");
@@ -297,7 +323,11 @@ async fn calls_are_not_recorded_unless_asked_and_names_cannot_escape_the_directo
     let dir = temp_dir("off");
     let server = TestServer::with_config(recording_config(&dir, AudioMode::Passthrough)).await;
     let mut client = server.client().await;
-    let placed = client.place_call(with_token(place("+15550105"), TOKEN)).await.unwrap().into_inner();
+    let placed = client
+        .place_call(with_token(place("+15550105"), TOKEN))
+        .await
+        .unwrap()
+        .into_inner();
     let mut watch = client
         .watch_call(with_token(
             pb::WatchCallRequest {

@@ -1142,7 +1142,11 @@ mod tests {
         h.agent_item("r1", "a1");
         let sent = h.audio(5, "r1", "a1", 160);
         let [
-            Action::Twilio(ToTwilio::Media { text, received, ulaw: None }),
+            Action::Twilio(ToTwilio::Media {
+                text,
+                received,
+                ulaw: None,
+            }),
             Action::Twilio(ToTwilio::Mark(1)),
         ] = &sent[..]
         else {

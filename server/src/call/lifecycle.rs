@@ -468,7 +468,10 @@ mod tests {
         let mut ended = record(CallStatus::Completed);
         assert!(recording_changed(&mut ended, info(RecordingState::Deleted)).is_empty());
         assert_eq!(ended.recording, Some(info(RecordingState::Deleted)));
-        assert_eq!(info(RecordingState::Complete).url(&ended.call_id), Some(format!("/recordings/{}.wav", ended.call_id)));
+        assert_eq!(
+            info(RecordingState::Complete).url(&ended.call_id),
+            Some(format!("/recordings/{}.wav", ended.call_id))
+        );
     }
 
     fn report(status: CallStatus) -> ProviderStatus {
