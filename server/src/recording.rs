@@ -601,4 +601,69 @@ mod tests {
         );
         assert_eq!(samples, 160);
     }
+
+    #[tokio::test]
+    async fn the_sweep_deletes_expired_recordings_only_and_says_so_on_the_call() {
+        use crate::call::{CallRecord, CallStatus};
+        use crate::config::DatabaseLocation;
+        use crate::store::Store;
+        let hub = CallHub::new(
+            Store::open(&DatabaseLocation::Memory).await.unwrap(),
+            CancellationToken::new(),
+        );
+        let dir = std::env::temp_dir().join(format!("va-sweep-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let recordings = Recordings::new(dir.clone(), Duration::from_secs(3600));
+        let complete = RecordingInfo {
+            state: RecordingState::Complete,
+            error: String::new(),
+            duration_ms: 5000,
+            file: true,
+        };
+        let ended = |recording: &RecordingInfo| CallRecord {
+            status: CallStatus::Completed,
+            recording: Some(recording.clone()),
+            event_count: 7,
+            ..CallRecord::for_tests()
+        };
+        let (old, fresh) = (ended(&complete), ended(&complete));
+        hub.create(old.clone()).await.unwrap();
+        hub.create(fresh.clone()).await.unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        let age = |path: &Path| {
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_modified(two_hours_ago)
+                .unwrap();
+        };
+        for rec in [&old, &fresh] {
+            std::fs::write(recordings.path(&rec.call_id), b"RIFF").unwrap();
+        }
+        age(&recordings.path(&old.call_id));
+        // Not ours: left alone however old.
+        std::fs::write(dir.join("notes.txt"), b"keep").unwrap();
+        age(&dir.join("notes.txt"));
+
+        assert_eq!(recordings.sweep(&hub).await, 1);
+        assert!(!recordings.path(&old.call_id).exists());
+        assert!(recordings.path(&fresh.call_id).exists());
+        assert!(dir.join("notes.txt").exists());
+        let swept = hub.get(&old.call_id).await.unwrap();
+        let info = swept.recording.unwrap();
+        assert_eq!(
+            (info.state, info.file, info.duration_ms),
+            (RecordingState::Deleted, false, 5000)
+        );
+        assert_eq!(info.url(&old.call_id), None, "nothing to link any more");
+        assert_eq!(swept.event_count, 7, "an ended call's log gets no event after its end");
+        assert_eq!(hub.get(&fresh.call_id).await.unwrap().recording, Some(complete));
+        assert_eq!(
+            Recordings::new(dir.clone(), Duration::ZERO).sweep(&hub).await,
+            0,
+            "0 keeps for ever"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }

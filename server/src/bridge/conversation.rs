@@ -1137,6 +1137,25 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_call_hands_out_the_agent_audio_it_sends() {
+        let mut h = Harness::new();
+        h.conv.record_agent_audio();
+        h.agent_item("r1", "a1");
+        let delta: Vec<u8> = (0..160u8).collect();
+        let now = h.at(5);
+        h.conv.on_agent_audio("r1", "a1", &B64.encode(&delta), now, &mut h.out);
+        let sent = h.take();
+        let Some(Action::Twilio(ToTwilio::Media { ulaw, .. })) = sent.first() else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(
+            ulaw.as_deref(),
+            Some(&delta[..]),
+            "the bytes Twilio gets (μ-law passthrough)"
+        );
+    }
+
+    #[test]
     fn agent_audio_goes_out_with_a_numbered_mark_and_callee_audio_to_the_ai() {
         let mut h = Harness::new();
         h.agent_item("r1", "a1");
