@@ -63,9 +63,29 @@ async fn recorded_call(server: &TestServer, to: &str) -> (pb::Call, StreamReport
         .await
         .unwrap()
         .into_inner();
-    let events = watch_rest(&mut stream, LIMIT).await;
+    // Written as the call goes: mid-call, the file is already a valid WAV
+    // holding the call so far (its header is patched every second).
+    let mut events = watch_until(&mut stream, LIMIT, is_transcript).await;
+    let url = format!("/recordings/{}.wav", placed.call_id);
+    let so_far = fetch(server, &url, Some(TOKEN)).await.bytes().await.unwrap();
+    let so_far = wav::decode(&so_far).expect("a valid WAV while the call runs");
+    assert!(
+        so_far.left.len() >= 8000,
+        "a second or more already: {}",
+        so_far.left.len()
+    );
+    events.extend(watch_rest(&mut stream, LIMIT).await);
     assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
     assert!(errors(&events).is_empty(), "no errors: {:?}", errors(&events));
+    let started = events.iter().find_map(|e| match &e.kind {
+        Some(pb::call_event::Kind::Recording(r)) => Some(r.state),
+        _ => None,
+    });
+    assert_eq!(
+        started,
+        Some(pb::RecordingState::Recording as i32),
+        "the start is an event"
+    );
     // The recording closes as the media ends, which may be just after the
     // call's terminal status: then only the record says so.
     let call = tokio::time::timeout(LIMIT, async {
