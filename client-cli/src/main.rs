@@ -131,6 +131,10 @@ struct CallArgs {
     /// Idempotency key (e.g. a UUID): a retry with the same id returns the same call and never dials twice.
     #[arg(long, value_name = "ID")]
     request_id: Option<String>,
+    /// Record the call (a stereo WAV of what was heard, linked from `get`); --record=false to not record
+    /// (default: the server's RECORD_CALLS).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    record: Option<bool>,
     /// Follow the call until it ends (exit status = its outcome, see below).
     #[arg(long)]
     watch: bool,
@@ -280,6 +284,7 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
             nanos: 0,
         }),
         request_id: call.request_id.clone().unwrap_or_default(),
+        record: call.record,
     }
 }
 
@@ -483,6 +488,21 @@ mod tests {
     }
 
     #[test]
+    fn record_is_a_flag_or_an_explicit_false() {
+        for (args, want) in [
+            (&["call", "--record", "+14155551212"][..], Some(true)),
+            (&["call", "+14155551212", "--record=false"][..], Some(false)),
+            (&["call", "--record=true", "+14155551212"][..], Some(true)),
+        ] {
+            let Command::Call(call) = parse(args).unwrap().command else {
+                panic!("not a call")
+            };
+            assert_eq!(place_call_request(&call).record, want, "{args:?}");
+            assert_eq!(call.number, "+14155551212");
+        }
+    }
+
+    #[test]
     fn unset_options_leave_the_server_defaults() {
         let cli = parse(&["call", "+14155551212"]).unwrap();
         let Command::Call(call) = cli.command else {
@@ -492,6 +512,7 @@ mod tests {
         assert_eq!(req.backend, pb::Backend::Unspecified as i32);
         assert_eq!(req.greeting, None);
         assert_eq!(req.max_duration, None);
+        assert_eq!(req.record, None, "RECORD_CALLS decides");
         assert!(req.instructions.is_empty() && req.voice.is_empty());
     }
 

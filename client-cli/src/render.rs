@@ -136,6 +136,14 @@ where
             m.first_audio_heard_ms
         ),
         Some(Kind::Notice(n)) => format!("{} {}", label("notice", DIM), code_and_message(&n.code, &n.message)),
+        Some(Kind::Recording(r)) => {
+            let colour = if r.state == pb::RecordingState::Failed as i32 {
+                RED
+            } else {
+                DIM
+            };
+            format!("{} {}", label("record", colour), recording_text(r))
+        }
         None => format!(
             "{} #{} is of a kind this client does not know (try --json)",
             label("event", DIM),
@@ -143,6 +151,27 @@ where
         ),
     };
     format!("{time}  {body}")
+}
+
+/// `complete, 42.3 s` / `failed after 3.0 s: the disk is full`.
+pub fn recording_text(r: &pb::Recording) -> String {
+    let state = match pb::RecordingState::try_from(r.state) {
+        Ok(pb::RecordingState::Recording) => "recording".to_string(),
+        Ok(pb::RecordingState::Complete) => "complete".to_string(),
+        Ok(pb::RecordingState::Failed) => "failed".to_string(),
+        Ok(pb::RecordingState::Deleted) => "deleted".to_string(),
+        _ => format!("state {}", r.state),
+    };
+    let length = if r.duration_ms > 0 {
+        format!(", {:.1} s", r.duration_ms as f64 / 1000.0)
+    } else {
+        String::new()
+    };
+    if r.error.is_empty() {
+        format!("{state}{length}")
+    } else {
+        format!("{state}{length}: {}", sanitize(&r.error))
+    }
 }
 
 fn code_and_message(code: &str, message: &str) -> String {
@@ -232,6 +261,8 @@ where
             }),
         ),
         ("events", Some(call.event_count.to_string())),
+        ("recording", call.recording.as_ref().map(recording_text)),
+        ("recording url", non_empty(&call.recording_url)),
         ("metadata", (!metadata.is_empty()).then(|| metadata.join(", "))),
     ];
     rows.into_iter()

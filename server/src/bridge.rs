@@ -82,6 +82,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
             backends: &state.realtime,
             backend: record.backend,
         },
+        recordings: Some(&state.recordings),
     };
     // The bridge's span is a child of the call's (docs/observability.md
     // "Traces"): the AI session's spans are its children.

@@ -28,7 +28,9 @@ use crate::config::Config;
 /// The web UI's Content-Security-Policy. The built UI is one module script
 /// and one stylesheet from `/assets/`, talks grpc-web to its own origin, and
 /// its icon is `data:,`; nothing inline, nothing from elsewhere, no framing.
-pub const UI_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+/// It plays a call's recording from a `blob:` URL (fetched with the API
+/// token, which an `<audio src>` could not send), hence `media-src blob:`.
+pub const UI_CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; media-src 'self' blob:; \
 connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Paths that carry their own authentication (Twilio's signature over the

@@ -223,6 +223,46 @@ pub enum EventKind {
         /// Text.
         message: String,
     },
+    /// The call's recording started, ended or stopped early.
+    Recording(RecordingInfo),
+}
+
+/// Where a call's recording is (see [`crate::recording`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordingState {
+    /// Being written while the call runs.
+    Recording,
+    /// The call's media ended and the file is closed.
+    Complete,
+    /// Stopped early (`error` says why); what was written is kept.
+    Failed,
+    /// Deleted after `RECORDING_RETENTION`.
+    Deleted,
+}
+
+/// A call's recording as the record and its events tell it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordingInfo {
+    /// Where it is.
+    pub state: RecordingState,
+    /// Why it stopped early (empty otherwise; no secrets).
+    #[serde(default)]
+    pub error: String,
+    /// Audio written so far, ms.
+    #[serde(default)]
+    pub duration_ms: u64,
+    /// A file exists for it (false when it could not even be created, or was deleted).
+    #[serde(default)]
+    pub file: bool,
+}
+
+impl RecordingInfo {
+    /// The URL path the recording is fetched from (the HTTP route of
+    /// [`crate::recording`]), when there is a file to fetch.
+    pub fn url(&self, id: &CallId) -> Option<String> {
+        self.file.then(|| format!("/recordings/{id}.wav"))
+    }
 }
 
 impl EventKind {
@@ -255,6 +295,7 @@ impl EventKind {
                 cap(message, MESSAGE);
             }
             Self::Dtmf { digit } => cap(digit, DIGIT),
+            Self::Recording(info) => cap(&mut info.error, MESSAGE),
             Self::Turn { .. } => {}
         }
         self
@@ -368,6 +409,12 @@ pub struct CallRecord {
     /// `first_audio_sent_ms` of every turn so far (for the percentiles).
     #[serde(default)]
     pub turn_latencies_ms: Vec<u32>,
+    /// Whether the call is recorded (PlaceCall `record`, else `RECORD_CALLS`).
+    #[serde(default)]
+    pub record: bool,
+    /// Its recording, once one was started.
+    #[serde(default)]
+    pub recording: Option<RecordingInfo>,
 }
 
 #[cfg(test)]
@@ -401,6 +448,8 @@ impl CallRecord {
             stream_secret: "s".into(),
             last_provider_sequence: None,
             turn_latencies_ms: vec![],
+            record: false,
+            recording: None,
         }
     }
 }
@@ -434,6 +483,7 @@ impl CallRecord {
                 self.turn_latency_p50_ms = percentile(&sorted, 50);
                 self.turn_latency_p95_ms = percentile(&sorted, 95);
             }
+            EventKind::Recording(info) => self.recording = Some(info.clone()),
             _ => {}
         }
     }

@@ -134,6 +134,24 @@ pub mod var {
         "call store: sqlite://<path> or sqlite::memory: (one process), or postgres://user:password@host:port/db (replicas; docs/deploy.md)",
         "sqlite://./data/voice-agent.db",
     );
+    /// Whether calls are recorded when PlaceCall leaves `record` unset.
+    pub const RECORD_CALLS: Variable = (
+        "RECORD_CALLS",
+        "record calls whose PlaceCall leaves `record` unset (true or false): a stereo WAV of what was heard, fetched from /recordings/{call_id}.wav",
+        "false",
+    );
+    /// Where recordings are written.
+    pub const RECORDINGS_DIR: Variable = (
+        "RECORDINGS_DIR",
+        "directory of the call recordings (created if missing); replicas must share it (one volume mounted by all), since any replica may serve a recording",
+        "recordings/ beside the SQLite database file, else ./data/recordings",
+    );
+    /// How long recordings are kept.
+    pub const RECORDING_RETENTION: Variable = (
+        "RECORDING_RETENTION",
+        "seconds a recording is kept after its call ended; older ones are deleted by an hourly sweep (0 = keep for ever)",
+        "2592000",
+    );
     /// How long a stopping replica lets its live calls run on.
     pub const DRAIN_TIMEOUT: Variable = (
         "DRAIN_TIMEOUT",
@@ -205,6 +223,9 @@ const TAIL: &[Variable] = &[
     var::AUDIO_MODE,
     var::DATABASE_URL,
     var::DRAIN_TIMEOUT,
+    var::RECORD_CALLS,
+    var::RECORDINGS_DIR,
+    var::RECORDING_RETENTION,
     var::API_TOKEN,
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
@@ -309,6 +330,12 @@ pub struct Config {
     pub database: DatabaseLocation,
     /// How long a SIGTERM lets live calls run on (0 = end them at once).
     pub drain_timeout: Duration,
+    /// Record calls whose PlaceCall leaves `record` unset.
+    pub record_calls: bool,
+    /// Where recordings are written.
+    pub recordings_dir: PathBuf,
+    /// How long a recording is kept after its call ended; zero = for ever.
+    pub recording_retention: Duration,
     /// Bearer token required by VoiceAgentService, if set.
     pub api_token: Option<Secret>,
     /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
@@ -533,6 +560,20 @@ impl Config {
         };
 
         let database = parse_database_url(&env.or_default(&var::DATABASE_URL))?;
+        let record_calls = match env.or_default(&var::RECORD_CALLS).to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            other => {
+                return Err(err(
+                    var::RECORD_CALLS.0,
+                    format!("expected true or false, got {other:?}"),
+                ));
+            }
+        };
+        let recordings_dir = match env.get(var::RECORDINGS_DIR.0) {
+            Some(dir) => PathBuf::from(dir),
+            None => default_recordings_dir(&database),
+        };
 
         let mut config = Config {
             bind: SocketAddr::new(host, port),
@@ -553,6 +594,9 @@ impl Config {
             audio_mode,
             database,
             drain_timeout: env.seconds(&var::DRAIN_TIMEOUT, 0, 4 * 3600)?,
+            record_calls,
+            recordings_dir,
+            recording_retention: env.seconds(&var::RECORDING_RETENTION, 0, 100 * 365 * 24 * 3600)?,
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: env.get(var::WEB_DIR.0).map(PathBuf::from),
@@ -678,6 +722,19 @@ fn parse_origins(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(origins)
+}
+
+/// Recordings live beside the SQLite database (`<its directory>/recordings`),
+/// so one data volume holds both; without a database file (in memory, or
+/// PostgreSQL) under `./data/recordings`.
+fn default_recordings_dir(database: &DatabaseLocation) -> PathBuf {
+    match database {
+        DatabaseLocation::File(path) => match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            Some(dir) => dir.join("recordings"),
+            None => PathBuf::from("recordings"),
+        },
+        DatabaseLocation::Memory | DatabaseLocation::Postgres(_) => PathBuf::from("./data/recordings"),
+    }
 }
 
 fn parse_database_url(raw: &str) -> Result<DatabaseLocation, ConfigError> {
@@ -834,6 +891,32 @@ mod tests {
     }
 
     #[test]
+    fn recordings_live_beside_the_database_unless_told_otherwise() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.recordings_dir, PathBuf::from("./data/recordings"));
+        assert!(!c.record_calls);
+        let c = parse(&[("DATABASE_URL", "sqlite:///srv/va/calls.db")]).unwrap();
+        assert_eq!(c.recordings_dir, PathBuf::from("/srv/va/recordings"));
+        let c = parse(&[
+            ("DATABASE_URL", "sqlite::memory:"),
+            ("RECORDINGS_DIR", "/mnt/shared/rec"),
+        ])
+        .unwrap();
+        assert_eq!(c.recordings_dir, PathBuf::from("/mnt/shared/rec"));
+        let c = parse(&[("RECORD_CALLS", "TRUE"), ("RECORDING_RETENTION", "0")]).unwrap();
+        assert!(c.record_calls);
+        assert!(c.recording_retention.is_zero());
+        assert_eq!(
+            parse(&[("RECORD_CALLS", "maybe")]).unwrap_err().variable,
+            "RECORD_CALLS"
+        );
+        assert_eq!(
+            parse(&[("RECORDING_RETENTION", "a week")]).unwrap_err().variable,
+            "RECORDING_RETENTION"
+        );
+    }
+
+    #[test]
     fn secrets_do_not_print() {
         let c = parse(&[("API_TOKEN", "hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
@@ -856,6 +939,8 @@ mod tests {
             (var::TWILIO_HTTP_TIMEOUT, c.twilio_http_timeout.as_secs().to_string()),
             (var::RING_TIMEOUT, c.ring_timeout.as_secs().to_string()),
             (var::DRAIN_TIMEOUT, c.drain_timeout.as_secs().to_string()),
+            (var::RECORD_CALLS, c.record_calls.to_string()),
+            (var::RECORDING_RETENTION, c.recording_retention.as_secs().to_string()),
             (var::MAX_CALL_DURATION, c.max_call_duration.as_secs().to_string()),
             (var::HTTP_HEADER_TIMEOUT, c.limits.header_timeout.as_secs().to_string()),
             (var::HTTP_BODY_TIMEOUT, c.limits.body_timeout.as_secs().to_string()),

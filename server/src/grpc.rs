@@ -15,7 +15,8 @@ use voice_agent_proto::v1 as pb;
 
 use crate::AppState;
 use crate::call::{
-    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, Speaker, lifecycle,
+    Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, RecordingInfo,
+    RecordingState, Speaker, lifecycle,
 };
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::store::{Inserted, RequestKey};
@@ -124,6 +125,7 @@ struct ValidCall {
     metadata: BTreeMap<String, String>,
     max_duration: Duration,
     request_id: String,
+    record: bool,
 }
 
 impl ValidCall {
@@ -136,7 +138,7 @@ impl ValidCall {
         if self.request_id.is_empty() {
             return None;
         }
-        let canonical = serde_json::json!([
+        let mut canonical = serde_json::json!([
             self.to,
             self.backend.as_str(),
             self.instructions,
@@ -145,6 +147,13 @@ impl ValidCall {
             self.metadata,
             self.max_duration.as_secs(),
         ]);
+        // Only when set, so the keys of calls stored before `record` existed
+        // keep their digest.
+        if self.record
+            && let Some(fields) = canonical.as_array_mut()
+        {
+            fields.push(serde_json::json!({ "record": true }));
+        }
         let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
         Some(RequestKey {
             id: self.request_id.clone(),
@@ -287,6 +296,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         metadata: req.metadata.into_iter().collect(),
         max_duration,
         request_id: req.request_id,
+        record: req.record.unwrap_or(config.record_calls),
     })
 }
 
@@ -349,6 +359,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             stream_secret: random_secret(),
             last_provider_sequence: None,
             turn_latencies_ms: vec![],
+            record: call.record,
+            recording: None,
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -655,6 +667,7 @@ pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
             code: code.clone(),
             message: message.clone(),
         }),
+        EventKind::Recording(info) => Kind::Recording(recording_to_pb(info)),
     };
     pb::CallEvent {
         sequence: ev.sequence,
@@ -686,6 +699,25 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
         turn_latency_p50_ms: rec.turn_latency_p50_ms,
         turn_latency_p95_ms: rec.turn_latency_p95_ms,
         event_count: rec.event_count,
+        recording_url: rec
+            .recording
+            .as_ref()
+            .and_then(|r| r.url(&rec.call_id))
+            .unwrap_or_default(),
+        recording: rec.recording.as_ref().map(recording_to_pb),
+    }
+}
+
+fn recording_to_pb(info: &RecordingInfo) -> pb::Recording {
+    pb::Recording {
+        state: match info.state {
+            RecordingState::Recording => pb::RecordingState::Recording,
+            RecordingState::Complete => pb::RecordingState::Complete,
+            RecordingState::Failed => pb::RecordingState::Failed,
+            RecordingState::Deleted => pb::RecordingState::Deleted,
+        } as i32,
+        error: info.error.clone(),
+        duration_ms: info.duration_ms,
     }
 }
 

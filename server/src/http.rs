@@ -1,6 +1,6 @@
 //! HTTP routes beside gRPC: Twilio's webhooks and media WebSocket (each
-//! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` (behind
-//! `API_TOKEN`), the probes ([`crate::health`]), the web UI ([`crate::ui`]),
+//! checks `X-Twilio-Signature`, protocols.md §3), `/metrics` and
+//! `/recordings/{call_id}.wav` (behind `API_TOKEN`), the probes ([`crate::health`]), the web UI ([`crate::ui`]),
 //! and plain 404s.
 //!
 //! Handlers only authenticate ([`SignedTwilioForm`], [`SignedTwilioUpgrade`]),
@@ -39,6 +39,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twilio/connect-action", post(connect_action_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
+        .route("/recordings/{file}", get(recording))
         .with_state(state.clone())
         .merge(crate::health::router(state))
         .fallback_service(crate::ui::service(ui))
@@ -309,20 +310,97 @@ async fn status_webhook(
 /// (Prometheus text format). Behind `API_TOKEN` like the gRPC API, since
 /// call volume is nobody else's business.
 async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Some(token) = &state.config.api_token {
-        let given = crate::grpc::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
-        if !crate::grpc::token_matches(given, token.expose()) {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Bearer")],
-                "missing or invalid 'authorization: Bearer <API_TOKEN>'\n",
-            )
-                .into_response();
-        }
+    if let Some(refused) = api_token_refusal(&state, &headers) {
+        return refused;
     }
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The gRPC API's token rule for an HTTP route: with `API_TOKEN` set, the
+/// request must carry `authorization: Bearer <API_TOKEN>` (else 401).
+/// Without one the route is open like the API, behind the same Host/Origin
+/// guard ([`crate::browser::guard`], applied to every route).
+fn api_token_refusal(state: &AppState, headers: &HeaderMap) -> Option<Response> {
+    if let Some(token) = &state.config.api_token {
+        let given = crate::grpc::bearer(headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        if !crate::grpc::token_matches(given, token.expose()) {
+            return Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "missing or invalid 'authorization: Bearer <API_TOKEN>'\n",
+                )
+                    .into_response(),
+            );
+        }
+    }
+    None
+}
+
+/// Bytes read from a recording per chunk of the response.
+const RECORDING_CHUNK: usize = 64 * 1024;
+
+/// `GET /recordings/{call_id}.wav`: a call's recording (crate::recording),
+/// behind the API token. The name must be a call id and `.wav`: the file's
+/// path is built from the parsed id only, so nothing else can be named.
+/// Streamed in chunks (a long call's file is hundreds of MB); a recording
+/// still being written is served as far as it goes.
+async fn recording(State(state): State<Arc<AppState>>, Path(file): Path<String>, headers: HeaderMap) -> Response {
+    if let Some(refused) = api_token_refusal(&state, &headers) {
+        return refused;
+    }
+    let Some(id) = file.strip_suffix(".wav").and_then(CallId::parse) else {
+        return not_found().await;
+    };
+    let path = state.recordings.path(&id);
+    let (file, len) = match tokio::fs::File::open(&path).await {
+        Ok(f) => match f.metadata().await {
+            Ok(m) if m.is_file() => (f, m.len()),
+            _ => return not_found().await,
+        },
+        // No file, or no directory (RECORDINGS_DIR unusable: the recording failed and says so).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return not_found().await;
+        }
+        Err(e) => {
+            tracing::warn!(call_id = %id, error = %e, "cannot read a recording");
+            return (StatusCode::INTERNAL_SERVER_ERROR, "cannot read the recording\n").into_response();
+        }
+    };
+    // Exactly `len` bytes (the file may grow while it is sent).
+    let chunks = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
+        use tokio::io::AsyncReadExt as _;
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; RECORDING_CHUNK.min(left as usize)];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(Bytes::from(buf)), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "audio/wav".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, format!("inline; filename=\"{id}.wav\"")),
+            // Call audio is personal data: no cache keeps a copy.
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        axum::body::Body::from_stream(chunks),
     )
         .into_response()
 }

@@ -38,6 +38,10 @@
 //!   bridge/shell         sockets, timers, provider requests around it
 //!   bridge/writer        the call's one ordered path to the hub (events, end reason)
 //!   bridge/frames        the per-frame conversions (transcode, base64, message text)
+//! recording.rs call recordings: a per-call recorder task fed by the bridge through a bounded queue, the
+//!              retention sweep (I/O); GET /recordings/{call_id}.wav is served by http.rs
+//!   recording/wav       wire format: the stereo 8 kHz 16-bit PCM WAV, header patched as it grows
+//!   recording/timeline  where each side's audio lands (the callee's audio is the clock; clears cut), pure
 //! metrics.rs   lock-free counters and histograms (media path, RPCs, call outcomes, provider errors,
 //!              build, process), exposed through prometheus-client (GET /metrics)
 //! telemetry.rs logs (text/JSON), OpenTelemetry spans over OTLP, W3C trace context in and out,
@@ -73,6 +77,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod realtime;
+pub mod recording;
 pub mod redact;
 pub mod state;
 pub mod store;
@@ -258,6 +263,7 @@ impl Server {
             emulator_key.as_ref().map(|(u, k)| (u, k)),
             options.entra.unwrap_or_else(EntraAuth::from_environment),
         );
+        let recordings = recording::Recordings::new(config.recordings_dir.clone(), config.recording_retention);
         let state = Arc::new(AppState {
             config: Arc::new(config),
             public_url,
@@ -271,7 +277,9 @@ impl Server {
             bridges: TaskTracker::new(),
             metrics,
             readiness: state::Readiness::new(),
+            recordings,
         });
+        state.recordings.spawn_sweep(state.hub.clone(), state.shutdown.clone());
         let twilio_base = twilio_emulator.as_ref().map(|t| t.base_url());
         let realtime_base = realtime_emulator.as_ref().map(|r| r.url_base());
         let started = summary::Started {

@@ -45,6 +45,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether this instance takes new work (`/readyz`, the gRPC health service).
     pub readiness: Readiness,
+    /// Where call recordings are written and served from.
+    pub recordings: crate::recording::Recordings,
 }
 
 /// Whether this instance should be sent new work. `/readyz` answers 503 and

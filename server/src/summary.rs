@@ -1,6 +1,6 @@
 //! The start-up summary: one line per topic saying what this server will do
 //! (telephony real or emulated, each backend and how it authenticates, the
-//! store, the audio mode, API auth, CORS, where the web UI comes from), so an
+//! store, the audio mode, recordings, API auth, CORS, where the web UI comes from), so an
 //! operator reading the first lines of the log knows without reading the
 //! configuration. Pure: it describes the state the server built; `lib.rs`
 //! logs the lines. Never a secret: keys and tokens are only said to be set,
@@ -87,8 +87,18 @@ pub fn lines(state: &AppState, started: &Started<'_>) -> Vec<Line> {
         AudioMode::Transcode => "audio: transcode (G.711 mu-law 8 kHz <-> PCM16 24 kHz in the bridge)".into(),
         AudioMode::Passthrough => "audio: passthrough (G.711 mu-law end to end)".into(),
     }));
+    let retention = if config.recording_retention.is_zero() {
+        "kept for ever".to_string()
+    } else {
+        format!("deleted {} s after their call", config.recording_retention.as_secs())
+    };
+    out.push(info(format!(
+        "recordings: {} by default (PlaceCall `record`), in {}, {retention}",
+        if config.record_calls { "on" } else { "off" },
+        config.recordings_dir.display()
+    )));
     out.push(match &config.api_token {
-        Some(_) => info("API auth: on: every VoiceAgentService RPC and /metrics need API_TOKEN in their authorization header".into()),
+        Some(_) => info("API auth: on: every VoiceAgentService RPC, /metrics and /recordings need API_TOKEN in their authorization header".into()),
         None => warn(format!(
             "API auth: OFF (no API_TOKEN): whoever reaches {} can place calls; browsers are held to this server's Host and Origin",
             config.bind

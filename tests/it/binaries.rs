@@ -390,6 +390,56 @@ fn cli_places_a_call_and_watches_it_to_the_end() {
     assert_eq!(list(&["--until", "2000-01-01T00:00:00Z"]).len(), 0);
 }
 
+/// A recording is written as the call goes: a server killed (SIGKILL) in the
+/// middle of a recorded call leaves a WAV that plays up to its last second.
+/// Also: `RECORD_CALLS=true` records a call that does not say, into
+/// `recordings/` beside the default SQLite file.
+#[test]
+fn a_crash_mid_call_leaves_a_playable_recording() {
+    use voice_agent_server::recording::wav;
+    let mut server = ServerProcess::start(&[("RECORD_CALLS", "true")]);
+    let url = format!("http://{}", server.addr);
+    let out = Command::new(binary("voice-agent"))
+        .args(["--server", &url, "call", "+15550199"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let dir = server.dir.0.join("data").join("recordings");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let file = loop {
+        let grown = std::fs::read_dir(&dir).ok().and_then(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .find(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 3 * u64::from(wav::BYTES_PER_SECOND)))
+        });
+        if let Some(path) = grown {
+            break path;
+        }
+        assert!(Instant::now() < deadline, "no recording grew past 3 s in {dir:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let bytes = std::fs::read(&file).unwrap();
+    let decoded = wav::decode(&bytes).expect("a valid WAV after the crash");
+    let described = decoded.left.len() * usize::from(wav::BLOCK_ALIGN);
+    let written = bytes.len() - wav::HEADER_LEN;
+    assert!(
+        decoded.left.len() >= 2 * 8000,
+        "{} samples described",
+        decoded.left.len()
+    );
+    assert!(
+        written - described <= wav::BYTES_PER_SECOND as usize,
+        "the header describes all but the last second: {described} of {written} bytes"
+    );
+    assert!(
+        decoded.left.iter().any(|s| *s != 0) || decoded.right.iter().any(|s| *s != 0),
+        "the call's audio is in it, not only silence"
+    );
+}
+
 #[test]
 fn load_generator_quick_mode_runs() {
     // Not a benchmark (no timing is asserted): it proves the load generator

@@ -140,6 +140,7 @@ export function App({ client, auth, demo = false, pageSize, watchBackoff }: AppP
               key={`${selectedId}/${authSnap.version}`}
               client={client}
               callId={selectedId}
+              apiToken={authSnap.token}
               {...(placedTo?.id === selectedId ? { to: placedTo.to } : {})}
               onRpcError={onRpcError}
               onCallRecord={onCallRecord}

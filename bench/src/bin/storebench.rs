@@ -89,6 +89,8 @@ fn record() -> CallRecord {
         stream_secret: uuid::Uuid::new_v4().simple().to_string(),
         last_provider_sequence: None,
         turn_latencies_ms: vec![],
+        record: false,
+        recording: None,
     }
 }
 

@@ -79,6 +79,9 @@ pub enum ToTwilio {
         text: String,
         /// When its audio reached the bridge (latency metrics).
         received: Instant,
+        /// The μ-law bytes it carries, when the call is recorded
+        /// ([`Conversation::record_agent_audio`]).
+        ulaw: Option<Vec<u8>>,
     },
     /// The mark `m<number>` after the audio sent before it.
     Mark(u64),
@@ -259,6 +262,8 @@ pub struct Conversation<'m> {
     hangup_requested: bool,
     /// The AI socket was re-opened once already.
     reconnected: bool,
+    /// Agent audio sent to Twilio is handed out for the recording too.
+    record: bool,
     /// The loss a reconnect is under way for.
     lost: Option<AiLoss>,
 }
@@ -293,7 +298,13 @@ impl<'m> Conversation<'m> {
             hangup_requested: false,
             reconnected: false,
             lost: None,
+            record: false,
         }
+    }
+
+    /// The call is recorded: every [`ToTwilio::Media`] carries its μ-law bytes.
+    pub fn record_agent_audio(&mut self) {
+        self.record = true;
     }
 
     /// Malformed media messages seen (before and after `start`).
@@ -698,7 +709,12 @@ impl<'m> Conversation<'m> {
             turn.first_sent_ms = Some(millis(now, turn.speech_stopped));
             turn.first_mark = Some(number);
         }
-        out.push_back(Action::Twilio(ToTwilio::Media { text, received: now }));
+        let ulaw = self.record.then(|| self.frames.last_ulaw().to_vec());
+        out.push_back(Action::Twilio(ToTwilio::Media {
+            text,
+            received: now,
+            ulaw,
+        }));
         out.push_back(Action::Twilio(ToTwilio::Mark(number)));
     }
 
@@ -1121,12 +1137,35 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_call_hands_out_the_agent_audio_it_sends() {
+        let mut h = Harness::new();
+        h.conv.record_agent_audio();
+        h.agent_item("r1", "a1");
+        let delta: Vec<u8> = (0..160u8).collect();
+        let now = h.at(5);
+        h.conv.on_agent_audio("r1", "a1", &B64.encode(&delta), now, &mut h.out);
+        let sent = h.take();
+        let Some(Action::Twilio(ToTwilio::Media { ulaw, .. })) = sent.first() else {
+            panic!("{sent:?}");
+        };
+        assert_eq!(
+            ulaw.as_deref(),
+            Some(&delta[..]),
+            "the bytes Twilio gets (μ-law passthrough)"
+        );
+    }
+
+    #[test]
     fn agent_audio_goes_out_with_a_numbered_mark_and_callee_audio_to_the_ai() {
         let mut h = Harness::new();
         h.agent_item("r1", "a1");
         let sent = h.audio(5, "r1", "a1", 160);
         let [
-            Action::Twilio(ToTwilio::Media { text, received }),
+            Action::Twilio(ToTwilio::Media {
+                text,
+                received,
+                ulaw: None,
+            }),
             Action::Twilio(ToTwilio::Mark(1)),
         ] = &sent[..]
         else {

@@ -54,6 +54,15 @@ impl FrameCodec {
         })
     }
 
+    /// The μ-law bytes of the last [`FrameCodec::ai_to_twilio`]: what that
+    /// `media` message carries (the call's recording takes them).
+    pub fn last_ulaw(&self) -> &[u8] {
+        match self.mode {
+            AudioMode::Passthrough => &self.decoded,
+            AudioMode::Transcode => &self.converted,
+        }
+    }
+
     /// An AI audio delta (base64 in the session's format) → the text of the
     /// Twilio `media` message and how many μ-law bytes it carries (0: nothing
     /// to send yet).
@@ -99,6 +108,7 @@ mod tests {
             (Some("media"), Some("MZ1"))
         );
         assert_eq!(B64.decode(v["media"]["payload"].as_str().unwrap()).unwrap(), ulaw);
+        assert_eq!(c.last_ulaw(), ulaw);
     }
 
     #[test]
@@ -108,6 +118,7 @@ mod tests {
         assert_eq!(payload_of(&append).len(), 960, "480 PCM16 samples at 24 kHz");
         let (media, n) = c.ai_to_twilio("MZ1", &B64.encode([0u8; 960])).unwrap();
         assert_eq!(n, 160, "160 μ-law bytes at 8 kHz");
+        assert_eq!(c.last_ulaw().len(), 160);
         assert!(media.starts_with(r#"{"event":"media","streamSid":"MZ1""#));
     }
 

@@ -30,6 +30,7 @@ use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
 use crate::realtime::{RealtimeBackends, RealtimeError, RealtimeSocket};
+use crate::recording::{Recorder, Recordings};
 use crate::telephony::Telephony;
 use crate::telephony::twilio::media::{self as tw, TwilioInbound};
 
@@ -77,6 +78,8 @@ pub(crate) struct Env<'a, C> {
     pub audio_mode: AudioMode,
     /// Opens the AI's socket (at the start and for the one reconnect).
     pub ai: C,
+    /// Where a recorded call's recording goes (`None`: nothing is recorded).
+    pub recordings: Option<&'a Recordings>,
 }
 
 /// The bridge's clock: tokio's, so that tests can pause it.
@@ -152,17 +155,30 @@ where
         AudioMode::Transcode => AudioFormat::Pcm16_24k,
         AudioMode::Passthrough => AudioFormat::G711Ulaw,
     };
+    let max_duration = Duration::from_secs(record.max_duration_secs);
+    let mut conv = Conversation::new(
+        id.clone(),
+        stream_sid.clone(),
+        env.audio_mode,
+        max_duration,
+        first_malformed,
+        env.metrics,
+    );
+    // Recorded from the moment the conversation starts: the callee's audio
+    // read from now on (it waited in the socket while the AI connected) is
+    // the recording's clock.
+    let recorder = match env.recordings {
+        Some(recordings) if record.record => {
+            conv.record_agent_audio();
+            Some(recordings.start(env.hub.clone(), id.clone(), max_duration))
+        }
+        _ => None,
+    };
     let bridge = Bridge {
         env,
         session: SessionConfig::new(&record.instructions, &record.voice, audio),
-        conv: Conversation::new(
-            id.clone(),
-            stream_sid.clone(),
-            env.audio_mode,
-            Duration::from_secs(record.max_duration_secs),
-            first_malformed,
-            env.metrics,
-        ),
+        conv,
+        recorder,
         id: id.clone(),
         cancel,
         tw: Socket::new(socket),
@@ -455,6 +471,9 @@ struct Bridge<'a, T, C: AiConnect> {
     /// The conversation's timer ([`Action::SetTimer`]).
     timer: Pin<Box<tokio::time::Sleep>>,
     timer_armed: bool,
+    /// The call's recorder, when it is recorded: handed each frame as it
+    /// goes out or comes in, never waited for.
+    recorder: Option<Recorder>,
 }
 
 impl<T, E, C> Bridge<'_, T, C>
@@ -552,11 +571,21 @@ where
     fn on_twilio(&mut self, text: &str) {
         let (received, out) = (self.received, &mut self.actions);
         match tw::parse_hot(text) {
-            Some(tw::HotInbound::Media(payload)) => self.conv.on_callee_audio(&payload, received, out),
+            Some(tw::HotInbound::Media(payload)) => {
+                if let Some(r) = &mut self.recorder {
+                    r.callee(&payload);
+                }
+                self.conv.on_callee_audio(&payload, received, out)
+            }
             Some(tw::HotInbound::Mark(name)) => self.conv.on_mark(&name, received, out),
             None => match tw::parse_inbound(text) {
                 Err(_) => self.conv.on_malformed("not a Media Streams message", out),
-                Ok(TwilioInbound::Media(media)) => self.conv.on_callee_audio(&media.payload, received, out),
+                Ok(TwilioInbound::Media(media)) => {
+                    if let Some(r) = &mut self.recorder {
+                        r.callee(&media.payload);
+                    }
+                    self.conv.on_callee_audio(&media.payload, received, out)
+                }
                 Ok(TwilioInbound::Mark(name)) => self.conv.on_mark(&name, received, out),
                 Ok(TwilioInbound::Dtmf(digit)) => self.conv.on_dtmf(digit, out),
                 Ok(TwilioInbound::Stop) => self.conv.on_stop(out),
@@ -586,8 +615,11 @@ where
     async fn apply(&mut self) -> Option<Outcome> {
         while let Some(action) = self.actions.pop_front() {
             match action {
-                Action::Twilio(ToTwilio::Media { text, received }) => {
+                Action::Twilio(ToTwilio::Media { text, received, ulaw }) => {
                     self.tw.feed(WsMessage::Text(text.into()), Some(received)).await;
+                    if let (Some(r), Some(ulaw)) = (&mut self.recorder, ulaw) {
+                        r.agent(ulaw);
+                    }
                 }
                 Action::Twilio(ToTwilio::Mark(number)) => {
                     let mark = tw::mark_message(&self.stream_sid, &format!("m{number}"));
@@ -598,6 +630,9 @@ where
                     // first, and the clear discards it too.
                     let clear = tw::clear_message(&self.stream_sid);
                     self.tw.feed(WsMessage::Text(clear.into()), None).await;
+                    if let Some(r) = &mut self.recorder {
+                        r.clear();
+                    }
                     self.flush().await;
                     if self.tw.failed.is_none() {
                         let reaction = now().saturating_duration_since(self.received);
@@ -694,6 +729,11 @@ where
         let _ = self.apply().await;
         if self.conv.malformed() > 0 {
             tracing::warn!(call_id = %self.id, count = self.conv.malformed(), "malformed media messages were ignored");
+        }
+        // The recording is closed (and says so) before the call's end is
+        // visible, so its final state is an event of the live call.
+        if let Some(recorder) = self.recorder.take() {
+            recorder.finish().await;
         }
         // Stored before closing the stream can end the call.
         self.writer.settle().await;

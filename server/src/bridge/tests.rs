@@ -260,6 +260,8 @@ impl World {
             stream_secret: SECRET.into(),
             last_provider_sequence: None,
             turn_latencies_ms: vec![],
+            record: false,
+            recording: None,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -281,6 +283,7 @@ impl World {
             shutdown: &self.shutdown,
             audio_mode: AudioMode::Passthrough,
             ai: &self.ai,
+            recordings: None,
         };
         tokio::join!(run_media(&env, self.record.clone(), twilio), script);
     }

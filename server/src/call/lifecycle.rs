@@ -14,7 +14,7 @@
 //! - a call has exactly one end reason: the first one recorded
 //!   ([`note_end_reason`]) wins.
 
-use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind};
+use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind, RecordingInfo};
 
 /// The end reason of a call hung up through the API.
 pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
@@ -42,6 +42,19 @@ pub const TAKEOVER_HANG_UP_FAILED_REASON: &str =
 /// replica that ran its bridge vanished (killed, or its connection cut), and
 /// the provider asked the `<Connect action>` URL what to do next.
 pub const STREAM_LOST_REASON: &str = "the media stream closed with nothing ending the call (its replica stopped or was cut off); another replica hung the call up";
+
+/// The call's recording changed (started, ended, stopped early, deleted).
+/// While the call is live this is an event (the record follows it); once the
+/// call has ended only the record changes, so that a call's log still ends
+/// with its terminal status (WatchCall ends there).
+pub fn recording_changed(rec: &mut CallRecord, info: RecordingInfo) -> Vec<EventKind> {
+    if rec.status.is_terminal() {
+        rec.recording = Some(info);
+        vec![]
+    } else {
+        vec![EventKind::Recording(info)]
+    }
+}
 
 /// A status callback of the telephony provider, parsed (protocols.md §2.1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -438,6 +451,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+    use crate::call::RecordingState;
 
     const SID: &str = "CA11111111111111111111111111111111";
     const OTHER_SID: &str = "CA22222222222222222222222222222222";
@@ -462,6 +476,29 @@ mod tests {
             emulated: true,
             ..CallRecord::for_tests()
         }
+    }
+
+    #[test]
+    fn a_recording_change_is_an_event_while_live_and_only_the_record_after_the_end() {
+        let info = |state| RecordingInfo {
+            state,
+            error: String::new(),
+            duration_ms: 1200,
+            file: true,
+        };
+        let mut live = record(CallStatus::InProgress);
+        let events = recording_changed(&mut live, info(RecordingState::Complete));
+        assert_eq!(events, vec![EventKind::Recording(info(RecordingState::Complete))]);
+        assert!(live.recording.is_none(), "the event sets it when applied");
+        live.apply(&events[0], chrono::Utc::now());
+        assert_eq!(live.recording, Some(info(RecordingState::Complete)));
+        let mut ended = record(CallStatus::Completed);
+        assert!(recording_changed(&mut ended, info(RecordingState::Deleted)).is_empty());
+        assert_eq!(ended.recording, Some(info(RecordingState::Deleted)));
+        assert_eq!(
+            info(RecordingState::Complete).url(&ended.call_id),
+            Some(format!("/recordings/{}.wav", ended.call_id))
+        );
     }
 
     fn report(status: CallStatus) -> ProviderStatus {

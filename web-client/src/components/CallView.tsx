@@ -2,7 +2,7 @@
 // the call with the resumable watcher and renders the pure view model (model/callView.ts).
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useEffect, useId, useReducer, useRef, useState } from "react";
-import { type Backend, type Call, type CallEvent, CallStatus, Speaker } from "@voice-agent/client";
+import { type Backend, type Call, type CallEvent, CallStatus, RecordingState, Speaker } from "@voice-agent/client";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
   applyEvent,
@@ -52,6 +52,8 @@ export interface CallViewProps {
   readonly focusOnOpen?: boolean;
   /** The server's display names of its backends (GetServerInfo), preferred to this build's. */
   readonly backendNames?: ReadonlyMap<Backend, string>;
+  /** The API token ("" = none), sent when the recording is fetched. */
+  readonly apiToken?: string;
 }
 
 /** Live (or replayed) view of one call. */
@@ -67,6 +69,7 @@ export function CallView({
   backoff,
   focusOnOpen = false,
   backendNames,
+  apiToken = "",
 }: CallViewProps) {
   const uid = useId();
   const [model, dispatch] = useReducer(reduce, EMPTY_CALL_VIEW);
@@ -270,7 +273,15 @@ export function CallView({
       </div>
 
       <div className="call-body">
-        <Conversation entries={model.entries} live={live} />
+        <div>
+          <RecordingPanel
+            url={call?.recordingUrl ?? ""}
+            state={model.recording?.state ?? call?.recording?.state ?? RecordingState.UNSPECIFIED}
+            error={model.recording?.error || call?.recording?.error || ""}
+            apiToken={apiToken}
+          />
+          <Conversation entries={model.entries} live={live} />
+        </div>
         <TurnTable turns={model.turns} />
       </div>
     </section>
@@ -396,6 +407,88 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
         </li>
       );
   }
+}
+
+/** What the recording's state means, for people. */
+function recordingLabel(state: RecordingState): string {
+  switch (state) {
+    case RecordingState.RECORDING:
+      return "being recorded";
+    case RecordingState.COMPLETE:
+      return "complete";
+    case RecordingState.FAILED:
+      return "stopped early";
+    case RecordingState.DELETED:
+      return "deleted after the retention period";
+    default:
+      return "";
+  }
+}
+
+/**
+ * The call's recording, played beside the transcript: left the callee, right the agent as heard.
+ * Fetched with the API token (an `<audio src>` cannot send one) and played from a blob: URL.
+ */
+function RecordingPanel({
+  url,
+  state,
+  error,
+  apiToken,
+}: {
+  url: string;
+  state: RecordingState;
+  error: string;
+  apiToken: string;
+}) {
+  const [audio, setAudio] = useState<string | undefined>(undefined);
+  const [loading, setLoading] = useState(false);
+  const [failure, setFailure] = useState<string | undefined>(undefined);
+  useEffect(() => {
+    return () => {
+      if (audio !== undefined) URL.revokeObjectURL(audio);
+    };
+  }, [audio]);
+  if (state === RecordingState.UNSPECIFIED) return null;
+  const load = async (): Promise<void> => {
+    setLoading(true);
+    setFailure(undefined);
+    try {
+      const res = await fetch(url, apiToken !== "" ? { headers: { authorization: `Bearer ${apiToken}` } } : {});
+      if (!res.ok) throw new Error(`the server answered ${res.status}`);
+      setAudio(URL.createObjectURL(await res.blob()));
+    } catch (err) {
+      setFailure(err instanceof Error ? err.message : String(err));
+    } finally {
+      setLoading(false);
+    }
+  };
+  return (
+    <div className="recording" data-testid="recording" data-state={RecordingState[state]}>
+      <h3>
+        Recording <span className="muted small">({recordingLabel(state)})</span>
+      </h3>
+      {error !== "" && <p className="field-error">{error}</p>}
+      {audio !== undefined ? (
+        <audio controls src={audio} data-testid="recording-audio">
+          <a href={audio} download>
+            Download the recording
+          </a>
+        </audio>
+      ) : (
+        url !== "" && (
+          <button type="button" className="secondary" onClick={() => void load()} disabled={loading}>
+            {loading ? "Loading…" : "Play recording"}
+          </button>
+        )
+      )}
+      {url !== "" && <p className="muted small">Left: the callee · right: the agent as the callee heard it.</p>}
+      {failure !== undefined && (
+        <p className="field-error" role="alert">
+          Cannot load the recording: {failure}
+        </p>
+      )}
+    </div>
+  );
 }
 
 function TurnTable({ turns }: { turns: CallViewModel["turns"] }) {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CallStatus, Speaker } from "@voice-agent/client";
+import { CallStatus, RecordingState, Speaker } from "@voice-agent/client";
 import {
   applyEvent,
   applyEvents,
@@ -60,6 +60,20 @@ describe("applyEvent", () => {
     expect(m.terminal).toBe(false);
     expect(m.entries.map((e) => e.kind)).toEqual(["dtmf", "error", "notice", "transcript"]);
     expect(m.entries[1]).toMatchObject({ code: "ai_unavailable", message: "AI dropped" });
+  });
+
+  it("follows the recording's state, keeping why it stopped", () => {
+    const m = applyEvents(EMPTY_CALL_VIEW, [
+      ev(1, statusKind(CallStatus.IN_PROGRESS)),
+      ev(2, { case: "recording", value: { state: RecordingState.RECORDING } }),
+      ev(3, {
+        case: "recording",
+        value: { state: RecordingState.FAILED, error: "the disk is full", durationMs: 4200n },
+      }),
+    ]);
+    expect(m.recording).toEqual({ state: RecordingState.FAILED, error: "the disk is full", durationMs: 4200n });
+    expect(m.lastSequence).toBe(3n);
+    expect(m.entries).toEqual([]);
   });
 
   it("counts an unknown event kind as seen", () => {

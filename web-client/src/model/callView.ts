@@ -1,7 +1,7 @@
 // Reduces a call's event log (WatchCall) into what the live call view shows. Pure functions only:
 // the same log always gives the same view, whichever order of reconnects delivered it.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type CallEvent, CallStatus, Speaker } from "@voice-agent/client";
+import { type CallEvent, CallStatus, type RecordingState, Speaker } from "@voice-agent/client";
 import { isTerminal } from "./labels";
 
 /** One status the call went through. */
@@ -72,6 +72,16 @@ export interface CallViewModel {
   readonly endReason: string;
   /** True once a terminal status was applied: the stream ends and nothing more will come. */
   readonly terminal: boolean;
+  /** The recording as its last `recording` event told it; undefined before one (or when not recorded). */
+  readonly recording: RecordingView | undefined;
+}
+
+/** A call's recording as its events tell it. */
+export interface RecordingView {
+  readonly state: RecordingState;
+  /** Why it stopped early; "" otherwise. */
+  readonly error: string;
+  readonly durationMs: bigint;
 }
 
 /** The view before any event. */
@@ -86,6 +96,7 @@ export const EMPTY_CALL_VIEW: CallViewModel = {
   endedAt: undefined,
   endReason: "",
   terminal: false,
+  recording: undefined,
 };
 
 /**
@@ -150,6 +161,11 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
           ...model.entries,
           { kind: "notice", sequence, time, code: kind.value.code, message: kind.value.message },
         ],
+      };
+    case "recording":
+      return {
+        ...base,
+        recording: { state: kind.value.state, error: kind.value.error, durationMs: kind.value.durationMs },
       };
     case "turn":
       return {

@@ -252,8 +252,10 @@ class VoiceAgentClient:
         greeting: Optional[str] = None,
         metadata: Optional[Mapping[str, str]] = None,
         max_duration: Optional[Seconds] = None,
+        record: Optional[bool] = None,
     ) -> PlacedCall:
-        """Places a call. `greeting=None` is the server's default greeting, "" none at all. A call the
+        """Places a call. `greeting=None` is the server's default greeting, "" none at all. `record=None`
+        is the server's RECORD_CALLS; a recorded call's `recording_url` is on its record (GetCall). A call the
         provider refused raises VoiceAgentError whose `call_id` names the stored (FAILED) call."""
         request = pb.PlaceCallRequest(
             to=to, backend=backend, instructions=instructions, voice=voice, metadata=dict(metadata or {})
@@ -262,6 +264,8 @@ class VoiceAgentClient:
             request.greeting = greeting
         if max_duration is not None:
             request.max_duration.CopyFrom(_duration(max_duration))
+        if record is not None:
+            request.record = record
         r = self._unary(self.stub.PlaceCall, request)
         return PlacedCall(r.call_id, r.provider_call_id, r.status, r.emulated)
 

@@ -47,6 +47,14 @@ class ListCallsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIST_CALLS_ORDER_UNSPECIFIED: _ClassVar[ListCallsOrder]
     LIST_CALLS_ORDER_NEWEST_FIRST: _ClassVar[ListCallsOrder]
     LIST_CALLS_ORDER_OLDEST_FIRST: _ClassVar[ListCallsOrder]
+
+class RecordingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RECORDING_STATE_UNSPECIFIED: _ClassVar[RecordingState]
+    RECORDING_STATE_RECORDING: _ClassVar[RecordingState]
+    RECORDING_STATE_COMPLETE: _ClassVar[RecordingState]
+    RECORDING_STATE_FAILED: _ClassVar[RecordingState]
+    RECORDING_STATE_DELETED: _ClassVar[RecordingState]
 BACKEND_UNSPECIFIED: Backend
 BACKEND_VOICE_LIVE: Backend
 BACKEND_GPT_REALTIME: Backend
@@ -69,9 +77,14 @@ SPEAKER_AGENT: Speaker
 LIST_CALLS_ORDER_UNSPECIFIED: ListCallsOrder
 LIST_CALLS_ORDER_NEWEST_FIRST: ListCallsOrder
 LIST_CALLS_ORDER_OLDEST_FIRST: ListCallsOrder
+RECORDING_STATE_UNSPECIFIED: RecordingState
+RECORDING_STATE_RECORDING: RecordingState
+RECORDING_STATE_COMPLETE: RecordingState
+RECORDING_STATE_FAILED: RecordingState
+RECORDING_STATE_DELETED: RecordingState
 
 class PlaceCallRequest(_message.Message):
-    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id")
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +100,7 @@ class PlaceCallRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     to: str
     backend: Backend
     instructions: str
@@ -95,7 +109,8 @@ class PlaceCallRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     max_duration: _duration_pb2.Duration
     request_id: str
-    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    record: bool
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ...) -> None: ...
 
 class PlaceCallResponse(_message.Message):
     __slots__ = ("call_id", "provider_call_id", "status", "emulated")
@@ -124,7 +139,7 @@ class WatchCallResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice")
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +148,7 @@ class CallEvent(_message.Message):
     DTMF_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     status: StatusChanged
@@ -141,7 +157,8 @@ class CallEvent(_message.Message):
     dtmf: Dtmf
     turn: TurnMetrics
     notice: Notice
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ...) -> None: ...
+    recording: Recording
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ...) -> None: ...
 
 class StatusChanged(_message.Message):
     __slots__ = ("status", "detail")
@@ -244,7 +261,7 @@ class ListCallsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count")
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "recording_url", "recording")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +289,8 @@ class Call(_message.Message):
     TURN_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     TURN_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_URL_FIELD_NUMBER: _ClassVar[int]
+    RECORDING_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     to: str
     backend: Backend
@@ -291,7 +310,19 @@ class Call(_message.Message):
     turn_latency_p50_ms: int
     turn_latency_p95_ms: int
     event_count: int
-    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., **kwargs) -> None: ...
+    recording_url: str
+    recording: Recording
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
+
+class Recording(_message.Message):
+    __slots__ = ("state", "error", "duration_ms")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    state: RecordingState
+    error: str
+    duration_ms: int
+    def __init__(self, state: _Optional[_Union[RecordingState, str]] = ..., error: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()
