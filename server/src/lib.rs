@@ -43,6 +43,7 @@
 //! telemetry.rs logs (text/JSON), OpenTelemetry spans over OTLP, W3C trace context in and out,
 //!              the span and RPC metrics of every gRPC request and Twilio request (docs/observability.md)
 //! redact.rs    phone numbers as logs and spans show them (+1***23), pure
+//! webhook_signing.rs wire format: Standard Webhooks signatures (webhook-id/-timestamp/-signature), no I/O
 //! ```
 //!
 //! Re-exported crates (walls the compiler checks; see docs/architecture.md):
@@ -80,6 +81,7 @@ pub mod summary;
 pub mod telemetry;
 pub mod telephony;
 pub mod ui;
+pub mod webhook_signing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
