@@ -82,6 +82,8 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
             backends: &state.realtime,
             backend: record.backend,
         },
+        tool_desk: &state.tool_desk,
+        tool_http: &state.tool_http,
     };
     // The bridge's span is a child of the call's (docs/observability.md
     // "Traces"): the AI session's spans are its children.

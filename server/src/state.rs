@@ -45,6 +45,10 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Whether this instance takes new work (`/readyz`, the gRPC health service).
     pub readiness: Readiness,
+    /// The pending tool calls of the calls whose media runs here.
+    pub tool_desk: crate::call::tools::ToolDesk,
+    /// Asks tool URLs (signed with `WEBHOOK_SECRET`).
+    pub tool_http: crate::tool_http::ToolHttp,
 }
 
 /// Whether this instance should be sent new work. `/readyz` answers 503 and

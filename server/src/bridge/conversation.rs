@@ -66,6 +66,17 @@ pub enum Action {
     Reconnect,
     /// Call [`Conversation::on_timer`] at this instant (replaces any earlier one).
     SetTimer(Instant),
+    /// The agent called one of the call's tools: get its answer (over gRPC,
+    /// or from its URL) within the tool timeout, and report it with
+    /// [`Conversation::on_tool_answer`] (a timeout is an answer too).
+    StartTool {
+        /// The AI's id of the call.
+        tool_call_id: String,
+        /// The tool.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
     /// The conversation is over; the call winds up with this outcome.
     End(Outcome),
 }
@@ -115,6 +126,15 @@ pub enum ToAi {
         /// JSON output.
         output: String,
     },
+    /// A function call still waiting for its output, for a new session.
+    RestoreFunctionCall {
+        /// The function call's id.
+        call_id: String,
+        /// The function.
+        name: String,
+        /// Its JSON arguments.
+        arguments: String,
+    },
     /// An earlier line of the conversation, for a new session.
     Restore {
         /// `assistant` or `user`.
@@ -133,6 +153,11 @@ impl ToAi {
             Self::ResponseCreate => protocol::response_create(None),
             Self::Truncate { item_id, audio_end_ms } => protocol::item_truncate(&item_id, 0, audio_end_ms),
             Self::FunctionOutput { call_id, output } => protocol::function_call_output(&call_id, &output),
+            Self::RestoreFunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => protocol::function_call_item(&call_id, &name, &arguments),
             Self::Restore { role, text } => protocol::restore_item(dialect, role, &text),
         }
     }
@@ -235,6 +260,14 @@ struct Turn {
     first_mark: Option<u64>,
 }
 
+/// A tool call waiting for its answer.
+struct PendingTool {
+    id: String,
+    name: String,
+    arguments: String,
+    since: Instant,
+}
+
 /// The conversation of one call (see the module doc).
 pub struct Conversation<'m> {
     id: CallId,
@@ -261,6 +294,15 @@ pub struct Conversation<'m> {
     reconnected: bool,
     /// The loss a reconnect is under way for.
     lost: Option<AiLoss>,
+    /// The call's tools: name → answered by a URL.
+    tools: HashMap<String, bool>,
+    /// Tool calls waiting for their answers, in the order made.
+    pending_tools: Vec<PendingTool>,
+    /// Since when at least one tool call has been pending (turn metrics leave it out).
+    tool_wait_since: Option<Instant>,
+    /// Outputs were given to the AI: ask for a response once no tool call is
+    /// pending and no response is running.
+    respond_after_tools: bool,
 }
 
 impl<'m> Conversation<'m> {
@@ -293,6 +335,96 @@ impl<'m> Conversation<'m> {
             hangup_requested: false,
             reconnected: false,
             lost: None,
+            tools: HashMap::new(),
+            pending_tools: Vec::new(),
+            tool_wait_since: None,
+            respond_after_tools: false,
+        }
+    }
+
+    /// The call's own tools (name, answered by a URL), besides the built-in `end_call`.
+    pub fn with_tools(mut self, tools: impl IntoIterator<Item = (String, bool)>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
+    /// A tool call got its answer (or its timeout, or its URL's error) at
+    /// `now`: the AI gets the output, the record the result, and once no
+    /// tool call is pending and no response runs, the agent speaks again.
+    /// An answer for a tool call not pending (any more) is dropped.
+    pub fn on_tool_answer(&mut self, answer: crate::call::tools::ToolAnswer, now: Instant, out: &mut VecDeque<Action>) {
+        let Some(pos) = self.pending_tools.iter().position(|p| p.id == answer.tool_call_id) else {
+            return;
+        };
+        let pending = self.pending_tools.remove(pos);
+        out.push_back(Action::Publish(EventKind::ToolResult {
+            tool_call_id: pending.id.clone(),
+            name: pending.name,
+            output: answer.output.clone(),
+            outcome: answer.outcome,
+            wait_ms: millis(now, pending.since),
+        }));
+        out.push_back(Action::Ai(ToAi::FunctionOutput {
+            call_id: pending.id,
+            output: answer.output,
+        }));
+        self.respond_after_tools = true;
+        if self.pending_tools.is_empty() {
+            self.end_tool_wait(now);
+        }
+        self.maybe_respond(out);
+        self.flush_transcripts(out);
+        self.check_hang_up(out);
+    }
+
+    /// The conversation is over: each tool call still pending is recorded
+    /// with the answer that came in meanwhile (`answered`, taken before
+    /// the desk closed), or as cancelled (a later answer is refused).
+    /// Nothing goes to the AI any more.
+    pub fn cancel_tools(
+        &mut self,
+        now: Instant,
+        answered: Vec<crate::call::tools::ToolAnswer>,
+        out: &mut VecDeque<Action>,
+    ) {
+        for p in self.pending_tools.drain(..) {
+            let (output, outcome) = match answered.iter().find(|a| a.tool_call_id == p.id) {
+                Some(a) => (a.output.clone(), a.outcome),
+                None => (String::new(), crate::call::tools::ToolOutcome::Canceled),
+            };
+            out.push_back(Action::Publish(EventKind::ToolResult {
+                tool_call_id: p.id,
+                name: p.name,
+                output,
+                outcome,
+                wait_ms: millis(now, p.since),
+            }));
+        }
+        self.tool_wait_since = None;
+    }
+
+    /// The time the turn being measured spent waiting on tools is not the
+    /// agent's latency: its start moves on by it (ToolResult.wait_ms has it).
+    fn end_tool_wait(&mut self, now: Instant) {
+        let Some(since) = self.tool_wait_since.take() else {
+            return;
+        };
+        if let Some(turn) = &mut self.turn
+            && turn.first_mark.is_none()
+        {
+            turn.speech_stopped += now.saturating_duration_since(since.max(turn.speech_stopped));
+        }
+    }
+
+    /// Asks for the agent's response to tool outputs, once it can.
+    fn maybe_respond(&mut self, out: &mut VecDeque<Action>) {
+        if self.respond_after_tools
+            && self.pending_tools.is_empty()
+            && self.active_response.is_none()
+            && !self.hangup_requested
+        {
+            self.respond_after_tools = false;
+            out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
     }
 
@@ -501,15 +633,47 @@ impl<'m> Conversation<'m> {
                         item.transcript_done = true;
                     }
                 }
+                self.maybe_respond(out);
             }
-            ServerEvent::FunctionCallArgumentsDone { name, call_id, .. } => {
-                let output = if name == "end_call" {
-                    self.hangup_requested = true;
-                    "{\"ok\":true}".to_string()
+            ServerEvent::FunctionCallArgumentsDone {
+                name,
+                call_id,
+                arguments,
+                ..
+            } => {
+                if let Some(&by_url) = self.tools.get(&name) {
+                    // The same call announced twice is one call.
+                    if !self.pending_tools.iter().any(|p| p.id == call_id) {
+                        if self.pending_tools.is_empty() {
+                            self.tool_wait_since = Some(now);
+                        }
+                        self.pending_tools.push(PendingTool {
+                            id: call_id.clone(),
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                            since: now,
+                        });
+                        out.push_back(Action::Publish(EventKind::ToolCall {
+                            tool_call_id: call_id.clone(),
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                            by_url,
+                        }));
+                        out.push_back(Action::StartTool {
+                            tool_call_id: call_id,
+                            name,
+                            arguments,
+                        });
+                    }
                 } else {
-                    format!("{{\"error\":\"unknown tool {}\"}}", name.replace('"', ""))
-                };
-                out.push_back(Action::Ai(ToAi::FunctionOutput { call_id, output }));
+                    let output = if name == "end_call" {
+                        self.hangup_requested = true;
+                        "{\"ok\":true}".to_string()
+                    } else {
+                        format!("{{\"error\":\"unknown tool {}\"}}", name.replace('"', ""))
+                    };
+                    out.push_back(Action::Ai(ToAi::FunctionOutput { call_id, output }));
+                }
             }
             ServerEvent::Error {
                 code, message, r#type, ..
@@ -584,8 +748,20 @@ impl<'m> Conversation<'m> {
                 text: text.clone(),
             }));
         }
-        // The agent owes an answer if the callee spoke last (or nobody yet).
-        if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
+        // Tool calls still waiting keep their call on the new session, so
+        // their outputs have something to answer; the agent speaks once
+        // they are in.
+        for p in &self.pending_tools {
+            out.push_back(Action::Ai(ToAi::RestoreFunctionCall {
+                call_id: p.id.clone(),
+                name: p.name.clone(),
+                arguments: p.arguments.clone(),
+            }));
+        }
+        if !self.pending_tools.is_empty() {
+            self.respond_after_tools = true;
+        } else if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
+            // The agent owes an answer if the callee spoke last (or nobody yet).
             out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
         out.push_back(Action::Publish(EventKind::notice(

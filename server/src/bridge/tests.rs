@@ -228,6 +228,8 @@ struct World {
     metrics: Metrics,
     ai: Ai,
     record: CallRecord,
+    tool_desk: crate::call::tools::ToolDesk,
+    tool_http: crate::tool_http::ToolHttp,
 }
 
 impl World {
@@ -260,6 +262,8 @@ impl World {
             stream_secret: SECRET.into(),
             last_provider_sequence: None,
             turn_latencies_ms: vec![],
+            tools: vec![],
+            tool_timeout_ms: 0,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -269,6 +273,8 @@ impl World {
             metrics: Metrics::default(),
             ai: Ai::default(),
             record,
+            tool_desk: Default::default(),
+            tool_http: crate::tool_http::ToolHttp::new(None),
         }
     }
 
@@ -281,6 +287,8 @@ impl World {
             shutdown: &self.shutdown,
             audio_mode: AudioMode::Passthrough,
             ai: &self.ai,
+            tool_desk: &self.tool_desk,
+            tool_http: &self.tool_http,
         };
         tokio::join!(run_media(&env, self.record.clone(), twilio), script);
     }
