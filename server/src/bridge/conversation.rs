@@ -1445,6 +1445,174 @@ mod tests {
         );
     }
 
+    fn tool_call(call_id: &str, name: &str) -> ServerEvent {
+        ServerEvent::FunctionCallArgumentsDone {
+            response_id: "rt".into(),
+            item_id: format!("fc_{call_id}"),
+            call_id: call_id.into(),
+            name: name.into(),
+            arguments: r#"{"order_id":"A1"}"#.into(),
+        }
+    }
+
+    fn answer(call_id: &str, output: &str) -> crate::call::tools::ToolAnswer {
+        crate::call::tools::ToolAnswer {
+            tool_call_id: call_id.into(),
+            output: output.into(),
+            outcome: crate::call::tools::ToolOutcome::Answered,
+        }
+    }
+
+    fn with_tools() -> Harness {
+        let mut h = Harness::new();
+        let metrics: &'static Metrics = Box::leak(Box::default());
+        h.conv = Conversation::new(CallId::new(), "MZ1".into(), AudioMode::Passthrough, LIMIT, 0, metrics)
+            .with_tools([("order_status".to_string(), false), ("refund".to_string(), true)]);
+        h
+    }
+
+    fn on_answer(h: &mut Harness, ms: u64, a: crate::call::tools::ToolAnswer) -> Vec<Action> {
+        let now = h.at(ms);
+        h.conv.on_tool_answer(a, now, &mut h.out);
+        h.take()
+    }
+
+    #[test]
+    fn parallel_tool_calls_are_answered_then_the_agent_speaks_once() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        let first = h.ai(10, tool_call("c1", "order_status"));
+        assert_eq!(
+            first,
+            vec![
+                Action::Publish(EventKind::ToolCall {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    arguments: r#"{"order_id":"A1"}"#.into(),
+                    by_url: false,
+                }),
+                Action::StartTool {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    arguments: r#"{"order_id":"A1"}"#.into(),
+                },
+            ]
+        );
+        let second = h.ai(11, tool_call("c2", "refund"));
+        assert!(matches!(&second[0], Action::Publish(EventKind::ToolCall { by_url: true, .. })));
+        assert!(h.ai(12, tool_call("c2", "refund")).is_empty(), "a repeated announcement is one call");
+        assert!(h.ai(20, done("rt")).is_empty());
+        // The first output goes to the AI; the agent waits for the second.
+        let a1 = on_answer(&mut h, 500, answer("c1", "{\"status\":\"shipped\"}"));
+        assert_eq!(
+            a1,
+            vec![
+                Action::Publish(EventKind::ToolResult {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    output: "{\"status\":\"shipped\"}".into(),
+                    outcome: crate::call::tools::ToolOutcome::Answered,
+                    wait_ms: 490,
+                }),
+                Action::Ai(ToAi::FunctionOutput {
+                    call_id: "c1".into(),
+                    output: "{\"status\":\"shipped\"}".into(),
+                }),
+            ]
+        );
+        let a2 = on_answer(&mut h, 700, answer("c2", "{}"));
+        assert_eq!(kinds(&a2), ["publish", "ai", "ai"]);
+        assert_eq!(a2[2], Action::Ai(ToAi::ResponseCreate));
+        // An answer for a call not pending any more is dropped.
+        assert!(on_answer(&mut h, 800, answer("c2", "{}")).is_empty());
+    }
+
+    #[test]
+    fn a_barge_in_while_a_tool_is_pending_lets_the_callees_response_run_first() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(2, done("rt"));
+        // The agent is saying something else when the callee barges in; the
+        // service cancels that response and starts one for the callee.
+        h.agent_item("r2", "a2");
+        h.audio(10, "r2", "a2", 800);
+        let cut = h.ai(20, speech_started());
+        assert_eq!(kinds(&cut)[0], "clear");
+        h.ai(30, created("r3"));
+        // The output arrives while that response runs: no response.create yet.
+        let a = on_answer(&mut h, 40, answer("c1", "{}"));
+        assert_eq!(kinds(&a), ["publish", "ai"], "{a:?}");
+        // Once it is done, the agent speaks to the tool's output.
+        let after = h.ai(50, done("r3"));
+        assert_eq!(after, vec![Action::Ai(ToAi::ResponseCreate)]);
+    }
+
+    #[test]
+    fn a_reconnect_restores_pending_tool_calls_and_waits_for_their_outputs() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(2, done("rt"));
+        h.conv.on_ai_lost(AiLoss::Dropped, &mut h.out);
+        h.take();
+        h.conv.on_reconnected(Duration::from_millis(100), &mut h.out);
+        let actions = h.take();
+        assert!(actions.contains(&Action::Ai(ToAi::RestoreFunctionCall {
+            call_id: "c1".into(),
+            name: "order_status".into(),
+            arguments: r#"{"order_id":"A1"}"#.into(),
+        })));
+        assert!(
+            !actions.contains(&Action::Ai(ToAi::ResponseCreate)),
+            "the agent waits for the output: {actions:?}"
+        );
+        let a = on_answer(&mut h, 300, answer("c1", "{}"));
+        assert_eq!(a.last(), Some(&Action::Ai(ToAi::ResponseCreate)));
+    }
+
+    #[test]
+    fn tools_pending_at_the_end_are_recorded_with_what_came_in_or_cancelled() {
+        let mut h = with_tools();
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(1, tool_call("c2", "order_status"));
+        let now = h.at(101);
+        h.conv.cancel_tools(now, vec![answer("c2", "{}")], &mut h.out);
+        let outcomes: Vec<_> = h
+            .take()
+            .into_iter()
+            .map(|a| match a {
+                Action::Publish(EventKind::ToolResult { tool_call_id, outcome, wait_ms, .. }) => {
+                    (tool_call_id, outcome, wait_ms)
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        use crate::call::tools::ToolOutcome::{Answered, Canceled};
+        assert_eq!(outcomes, [("c1".into(), Canceled, 100), ("c2".into(), Answered, 100)]);
+    }
+
+    #[test]
+    fn turn_metrics_leave_out_the_time_spent_waiting_on_a_tool() {
+        let mut h = with_tools();
+        h.ai(0, speech_stopped());
+        h.ai(10, created("rt"));
+        h.ai(100, tool_call("c1", "order_status"));
+        h.ai(110, done("rt"));
+        // The tool takes 2 s.
+        on_answer(&mut h, 2100, answer("c1", "{}"));
+        h.agent_item("r2", "a2");
+        h.audio(2200, "r2", "a2", 800);
+        assert_eq!(
+            h.mark(2300, 1),
+            vec![Action::Publish(EventKind::Turn {
+                turn_index: 0,
+                first_audio_sent_ms: 200,
+                first_audio_heard_ms: 300,
+            })]
+        );
+    }
+
     #[test]
     fn an_unknown_tool_gets_an_error_and_the_call_goes_on() {
         let mut h = Harness::new();
