@@ -442,3 +442,49 @@ async fn place_call_checks_its_tools() {
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_cli_offers_tools_from_a_file_and_answers_them_with_a_shell_command() {
+    let (_twilio, options) = twilio_with_gap(Duration::from_secs(3)).await;
+    let server = TestServer::with_options(Config::for_tests(), options).await;
+    let dir = std::env::temp_dir().join(format!("voice-agent-tools-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tools.json");
+    std::fs::write(
+        &file,
+        r#"[{"name":"order_status","description":"Look up an order.",
+             "parameters":{"type":"object","properties":{"order_id":{"type":"string"}},"required":["order_id"]}}]"#,
+    )
+    .unwrap();
+    // The handler echoes what it was given: the arguments on stdin, the tool's name in its environment.
+    let handler = r#"printf '{"order":%s,"tool":"%s","eta":"tomorrow"}' "$(cat)" "$VOICE_AGENT_TOOL_NAME""#;
+    let out = tokio::time::timeout(
+        LIMIT,
+        tokio::process::Command::new(binary("voice-agent"))
+            .args(["--server", &server.url(), "call", "+15550199", "--tools"])
+            .arg(&file)
+            .args(["--tool-handler", handler])
+            .env("NO_COLOR", "1")
+            .output(),
+    )
+    .await
+    .expect("the CLI ends with the call")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("order_status({\"order_id\":\"A1234\"})"), "the tool call is shown: {stdout}");
+    assert!(stdout.contains("answered after"), "the result is shown: {stdout}");
+    let call_id = stdout.lines().next().unwrap().trim().to_string();
+    let mut client = server.client().await;
+    let events = watch_all(&mut client, &call_id, 0, LIMIT).await;
+    let results = tool_results(&events);
+    assert_eq!(results.len(), 1);
+    assert_eq!(
+        results[0].output,
+        r#"{"order":{"order_id":"A1234"},"tool":"order_status","eta":"tomorrow"}"#
+    );
+    assert!(agent_lines(&events).iter().any(|l| l.contains("tomorrow")));
+    let _ = std::fs::remove_dir_all(&dir);
+    server.stop().await;
+}
