@@ -341,14 +341,25 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 // Each tool call the server does not answer itself goes to the handler.
                 let (handler_client, call_id) = (client.clone(), placed.call_id.clone());
                 let cmd = cmd.clone();
-                let outcome = watch::follow(&mut client, &placed.call_id, 0, call.reconnect.reconnect_tries, |event| {
-                    if let Some(pb::call_event::Kind::ToolCall(tool_call)) = &event.kind
-                        && !tool_call.answered_by_url
-                    {
-                        tools::spawn_handler(handler_client.clone(), cmd.clone(), call_id.clone(), tool_call.clone());
-                    }
-                    out.event(event)
-                })
+                let outcome = watch::follow(
+                    &mut client,
+                    &placed.call_id,
+                    0,
+                    call.reconnect.reconnect_tries,
+                    |event| {
+                        if let Some(pb::call_event::Kind::ToolCall(tool_call)) = &event.kind
+                            && !tool_call.answered_by_url
+                        {
+                            tools::spawn_handler(
+                                handler_client.clone(),
+                                cmd.clone(),
+                                call_id.clone(),
+                                tool_call.clone(),
+                            );
+                        }
+                        out.event(event)
+                    },
+                )
                 .await?;
                 return Ok(outcome.exit_code());
             }

@@ -58,7 +58,9 @@ pub fn parse_tools(text: &str) -> Result<Vec<pb::Tool>, String> {
                 .keys()
                 .find(|k| !["name", "description", "parameters", "url"].contains(&k.as_str()))
             {
-                return Err(format!("tool {i}: unknown key {k:?} (name, description, parameters, url)"));
+                return Err(format!(
+                    "tool {i}: unknown key {k:?} (name, description, parameters, url)"
+                ));
             }
             let name = text("name")?;
             if name.is_empty() {
@@ -86,7 +88,10 @@ pub fn spawn_handler(client: Client, cmd: String, call_id: String, call: pb::Too
         let output = match run_handler(&cmd, &call_id, &call).await {
             Ok(output) => output,
             Err(why) => {
-                eprintln!("error: the tool handler failed for {} ({}): {why}", call.name, call.tool_call_id);
+                eprintln!(
+                    "error: the tool handler failed for {} ({}): {why}",
+                    call.name, call.tool_call_id
+                );
                 serde_json::json!({"error": format!("the tool failed: {why}")}).to_string()
             }
         };
@@ -178,8 +183,16 @@ mod tests {
     fn a_bad_tools_file_says_what_is_wrong() {
         assert!(parse_tools("{}").unwrap_err().contains("array"));
         assert!(parse_tools("[{}]").unwrap_err().contains("name is required"));
-        assert!(parse_tools(r#"[{"name":"a","parameters":"x"}]"#).unwrap_err().contains("parameters"));
-        assert!(parse_tools(r#"[{"name":"a","nmae":"b"}]"#).unwrap_err().contains("unknown key"));
+        assert!(
+            parse_tools(r#"[{"name":"a","parameters":"x"}]"#)
+                .unwrap_err()
+                .contains("parameters")
+        );
+        assert!(
+            parse_tools(r#"[{"name":"a","nmae":"b"}]"#)
+                .unwrap_err()
+                .contains("unknown key")
+        );
         assert!(parse_tools("[").unwrap_err().contains("not JSON"));
     }
 
@@ -191,11 +204,25 @@ mod tests {
             arguments_json: r#"{"order_id":"A1"}"#.into(),
             answered_by_url: false,
         };
-        let out = run_handler(r#"printf '{"got":%s,"tool":"%s"}' "$(cat)" "$VOICE_AGENT_TOOL_NAME""#, "call_x", &call)
-            .await
-            .unwrap();
+        let out = run_handler(
+            r#"printf '{"got":%s,"tool":"%s"}' "$(cat)" "$VOICE_AGENT_TOOL_NAME""#,
+            "call_x",
+            &call,
+        )
+        .await
+        .unwrap();
         assert_eq!(out, r#"{"got":{"order_id":"A1"},"tool":"order_status"}"#);
-        assert!(run_handler("exit 3", "call_x", &call).await.unwrap_err().contains("exit"));
-        assert!(run_handler("true", "call_x", &call).await.unwrap_err().contains("nothing"));
+        assert!(
+            run_handler("exit 3", "call_x", &call)
+                .await
+                .unwrap_err()
+                .contains("exit")
+        );
+        assert!(
+            run_handler("true", "call_x", &call)
+                .await
+                .unwrap_err()
+                .contains("nothing")
+        );
     }
 }

@@ -326,7 +326,11 @@ fn validate_tools(state: &AppState, raw: &[pb::Tool]) -> Result<Vec<tools::Tool>
         if !tools::valid_name(&t.name) {
             return Err(invalid(
                 &field("name"),
-                format!("must be 1 to {} of A-Z a-z 0-9 _ - (got {})", tools::MAX_NAME, quoted(&t.name)),
+                format!(
+                    "must be 1 to {} of A-Z a-z 0-9 _ - (got {})",
+                    tools::MAX_NAME,
+                    quoted(&t.name)
+                ),
             ));
         }
         if tools::BUILT_IN.contains(&t.name.as_str()) {
@@ -336,7 +340,10 @@ fn validate_tools(state: &AppState, raw: &[pb::Tool]) -> Result<Vec<tools::Tool>
             ));
         }
         if out.iter().any(|o| o.name == t.name) {
-            return Err(invalid(&field("name"), format!("{} is declared twice", quoted(&t.name))));
+            return Err(invalid(
+                &field("name"),
+                format!("{} is declared twice", quoted(&t.name)),
+            ));
         }
         if t.description.len() > tools::MAX_DESCRIPTION {
             return Err(invalid(
@@ -348,7 +355,11 @@ fn validate_tools(state: &AppState, raw: &[pb::Tool]) -> Result<Vec<tools::Tool>
         if t.parameters_json.len() > tools::MAX_PARAMETERS {
             return Err(invalid(
                 &field("parameters_json"),
-                format!("at most {} bytes, got {}", tools::MAX_PARAMETERS, t.parameters_json.len()),
+                format!(
+                    "at most {} bytes, got {}",
+                    tools::MAX_PARAMETERS,
+                    t.parameters_json.len()
+                ),
             ));
         }
         let parameters = if t.parameters_json.trim().is_empty() {

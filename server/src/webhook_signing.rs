@@ -73,7 +73,14 @@ impl SigningKey {
     /// Checks a received message: `signature` is the header's value (one or
     /// more space-separated `v1,…`), `now` the receiver's Unix seconds.
     /// Constant-time comparison (ring's verify).
-    pub fn verify(&self, id: &str, timestamp: &str, signature: &str, body: &[u8], now: i64) -> Result<(), SigningError> {
+    pub fn verify(
+        &self,
+        id: &str,
+        timestamp: &str,
+        signature: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SigningError> {
         let ts: i64 = timestamp.trim().parse().map_err(|_| SigningError::BadTimestamp)?;
         if (now - ts).abs() > TOLERANCE_SECS {
             return Err(SigningError::Stale);
@@ -133,7 +140,10 @@ mod tests {
             assert_eq!(key.verify(id, &ts.to_string(), &several, body, now), Ok(()));
             for wrong in v["wrong_signatures"].as_array().expect("wrong") {
                 let wrong = wrong.as_str().expect("text");
-                assert_eq!(key.verify(id, &ts.to_string(), wrong, body, now), Err(SigningError::Mismatch));
+                assert_eq!(
+                    key.verify(id, &ts.to_string(), wrong, body, now),
+                    Err(SigningError::Mismatch)
+                );
             }
             // A changed body, id or timestamp breaks it.
             assert_eq!(
@@ -168,8 +178,17 @@ mod tests {
             Some(SigningError::BadSecret)
         );
         assert_eq!(SigningKey::from_secret("whsec_!!").err(), Some(SigningError::BadSecret));
-        assert_eq!(SigningKey::from_secret("whsec_AAAA").err(), Some(SigningError::BadSecret));
-        assert!(format!("{:?}", SigningKey::from_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")).contains('…'));
+        assert_eq!(
+            SigningKey::from_secret("whsec_AAAA").err(),
+            Some(SigningError::BadSecret)
+        );
+        assert!(
+            format!(
+                "{:?}",
+                SigningKey::from_secret("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD")
+            )
+            .contains('…')
+        );
         assert!(new_message_id().starts_with("msg_"));
     }
 }

@@ -53,8 +53,13 @@ async fn twilio_with(config: TwilioEmulatorConfig) -> (TwilioEmulatorHandle, Opt
     let emu = voice_agent_server::emulator::twilio::TwilioEmulator::start(config)
         .await
         .unwrap();
-    let client = TwilioClient::new(&emu.base_url(), emu.account_sid(), emu.auth_token(), Duration::from_secs(10))
-        .unwrap();
+    let client = TwilioClient::new(
+        &emu.base_url(),
+        emu.account_sid(),
+        emu.auth_token(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
     let telephony: Arc<dyn voice_agent_server::telephony::Telephony> =
         Arc::new(voice_agent_server::telephony::provider::Twilio::new(client));
     let options = Options {
@@ -94,7 +99,11 @@ fn agent_lines(events: &[pb::CallEvent]) -> Vec<String> {
 
 fn reason(status: &tonic::Status) -> String {
     use tonic_types::StatusExt as _;
-    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
 }
 
 async fn submit(
@@ -129,7 +138,11 @@ async fn parallel_tools_answered_over_grpc_reach_the_agent_and_the_record() {
         .into_inner();
     let call = get_call(&mut client, &placed.call_id).await;
     assert_eq!(call.tools.len(), 2);
-    assert_eq!(call.tool_timeout.map(|d| d.seconds), Some(10), "the default tool timeout");
+    assert_eq!(
+        call.tool_timeout.map(|d| d.seconds),
+        Some(10),
+        "the default tool timeout"
+    );
 
     // Both tools are called in one response (parallel calls).
     let mut stream = watch(&mut client, &placed.call_id, 0).await;
@@ -149,22 +162,39 @@ async fn parallel_tools_answered_over_grpc_reach_the_agent_and_the_record() {
         assert!(!c.answered_by_url);
     }
     // Unknown ids are refused, and nothing reaches the AI for them.
-    let unknown = submit(&mut client, &placed.call_id, "call_nope", "{}").await.unwrap_err();
+    let unknown = submit(&mut client, &placed.call_id, "call_nope", "{}")
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
     assert_eq!(reason(&unknown), "TOOL_CALL_NOT_FOUND");
 
-    submit(&mut client, &placed.call_id, &calls[0].tool_call_id, r#"{"status":"shipped"}"#)
-        .await
-        .unwrap();
+    submit(
+        &mut client,
+        &placed.call_id,
+        &calls[0].tool_call_id,
+        r#"{"status":"shipped"}"#,
+    )
+    .await
+    .unwrap();
     // A second answer for the same id leaves the first in place and says so.
-    let again = submit(&mut client, &placed.call_id, &calls[0].tool_call_id, r#"{"status":"lost"}"#)
-        .await
-        .unwrap_err();
+    let again = submit(
+        &mut client,
+        &placed.call_id,
+        &calls[0].tool_call_id,
+        r#"{"status":"lost"}"#,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists);
     assert_eq!(reason(&again), "TOOL_RESULT_ALREADY_SUBMITTED");
-    submit(&mut client, &placed.call_id, &calls[1].tool_call_id, r#"{"window":"Friday 3pm"}"#)
-        .await
-        .unwrap();
+    submit(
+        &mut client,
+        &placed.call_id,
+        &calls[1].tool_call_id,
+        r#"{"window":"Friday 3pm"}"#,
+    )
+    .await
+    .unwrap();
 
     let rest = watch_rest(&mut stream, LIMIT).await;
     let results = tool_results(&rest);
@@ -315,7 +345,10 @@ async fn tool_endpoint() -> (String, Arc<Mutex<Vec<Received>>>) {
 async fn tools_with_a_url_are_asked_with_signed_requests_and_failures_become_error_outputs() {
     // The receiver's verifier is the one the published vector checks.
     let key = SigningKey::from_secret(VECTOR_SECRET).unwrap();
-    assert_eq!(key.sign(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY.as_bytes()), VECTOR_SIGNATURE);
+    assert_eq!(
+        key.sign(VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY.as_bytes()),
+        VECTOR_SIGNATURE
+    );
     key.verify(
         VECTOR_ID,
         &VECTOR_TIMESTAMP.to_string(),
@@ -350,7 +383,11 @@ async fn tools_with_a_url_are_asked_with_signed_requests_and_failures_become_err
     let refused = submit(&mut client, &placed.call_id, &calls[0].tool_call_id, "{}")
         .await
         .unwrap_err();
-    assert_eq!(reason(&refused), "TOOL_RESULT_ALREADY_SUBMITTED", "the URL answered it first");
+    assert_eq!(
+        reason(&refused),
+        "TOOL_RESULT_ALREADY_SUBMITTED",
+        "the URL answered it first"
+    );
 
     let results = tool_results(&events);
     let by_name = |n: &str| results.iter().find(|r| r.name == n).unwrap().clone();
@@ -363,7 +400,9 @@ async fn tools_with_a_url_are_asked_with_signed_requests_and_failures_become_err
     assert!(!failed.output.contains(&base), "the URL is not told to the AI");
     let lines = agent_lines(&events);
     assert!(
-        lines.iter().any(|l| l.contains("out for delivery") && l.contains("HTTP 500")),
+        lines
+            .iter()
+            .any(|l| l.contains("out for delivery") && l.contains("HTTP 500")),
         "{lines:?}"
     );
 
@@ -423,7 +462,10 @@ async fn place_call_checks_its_tools() {
         (bad(vec![order_tool("a", "http://example.com/t")]), "tools[0].url"),
         // No WEBHOOK_SECRET on this server: nothing would sign the request.
         (bad(vec![order_tool("a", "https://example.com/t")]), "tools[0].url"),
-        (bad((0..17).map(|i| order_tool(&format!("t{i}"), "")).collect()), "tools"),
+        (
+            bad((0..17).map(|i| order_tool(&format!("t{i}"), "")).collect()),
+            "tools",
+        ),
         (
             pb::PlaceCallRequest {
                 tool_timeout: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
@@ -473,7 +515,10 @@ async fn the_cli_offers_tools_from_a_file_and_answers_them_with_a_shell_command(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    assert!(stdout.contains("order_status({\"order_id\":\"A1234\"})"), "the tool call is shown: {stdout}");
+    assert!(
+        stdout.contains("order_status({\"order_id\":\"A1234\"})"),
+        "the tool call is shown: {stdout}"
+    );
     assert!(stdout.contains("answered after"), "the result is shown: {stdout}");
     let call_id = stdout.lines().next().unwrap().trim().to_string();
     let mut client = server.client().await;

@@ -183,7 +183,10 @@ enum ToolRound {
     /// Not called yet.
     NotYet,
     /// Called; the outputs received so far.
-    Waiting { call_ids: Vec<String>, outputs: Vec<String> },
+    Waiting {
+        call_ids: Vec<String>,
+        outputs: Vec<String>,
+    },
     /// Spoken (or not offered).
     Done,
 }
@@ -809,12 +812,16 @@ impl Session {
             let msg = format!("Previous item with item_id '{p}' not found.");
             return self.error("item_not_found", &msg, Some("previous_item_id"), eid);
         }
-        if let (Some("function_call_output"), ToolRound::Waiting { call_ids, outputs }) =
-            (kind, &mut self.tool_round)
+        if let (Some("function_call_output"), ToolRound::Waiting { call_ids, outputs }) = (kind, &mut self.tool_round)
             && let Some(call_id) = item.get("call_id").and_then(Value::as_str)
             && call_ids.iter().any(|c| c == call_id)
         {
-            outputs.push(item.get("output").and_then(Value::as_str).unwrap_or_default().to_string());
+            outputs.push(
+                item.get("output")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
         }
         // A restored conversation (after a reconnect) moves the script on.
         match item.get("role").and_then(Value::as_str) {
@@ -954,8 +961,10 @@ impl Session {
             call_ids.push(fc["call_id"].as_str().unwrap_or_default().to_string());
             output.push(fc);
         }
-        self.emit(json!({"type": "response.done", "response": {"object": "realtime.response", "id": id,
-            "status": "completed", "status_details": null, "output": output}}));
+        self.emit(
+            json!({"type": "response.done", "response": {"object": "realtime.response", "id": id,
+            "status": "completed", "status_details": null, "output": output}}),
+        );
         self.tool_round = ToolRound::Waiting {
             call_ids,
             outputs: vec![],
@@ -1027,11 +1036,7 @@ impl Session {
         let said = if completed {
             a.text.clone()
         } else {
-            a.text
-                .split(' ')
-                .take(a.words_sent)
-                .collect::<Vec<_>>()
-                .join(" ")
+            a.text.split(' ').take(a.words_sent).collect::<Vec<_>>().join(" ")
         };
         let ids = json!({"response_id": a.id, "item_id": a.item_id, "output_index": 0, "content_index": 0});
         let with = |ty: &str, extra: Value| {

@@ -1499,8 +1499,14 @@ mod tests {
             ]
         );
         let second = h.ai(11, tool_call("c2", "refund"));
-        assert!(matches!(&second[0], Action::Publish(EventKind::ToolCall { by_url: true, .. })));
-        assert!(h.ai(12, tool_call("c2", "refund")).is_empty(), "a repeated announcement is one call");
+        assert!(matches!(
+            &second[0],
+            Action::Publish(EventKind::ToolCall { by_url: true, .. })
+        ));
+        assert!(
+            h.ai(12, tool_call("c2", "refund")).is_empty(),
+            "a repeated announcement is one call"
+        );
         assert!(h.ai(20, done("rt")).is_empty());
         // The first output goes to the AI; the agent waits for the second.
         let a1 = on_answer(&mut h, 500, answer("c1", "{\"status\":\"shipped\"}"));
@@ -1582,9 +1588,12 @@ mod tests {
             .take()
             .into_iter()
             .map(|a| match a {
-                Action::Publish(EventKind::ToolResult { tool_call_id, outcome, wait_ms, .. }) => {
-                    (tool_call_id, outcome, wait_ms)
-                }
+                Action::Publish(EventKind::ToolResult {
+                    tool_call_id,
+                    outcome,
+                    wait_ms,
+                    ..
+                }) => (tool_call_id, outcome, wait_ms),
                 other => panic!("{other:?}"),
             })
             .collect();

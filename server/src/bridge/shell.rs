@@ -27,13 +27,13 @@ use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::CallHub;
 use crate::call::tools::{Answerer, Tool, ToolAnswer, ToolDesk, ToolOutcome};
 use crate::call::{Backend, CallId, CallRecord, CallStatus, ErrorCode, EventKind};
-use crate::tool_http::{ToolHttp, ToolRequest};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
 use crate::realtime::{RealtimeBackends, RealtimeError, RealtimeSocket};
 use crate::telephony::Telephony;
 use crate::telephony::twilio::media::{self as tw, TwilioInbound};
+use crate::tool_http::{ToolHttp, ToolRequest};
 
 /// How long closing a socket may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);

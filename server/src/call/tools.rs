@@ -277,7 +277,10 @@ mod tests {
         );
         assert!(desk.register(&call, "c1", false));
         assert!(!desk.register(&call, "c1", false), "an id is registered once");
-        assert_eq!(desk.resolve(&call, Answerer::Client, answer("c1", ToolOutcome::Answered)), Ok(()));
+        assert_eq!(
+            desk.resolve(&call, Answerer::Client, answer("c1", ToolOutcome::Answered)),
+            Ok(())
+        );
         assert_eq!(rx.try_recv().map(|a| a.outcome), Ok(ToolOutcome::Answered));
         assert_eq!(
             desk.resolve(&call, Answerer::Client, answer("c1", ToolOutcome::Answered)),
@@ -290,7 +293,10 @@ mod tests {
         assert!(rx.try_recv().is_err(), "only the first answer reaches the bridge");
         // A timeout first: the late submit is expired.
         assert!(desk.register(&call, "c2", false));
-        assert_eq!(desk.resolve(&call, Answerer::Server, answer("c2", ToolOutcome::TimedOut)), Ok(()));
+        assert_eq!(
+            desk.resolve(&call, Answerer::Server, answer("c2", ToolOutcome::TimedOut)),
+            Ok(())
+        );
         assert_eq!(
             desk.resolve(&call, Answerer::Client, answer("c2", ToolOutcome::Answered)),
             Err(Refused::Expired)

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIscCChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQi1QIKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSABCBgoEa2luZCJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSL6BAoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAjL+AwoRVm9pY2VBZ2VudFNlcnZpY2USTgoJUGxhY2VDYWxsEh8udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXNwb25zZRJQCglXYXRjaENhbGwSHy52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlc3BvbnNlMAESUQoKSGFuZ1VwQ2FsbBIgLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlcXVlc3QaIS52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXNwb25zZRJICgdHZXRDYWxsEh0udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVxdWVzdBoeLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlc3BvbnNlEk4KCUxpc3RDYWxscxIfLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVzcG9uc2USWgoNR2V0U2VydmVySW5mbxIjLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJC52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIpwDChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZyJPCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEgsKA3VybBgEIAEoCSJ7ChFQbGFjZUNhbGxSZXNwb25zZRIPCgdjYWxsX2lkGAEgASgJEhgKEHByb3ZpZGVyX2NhbGxfaWQYAiABKAkSKQoGc3RhdHVzGAMgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhAKCGVtdWxhdGVkGAQgASgIIjsKEFdhdGNoQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIWCg5hZnRlcl9zZXF1ZW5jZRgCIAEoBCI8ChFXYXRjaENhbGxSZXNwb25zZRInCgVldmVudBgBIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEV2ZW50IrUDCglDYWxsRXZlbnQSEAoIc2VxdWVuY2UYASABKAQSKAoEdGltZRgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoGc3RhdHVzGAMgASgLMhwudm9pY2VhZ2VudC52MS5TdGF0dXNDaGFuZ2VkSAASLwoKdHJhbnNjcmlwdBgEIAEoCzIZLnZvaWNlYWdlbnQudjEuVHJhbnNjcmlwdEgAEikKBWVycm9yGAUgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXJyb3JIABIjCgRkdG1mGAYgASgLMhMudm9pY2VhZ2VudC52MS5EdG1mSAASKgoEdHVybhgHIAEoCzIaLnZvaWNlYWdlbnQudjEuVHVybk1ldHJpY3NIABInCgZub3RpY2UYCCABKAsyFS52b2ljZWFnZW50LnYxLk5vdGljZUgAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAQgYKBGtpbmQiXwoIVG9vbENhbGwSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkSFwoPYW5zd2VyZWRfYnlfdXJsGAQgASgIIn4KClRvb2xSZXN1bHQSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGb3V0cHV0GAMgASgJEisKB291dGNvbWUYBCABKA4yGi52b2ljZWFnZW50LnYxLlRvb2xPdXRjb21lEg8KB3dhaXRfbXMYBSABKA0iUAoXU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIUCgx0b29sX2NhbGxfaWQYAiABKAkSDgoGb3V0cHV0GAMgASgJIhoKGFN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZSJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLPBQoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBIiCgV0b29scxgVIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0ItsCChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USLAoIYmFja2VuZHMYASADKAsyGi52b2ljZWFnZW50LnYxLkJhY2tlbmRJbmZvEi8KD2RlZmF1bHRfYmFja2VuZBgCIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIaChJ0ZWxlcGhvbnlfZW11bGF0ZWQYAyABKAgSGAoQZGVmYXVsdF9ncmVldGluZxgEIAEoCRI3ChRkZWZhdWx0X21heF9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIsCgphdWRpb19tb2RlGAYgASgOMhgudm9pY2VhZ2VudC52MS5BdWRpb01vZGUSFgoOc2VydmVyX3ZlcnNpb24YByABKAkSLgoGbGltaXRzGAggASgLMh4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxMaW1pdHMi5wIKD1BsYWNlQ2FsbExpbWl0cxIVCg1taW5fdG9fZGlnaXRzGAEgASgNEhUKDW1heF90b19kaWdpdHMYAiABKA0SHgoWbWF4X2luc3RydWN0aW9uc19ieXRlcxgDIAEoDRIXCg9tYXhfdm9pY2VfYnl0ZXMYBCABKA0SGgoSbWF4X2dyZWV0aW5nX2J5dGVzGAUgASgNEhwKFG1heF9tZXRhZGF0YV9lbnRyaWVzGAYgASgNEh4KFm1heF9tZXRhZGF0YV9rZXlfYnl0ZXMYByABKA0SIAoYbWF4X21ldGFkYXRhX3ZhbHVlX2J5dGVzGAggASgNEjgKFXNob3J0ZXN0X21heF9kdXJhdGlvbhgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI3ChRsb25nZXN0X21heF9kdXJhdGlvbhgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ1CgtCYWNrZW5kSW5mbxInCgdiYWNrZW5kGAEgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhAKCGVtdWxhdGVkGAIgASgIEhUKDWRlZmF1bHRfdm9pY2UYAyABKAkSFAoMZGlzcGxheV9uYW1lGAQgASgJKlQKB0JhY2tlbmQSFwoTQkFDS0VORF9VTlNQRUNJRklFRBAAEhYKEkJBQ0tFTkRfVk9JQ0VfTElWRRABEhgKFEJBQ0tFTkRfR1BUX1JFQUxUSU1FEAIqXQoJQXVkaW9Nb2RlEhoKFkFVRElPX01PREVfVU5TUEVDSUZJRUQQABIYChRBVURJT19NT0RFX1RSQU5TQ09ERRABEhoKFkFVRElPX01PREVfUEFTU1RIUk9VR0gQAiqQAgoKQ2FsbFN0YXR1cxIbChdDQUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkNBTExfU1RBVFVTX1FVRVVFRBABEhkKFUNBTExfU1RBVFVTX0lOSVRJQVRFRBACEhcKE0NBTExfU1RBVFVTX1JJTkdJTkcQAxIbChdDQUxMX1NUQVRVU19JTl9QUk9HUkVTUxAEEhkKFUNBTExfU1RBVFVTX0NPTVBMRVRFRBAFEhQKEENBTExfU1RBVFVTX0JVU1kQBhIZChVDQUxMX1NUQVRVU19OT19BTlNXRVIQBxIYChRDQUxMX1NUQVRVU19DQU5DRUxFRBAIEhYKEkNBTExfU1RBVFVTX0ZBSUxFRBAJKkkKB1NwZWFrZXISFwoTU1BFQUtFUl9VTlNQRUNJRklFRBAAEhIKDlNQRUFLRVJfQ0FMTEVFEAESEQoNU1BFQUtFUl9BR0VOVBACKpYBCgtUb29sT3V0Y29tZRIcChhUT09MX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVUT09MX09VVENPTUVfQU5TV0VSRUQQARIaChZUT09MX09VVENPTUVfVElNRURfT1VUEAISFwoTVE9PTF9PVVRDT01FX0ZBSUxFRBADEhkKFVRPT0xfT1VUQ09NRV9DQU5DRUxFRBAEKngKDkxpc3RDYWxsc09yZGVyEiAKHExJU1RfQ0FMTFNfT1JERVJfVU5TUEVDSUZJRUQQABIhCh1MSVNUX0NBTExTX09SREVSX05FV0VTVF9GSVJTVBABEiEKHUxJU1RfQ0FMTFNfT1JERVJfT0xERVNUX0ZJUlNUEAIy4wQKEVZvaWNlQWdlbnRTZXJ2aWNlEk4KCVBsYWNlQ2FsbBIfLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVzcG9uc2USUAoJV2F0Y2hDYWxsEh8udm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXNwb25zZTABElEKCkhhbmdVcENhbGwSIC52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXF1ZXN0GiEudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVzcG9uc2USSAoHR2V0Q2FsbBIdLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlcXVlc3QaHi52b2ljZWFnZW50LnYxLkdldENhbGxSZXNwb25zZRJOCglMaXN0Q2FsbHMSHy52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1JlcXVlc3QaIC52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1Jlc3BvbnNlEloKDUdldFNlcnZlckluZm8SIy52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiQudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2USYwoQU3VibWl0VG9vbFJlc3VsdBImLnZvaWNlYWdlbnQudjEuU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QaJy52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -91,6 +91,25 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: string request_id = 8;
    */
   requestId: string;
+
+  /**
+   * Functions the agent may call during the call (at most 16). Each is sent
+   * to the AI with the session; when the AI calls one, a `ToolCall` event is
+   * stored and streamed, and the answer comes back through SubmitToolResult
+   * (tools without `url`) or from the tool's URL.
+   *
+   * @generated from field: repeated voiceagent.v1.Tool tools = 9;
+   */
+  tools: Tool[];
+
+  /**
+   * How long a tool call may wait for its answer before the AI hears that the
+   * tool did not answer and the conversation goes on; unset = 10 s. Between
+   * 1 second and 120 seconds.
+   *
+   * @generated from field: google.protobuf.Duration tool_timeout = 10;
+   */
+  toolTimeout?: Duration | undefined;
 };
 
 /**
@@ -99,6 +118,58 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
  */
 export const PlaceCallRequestSchema: GenMessage<PlaceCallRequest> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * Tool is a function the agent may call, answered by the calling service.
+ *
+ * @generated from message voiceagent.v1.Tool
+ */
+export type Tool = Message<"voiceagent.v1.Tool"> & {
+  /**
+   * Function name the AI sees: 1 to 64 of A-Z a-z 0-9 _ -; unique within the
+   * call, and not a built-in tool's name (`end_call`, `transfer_call`).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it does and when to call it, for the AI. At most 1024 bytes.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * JSON Schema of the arguments, as JSON text: an object schema
+   * (`{"type":"object",...}`); empty = no arguments. At most 8192 bytes.
+   *
+   * @generated from field: string parameters_json = 3;
+   */
+  parametersJson: string;
+
+  /**
+   * Empty: the tool is answered over gRPC (SubmitToolResult). Otherwise the
+   * URL the server POSTs each call of the tool to, signed with
+   * `WEBHOOK_SECRET` (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
+   * `webhook-signature`): body `{"call_id","tool_call_id","name",
+   * "arguments"}`; a 2xx response's body (at most 64 KiB) is the output; any
+   * other status, a timeout or an unreachable URL gives the AI an error
+   * output. https:// only, except http:// to a loopback host (127.0.0.0/8,
+   * ::1, localhost). At most 2048 bytes. PlaceCall refuses URL tools when the
+   * server has no `WEBHOOK_SECRET`.
+   *
+   * @generated from field: string url = 4;
+   */
+  url: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 1);
 
 /**
  * PlaceCallResponse identifies the call that was placed.
@@ -140,7 +211,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 1);
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -169,7 +240,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -190,7 +261,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -266,6 +337,23 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: Notice;
     case: "notice";
+  } | {
+    /**
+     * The agent called one of the call's tools; answer it with
+     * SubmitToolResult (or its URL is being asked).
+     *
+     * @generated from field: voiceagent.v1.ToolCall tool_call = 9;
+     */
+    value: ToolCall;
+    case: "toolCall";
+  } | {
+    /**
+     * A tool call got its output (or did not, see `outcome`); the AI has it.
+     *
+     * @generated from field: voiceagent.v1.ToolResult tool_result = 10;
+     */
+    value: ToolResult;
+    case: "toolResult";
   } | { case: undefined; value?: undefined };
 };
 
@@ -274,7 +362,149 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
+
+/**
+ * ToolCall is the agent calling one of the call's tools.
+ *
+ * @generated from message voiceagent.v1.ToolCall
+ */
+export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
+  /**
+   * The AI's id of this call of the tool; SubmitToolResult names it.
+   *
+   * @generated from field: string tool_call_id = 1;
+   */
+  toolCallId: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON text, as the AI wrote them (at most 16 KiB stored).
+   *
+   * @generated from field: string arguments_json = 3;
+   */
+  argumentsJson: string;
+
+  /**
+   * True when the tool has a URL: the server asks it; SubmitToolResult is refused.
+   *
+   * @generated from field: bool answered_by_url = 4;
+   */
+  answeredByUrl: boolean;
+};
+
+/**
+ * Describes the message voiceagent.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
+
+/**
+ * ToolResult is the output of one tool call, as given to the AI.
+ *
+ * @generated from message voiceagent.v1.ToolResult
+ */
+export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
+  /**
+   * The tool call it answers.
+   *
+   * @generated from field: string tool_call_id = 1;
+   */
+  toolCallId: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * What the AI received (at most 64 KiB).
+   *
+   * @generated from field: string output = 3;
+   */
+  output: string;
+
+  /**
+   * How the call was answered.
+   *
+   * @generated from field: voiceagent.v1.ToolOutcome outcome = 4;
+   */
+  outcome: ToolOutcome;
+
+  /**
+   * From the ToolCall to this result, in milliseconds: time the
+   * conversation spent waiting on the tool (not counted in TurnMetrics).
+   *
+   * @generated from field: uint32 wait_ms = 5;
+   */
+  waitMs: number;
+};
+
+/**
+ * Describes the message voiceagent.v1.ToolResult.
+ * Use `create(ToolResultSchema)` to create a new message.
+ */
+export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
+
+/**
+ * SubmitToolResultRequest answers one tool call.
+ *
+ * @generated from message voiceagent.v1.SubmitToolResultRequest
+ */
+export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultRequest"> & {
+  /**
+   * The call.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * The `tool_call_id` of its ToolCall event.
+   *
+   * @generated from field: string tool_call_id = 2;
+   */
+  toolCallId: string;
+
+  /**
+   * The output for the AI, usually JSON text. At most 65536 bytes.
+   *
+   * @generated from field: string output = 3;
+   */
+  output: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.SubmitToolResultRequest.
+ * Use `create(SubmitToolResultRequestSchema)` to create a new message.
+ */
+export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
+
+/**
+ * SubmitToolResultResponse confirms the output reached the call.
+ *
+ * @generated from message voiceagent.v1.SubmitToolResultResponse
+ */
+export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultResponse"> & {
+};
+
+/**
+ * Describes the message voiceagent.v1.SubmitToolResultResponse.
+ * Use `create(SubmitToolResultResponseSchema)` to create a new message.
+ */
+export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -302,7 +532,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -338,7 +568,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * CallError reports a fault.
@@ -367,7 +597,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -388,7 +618,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -425,7 +655,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * Notice is informational.
@@ -453,7 +683,7 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -474,7 +704,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -495,7 +725,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -516,7 +746,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * GetCallResponse carries one call record.
@@ -537,7 +767,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -606,7 +836,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -634,7 +864,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * Call is the stored record of one call.
@@ -782,6 +1012,20 @@ export type Call = Message<"voiceagent.v1.Call"> & {
    * @generated from field: uint64 event_count = 20;
    */
   eventCount: bigint;
+
+  /**
+   * The tools given to PlaceCall.
+   *
+   * @generated from field: repeated voiceagent.v1.Tool tools = 21;
+   */
+  tools: Tool[];
+
+  /**
+   * How long a tool call waits for its answer.
+   *
+   * @generated from field: google.protobuf.Duration tool_timeout = 22;
+   */
+  toolTimeout?: Duration | undefined;
 };
 
 /**
@@ -789,7 +1033,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -804,7 +1048,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -881,7 +1125,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -966,7 +1210,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1011,7 +1255,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1200,6 +1444,55 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * ToolOutcome is how a tool call was answered.
+ *
+ * @generated from enum voiceagent.v1.ToolOutcome
+ */
+export enum ToolOutcome {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TOOL_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * SubmitToolResult, or the tool's URL with a 2xx status, gave `output`.
+   *
+   * @generated from enum value: TOOL_OUTCOME_ANSWERED = 1;
+   */
+  ANSWERED = 1,
+
+  /**
+   * No answer within the tool timeout; the AI heard that the tool did not answer.
+   *
+   * @generated from enum value: TOOL_OUTCOME_TIMED_OUT = 2;
+   */
+  TIMED_OUT = 2,
+
+  /**
+   * The tool's URL failed (status, unreachable, body too large); `output` is
+   * the error the AI heard.
+   *
+   * @generated from enum value: TOOL_OUTCOME_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * The call ended (or its AI session was replaced) before an answer.
+   *
+   * @generated from enum value: TOOL_OUTCOME_CANCELED = 4;
+   */
+  CANCELED = 4,
+}
+
+/**
+ * Describes the enum voiceagent.v1.ToolOutcome.
+ */
+export const ToolOutcomeSchema: GenEnum<ToolOutcome> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
  * were stored by PlaceCall (which is `created_at` order).
  *
@@ -1232,7 +1525,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
@@ -1323,6 +1616,27 @@ export const VoiceAgentService: GenService<{
     methodKind: "unary";
     input: typeof GetServerInfoRequestSchema;
     output: typeof GetServerInfoResponseSchema;
+  },
+  /**
+   * SubmitToolResult answers a tool call the agent made on a live call (a
+   * `ToolCall` event of a tool PlaceCall declared without a `url`): the output
+   * goes to the AI, which goes on speaking with it, and a `ToolResult` event
+   * is stored. Errors (reason in ErrorInfo): INVALID_ARGUMENT for a bad field;
+   * CALL_NOT_FOUND; TOOL_CALL_NOT_FOUND (NOT_FOUND: the call never made this
+   * tool call); TOOL_RESULT_ALREADY_SUBMITTED (ALREADY_EXISTS: the first
+   * output stays); TOOL_CALL_EXPIRED (FAILED_PRECONDITION: the tool's timeout
+   * passed, the call ended or the AI session was replaced, and the AI already
+   * heard that the tool did not answer); TOOL_ANSWERED_BY_URL
+   * (FAILED_PRECONDITION: the tool has a `url`, which answers it);
+   * TOOL_CALL_ELSEWHERE (UNAVAILABLE: with replicas, the call's media runs on
+   * another replica; send it there).
+   *
+   * @generated from rpc voiceagent.v1.VoiceAgentService.SubmitToolResult
+   */
+  submitToolResult: {
+    methodKind: "unary";
+    input: typeof SubmitToolResultRequestSchema;
+    output: typeof SubmitToolResultResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiceagent_v1_voice_agent, 0);
