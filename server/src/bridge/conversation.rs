@@ -653,17 +653,19 @@ impl<'m> Conversation<'m> {
                             arguments: arguments.clone(),
                             since: now,
                         });
-                        out.push_back(Action::Publish(EventKind::ToolCall {
+                        // Registered before the event is stored: a client that
+                        // answers as soon as it sees the event finds the call pending.
+                        out.push_back(Action::StartTool {
                             tool_call_id: call_id.clone(),
                             name: name.clone(),
                             arguments: arguments.clone(),
-                            by_url,
-                        }));
-                        out.push_back(Action::StartTool {
+                        });
+                        out.push_back(Action::Publish(EventKind::ToolCall {
                             tool_call_id: call_id,
                             name,
                             arguments,
-                        });
+                            by_url,
+                        }));
                     }
                 } else {
                     let output = if name == "end_call" {
@@ -1485,22 +1487,22 @@ mod tests {
         assert_eq!(
             first,
             vec![
+                Action::StartTool {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    arguments: r#"{"order_id":"A1"}"#.into(),
+                },
                 Action::Publish(EventKind::ToolCall {
                     tool_call_id: "c1".into(),
                     name: "order_status".into(),
                     arguments: r#"{"order_id":"A1"}"#.into(),
                     by_url: false,
                 }),
-                Action::StartTool {
-                    tool_call_id: "c1".into(),
-                    name: "order_status".into(),
-                    arguments: r#"{"order_id":"A1"}"#.into(),
-                },
             ]
         );
         let second = h.ai(11, tool_call("c2", "refund"));
         assert!(matches!(
-            &second[0],
+            &second[1],
             Action::Publish(EventKind::ToolCall { by_url: true, .. })
         ));
         assert!(
