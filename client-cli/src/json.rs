@@ -231,7 +231,9 @@ mod tests {
         assert_eq!(v["answeredAt"], Value::Null);
         assert_eq!(v["eventCount"], "12");
         assert_eq!(v["emulated"], true);
-        assert_eq!(v.as_object().map(|o| o.len()), Some(20));
+        assert_eq!(v["tools"], json!([]));
+        assert_eq!(v["toolTimeout"], Value::Null);
+        assert_eq!(v.as_object().map(|o| o.len()), Some(22));
     }
 
     #[test]
