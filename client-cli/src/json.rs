@@ -233,6 +233,8 @@ mod tests {
         assert_eq!(v["emulated"], true);
         assert_eq!(v["recordingUrl"], "");
         assert_eq!(v["recording"], Value::Null);
+        assert_eq!(v["tools"], json!([]));
+        assert_eq!(v["toolTimeout"], Value::Null);
         assert_eq!(v.as_object().map(|o| o.len()), Some(22));
     }
 

@@ -12,6 +12,7 @@ mod client;
 mod json;
 mod outcome;
 mod render;
+mod tools;
 mod watch;
 
 use std::io::{IsTerminal, Write};
@@ -135,6 +136,16 @@ struct CallArgs {
     /// (default: the server's RECORD_CALLS).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     record: Option<bool>,
+    /// Tools the agent may call: a JSON file with an array of {"name", "description", "parameters", "url"}.
+    #[arg(long, value_name = "FILE")]
+    tools: Option<std::path::PathBuf>,
+    /// Answer each tool call with this shell command (sh -c): arguments on stdin, output from stdout;
+    /// VOICE_AGENT_CALL_ID, VOICE_AGENT_TOOL_CALL_ID, VOICE_AGENT_TOOL_NAME set. Implies --watch.
+    #[arg(long, value_name = "CMD")]
+    tool_handler: Option<String>,
+    /// How long a tool call waits for its answer, e.g. 10s (default: the server's, 10 s).
+    #[arg(long, value_parser = args::parse_duration, value_name = "DURATION")]
+    tool_timeout: Option<Duration>,
     /// Follow the call until it ends (exit status = its outcome, see below).
     #[arg(long)]
     watch: bool,
@@ -285,6 +296,11 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
         }),
         request_id: call.request_id.clone().unwrap_or_default(),
         record: call.record,
+        tools: Vec::new(),
+        tool_timeout: call.tool_timeout.map(|d| prost_types::Duration {
+            seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
     }
 }
 
@@ -308,7 +324,11 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     };
     match &cli.command {
         Command::Call(call) => {
-            let placed = client.place_call(place_call_request(call)).await?.into_inner();
+            let mut request = place_call_request(call);
+            if let Some(path) = &call.tools {
+                request.tools = tools::read_tools(path).map_err(Failure::Usage)?;
+            }
+            let placed = client.place_call(request).await?.into_inner();
             // The id comes first and alone on its line, so scripts can take
             // `head -n1` (or use --json, where stdout stays pure JSON).
             if out.json {
@@ -321,6 +341,32 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
                 if placed.emulated {
                     line(EMULATED_NOTE)?;
                 }
+            }
+            if let Some(cmd) = &call.tool_handler {
+                // Each tool call the server does not answer itself goes to the handler.
+                let (handler_client, call_id) = (client.clone(), placed.call_id.clone());
+                let cmd = cmd.clone();
+                let outcome = watch::follow(
+                    &mut client,
+                    &placed.call_id,
+                    0,
+                    call.reconnect.reconnect_tries,
+                    |event| {
+                        if let Some(pb::call_event::Kind::ToolCall(tool_call)) = &event.kind
+                            && !tool_call.answered_by_url
+                        {
+                            tools::spawn_handler(
+                                handler_client.clone(),
+                                cmd.clone(),
+                                call_id.clone(),
+                                tool_call.clone(),
+                            );
+                        }
+                        out.event(event)
+                    },
+                )
+                .await?;
+                return Ok(outcome.exit_code());
             }
             if call.watch {
                 return follow(&mut client, &placed.call_id, 0, call.reconnect.reconnect_tries, out).await;

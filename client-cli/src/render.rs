@@ -144,6 +144,30 @@ where
             };
             format!("{} {}", label("record", colour), recording_text(r))
         }
+        Some(Kind::ToolCall(c)) => format!(
+            "{} {}({}) id {}{}",
+            label("tool", MAGENTA),
+            sanitize(&c.name),
+            sanitize(&c.arguments_json),
+            sanitize(&c.tool_call_id),
+            if c.answered_by_url { " (asking its URL)" } else { "" }
+        ),
+        Some(Kind::ToolResult(r)) => {
+            let outcome = match pb::ToolOutcome::try_from(r.outcome) {
+                Ok(pb::ToolOutcome::Answered) => "answered",
+                Ok(pb::ToolOutcome::TimedOut) => "timed out",
+                Ok(pb::ToolOutcome::Failed) => "failed",
+                Ok(pb::ToolOutcome::Canceled) => "cancelled",
+                _ => "?",
+            };
+            format!(
+                "{} {} {outcome} after {} ms: {}",
+                label("result", MAGENTA),
+                sanitize(&r.name),
+                r.wait_ms,
+                sanitize(&r.output)
+            )
+        }
         None => format!(
             "{} #{} is of a kind this client does not know (try --json)",
             label("event", DIM),

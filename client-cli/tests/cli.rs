@@ -216,6 +216,14 @@ impl VoiceAgentService for Fake {
             None => Err(Status::unimplemented("unknown method GetServerInfo")),
         }
     }
+
+    // The CLI's tool handler is tested against the real server (tests/it/tools.rs).
+    async fn submit_tool_result(
+        &self,
+        _request: Request<pb::SubmitToolResultRequest>,
+    ) -> Result<Response<pb::SubmitToolResultResponse>, Status> {
+        Err(Status::unimplemented("the fake answers no tool calls"))
+    }
 }
 
 fn event(sequence: u64, kind: pb::call_event::Kind) -> pb::CallEvent {

@@ -23,6 +23,14 @@
 //! - `response.cancel` and `conversation.item.truncate` honoured, with errors
 //!   when nothing is active or `audio_end_ms` exceeds the item's audio.
 //!
+//! - tools: when the session offers tools besides `end_call` (a PlaceCall's
+//!   `tools`), the callee's second line is taken as a question only they can
+//!   answer (an order status, say): the agent's response to it calls every
+//!   such tool at once (parallel function calls with sample arguments from
+//!   their schemas), waits for the `function_call_output`s and the client's
+//!   `response.create`, and its reply says the outputs ("Here is what I
+//!   found: …", in the transcript; the audio is the stock clip).
+//!
 //! Fault knobs ([`RealtimeEmulatorConfig`]) let tests refuse auth, refuse the
 //! session, drop the socket mid-call, stop reading it, have the agent hang
 //! up, or have it talk on and on.
@@ -154,6 +162,8 @@ pub struct SessionReport {
     pub received: Vec<String>,
     /// The W3C `traceparent` header of the WebSocket handshake, if it had one.
     pub traceparent: Option<String>,
+    /// Responses that called the caller's tools.
+    pub tool_rounds: usize,
 }
 
 type Reports = Arc<Mutex<Vec<Arc<Mutex<SessionReport>>>>>;

@@ -83,6 +83,8 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
             backend: record.backend,
         },
         recordings: Some(&state.recordings),
+        tool_desk: &state.tool_desk,
+        tool_http: &state.tool_http,
     };
     // The bridge's span is a child of the call's (docs/observability.md
     // "Traces"): the AI session's spans are its children.

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod hub;
 pub mod lifecycle;
+pub mod tools;
 
 pub use error::{ERROR_DOMAIN, ErrorCode, ErrorReason, NoticeCode};
 
@@ -223,6 +224,30 @@ pub enum EventKind {
         /// Text.
         message: String,
     },
+    /// The agent called one of the call's tools.
+    ToolCall {
+        /// The AI's id of the call.
+        tool_call_id: String,
+        /// The tool.
+        name: String,
+        /// JSON arguments as the AI wrote them.
+        arguments: String,
+        /// The tool has a URL (the server asks it).
+        by_url: bool,
+    },
+    /// A tool call's output, as given to the AI.
+    ToolResult {
+        /// The tool call.
+        tool_call_id: String,
+        /// The tool.
+        name: String,
+        /// What the AI received.
+        output: String,
+        /// How it was answered.
+        outcome: tools::ToolOutcome,
+        /// From the call to the output, ms.
+        wait_ms: u32,
+    },
     /// The call's recording started, ended or stopped early.
     Recording(RecordingInfo),
 }
@@ -286,7 +311,7 @@ impl EventKind {
     /// sends (a transcript, an AI error message, a key press) cannot make a
     /// stored event, or a WatchCall message, arbitrarily large.
     pub fn capped(mut self) -> Self {
-        use payload_caps::{CODE, DETAIL, DIGIT, MESSAGE, TRANSCRIPT, cap};
+        use payload_caps::{CODE, DETAIL, DIGIT, MESSAGE, TOOL_ARGUMENTS, TOOL_OUTPUT, TRANSCRIPT, cap};
         match &mut self {
             Self::Status { detail, .. } => cap(detail, DETAIL),
             Self::Transcript { text, .. } => cap(text, TRANSCRIPT),
@@ -297,6 +322,26 @@ impl EventKind {
             Self::Dtmf { digit } => cap(digit, DIGIT),
             Self::Recording(info) => cap(&mut info.error, MESSAGE),
             Self::Turn { .. } => {}
+            Self::ToolCall {
+                tool_call_id,
+                name,
+                arguments,
+                ..
+            } => {
+                cap(tool_call_id, CODE);
+                cap(name, CODE);
+                cap(arguments, TOOL_ARGUMENTS);
+            }
+            Self::ToolResult {
+                tool_call_id,
+                name,
+                output,
+                ..
+            } => {
+                cap(tool_call_id, CODE);
+                cap(name, CODE);
+                cap(output, TOOL_OUTPUT);
+            }
         }
         self
     }
@@ -324,6 +369,10 @@ pub mod payload_caps {
     pub const CODE: usize = 64;
     /// A DTMF key (the bridge already refuses anything but one key).
     pub const DIGIT: usize = 8;
+    /// A tool call's arguments as the AI wrote them.
+    pub const TOOL_ARGUMENTS: usize = 16 * 1024;
+    /// A tool call's output (SubmitToolResult and the URL's body are refused beyond it).
+    pub const TOOL_OUTPUT: usize = 64 * 1024;
     /// Appended to a capped text (counted within the cap).
     pub const TRUNCATED: &str = "…[truncated]";
 
@@ -415,6 +464,12 @@ pub struct CallRecord {
     /// Its recording, once one was started.
     #[serde(default)]
     pub recording: Option<RecordingInfo>,
+    /// The tools given to PlaceCall (records stored before tools existed have none).
+    #[serde(default)]
+    pub tools: Vec<tools::Tool>,
+    /// How long a tool call waits for its answer, ms (0 in records older than tools: the default).
+    #[serde(default)]
+    pub tool_timeout_ms: u64,
 }
 
 #[cfg(test)]
@@ -450,6 +505,8 @@ impl CallRecord {
             turn_latencies_ms: vec![],
             record: false,
             recording: None,
+            tools: vec![],
+            tool_timeout_ms: 0,
         }
     }
 }

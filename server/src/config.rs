@@ -164,6 +164,12 @@ pub mod var {
         "when set, every VoiceAgentService RPC needs 'authorization: Bearer <API_TOKEN>'",
         "none",
     );
+    /// Signing secret of the server's outgoing webhooks (tool URLs).
+    pub const WEBHOOK_SECRET: Variable = (
+        "WEBHOOK_SECRET",
+        "Standard Webhooks signing secret, whsec_<base64 key of 16-256 bytes>: signs the requests to tool URLs (webhook-id, webhook-timestamp, webhook-signature); never logged; none = PlaceCall refuses tools with a url",
+        "none",
+    );
     /// Browser origins allowed to call the API from other pages.
     pub const CORS_ALLOWED_ORIGINS: Variable = (
         "CORS_ALLOWED_ORIGINS",
@@ -227,6 +233,7 @@ const TAIL: &[Variable] = &[
     var::RECORDINGS_DIR,
     var::RECORDING_RETENTION,
     var::API_TOKEN,
+    var::WEBHOOK_SECRET,
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
     var::RUST_LOG,
@@ -338,6 +345,8 @@ pub struct Config {
     pub recording_retention: Duration,
     /// Bearer token required by VoiceAgentService, if set.
     pub api_token: Option<Secret>,
+    /// `WEBHOOK_SECRET`, checked to be a `whsec_` secret at start.
+    pub webhook_secret: Option<Secret>,
     /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
     /// may call the API; empty = no CORS at all.
     pub cors_allowed_origins: Vec<String>,
@@ -598,6 +607,14 @@ impl Config {
             recordings_dir,
             recording_retention: env.seconds(&var::RECORDING_RETENTION, 0, 100 * 365 * 24 * 3600)?,
             api_token: env.get(var::API_TOKEN.0).map(Secret::new),
+            webhook_secret: match env.get(var::WEBHOOK_SECRET.0) {
+                None => None,
+                // The value is never echoed: it is a secret even when malformed.
+                Some(v) => match crate::webhook_signing::SigningKey::from_secret(&v) {
+                    Ok(_) => Some(Secret::new(v)),
+                    Err(e) => return Err(err(var::WEBHOOK_SECRET.0, e.to_string())),
+                },
+            },
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: env.get(var::WEB_DIR.0).map(PathBuf::from),
             limits: ConnectionLimits {
@@ -920,6 +937,17 @@ mod tests {
     fn secrets_do_not_print() {
         let c = parse(&[("API_TOKEN", "hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+        let secret = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+        let c = parse(&[("WEBHOOK_SECRET", secret)]).unwrap();
+        assert!(c.webhook_secret.is_some());
+        assert!(!format!("{c:?}").contains("C2FVsBQIhrsc"));
+    }
+
+    #[test]
+    fn a_malformed_webhook_secret_stops_the_start_without_being_echoed() {
+        let e = parse(&[("WEBHOOK_SECRET", "not-a-whsec-hunter2")]).unwrap_err();
+        assert_eq!(e.variable, "WEBHOOK_SECRET");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 
     #[test]

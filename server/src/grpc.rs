@@ -16,7 +16,7 @@ use voice_agent_proto::v1 as pb;
 use crate::AppState;
 use crate::call::{
     Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, RecordingInfo,
-    RecordingState, Speaker, lifecycle,
+    RecordingState, Speaker, lifecycle, tools,
 };
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::store::{Inserted, RequestKey};
@@ -126,6 +126,8 @@ struct ValidCall {
     max_duration: Duration,
     request_id: String,
     record: bool,
+    tools: Vec<tools::Tool>,
+    tool_timeout: Duration,
 }
 
 impl ValidCall {
@@ -146,6 +148,8 @@ impl ValidCall {
             self.greeting,
             self.metadata,
             self.max_duration.as_secs(),
+            self.tools,
+            self.tool_timeout.as_millis() as u64,
         ]);
         // Only when set, so the keys of calls stored before `record` existed
         // keep their digest.
@@ -277,6 +281,21 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
             Duration::from_secs(d.seconds as u64)
         }
     };
+    let tools = validate_tools(state, &req.tools)?;
+    let tool_timeout = match req.tool_timeout {
+        None => tools::DEFAULT_TIMEOUT,
+        Some(d) => {
+            let (lo, hi) = tools::TIMEOUT_RANGE;
+            let ms = i128::from(d.seconds) * 1000 + i128::from(d.nanos) / 1_000_000;
+            if d.seconds < 0 || d.nanos < 0 || ms < lo.as_millis() as i128 || ms > hi.as_millis() as i128 {
+                return Err(invalid(
+                    "tool_timeout",
+                    format!("must be between {}s and {}s", lo.as_secs(), hi.as_secs()),
+                ));
+            }
+            Duration::from_millis(ms as u64)
+        }
+    };
     let voice = if req.voice.is_empty() {
         default_voice(config, backend).to_string()
     } else {
@@ -297,7 +316,117 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         max_duration,
         request_id: req.request_id,
         record: req.record.unwrap_or(config.record_calls),
+        tools,
+        tool_timeout,
     })
+}
+
+/// Checks PlaceCall's `tools`: names, sizes, schemas, URLs (call/tools.rs
+/// has the limits), naming `tools[i].field` in the error.
+fn validate_tools(state: &AppState, raw: &[pb::Tool]) -> Result<Vec<tools::Tool>, Status> {
+    if raw.len() > tools::MAX_TOOLS {
+        return Err(invalid(
+            "tools",
+            format!("at most {} tools, got {}", tools::MAX_TOOLS, raw.len()),
+        ));
+    }
+    let mut out: Vec<tools::Tool> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        let field = |f: &str| format!("tools[{i}].{f}");
+        if !tools::valid_name(&t.name) {
+            return Err(invalid(
+                &field("name"),
+                format!(
+                    "must be 1 to {} of A-Z a-z 0-9 _ - (got {})",
+                    tools::MAX_NAME,
+                    quoted(&t.name)
+                ),
+            ));
+        }
+        if tools::BUILT_IN.contains(&t.name.as_str()) {
+            return Err(invalid(
+                &field("name"),
+                format!("{} is a built-in tool of the server", quoted(&t.name)),
+            ));
+        }
+        if out.iter().any(|o| o.name == t.name) {
+            return Err(invalid(
+                &field("name"),
+                format!("{} is declared twice", quoted(&t.name)),
+            ));
+        }
+        if t.description.len() > tools::MAX_DESCRIPTION {
+            return Err(invalid(
+                &field("description"),
+                format!("at most {} bytes, got {}", tools::MAX_DESCRIPTION, t.description.len()),
+            ));
+        }
+        check_text(&field("description"), &t.description)?;
+        if t.parameters_json.len() > tools::MAX_PARAMETERS {
+            return Err(invalid(
+                &field("parameters_json"),
+                format!(
+                    "at most {} bytes, got {}",
+                    tools::MAX_PARAMETERS,
+                    t.parameters_json.len()
+                ),
+            ));
+        }
+        let parameters = if t.parameters_json.trim().is_empty() {
+            serde_json::json!({"type": "object", "properties": {}})
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&t.parameters_json)
+                .map_err(|e| invalid(&field("parameters_json"), format!("not JSON: {e}")))?;
+            check_parameters_schema(&v).map_err(|why| invalid(&field("parameters_json"), why))?;
+            v
+        };
+        let url = if t.url.is_empty() {
+            None
+        } else {
+            tools::check_url(&t.url).map_err(|why| invalid(&field("url"), why))?;
+            if !state.tool_http.signs() {
+                return Err(invalid(
+                    &field("url"),
+                    "this server has no WEBHOOK_SECRET to sign tool requests with; leave url empty to answer over gRPC",
+                ));
+            }
+            Some(t.url.clone())
+        };
+        out.push(tools::Tool {
+            name: t.name.clone(),
+            description: t.description.clone(),
+            parameters,
+            url,
+        });
+    }
+    Ok(out)
+}
+
+/// A tool's parameters must be a JSON Schema for an object (what the
+/// realtime APIs take): an object with `"type": "object"`, whose
+/// `properties`, when present, is an object of schemas and whose
+/// `required`, when present, lists strings.
+fn check_parameters_schema(v: &serde_json::Value) -> Result<(), String> {
+    let obj = v.as_object().ok_or("must be a JSON object (a JSON Schema)")?;
+    if obj.get("type").and_then(|t| t.as_str()) != Some("object") {
+        return Err("must be an object schema: {\"type\":\"object\",…}".into());
+    }
+    if let Some(p) = obj.get("properties") {
+        let props = p.as_object().ok_or("properties must be an object")?;
+        if let Some((k, _)) = props.iter().find(|(_, s)| !s.is_object() && !s.is_boolean()) {
+            return Err(format!("properties.{} must be a schema (an object)", bounded_key(k)));
+        }
+    }
+    if let Some(r) = obj.get("required")
+        && !r.as_array().is_some_and(|a| a.iter().all(|x| x.is_string()))
+    {
+        return Err("required must be an array of property names".into());
+    }
+    Ok(())
+}
+
+fn bounded_key(k: &str) -> String {
+    errors::bounded(k, 32)
 }
 
 /// The voice a call on `backend` gets when PlaceCall leaves `voice` empty.
@@ -361,6 +490,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             turn_latencies_ms: vec![],
             record: call.record,
             recording: None,
+            tools: call.tools,
+            tool_timeout_ms: call.tool_timeout.as_millis() as u64,
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -538,6 +669,105 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         }))
     }
 
+    async fn submit_tool_result(
+        &self,
+        request: Request<pb::SubmitToolResultRequest>,
+    ) -> Result<Response<pb::SubmitToolResultResponse>, Status> {
+        let req = request.into_inner();
+        let id = parse_call_id(&req.call_id)?;
+        if req.tool_call_id.is_empty() || req.tool_call_id.len() > crate::call::payload_caps::CODE {
+            return Err(invalid(
+                "tool_call_id",
+                format!(
+                    "required, at most {} bytes (the ToolCall event's tool_call_id)",
+                    crate::call::payload_caps::CODE
+                ),
+            ));
+        }
+        if req.output.len() > crate::call::payload_caps::TOOL_OUTPUT {
+            return Err(invalid(
+                "output",
+                format!(
+                    "at most {} bytes, got {}",
+                    crate::call::payload_caps::TOOL_OUTPUT,
+                    req.output.len()
+                ),
+            ));
+        }
+        let state = &self.state;
+        let answer = tools::ToolAnswer {
+            tool_call_id: req.tool_call_id.clone(),
+            output: req.output,
+            outcome: tools::ToolOutcome::Answered,
+        };
+        let refused = match state.tool_desk.resolve(&id, tools::Answerer::Client, answer) {
+            Ok(()) => return Ok(Response::new(pb::SubmitToolResultResponse {})),
+            Err(r) => r,
+        };
+        let meta = [("call_id", id.as_str()), ("tool_call_id", req.tool_call_id.as_str())];
+        let status = |code, reason: ErrorReason, message: &str| errors::api_status(code, &reason, message, &meta, &[]);
+        Err(match refused {
+            tools::Refused::AlreadyAnswered => status(
+                tonic::Code::AlreadyExists,
+                ErrorReason::ToolResultAlreadySubmitted,
+                "this tool call already has its output; the first one stays",
+            ),
+            tools::Refused::Expired => status(
+                tonic::Code::FailedPrecondition,
+                ErrorReason::ToolCallExpired,
+                "too late: the tool call timed out or was cancelled, and the AI was told the tool did not answer",
+            ),
+            tools::Refused::ByUrl => status(
+                tonic::Code::FailedPrecondition,
+                ErrorReason::ToolAnsweredByUrl,
+                "this tool is answered by its URL, not by SubmitToolResult",
+            ),
+            tools::Refused::Unknown | tools::Refused::NotHere => {
+                // Not pending here: the stored log tells an unknown id from a
+                // call that ended (or runs on another replica).
+                let rec = state.hub.get(&id).await.map_err(|e| hub_status(e, Some(&id)))?;
+                let events = tool_events(state, &id, &req.tool_call_id)
+                    .await
+                    .map_err(|e| hub_status(e, Some(&id)))?;
+                let known = |want_result: bool| {
+                    events.iter().any(|e| match &e.kind {
+                        EventKind::ToolCall { tool_call_id, .. } => !want_result && *tool_call_id == req.tool_call_id,
+                        EventKind::ToolResult { tool_call_id, .. } => want_result && *tool_call_id == req.tool_call_id,
+                        _ => false,
+                    })
+                };
+                let answered = events.iter().any(|e| {
+                    matches!(&e.kind, EventKind::ToolResult { tool_call_id, outcome: tools::ToolOutcome::Answered, .. } if *tool_call_id == req.tool_call_id)
+                });
+                if !known(false) {
+                    status(
+                        tonic::Code::NotFound,
+                        ErrorReason::ToolCallNotFound,
+                        "the call made no tool call with this tool_call_id",
+                    )
+                } else if answered {
+                    status(
+                        tonic::Code::AlreadyExists,
+                        ErrorReason::ToolResultAlreadySubmitted,
+                        "this tool call already has its output; the first one stays",
+                    )
+                } else if known(true) || rec.status.is_terminal() || refused == tools::Refused::Unknown {
+                    status(
+                        tonic::Code::FailedPrecondition,
+                        ErrorReason::ToolCallExpired,
+                        "too late: the tool call is over (timed out, cancelled, or the call ended)",
+                    )
+                } else {
+                    status(
+                        tonic::Code::Unavailable,
+                        ErrorReason::ToolCallElsewhere,
+                        "the call's media runs on another replica; send SubmitToolResult there",
+                    )
+                }
+            }
+        })
+    }
+
     async fn get_server_info(
         &self,
         _request: Request<pb::GetServerInfoRequest>,
@@ -668,6 +898,35 @@ pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
             message: message.clone(),
         }),
         EventKind::Recording(info) => Kind::Recording(recording_to_pb(info)),
+        EventKind::ToolCall {
+            tool_call_id,
+            name,
+            arguments,
+            by_url,
+        } => Kind::ToolCall(pb::ToolCall {
+            tool_call_id: tool_call_id.clone(),
+            name: name.clone(),
+            arguments_json: arguments.clone(),
+            answered_by_url: *by_url,
+        }),
+        EventKind::ToolResult {
+            tool_call_id,
+            name,
+            output,
+            outcome,
+            wait_ms,
+        } => Kind::ToolResult(pb::ToolResult {
+            tool_call_id: tool_call_id.clone(),
+            name: name.clone(),
+            output: output.clone(),
+            outcome: match outcome {
+                tools::ToolOutcome::Answered => pb::ToolOutcome::Answered,
+                tools::ToolOutcome::TimedOut => pb::ToolOutcome::TimedOut,
+                tools::ToolOutcome::Failed => pb::ToolOutcome::Failed,
+                tools::ToolOutcome::Canceled => pb::ToolOutcome::Canceled,
+            } as i32,
+            wait_ms: *wait_ms,
+        }),
     };
     pb::CallEvent {
         sequence: ev.sequence,
@@ -705,6 +964,20 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
             .and_then(|r| r.url(&rec.call_id))
             .unwrap_or_default(),
         recording: rec.recording.as_ref().map(recording_to_pb),
+        tools: rec
+            .tools
+            .iter()
+            .map(|t| pb::Tool {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters_json: t.parameters.to_string(),
+                url: t.url.clone().unwrap_or_default(),
+            })
+            .collect(),
+        tool_timeout: Some(prost_types::Duration {
+            seconds: (effective_tool_timeout(rec).as_millis() / 1000) as i64,
+            nanos: ((effective_tool_timeout(rec).as_millis() % 1000) * 1_000_000) as i32,
+        }),
     }
 }
 
@@ -718,6 +991,40 @@ fn recording_to_pb(info: &RecordingInfo) -> pb::Recording {
         } as i32,
         error: info.error.clone(),
         duration_ms: info.duration_ms,
+    }
+}
+
+/// The stored tool events of one tool call of a call (the log is read a
+/// page at a time; only those events are kept).
+async fn tool_events(
+    state: &AppState,
+    id: &CallId,
+    tool_call_id: &str,
+) -> Result<Vec<CallEvent>, crate::call::hub::HubError> {
+    const PAGE: usize = 1000;
+    let mut found = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = state.hub.store().events_after(id, after, PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        let full = page.len() == PAGE;
+        found.extend(page.into_iter().filter(|e| {
+            matches!(&e.kind, EventKind::ToolCall { tool_call_id: t, .. } | EventKind::ToolResult { tool_call_id: t, .. } if t == tool_call_id)
+        }));
+        if !full {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// A record's tool timeout (records stored before tools existed: the default).
+pub fn effective_tool_timeout(rec: &CallRecord) -> Duration {
+    if rec.tool_timeout_ms == 0 {
+        tools::DEFAULT_TIMEOUT
+    } else {
+        Duration::from_millis(rec.tool_timeout_ms)
     }
 }
 

@@ -22,6 +22,7 @@
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
 //!   call/error      ErrorCode / NoticeCode / ErrorReason: the codes and error reasons clients see, spelled once
+//!   call/tools      the call's tools, their limits, and the desk of pending tool calls (first answer wins)
 //!   call/hub        live calls: commit-then-broadcast fan-out, WatchCall streams, media leases, status-change logs
 //! store.rs     the call store seam: SQLite (one process) or PostgreSQL (replicas, docs/deploy.md); CallFilter
 //!   store/sqlite    SQLite with migrations; append-only event log
@@ -47,6 +48,8 @@
 //! telemetry.rs logs (text/JSON), OpenTelemetry spans over OTLP, W3C trace context in and out,
 //!              the span and RPC metrics of every gRPC request and Twilio request (docs/observability.md)
 //! redact.rs    phone numbers as logs and spans show them (+1***23), pure
+//! tool_http.rs edge: POSTs a tool call to the tool's URL, signed (webhook_signing), bounded; output or error output
+//! webhook_signing.rs wire format: Standard Webhooks signatures (webhook-id/-timestamp/-signature), no I/O
 //! ```
 //!
 //! Re-exported crates (walls the compiler checks; see docs/architecture.md):
@@ -84,7 +87,9 @@ pub mod store;
 pub mod summary;
 pub mod telemetry;
 pub mod telephony;
+pub mod tool_http;
 pub mod ui;
+pub mod webhook_signing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -264,7 +269,10 @@ impl Server {
             options.entra.unwrap_or_else(EntraAuth::from_environment),
         );
         let recordings = recording::Recordings::new(config.recordings_dir.clone(), config.recording_retention);
+        let tool_http = tool_http::ToolHttp::new(config.webhook_secret.as_ref().map(Secret::expose));
         let state = Arc::new(AppState {
+            tool_desk: call::tools::ToolDesk::default(),
+            tool_http,
             config: Arc::new(config),
             public_url,
             hub,

@@ -47,6 +47,10 @@ pub struct AppState {
     pub readiness: Readiness,
     /// Where call recordings are written and served from.
     pub recordings: crate::recording::Recordings,
+    /// The pending tool calls of the calls whose media runs here.
+    pub tool_desk: crate::call::tools::ToolDesk,
+    /// Asks tool URLs (signed with `WEBHOOK_SECRET`).
+    pub tool_http: crate::tool_http::ToolHttp,
 }
 
 /// Whether this instance should be sent new work. `/readyz` answers 503 and

@@ -316,6 +316,16 @@ pub fn function_call_output(call_id: &str, output: &str) -> String {
     .to_string()
 }
 
+/// A function call of the agent, to restore on a new session (after a
+/// reconnect) so that its pending output still has a call to answer.
+pub fn function_call_item(call_id: &str, name: &str, arguments: &str) -> String {
+    json!({
+        "type": "conversation.item.create",
+        "item": {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+    })
+    .to_string()
+}
+
 /// A user text message (e.g. a DTMF key press told to the agent).
 pub fn user_text_item(text: &str) -> String {
     json!({

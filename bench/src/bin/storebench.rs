@@ -91,13 +91,19 @@ fn record() -> CallRecord {
         turn_latencies_ms: vec![],
         record: false,
         recording: None,
+        tools: vec![],
+        tool_timeout_ms: 0,
     }
 }
 
 /// A transcript of a typical utterance: the event the bridge stores most.
 fn utterance(n: u64) -> EventKind {
     EventKind::Transcript {
-        speaker: if n.is_multiple_of(2) { Speaker::Agent } else { Speaker::Callee },
+        speaker: if n.is_multiple_of(2) {
+            Speaker::Agent
+        } else {
+            Speaker::Callee
+        },
         text: format!("Utterance {n}: yes, Tuesday at three in the afternoon works for me, thank you."),
         interrupted: false,
     }

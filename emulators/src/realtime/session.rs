@@ -136,6 +136,8 @@ struct ActiveResponse {
     words_sent: usize,
     next_at: Instant,
     end_call: bool,
+    /// What the agent says (the line, or the line built from tool outputs).
+    text: String,
 }
 
 impl ActiveResponse {
@@ -170,6 +172,23 @@ struct ItemInfo {
     item: Value,
     /// Assistant audio generated so far, ms (only assistant audio can be truncated).
     audio_ms: Option<u64>,
+}
+
+/// The reply before which the agent calls the caller's tools: the answer to
+/// the callee's second line, their question.
+const TOOL_LINE: usize = 2;
+
+/// Where the session is with the caller's tools.
+enum ToolRound {
+    /// Not called yet.
+    NotYet,
+    /// Called; the outputs received so far.
+    Waiting {
+        call_ids: Vec<String>,
+        outputs: Vec<String>,
+    },
+    /// Spoken (or not offered).
+    Done,
 }
 
 /// How the socket ends.
@@ -211,6 +230,8 @@ pub(super) struct Session {
     lines_spoken: usize,
     active: Option<ActiveResponse>,
     responses_done: usize,
+    /// The one round of calls of the caller's tools (before reply [`TOOL_LINE`]).
+    tool_round: ToolRound,
     exit: Exit,
     /// Stopped reading the socket (`stall_after_responses`).
     stalled: bool,
@@ -255,6 +276,7 @@ impl Session {
             lines_spoken: 0,
             active: None,
             responses_done: 0,
+            tool_round: ToolRound::NotYet,
             exit: Exit::No,
             stalled: false,
         };
@@ -790,6 +812,17 @@ impl Session {
             let msg = format!("Previous item with item_id '{p}' not found.");
             return self.error("item_not_found", &msg, Some("previous_item_id"), eid);
         }
+        if let (Some("function_call_output"), ToolRound::Waiting { call_ids, outputs }) = (kind, &mut self.tool_round)
+            && let Some(call_id) = item.get("call_id").and_then(Value::as_str)
+            && call_ids.iter().any(|c| c == call_id)
+        {
+            outputs.push(
+                item.get("output")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
         // A restored conversation (after a reconnect) moves the script on.
         match item.get("role").and_then(Value::as_str) {
             Some("user") => self.utterances += 1,
@@ -821,6 +854,25 @@ impl Session {
             .utterances
             .min(AGENT_LINES.len() - 1)
             .max(usize::from(self.lines_spoken > 0));
+        // The callee's second line asks what only the caller's tools know:
+        // with tools offered, the agent calls them first, and its reply
+        // says what they answered (over the same clip of audio).
+        let mut text = AGENT_LINES[line].to_string();
+        if line == TOOL_LINE {
+            match std::mem::replace(&mut self.tool_round, ToolRound::Done) {
+                ToolRound::NotYet => {
+                    let tools = self.caller_tools();
+                    if !tools.is_empty() {
+                        return self.call_tools(tools);
+                    }
+                    self.tool_round = ToolRound::NotYet;
+                }
+                ToolRound::Waiting { outputs, .. } if !outputs.is_empty() => {
+                    text = format!("Here is what I found: {}", outputs.join(" and "));
+                }
+                other => self.tool_round = other,
+            }
+        }
         let id = self.id("resp");
         let item_id = self.id("item");
         let bytes_per_ms = if self.settings.output_pcm { 48 } else { 8 };
@@ -868,7 +920,56 @@ impl Session {
             words_sent: 0,
             next_at: Instant::now(),
             end_call: self.config.end_call_after_last_line && line == AGENT_LINES.len() - 1,
+            text,
         });
+    }
+
+    /// The caller's tools the session offers (all but the built-in ones).
+    fn caller_tools(&self) -> Vec<Value> {
+        self.session["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| {
+                t["type"] == "function"
+                    && t["name"]
+                        .as_str()
+                        .is_some_and(|n| n != "end_call" && n != "transfer_call")
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A response that only calls every caller tool (parallel calls, as the
+    /// models make them, §7.6), then ends; the agent speaks once the client
+    /// sent the outputs and asked for a response.
+    fn call_tools(&mut self, tools: Vec<Value>) {
+        let id = self.id("resp");
+        let mut response = json!({"object": "realtime.response", "id": id, "status": "in_progress",
+            "status_details": null, "output": []});
+        match self.dialect {
+            Dialect::OpenAiGa => response["output_modalities"] = json!(["audio"]),
+            _ => response["modalities"] = json!(["text", "audio"]),
+        }
+        self.emit(json!({"type": "response.created", "response": response}));
+        let mut output = vec![];
+        let mut call_ids = vec![];
+        for (index, tool) in tools.iter().enumerate() {
+            let name = tool["name"].as_str().unwrap_or_default().to_string();
+            let arguments = sample_arguments(&tool["parameters"]).to_string();
+            let fc = self.function_call(&id, index, &name, &arguments);
+            call_ids.push(fc["call_id"].as_str().unwrap_or_default().to_string());
+            output.push(fc);
+        }
+        self.emit(
+            json!({"type": "response.done", "response": {"object": "realtime.response", "id": id,
+            "status": "completed", "status_details": null, "output": output}}),
+        );
+        self.tool_round = ToolRound::Waiting {
+            call_ids,
+            outputs: vec![],
+        };
+        self.report(|r| r.tool_rounds += 1);
     }
 
     /// Sends the next 100 ms of the active response's audio, and the words
@@ -885,7 +986,7 @@ impl Session {
         // Word timing is approximated: the clip's duration is split among the
         // words in proportion to their length (plus one for the space), and a
         // word is released once the audio up to its end has been sent.
-        let text = AGENT_LINES[a.clip];
+        let text = a.text.clone();
         let words: Vec<&str> = text.split(' ').collect();
         let total_ms = (audio_len / a.bytes_per_ms) as u64;
         let sent_ms = (end / a.bytes_per_ms) as u64;
@@ -933,13 +1034,9 @@ impl Session {
         let completed = status == "completed";
         // What was said: the whole line, or the words sent before the cut.
         let said = if completed {
-            AGENT_LINES[a.clip].to_string()
+            a.text.clone()
         } else {
-            AGENT_LINES[a.clip]
-                .split(' ')
-                .take(a.words_sent)
-                .collect::<Vec<_>>()
-                .join(" ")
+            a.text.split(' ').take(a.words_sent).collect::<Vec<_>>().join(" ")
         };
         let ids = json!({"response_id": a.id, "item_id": a.item_id, "output_index": 0, "content_index": 0});
         let with = |ty: &str, extra: Value| {
@@ -998,28 +1095,34 @@ impl Session {
 
     /// The `end_call` function call as the second output of a response (§7.6).
     fn end_call(&mut self, response_id: &str) -> Value {
+        self.function_call(response_id, 1, "end_call", "{}")
+    }
+
+    /// A function call as output `index` of a response, in the real event
+    /// order (§7.6): item added, arguments delta and done, item done.
+    fn function_call(&mut self, response_id: &str, index: usize, name: &str, arguments: &str) -> Value {
         let fc_id = self.id("item");
         let call_id = self.id("call");
         let mut fc = json!({"id": fc_id, "object": "realtime.item", "type": "function_call",
-            "status": "in_progress", "call_id": call_id, "name": "end_call", "arguments": ""});
+            "status": "in_progress", "call_id": call_id, "name": name, "arguments": ""});
         self.emit(
-            json!({"type": "response.output_item.added", "response_id": response_id, "output_index": 1,
+            json!({"type": "response.output_item.added", "response_id": response_id, "output_index": index,
             "item": fc.clone()}),
         );
         let previous = self.last_item.replace(fc_id.clone());
         self.item_added(previous, fc.clone(), false);
         self.emit(
             json!({"type": "response.function_call_arguments.delta", "response_id": response_id,
-            "item_id": fc_id, "output_index": 1, "call_id": call_id, "delta": "{}"}),
+            "item_id": fc_id, "output_index": index, "call_id": call_id, "delta": arguments}),
         );
         self.emit(
             json!({"type": "response.function_call_arguments.done", "response_id": response_id,
-            "item_id": fc_id, "output_index": 1, "call_id": call_id, "name": "end_call", "arguments": "{}"}),
+            "item_id": fc_id, "output_index": index, "call_id": call_id, "name": name, "arguments": arguments}),
         );
         fc["status"] = json!("completed");
-        fc["arguments"] = json!("{}");
+        fc["arguments"] = json!(arguments);
         self.emit(
-            json!({"type": "response.output_item.done", "response_id": response_id, "output_index": 1,
+            json!({"type": "response.output_item.done", "response_id": response_id, "output_index": index,
             "item": fc.clone()}),
         );
         if self.dialect == Dialect::OpenAiGa {
@@ -1077,6 +1180,21 @@ impl Session {
 /// Merges an update into the effective session: objects key by key (GA's
 /// nested `audio`), everything else replaced; `null` clears (§7.3), and a
 /// cleared field is left out of the echo, as the schemas allow no nulls.
+/// Arguments that fit a tool's parameter schema: a sample value per property.
+fn sample_arguments(schema: &Value) -> Value {
+    let mut args = serde_json::Map::new();
+    for (k, p) in schema["properties"].as_object().into_iter().flatten() {
+        let v = match p["type"].as_str() {
+            Some("string") => json!("A1234"),
+            Some("integer") | Some("number") => json!(1),
+            Some("boolean") => json!(true),
+            _ => Value::Null,
+        };
+        args.insert(k.clone(), v);
+    }
+    Value::Object(args)
+}
+
 fn merge(target: &mut serde_json::Map<String, Value>, update: &serde_json::Map<String, Value>) {
     for (k, v) in update {
         match (target.get_mut(k), v) {

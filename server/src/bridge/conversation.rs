@@ -66,6 +66,17 @@ pub enum Action {
     Reconnect,
     /// Call [`Conversation::on_timer`] at this instant (replaces any earlier one).
     SetTimer(Instant),
+    /// The agent called one of the call's tools: get its answer (over gRPC,
+    /// or from its URL) within the tool timeout, and report it with
+    /// [`Conversation::on_tool_answer`] (a timeout is an answer too).
+    StartTool {
+        /// The AI's id of the call.
+        tool_call_id: String,
+        /// The tool.
+        name: String,
+        /// JSON arguments.
+        arguments: String,
+    },
     /// The conversation is over; the call winds up with this outcome.
     End(Outcome),
 }
@@ -118,6 +129,15 @@ pub enum ToAi {
         /// JSON output.
         output: String,
     },
+    /// A function call still waiting for its output, for a new session.
+    RestoreFunctionCall {
+        /// The function call's id.
+        call_id: String,
+        /// The function.
+        name: String,
+        /// Its JSON arguments.
+        arguments: String,
+    },
     /// An earlier line of the conversation, for a new session.
     Restore {
         /// `assistant` or `user`.
@@ -136,6 +156,11 @@ impl ToAi {
             Self::ResponseCreate => protocol::response_create(None),
             Self::Truncate { item_id, audio_end_ms } => protocol::item_truncate(&item_id, 0, audio_end_ms),
             Self::FunctionOutput { call_id, output } => protocol::function_call_output(&call_id, &output),
+            Self::RestoreFunctionCall {
+                call_id,
+                name,
+                arguments,
+            } => protocol::function_call_item(&call_id, &name, &arguments),
             Self::Restore { role, text } => protocol::restore_item(dialect, role, &text),
         }
     }
@@ -238,6 +263,14 @@ struct Turn {
     first_mark: Option<u64>,
 }
 
+/// A tool call waiting for its answer.
+struct PendingTool {
+    id: String,
+    name: String,
+    arguments: String,
+    since: Instant,
+}
+
 /// The conversation of one call (see the module doc).
 pub struct Conversation<'m> {
     id: CallId,
@@ -266,6 +299,15 @@ pub struct Conversation<'m> {
     record: bool,
     /// The loss a reconnect is under way for.
     lost: Option<AiLoss>,
+    /// The call's tools: name → answered by a URL.
+    tools: HashMap<String, bool>,
+    /// Tool calls waiting for their answers, in the order made.
+    pending_tools: Vec<PendingTool>,
+    /// Since when at least one tool call has been pending (turn metrics leave it out).
+    tool_wait_since: Option<Instant>,
+    /// Outputs were given to the AI: ask for a response once no tool call is
+    /// pending and no response is running.
+    respond_after_tools: bool,
 }
 
 impl<'m> Conversation<'m> {
@@ -299,6 +341,96 @@ impl<'m> Conversation<'m> {
             reconnected: false,
             lost: None,
             record: false,
+            tools: HashMap::new(),
+            pending_tools: Vec::new(),
+            tool_wait_since: None,
+            respond_after_tools: false,
+        }
+    }
+
+    /// The call's own tools (name, answered by a URL), besides the built-in `end_call`.
+    pub fn with_tools(mut self, tools: impl IntoIterator<Item = (String, bool)>) -> Self {
+        self.tools = tools.into_iter().collect();
+        self
+    }
+
+    /// A tool call got its answer (or its timeout, or its URL's error) at
+    /// `now`: the AI gets the output, the record the result, and once no
+    /// tool call is pending and no response runs, the agent speaks again.
+    /// An answer for a tool call not pending (any more) is dropped.
+    pub fn on_tool_answer(&mut self, answer: crate::call::tools::ToolAnswer, now: Instant, out: &mut VecDeque<Action>) {
+        let Some(pos) = self.pending_tools.iter().position(|p| p.id == answer.tool_call_id) else {
+            return;
+        };
+        let pending = self.pending_tools.remove(pos);
+        out.push_back(Action::Publish(EventKind::ToolResult {
+            tool_call_id: pending.id.clone(),
+            name: pending.name,
+            output: answer.output.clone(),
+            outcome: answer.outcome,
+            wait_ms: millis(now, pending.since),
+        }));
+        out.push_back(Action::Ai(ToAi::FunctionOutput {
+            call_id: pending.id,
+            output: answer.output,
+        }));
+        self.respond_after_tools = true;
+        if self.pending_tools.is_empty() {
+            self.end_tool_wait(now);
+        }
+        self.maybe_respond(out);
+        self.flush_transcripts(out);
+        self.check_hang_up(out);
+    }
+
+    /// The conversation is over: each tool call still pending is recorded
+    /// with the answer that came in meanwhile (`answered`, taken before
+    /// the desk closed), or as cancelled (a later answer is refused).
+    /// Nothing goes to the AI any more.
+    pub fn cancel_tools(
+        &mut self,
+        now: Instant,
+        answered: Vec<crate::call::tools::ToolAnswer>,
+        out: &mut VecDeque<Action>,
+    ) {
+        for p in self.pending_tools.drain(..) {
+            let (output, outcome) = match answered.iter().find(|a| a.tool_call_id == p.id) {
+                Some(a) => (a.output.clone(), a.outcome),
+                None => (String::new(), crate::call::tools::ToolOutcome::Canceled),
+            };
+            out.push_back(Action::Publish(EventKind::ToolResult {
+                tool_call_id: p.id,
+                name: p.name,
+                output,
+                outcome,
+                wait_ms: millis(now, p.since),
+            }));
+        }
+        self.tool_wait_since = None;
+    }
+
+    /// The time the turn being measured spent waiting on tools is not the
+    /// agent's latency: its start moves on by it (ToolResult.wait_ms has it).
+    fn end_tool_wait(&mut self, now: Instant) {
+        let Some(since) = self.tool_wait_since.take() else {
+            return;
+        };
+        if let Some(turn) = &mut self.turn
+            && turn.first_mark.is_none()
+        {
+            turn.speech_stopped += now.saturating_duration_since(since.max(turn.speech_stopped));
+        }
+    }
+
+    /// Asks for the agent's response to tool outputs, once it can.
+    fn maybe_respond(&mut self, out: &mut VecDeque<Action>) {
+        if self.respond_after_tools
+            && self.pending_tools.is_empty()
+            && self.active_response.is_none()
+            && !self.hangup_requested
+        {
+            self.respond_after_tools = false;
+            out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
     }
 
@@ -512,15 +644,49 @@ impl<'m> Conversation<'m> {
                         item.transcript_done = true;
                     }
                 }
+                self.maybe_respond(out);
             }
-            ServerEvent::FunctionCallArgumentsDone { name, call_id, .. } => {
-                let output = if name == "end_call" {
-                    self.hangup_requested = true;
-                    "{\"ok\":true}".to_string()
+            ServerEvent::FunctionCallArgumentsDone {
+                name,
+                call_id,
+                arguments,
+                ..
+            } => {
+                if let Some(&by_url) = self.tools.get(&name) {
+                    // The same call announced twice is one call.
+                    if !self.pending_tools.iter().any(|p| p.id == call_id) {
+                        if self.pending_tools.is_empty() {
+                            self.tool_wait_since = Some(now);
+                        }
+                        self.pending_tools.push(PendingTool {
+                            id: call_id.clone(),
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                            since: now,
+                        });
+                        // Registered before the event is stored: a client that
+                        // answers as soon as it sees the event finds the call pending.
+                        out.push_back(Action::StartTool {
+                            tool_call_id: call_id.clone(),
+                            name: name.clone(),
+                            arguments: arguments.clone(),
+                        });
+                        out.push_back(Action::Publish(EventKind::ToolCall {
+                            tool_call_id: call_id,
+                            name,
+                            arguments,
+                            by_url,
+                        }));
+                    }
                 } else {
-                    format!("{{\"error\":\"unknown tool {}\"}}", name.replace('"', ""))
-                };
-                out.push_back(Action::Ai(ToAi::FunctionOutput { call_id, output }));
+                    let output = if name == "end_call" {
+                        self.hangup_requested = true;
+                        "{\"ok\":true}".to_string()
+                    } else {
+                        format!("{{\"error\":\"unknown tool {}\"}}", name.replace('"', ""))
+                    };
+                    out.push_back(Action::Ai(ToAi::FunctionOutput { call_id, output }));
+                }
             }
             ServerEvent::Error {
                 code, message, r#type, ..
@@ -595,8 +761,20 @@ impl<'m> Conversation<'m> {
                 text: text.clone(),
             }));
         }
-        // The agent owes an answer if the callee spoke last (or nobody yet).
-        if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
+        // Tool calls still waiting keep their call on the new session, so
+        // their outputs have something to answer; the agent speaks once
+        // they are in.
+        for p in &self.pending_tools {
+            out.push_back(Action::Ai(ToAi::RestoreFunctionCall {
+                call_id: p.id.clone(),
+                name: p.name.clone(),
+                arguments: p.arguments.clone(),
+            }));
+        }
+        if !self.pending_tools.is_empty() {
+            self.respond_after_tools = true;
+        } else if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
+            // The agent owes an answer if the callee spoke last (or nobody yet).
             out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
         out.push_back(Action::Publish(EventKind::notice(
@@ -1305,6 +1483,183 @@ mod tests {
                 },
                 Action::End(Outcome::AgentHungUp),
             ]
+        );
+    }
+
+    fn tool_call(call_id: &str, name: &str) -> ServerEvent {
+        ServerEvent::FunctionCallArgumentsDone {
+            response_id: "rt".into(),
+            item_id: format!("fc_{call_id}"),
+            call_id: call_id.into(),
+            name: name.into(),
+            arguments: r#"{"order_id":"A1"}"#.into(),
+        }
+    }
+
+    fn answer(call_id: &str, output: &str) -> crate::call::tools::ToolAnswer {
+        crate::call::tools::ToolAnswer {
+            tool_call_id: call_id.into(),
+            output: output.into(),
+            outcome: crate::call::tools::ToolOutcome::Answered,
+        }
+    }
+
+    fn with_tools() -> Harness {
+        let mut h = Harness::new();
+        let metrics: &'static Metrics = Box::leak(Box::default());
+        h.conv = Conversation::new(CallId::new(), "MZ1".into(), AudioMode::Passthrough, LIMIT, 0, metrics)
+            .with_tools([("order_status".to_string(), false), ("refund".to_string(), true)]);
+        h
+    }
+
+    fn on_answer(h: &mut Harness, ms: u64, a: crate::call::tools::ToolAnswer) -> Vec<Action> {
+        let now = h.at(ms);
+        h.conv.on_tool_answer(a, now, &mut h.out);
+        h.take()
+    }
+
+    #[test]
+    fn parallel_tool_calls_are_answered_then_the_agent_speaks_once() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        let first = h.ai(10, tool_call("c1", "order_status"));
+        assert_eq!(
+            first,
+            vec![
+                Action::StartTool {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    arguments: r#"{"order_id":"A1"}"#.into(),
+                },
+                Action::Publish(EventKind::ToolCall {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    arguments: r#"{"order_id":"A1"}"#.into(),
+                    by_url: false,
+                }),
+            ]
+        );
+        let second = h.ai(11, tool_call("c2", "refund"));
+        assert!(matches!(
+            &second[1],
+            Action::Publish(EventKind::ToolCall { by_url: true, .. })
+        ));
+        assert!(
+            h.ai(12, tool_call("c2", "refund")).is_empty(),
+            "a repeated announcement is one call"
+        );
+        assert!(h.ai(20, done("rt")).is_empty());
+        // The first output goes to the AI; the agent waits for the second.
+        let a1 = on_answer(&mut h, 500, answer("c1", "{\"status\":\"shipped\"}"));
+        assert_eq!(
+            a1,
+            vec![
+                Action::Publish(EventKind::ToolResult {
+                    tool_call_id: "c1".into(),
+                    name: "order_status".into(),
+                    output: "{\"status\":\"shipped\"}".into(),
+                    outcome: crate::call::tools::ToolOutcome::Answered,
+                    wait_ms: 490,
+                }),
+                Action::Ai(ToAi::FunctionOutput {
+                    call_id: "c1".into(),
+                    output: "{\"status\":\"shipped\"}".into(),
+                }),
+            ]
+        );
+        let a2 = on_answer(&mut h, 700, answer("c2", "{}"));
+        assert_eq!(kinds(&a2), ["publish", "ai", "ai"]);
+        assert_eq!(a2[2], Action::Ai(ToAi::ResponseCreate));
+        // An answer for a call not pending any more is dropped.
+        assert!(on_answer(&mut h, 800, answer("c2", "{}")).is_empty());
+    }
+
+    #[test]
+    fn a_barge_in_while_a_tool_is_pending_lets_the_callees_response_run_first() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(2, done("rt"));
+        // The agent is saying something else when the callee barges in; the
+        // service cancels that response and starts one for the callee.
+        h.agent_item("r2", "a2");
+        h.audio(10, "r2", "a2", 800);
+        let cut = h.ai(20, speech_started());
+        assert_eq!(kinds(&cut)[0], "clear");
+        h.ai(30, created("r3"));
+        // The output arrives while that response runs: no response.create yet.
+        let a = on_answer(&mut h, 40, answer("c1", "{}"));
+        assert_eq!(kinds(&a), ["publish", "ai"], "{a:?}");
+        // Once it is done, the agent speaks to the tool's output.
+        let after = h.ai(50, done("r3"));
+        assert_eq!(after, vec![Action::Ai(ToAi::ResponseCreate)]);
+    }
+
+    #[test]
+    fn a_reconnect_restores_pending_tool_calls_and_waits_for_their_outputs() {
+        let mut h = with_tools();
+        h.ai(0, created("rt"));
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(2, done("rt"));
+        h.conv.on_ai_lost(AiLoss::Dropped, &mut h.out);
+        h.take();
+        h.conv.on_reconnected(Duration::from_millis(100), &mut h.out);
+        let actions = h.take();
+        assert!(actions.contains(&Action::Ai(ToAi::RestoreFunctionCall {
+            call_id: "c1".into(),
+            name: "order_status".into(),
+            arguments: r#"{"order_id":"A1"}"#.into(),
+        })));
+        assert!(
+            !actions.contains(&Action::Ai(ToAi::ResponseCreate)),
+            "the agent waits for the output: {actions:?}"
+        );
+        let a = on_answer(&mut h, 300, answer("c1", "{}"));
+        assert_eq!(a.last(), Some(&Action::Ai(ToAi::ResponseCreate)));
+    }
+
+    #[test]
+    fn tools_pending_at_the_end_are_recorded_with_what_came_in_or_cancelled() {
+        let mut h = with_tools();
+        h.ai(1, tool_call("c1", "order_status"));
+        h.ai(1, tool_call("c2", "order_status"));
+        let now = h.at(101);
+        h.conv.cancel_tools(now, vec![answer("c2", "{}")], &mut h.out);
+        let outcomes: Vec<_> = h
+            .take()
+            .into_iter()
+            .map(|a| match a {
+                Action::Publish(EventKind::ToolResult {
+                    tool_call_id,
+                    outcome,
+                    wait_ms,
+                    ..
+                }) => (tool_call_id, outcome, wait_ms),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        use crate::call::tools::ToolOutcome::{Answered, Canceled};
+        assert_eq!(outcomes, [("c1".into(), Canceled, 100), ("c2".into(), Answered, 100)]);
+    }
+
+    #[test]
+    fn turn_metrics_leave_out_the_time_spent_waiting_on_a_tool() {
+        let mut h = with_tools();
+        h.ai(0, speech_stopped());
+        h.ai(10, created("rt"));
+        h.ai(100, tool_call("c1", "order_status"));
+        h.ai(110, done("rt"));
+        // The tool takes 2 s.
+        on_answer(&mut h, 2100, answer("c1", "{}"));
+        h.agent_item("r2", "a2");
+        h.audio(2200, "r2", "a2", 800);
+        assert_eq!(
+            h.mark(2300, 1),
+            vec![Action::Publish(EventKind::Turn {
+                turn_index: 0,
+                first_audio_sent_ms: 200,
+                first_audio_heard_ms: 300,
+            })]
         );
     }
 

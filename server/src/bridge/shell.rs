@@ -25,6 +25,7 @@ use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, T
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::CallHub;
+use crate::call::tools::{Answerer, Tool, ToolAnswer, ToolDesk, ToolOutcome};
 use crate::call::{Backend, CallId, CallRecord, CallStatus, ErrorCode, EventKind};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
@@ -33,6 +34,7 @@ use crate::realtime::{RealtimeBackends, RealtimeError, RealtimeSocket};
 use crate::recording::{Recorder, Recordings};
 use crate::telephony::Telephony;
 use crate::telephony::twilio::media::{self as tw, TwilioInbound};
+use crate::tool_http::{ToolHttp, ToolRequest};
 
 /// How long closing a socket may take before it is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -80,6 +82,10 @@ pub(crate) struct Env<'a, C> {
     pub ai: C,
     /// Where a recorded call's recording goes (`None`: nothing is recorded).
     pub recordings: Option<&'a Recordings>,
+    /// Where the call's tool calls wait for their answers.
+    pub tool_desk: &'a ToolDesk,
+    /// Asks tool URLs.
+    pub tool_http: &'a ToolHttp,
 }
 
 /// The bridge's clock: tokio's, so that tests can pause it.
@@ -163,7 +169,8 @@ where
         max_duration,
         first_malformed,
         env.metrics,
-    );
+    )
+    .with_tools(record.tools.iter().map(|t| (t.name.clone(), t.url.is_some())));
     // Recorded from the moment the conversation starts: the callee's audio
     // read from now on (it waited in the socket while the AI connected) is
     // the recording's clock.
@@ -174,11 +181,22 @@ where
         }
         _ => None,
     };
+    let mut session = SessionConfig::new(&record.instructions, &record.voice, audio);
+    session.tools.extend(record.tools.iter().map(|t| protocol::ToolDef {
+        name: t.name.clone(),
+        description: t.description.clone(),
+        parameters: t.parameters.clone(),
+    }));
+    // Opened before the AI can call a tool; closed when the bridge winds up.
+    let tool_rx = env.tool_desk.open(&id);
     let bridge = Bridge {
         env,
-        session: SessionConfig::new(&record.instructions, &record.voice, audio),
+        session,
         conv,
         recorder,
+        tools: record.tools.clone(),
+        tool_timeout: crate::grpc::effective_tool_timeout(&record),
+        tool_rx,
         id: id.clone(),
         cancel,
         tw: Socket::new(socket),
@@ -474,6 +492,12 @@ struct Bridge<'a, T, C: AiConnect> {
     /// The call's recorder, when it is recorded: handed each frame as it
     /// goes out or comes in, never waited for.
     recorder: Option<Recorder>,
+    /// The call's tools.
+    tools: Vec<Tool>,
+    /// How long a tool call waits for its answer.
+    tool_timeout: Duration,
+    /// Answers of the call's tool calls ([`ToolDesk`]).
+    tool_rx: tokio::sync::mpsc::UnboundedReceiver<ToolAnswer>,
 }
 
 impl<T, E, C> Bridge<'_, T, C>
@@ -552,6 +576,9 @@ where
                     Some(Ok(WsMessage::Binary(_))) => self.conv.on_malformed("binary frame", &mut self.actions),
                     Some(Ok(_)) => {}
                 }
+            }
+            Some(answer) = self.tool_rx.recv() => {
+                self.conv.on_tool_answer(answer, now(), &mut self.actions);
             }
             _ = cancelled => {
                 // The media token is a child of the server's: tell a
@@ -667,6 +694,11 @@ where
                     self.timer.as_mut().reset(tokio::time::Instant::from_std(at));
                     self.timer_armed = true;
                 }
+                Action::StartTool {
+                    tool_call_id,
+                    name,
+                    arguments,
+                } => self.start_tool(tool_call_id, &name, arguments),
                 Action::End(outcome) => {
                     self.actions.clear();
                     return Some(outcome);
@@ -719,9 +751,81 @@ where
         }
     }
 
+    /// Gets the answer of a tool call: registers it with the desk, then
+    /// either waits for SubmitToolResult until the tool timeout, or asks
+    /// the tool's URL within it. Whatever comes first reaches the
+    /// conversation through the desk (once); the task ends with the call's
+    /// media token.
+    fn start_tool(&mut self, tool_call_id: String, name: &str, arguments: String) {
+        let now = now();
+        let Some(tool) = self.tools.iter().find(|t| t.name == name) else {
+            return;
+        };
+        let desk = self.env.tool_desk.clone();
+        if !desk.register(&self.id, &tool_call_id, tool.url.is_some()) {
+            let answer = ToolAnswer {
+                tool_call_id,
+                output: r#"{"error":"too many tool calls on this call; the tool was not asked"}"#.into(),
+                outcome: ToolOutcome::Failed,
+            };
+            self.conv.on_tool_answer(answer, now, &mut self.actions);
+            return;
+        }
+        let (id, cancel, timeout) = (self.id.clone(), self.cancel.clone(), self.tool_timeout);
+        let timed_out = |tool_call_id: String| ToolAnswer {
+            tool_call_id,
+            output: crate::call::tools::TIMED_OUT_OUTPUT.into(),
+            outcome: ToolOutcome::TimedOut,
+        };
+        match tool.url.clone() {
+            None => {
+                tokio::spawn(async move {
+                    tokio::select! {
+                        () = cancel.cancelled() => {}
+                        () = tokio::time::sleep(timeout) => {
+                            // Refused when a submit came first: nothing to do.
+                            let _ = desk.resolve(&id, Answerer::Server, timed_out(tool_call_id));
+                        }
+                    }
+                });
+            }
+            Some(url) => {
+                let http = self.env.tool_http.clone();
+                let name = name.to_string();
+                tokio::spawn(async move {
+                    let req = ToolRequest {
+                        call_id: id.as_str(),
+                        tool_call_id: &tool_call_id,
+                        name: &name,
+                        arguments: &arguments,
+                    };
+                    let answer = tokio::select! {
+                        () = cancel.cancelled() => return,
+                        r = tokio::time::timeout(timeout, http.ask(&url, &req)) => match r {
+                            Ok((output, outcome)) => ToolAnswer { tool_call_id: tool_call_id.clone(), output, outcome },
+                            Err(_) => timed_out(tool_call_id.clone()),
+                        },
+                    };
+                    if answer.outcome != ToolOutcome::Answered {
+                        tracing::warn!(call_id = %id, tool = %name, outcome = ?answer.outcome, "a tool's URL did not answer");
+                    }
+                    let _ = desk.resolve(&id, Answerer::Server, answer);
+                });
+            }
+        }
+    }
+
     /// After the conversation: what is fed goes out, the transcripts and
     /// the end of the call are stored, then the sockets close.
     async fn wind_up(mut self, outcome: &Outcome) {
+        // No answer is taken from now on; those already given are recorded,
+        // the others cancelled.
+        self.env.tool_desk.close(&self.id);
+        let mut late = Vec::new();
+        while let Ok(answer) = self.tool_rx.try_recv() {
+            late.push(answer);
+        }
+        self.conv.cancel_tools(now(), late, &mut self.actions);
         // What is fed goes out before the sockets close (a goodbye, a truncate).
         self.flush().await;
         self.conv.wind_up(outcome, &mut self.actions);

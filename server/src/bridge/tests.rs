@@ -228,6 +228,8 @@ struct World {
     metrics: Metrics,
     ai: Ai,
     record: CallRecord,
+    tool_desk: crate::call::tools::ToolDesk,
+    tool_http: crate::tool_http::ToolHttp,
 }
 
 impl World {
@@ -262,6 +264,8 @@ impl World {
             turn_latencies_ms: vec![],
             record: false,
             recording: None,
+            tools: vec![],
+            tool_timeout_ms: 0,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -271,6 +275,8 @@ impl World {
             metrics: Metrics::default(),
             ai: Ai::default(),
             record,
+            tool_desk: Default::default(),
+            tool_http: crate::tool_http::ToolHttp::new(None),
         }
     }
 
@@ -284,6 +290,8 @@ impl World {
             audio_mode: AudioMode::Passthrough,
             ai: &self.ai,
             recordings: None,
+            tool_desk: &self.tool_desk,
+            tool_http: &self.tool_http,
         };
         tokio::join!(run_media(&env, self.record.clone(), twilio), script);
     }

@@ -144,6 +144,18 @@ pub enum ErrorReason {
     ServerStopping,
     /// A PlaceCall's `request_id` belongs to a call placed by a different request: `REQUEST_ID_REUSED`.
     RequestIdReused,
+    /// SubmitToolResult named a tool call the call never made: `TOOL_CALL_NOT_FOUND`.
+    ToolCallNotFound,
+    /// SubmitToolResult for a tool call that already has its output (the
+    /// first stays): `TOOL_RESULT_ALREADY_SUBMITTED`.
+    ToolResultAlreadySubmitted,
+    /// SubmitToolResult after the tool call timed out, was cancelled or the
+    /// call ended: `TOOL_CALL_EXPIRED`.
+    ToolCallExpired,
+    /// SubmitToolResult for a tool answered by its URL: `TOOL_ANSWERED_BY_URL`.
+    ToolAnsweredByUrl,
+    /// SubmitToolResult reached a replica that does not run the call's media: `TOOL_CALL_ELSEWHERE`.
+    ToolCallElsewhere,
     /// A failure with a code of a call's event log (telephony): its reason.
     Call(ErrorCode),
 }
@@ -161,6 +173,11 @@ impl ErrorReason {
             Self::StoreUnavailable => "STORE_UNAVAILABLE",
             Self::ServerStopping => "SERVER_STOPPING",
             Self::RequestIdReused => "REQUEST_ID_REUSED",
+            Self::ToolCallNotFound => "TOOL_CALL_NOT_FOUND",
+            Self::ToolResultAlreadySubmitted => "TOOL_RESULT_ALREADY_SUBMITTED",
+            Self::ToolCallExpired => "TOOL_CALL_EXPIRED",
+            Self::ToolAnsweredByUrl => "TOOL_ANSWERED_BY_URL",
+            Self::ToolCallElsewhere => "TOOL_CALL_ELSEWHERE",
             Self::Call(code) => code.reason(),
         }
     }

@@ -2,7 +2,15 @@
 // the call with the resumable watcher and renders the pure view model (model/callView.ts).
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { useEffect, useId, useReducer, useRef, useState } from "react";
-import { type Backend, type Call, type CallEvent, CallStatus, RecordingState, Speaker } from "@voice-agent/client";
+import {
+  type Backend,
+  type Call,
+  type CallEvent,
+  CallStatus,
+  RecordingState,
+  Speaker,
+  ToolOutcome,
+} from "@voice-agent/client";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
   applyEvent,
@@ -13,6 +21,7 @@ import {
   latencySummary,
   markGap,
   talkSeconds,
+  toolOutcomeLabel,
 } from "../model/callView";
 import { backendLabel, isTerminal, speakerLabel, statusLabel } from "../model/labels";
 import { describeError } from "../model/rpcErrors";
@@ -398,6 +407,25 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
         <li className="sys sys--notice" data-testid="notice-line">
           <strong>Notice</strong> <code>{entry.code}</code>: {entry.message}{" "}
           <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "toolCall":
+      return (
+        <li className="sys sys--tool" data-testid="tool-call-line">
+          <strong>Tool call</strong> <code>{entry.name}</code>(<code>{entry.argumentsJson}</code>)
+          {entry.answeredByUrl ? " — asking its URL" : " — waiting for SubmitToolResult"}{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "toolResult":
+      return (
+        <li
+          className={entry.outcome === ToolOutcome.ANSWERED ? "sys sys--tool" : "sys sys--error"}
+          data-testid="tool-result-line"
+        >
+          <strong>Tool result</strong> <code>{entry.name}</code> {toolOutcomeLabel(entry.outcome)} after {entry.waitMs}{" "}
+          ms{entry.output ? ": " : ""}
+          {entry.output && <code>{entry.output}</code>} <span className="msg-time">{formatTime(entry.time)}</span>
         </li>
       );
     case "gap":

@@ -358,6 +358,12 @@ export class FakeVoiceAgent {
         const end = offset + page.length;
         return { calls: page, nextPageToken: end < newestFirst.length ? String(end) : "" };
       },
+      // The web UI answers no tool calls; the fake's calls make none.
+      submitToolResult: (req, ctx) => {
+        this.checkAuth(ctx);
+        this.get(req.callId);
+        throw new ConnectError(`tool call ${req.toolCallId} not found`, Code.NotFound);
+      },
       getServerInfo: async (_req, ctx) => {
         this.serverInfoRequests += 1;
         this.checkAuth(ctx);

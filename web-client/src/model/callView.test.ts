@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CallStatus, RecordingState, Speaker } from "@voice-agent/client";
+import { CallStatus, RecordingState, Speaker, ToolOutcome } from "@voice-agent/client";
 import {
   applyEvent,
   applyEvents,
@@ -8,6 +8,7 @@ import {
   latencySummary,
   markGap,
   talkSeconds,
+  toolOutcomeLabel,
   transcriptLines,
 } from "./callView";
 import { ev, sampleLog, sayKind, statusKind, T0 } from "./testEvents";
@@ -74,6 +75,32 @@ describe("applyEvent", () => {
     expect(m.recording).toEqual({ state: RecordingState.FAILED, error: "the disk is full", durationMs: 4200n });
     expect(m.lastSequence).toBe(3n);
     expect(m.entries).toEqual([]);
+  });
+
+  it("shows tool calls and their results in the conversation, in log order", () => {
+    const m = applyEvents(EMPTY_CALL_VIEW, [
+      ev(1, statusKind(CallStatus.IN_PROGRESS)),
+      ev(2, {
+        case: "toolCall",
+        value: { toolCallId: "c1", name: "order_status", argumentsJson: '{"order_id":"A1"}', answeredByUrl: false },
+      }),
+      ev(3, {
+        case: "toolResult",
+        value: {
+          toolCallId: "c1",
+          name: "order_status",
+          output: '{"status":"shipped"}',
+          outcome: ToolOutcome.ANSWERED,
+          waitMs: 420,
+        },
+      }),
+      ev(4, sayKind(Speaker.AGENT, "It has shipped.")),
+    ]);
+    expect(m.entries.map((e) => e.kind)).toEqual(["toolCall", "toolResult", "transcript"]);
+    expect(m.entries[0]).toMatchObject({ name: "order_status", argumentsJson: '{"order_id":"A1"}' });
+    expect(m.entries[1]).toMatchObject({ output: '{"status":"shipped"}', outcome: ToolOutcome.ANSWERED, waitMs: 420 });
+    expect(toolOutcomeLabel(ToolOutcome.TIMED_OUT)).toBe("timed out");
+    expect(toolOutcomeLabel(ToolOutcome.CANCELED)).toBe("cancelled");
   });
 
   it("counts an unknown event kind as seen", () => {

@@ -1,7 +1,7 @@
 // Reduces a call's event log (WatchCall) into what the live call view shows. Pure functions only:
 // the same log always gives the same view, whichever order of reconnects delivered it.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type CallEvent, CallStatus, type RecordingState, Speaker } from "@voice-agent/client";
+import { type CallEvent, CallStatus, type RecordingState, Speaker, ToolOutcome } from "@voice-agent/client";
 import { isTerminal } from "./labels";
 
 /** One status the call went through. */
@@ -36,6 +36,27 @@ export type ChatEntry =
       readonly time: Date | undefined;
       readonly code: string;
       readonly message: string;
+    }
+  | {
+      // The agent called one of the call's tools (answered over gRPC, or by its URL).
+      readonly kind: "toolCall";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly toolCallId: string;
+      readonly name: string;
+      readonly argumentsJson: string;
+      readonly answeredByUrl: boolean;
+    }
+  | {
+      // The output the AI got for a tool call, and how it came.
+      readonly kind: "toolResult";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly toolCallId: string;
+      readonly name: string;
+      readonly output: string;
+      readonly outcome: ToolOutcome;
+      readonly waitMs: number;
     }
   | {
       // Not an event: the client noticed events it could not get (see `markGap`).
@@ -167,6 +188,39 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
         ...base,
         recording: { state: kind.value.state, error: kind.value.error, durationMs: kind.value.durationMs },
       };
+    case "toolCall":
+      return {
+        ...base,
+        entries: [
+          ...model.entries,
+          {
+            kind: "toolCall",
+            sequence,
+            time,
+            toolCallId: kind.value.toolCallId,
+            name: kind.value.name,
+            argumentsJson: kind.value.argumentsJson,
+            answeredByUrl: kind.value.answeredByUrl,
+          },
+        ],
+      };
+    case "toolResult":
+      return {
+        ...base,
+        entries: [
+          ...model.entries,
+          {
+            kind: "toolResult",
+            sequence,
+            time,
+            toolCallId: kind.value.toolCallId,
+            name: kind.value.name,
+            output: kind.value.output,
+            outcome: kind.value.outcome,
+            waitMs: kind.value.waitMs,
+          },
+        ],
+      };
     case "turn":
       return {
         ...base,
@@ -205,6 +259,22 @@ export function markGap(model: CallViewModel, from: bigint, to: bigint): CallVie
     lastSequence: to,
     entries: [...model.entries, { kind: "gap", sequence: to, from, to }],
   };
+}
+
+/** How a tool result came, in words. */
+export function toolOutcomeLabel(outcome: ToolOutcome): string {
+  switch (outcome) {
+    case ToolOutcome.ANSWERED:
+      return "answered";
+    case ToolOutcome.TIMED_OUT:
+      return "timed out";
+    case ToolOutcome.FAILED:
+      return "failed";
+    case ToolOutcome.CANCELED:
+      return "cancelled";
+    default:
+      return "unknown";
+  }
 }
 
 /** Transcript lines only, in order. */

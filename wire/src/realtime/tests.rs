@@ -37,8 +37,21 @@ fn assert_known_keys(doc: &Value, schema: &Value, instance: &Value, path: &str) 
     }
 }
 
+/// A session with the built-in `end_call` and a caller's tool with
+/// parameters, as a PlaceCall with `tools` configures it: every spec check
+/// below covers the caller's tools too.
 fn config(audio: AudioFormat, voice: &str) -> SessionConfig {
-    SessionConfig::new("You are a test agent.", voice, audio)
+    let mut c = SessionConfig::new("You are a test agent.", voice, audio);
+    c.tools.push(ToolDef {
+        name: "order_status".into(),
+        description: "Look up the delivery status of an order.".into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"order_id": {"type": "string", "description": "The order number"}},
+            "required": ["order_id"]
+        }),
+    });
+    c
 }
 
 #[test]
@@ -104,7 +117,9 @@ fn voice_live_session_update_matches_the_sdk_models() {
         assert_fields(&s["input_audio_transcription"], "AudioInputTranscriptionOptions");
         assert_fields(&s["input_audio_noise_reduction"], "AudioNoiseReduction");
         assert_fields(&s["input_audio_echo_cancellation"], "AudioEchoCancellation");
-        for t in &s["tools"].as_array().unwrap()[..] {
+        let tools = s["tools"].as_array().unwrap();
+        assert_eq!(tools.len(), 2, "end_call and the caller's tool");
+        for t in tools {
             assert_fields(t, "FunctionTool");
         }
         let formats = vl_enum("InputAudioFormat");
@@ -155,6 +170,10 @@ fn client_events_match_their_schemas() {
         ),
         (
             function_call_output("call_1", "{}"),
+            "RealtimeClientEventConversationItemCreate",
+        ),
+        (
+            function_call_item("call_1", "order_status", r#"{"order_id":"A1"}"#),
             "RealtimeClientEventConversationItemCreate",
         ),
         (user_text_item("DTMF 5"), "RealtimeClientEventConversationItemCreate"),
@@ -398,6 +417,7 @@ fn built_client_events(d: Dialect) -> Vec<String> {
         response_cancel(Some("resp_1")),
         item_truncate("item_1", 0, 1500),
         function_call_output("call_1", r#"{"ok":true}"#),
+        function_call_item("call_1", "order_status", r#"{"order_id":"A1"}"#),
         user_text_item("The caller pressed 5."),
         restore_item(d, "user", "Hello?"),
         restore_item(d, "assistant", "Hi, this is the assistant."),
@@ -437,6 +457,7 @@ fn voice_live_client_events_match_the_sdk_models() {
         if let Some(item) = v.get("item") {
             let model = match (item["type"].as_str(), item["role"].as_str()) {
                 (Some("function_call_output"), _) => "FunctionCallOutputItem",
+                (Some("function_call"), _) => "FunctionCallItem",
                 (Some("message"), Some("user")) => "UserMessageItem",
                 (Some("message"), Some("assistant")) => "AssistantMessageItem",
                 other => panic!("unexpected item {other:?}"),

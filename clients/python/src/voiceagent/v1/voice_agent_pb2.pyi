@@ -42,6 +42,14 @@ class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEAKER_CALLEE: _ClassVar[Speaker]
     SPEAKER_AGENT: _ClassVar[Speaker]
 
+class ToolOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOOL_OUTCOME_UNSPECIFIED: _ClassVar[ToolOutcome]
+    TOOL_OUTCOME_ANSWERED: _ClassVar[ToolOutcome]
+    TOOL_OUTCOME_TIMED_OUT: _ClassVar[ToolOutcome]
+    TOOL_OUTCOME_FAILED: _ClassVar[ToolOutcome]
+    TOOL_OUTCOME_CANCELED: _ClassVar[ToolOutcome]
+
 class ListCallsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIST_CALLS_ORDER_UNSPECIFIED: _ClassVar[ListCallsOrder]
@@ -74,6 +82,11 @@ CALL_STATUS_FAILED: CallStatus
 SPEAKER_UNSPECIFIED: Speaker
 SPEAKER_CALLEE: Speaker
 SPEAKER_AGENT: Speaker
+TOOL_OUTCOME_UNSPECIFIED: ToolOutcome
+TOOL_OUTCOME_ANSWERED: ToolOutcome
+TOOL_OUTCOME_TIMED_OUT: ToolOutcome
+TOOL_OUTCOME_FAILED: ToolOutcome
+TOOL_OUTCOME_CANCELED: ToolOutcome
 LIST_CALLS_ORDER_UNSPECIFIED: ListCallsOrder
 LIST_CALLS_ORDER_NEWEST_FIRST: ListCallsOrder
 LIST_CALLS_ORDER_OLDEST_FIRST: ListCallsOrder
@@ -84,7 +97,7 @@ RECORDING_STATE_FAILED: RecordingState
 RECORDING_STATE_DELETED: RecordingState
 
 class PlaceCallRequest(_message.Message):
-    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record")
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +114,8 @@ class PlaceCallRequest(_message.Message):
     MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     to: str
     backend: Backend
     instructions: str
@@ -110,7 +125,21 @@ class PlaceCallRequest(_message.Message):
     max_duration: _duration_pb2.Duration
     request_id: str
     record: bool
-    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_timeout: _duration_pb2.Duration
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "parameters_json", "url")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters_json: str
+    url: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class PlaceCallResponse(_message.Message):
     __slots__ = ("call_id", "provider_call_id", "status", "emulated")
@@ -139,7 +168,7 @@ class WatchCallResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording")
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +178,8 @@ class CallEvent(_message.Message):
     TURN_FIELD_NUMBER: _ClassVar[int]
     NOTICE_FIELD_NUMBER: _ClassVar[int]
     RECORDING_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     status: StatusChanged
@@ -158,7 +189,49 @@ class CallEvent(_message.Message):
     turn: TurnMetrics
     notice: Notice
     recording: Recording
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ...) -> None: ...
+    tool_call: ToolCall
+    tool_result: ToolResult
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ...) -> None: ...
+
+class ToolCall(_message.Message):
+    __slots__ = ("tool_call_id", "name", "arguments_json", "answered_by_url")
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_URL_FIELD_NUMBER: _ClassVar[int]
+    tool_call_id: str
+    name: str
+    arguments_json: str
+    answered_by_url: bool
+    def __init__(self, tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., answered_by_url: _Optional[bool] = ...) -> None: ...
+
+class ToolResult(_message.Message):
+    __slots__ = ("tool_call_id", "name", "output", "outcome", "wait_ms")
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    tool_call_id: str
+    name: str
+    output: str
+    outcome: ToolOutcome
+    wait_ms: int
+    def __init__(self, tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., output: _Optional[str] = ..., outcome: _Optional[_Union[ToolOutcome, str]] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class SubmitToolResultRequest(_message.Message):
+    __slots__ = ("call_id", "tool_call_id", "output")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    tool_call_id: str
+    output: str
+    def __init__(self, call_id: _Optional[str] = ..., tool_call_id: _Optional[str] = ..., output: _Optional[str] = ...) -> None: ...
+
+class SubmitToolResultResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class StatusChanged(_message.Message):
     __slots__ = ("status", "detail")
@@ -261,7 +334,7 @@ class ListCallsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "recording_url", "recording")
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "tools", "tool_timeout", "recording_url", "recording")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +362,8 @@ class Call(_message.Message):
     TURN_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     TURN_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RECORDING_URL_FIELD_NUMBER: _ClassVar[int]
     RECORDING_FIELD_NUMBER: _ClassVar[int]
     call_id: str
@@ -310,9 +385,11 @@ class Call(_message.Message):
     turn_latency_p50_ms: int
     turn_latency_p95_ms: int
     event_count: int
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    tool_timeout: _duration_pb2.Duration
     recording_url: str
     recording: Recording
-    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Recording(_message.Message):
     __slots__ = ("state", "error", "duration_ms")

@@ -68,6 +68,11 @@ class VoiceAgentServiceStub:
                 request_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoResponse.FromString,
                 _registered_method=True)
+        self.SubmitToolResult = channel.unary_unary(
+                '/voiceagent.v1.VoiceAgentService/SubmitToolResult',
+                request_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.SerializeToString,
+                response_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.FromString,
+                _registered_method=True)
 
 
 class VoiceAgentServiceServicer:
@@ -140,6 +145,24 @@ class VoiceAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitToolResult(self, request, context):
+        """SubmitToolResult answers a tool call the agent made on a live call (a
+        `ToolCall` event of a tool PlaceCall declared without a `url`): the output
+        goes to the AI, which goes on speaking with it, and a `ToolResult` event
+        is stored. Errors (reason in ErrorInfo): INVALID_ARGUMENT for a bad field;
+        CALL_NOT_FOUND; TOOL_CALL_NOT_FOUND (NOT_FOUND: the call never made this
+        tool call); TOOL_RESULT_ALREADY_SUBMITTED (ALREADY_EXISTS: the first
+        output stays); TOOL_CALL_EXPIRED (FAILED_PRECONDITION: the tool's timeout
+        passed, the call ended or the AI session was replaced, and the AI already
+        heard that the tool did not answer); TOOL_ANSWERED_BY_URL
+        (FAILED_PRECONDITION: the tool has a `url`, which answers it);
+        TOOL_CALL_ELSEWHERE (UNAVAILABLE: with replicas, the call's media runs on
+        another replica; send it there).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VoiceAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -172,6 +195,11 @@ def add_VoiceAgentServiceServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoRequest.FromString,
                     response_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoResponse.SerializeToString,
+            ),
+            'SubmitToolResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitToolResult,
+                    request_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.FromString,
+                    response_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,6 +368,33 @@ class VoiceAgentService:
             '/voiceagent.v1.VoiceAgentService/GetServerInfo',
             voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoRequest.SerializeToString,
             voiceagent_dot_v1_dot_voice__agent__pb2.GetServerInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitToolResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voiceagent.v1.VoiceAgentService/SubmitToolResult',
+            voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.SerializeToString,
+            voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.FromString,
             options,
             channel_credentials,
             insecure,

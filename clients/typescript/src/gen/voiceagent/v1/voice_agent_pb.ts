@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIucCChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nQgkKB19yZWNvcmQiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKEAwoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAQgYKBGtpbmQiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkivgUKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSFQoNcmVjb3JkaW5nX3VybBgZIAEoCRIrCglyZWNvcmRpbmcYGiABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoJUmVjb3JkaW5nEiwKBXN0YXRlGAEgASgOMh0udm9pY2VhZ2VudC52MS5SZWNvcmRpbmdTdGF0ZRINCgVlcnJvchgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBCIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAip4Cg5MaXN0Q2FsbHNPcmRlchIgChxMSVNUX0NBTExTX09SREVSX1VOU1BFQ0lGSUVEEAASIQodTElTVF9DQUxMU19PUkRFUl9ORVdFU1RfRklSU1QQARIhCh1MSVNUX0NBTExTX09SREVSX09MREVTVF9GSVJTVBACKqcBCg5SZWNvcmRpbmdTdGF0ZRIfChtSRUNPUkRJTkdfU1RBVEVfVU5TUEVDSUZJRUQQABIdChlSRUNPUkRJTkdfU1RBVEVfUkVDT1JESU5HEAESHAoYUkVDT1JESU5HX1NUQVRFX0NPTVBMRVRFEAISGgoWUkVDT1JESU5HX1NUQVRFX0ZBSUxFRBADEhsKF1JFQ09SRElOR19TVEFURV9ERUxFVEVEEAQy/gMKEVZvaWNlQWdlbnRTZXJ2aWNlEk4KCVBsYWNlQ2FsbBIfLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVzcG9uc2USUAoJV2F0Y2hDYWxsEh8udm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXNwb25zZTABElEKCkhhbmdVcENhbGwSIC52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXF1ZXN0GiEudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVzcG9uc2USSAoHR2V0Q2FsbBIdLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlcXVlc3QaHi52b2ljZWFnZW50LnYxLkdldENhbGxSZXNwb25zZRJOCglMaXN0Q2FsbHMSHy52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1JlcXVlc3QaIC52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1Jlc3BvbnNlEloKDUdldFNlcnZlckluZm8SIy52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiQudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIrwDChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQi5AMKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSAASLQoJcmVjb3JkaW5nGA0gASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmdIABIsCgl0b29sX2NhbGwYCSABKAsyFy52b2ljZWFnZW50LnYxLlRvb2xDYWxsSAASMAoLdG9vbF9yZXN1bHQYCiABKAsyGS52b2ljZWFnZW50LnYxLlRvb2xSZXN1bHRIAEIGCgRraW5kIl8KCFRvb2xDYWxsEhQKDHRvb2xfY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhYKDmFyZ3VtZW50c19qc29uGAMgASgJEhcKD2Fuc3dlcmVkX2J5X3VybBgEIAEoCCJ+CgpUb29sUmVzdWx0EhQKDHRvb2xfY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBm91dHB1dBgDIAEoCRIrCgdvdXRjb21lGAQgASgOMhoudm9pY2VhZ2VudC52MS5Ub29sT3V0Y29tZRIPCgd3YWl0X21zGAUgASgNIlAKF1N1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFAoMdG9vbF9jYWxsX2lkGAIgASgJEg4KBm91dHB1dBgDIAEoCSIaChhTdWJtaXRUb29sUmVzdWx0UmVzcG9uc2UiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikwYKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSIgoFdG9vbHMYFSADKAsyEy52b2ljZWFnZW50LnYxLlRvb2wSLwoMdG9vbF90aW1lb3V0GBYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlY29yZGluZ191cmwYGSABKAkSKwoJcmVjb3JkaW5nGBogASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmcaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl0KCVJlY29yZGluZxIsCgVzdGF0ZRgBIAEoDjIdLnZvaWNlYWdlbnQudjEuUmVjb3JkaW5nU3RhdGUSDQoFZXJyb3IYAiABKAkSEwoLZHVyYXRpb25fbXMYAyABKAQiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMuMEChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -102,6 +102,25 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: optional bool record = 14;
    */
   record?: boolean | undefined;
+
+  /**
+   * Functions the agent may call during the call (at most 16). Each is sent
+   * to the AI with the session; when the AI calls one, a `ToolCall` event is
+   * stored and streamed, and the answer comes back through SubmitToolResult
+   * (tools without `url`) or from the tool's URL.
+   *
+   * @generated from field: repeated voiceagent.v1.Tool tools = 9;
+   */
+  tools: Tool[];
+
+  /**
+   * How long a tool call may wait for its answer before the AI hears that the
+   * tool did not answer and the conversation goes on; unset = 10 s. Between
+   * 1 second and 120 seconds.
+   *
+   * @generated from field: google.protobuf.Duration tool_timeout = 10;
+   */
+  toolTimeout?: Duration | undefined;
 };
 
 /**
@@ -110,6 +129,58 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
  */
 export const PlaceCallRequestSchema: GenMessage<PlaceCallRequest> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * Tool is a function the agent may call, answered by the calling service.
+ *
+ * @generated from message voiceagent.v1.Tool
+ */
+export type Tool = Message<"voiceagent.v1.Tool"> & {
+  /**
+   * Function name the AI sees: 1 to 64 of A-Z a-z 0-9 _ -; unique within the
+   * call, and not a built-in tool's name (`end_call`, `transfer_call`).
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * What it does and when to call it, for the AI. At most 1024 bytes.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+
+  /**
+   * JSON Schema of the arguments, as JSON text: an object schema
+   * (`{"type":"object",...}`); empty = no arguments. At most 8192 bytes.
+   *
+   * @generated from field: string parameters_json = 3;
+   */
+  parametersJson: string;
+
+  /**
+   * Empty: the tool is answered over gRPC (SubmitToolResult). Otherwise the
+   * URL the server POSTs each call of the tool to, signed with
+   * `WEBHOOK_SECRET` (Standard Webhooks: `webhook-id`, `webhook-timestamp`,
+   * `webhook-signature`): body `{"call_id","tool_call_id","name",
+   * "arguments"}`; a 2xx response's body (at most 64 KiB) is the output; any
+   * other status, a timeout or an unreachable URL gives the AI an error
+   * output. https:// only, except http:// to a loopback host (127.0.0.0/8,
+   * ::1, localhost). At most 2048 bytes. PlaceCall refuses URL tools when the
+   * server has no `WEBHOOK_SECRET`.
+   *
+   * @generated from field: string url = 4;
+   */
+  url: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.Tool.
+ * Use `create(ToolSchema)` to create a new message.
+ */
+export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 1);
 
 /**
  * PlaceCallResponse identifies the call that was placed.
@@ -151,7 +222,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 1);
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -180,7 +251,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -201,7 +272,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -287,6 +358,23 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: Recording;
     case: "recording";
+  } | {
+    /**
+     * The agent called one of the call's tools; answer it with
+     * SubmitToolResult (or its URL is being asked).
+     *
+     * @generated from field: voiceagent.v1.ToolCall tool_call = 9;
+     */
+    value: ToolCall;
+    case: "toolCall";
+  } | {
+    /**
+     * A tool call got its output (or did not, see `outcome`); the AI has it.
+     *
+     * @generated from field: voiceagent.v1.ToolResult tool_result = 10;
+     */
+    value: ToolResult;
+    case: "toolResult";
   } | { case: undefined; value?: undefined };
 };
 
@@ -295,7 +383,149 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
+
+/**
+ * ToolCall is the agent calling one of the call's tools.
+ *
+ * @generated from message voiceagent.v1.ToolCall
+ */
+export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
+  /**
+   * The AI's id of this call of the tool; SubmitToolResult names it.
+   *
+   * @generated from field: string tool_call_id = 1;
+   */
+  toolCallId: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The arguments as JSON text, as the AI wrote them (at most 16 KiB stored).
+   *
+   * @generated from field: string arguments_json = 3;
+   */
+  argumentsJson: string;
+
+  /**
+   * True when the tool has a URL: the server asks it; SubmitToolResult is refused.
+   *
+   * @generated from field: bool answered_by_url = 4;
+   */
+  answeredByUrl: boolean;
+};
+
+/**
+ * Describes the message voiceagent.v1.ToolCall.
+ * Use `create(ToolCallSchema)` to create a new message.
+ */
+export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
+
+/**
+ * ToolResult is the output of one tool call, as given to the AI.
+ *
+ * @generated from message voiceagent.v1.ToolResult
+ */
+export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
+  /**
+   * The tool call it answers.
+   *
+   * @generated from field: string tool_call_id = 1;
+   */
+  toolCallId: string;
+
+  /**
+   * The tool's name.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * What the AI received (at most 64 KiB).
+   *
+   * @generated from field: string output = 3;
+   */
+  output: string;
+
+  /**
+   * How the call was answered.
+   *
+   * @generated from field: voiceagent.v1.ToolOutcome outcome = 4;
+   */
+  outcome: ToolOutcome;
+
+  /**
+   * From the ToolCall to this result, in milliseconds: time the
+   * conversation spent waiting on the tool (not counted in TurnMetrics).
+   *
+   * @generated from field: uint32 wait_ms = 5;
+   */
+  waitMs: number;
+};
+
+/**
+ * Describes the message voiceagent.v1.ToolResult.
+ * Use `create(ToolResultSchema)` to create a new message.
+ */
+export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
+
+/**
+ * SubmitToolResultRequest answers one tool call.
+ *
+ * @generated from message voiceagent.v1.SubmitToolResultRequest
+ */
+export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultRequest"> & {
+  /**
+   * The call.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * The `tool_call_id` of its ToolCall event.
+   *
+   * @generated from field: string tool_call_id = 2;
+   */
+  toolCallId: string;
+
+  /**
+   * The output for the AI, usually JSON text. At most 65536 bytes.
+   *
+   * @generated from field: string output = 3;
+   */
+  output: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.SubmitToolResultRequest.
+ * Use `create(SubmitToolResultRequestSchema)` to create a new message.
+ */
+export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
+
+/**
+ * SubmitToolResultResponse confirms the output reached the call.
+ *
+ * @generated from message voiceagent.v1.SubmitToolResultResponse
+ */
+export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultResponse"> & {
+};
+
+/**
+ * Describes the message voiceagent.v1.SubmitToolResultResponse.
+ * Use `create(SubmitToolResultResponseSchema)` to create a new message.
+ */
+export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -323,7 +553,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -359,7 +589,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * CallError reports a fault.
@@ -388,7 +618,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -409,7 +639,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -446,7 +676,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * Notice is informational.
@@ -474,7 +704,7 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -495,7 +725,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -516,7 +746,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -537,7 +767,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * GetCallResponse carries one call record.
@@ -558,7 +788,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -627,7 +857,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -655,7 +885,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * Call is the stored record of one call.
@@ -805,6 +1035,20 @@ export type Call = Message<"voiceagent.v1.Call"> & {
   eventCount: bigint;
 
   /**
+   * The tools given to PlaceCall.
+   *
+   * @generated from field: repeated voiceagent.v1.Tool tools = 21;
+   */
+  tools: Tool[];
+
+  /**
+   * How long a tool call waits for its answer.
+   *
+   * @generated from field: google.protobuf.Duration tool_timeout = 22;
+   */
+  toolTimeout?: Duration | undefined;
+
+  /**
    * URL path of the call's recording, e.g. "/recordings/call_….wav", on this
    * server's HTTP port (GET, `authorization: Bearer <API_TOKEN>` when the
    * server has a token, like the API). Empty when there is nothing to fetch:
@@ -828,7 +1072,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * Recording describes a call's recording: a stereo WAV, 8 kHz, 16-bit PCM,
@@ -864,7 +1108,7 @@ export type Recording = Message<"voiceagent.v1.Recording"> & {
  * Use `create(RecordingSchema)` to create a new message.
  */
 export const RecordingSchema: GenMessage<Recording> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -879,7 +1123,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -956,7 +1200,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -1041,7 +1285,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1086,7 +1330,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 22);
+  messageDesc(file_voiceagent_v1_voice_agent, 27);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1275,6 +1519,55 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * ToolOutcome is how a tool call was answered.
+ *
+ * @generated from enum voiceagent.v1.ToolOutcome
+ */
+export enum ToolOutcome {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TOOL_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * SubmitToolResult, or the tool's URL with a 2xx status, gave `output`.
+   *
+   * @generated from enum value: TOOL_OUTCOME_ANSWERED = 1;
+   */
+  ANSWERED = 1,
+
+  /**
+   * No answer within the tool timeout; the AI heard that the tool did not answer.
+   *
+   * @generated from enum value: TOOL_OUTCOME_TIMED_OUT = 2;
+   */
+  TIMED_OUT = 2,
+
+  /**
+   * The tool's URL failed (status, unreachable, body too large); `output` is
+   * the error the AI heard.
+   *
+   * @generated from enum value: TOOL_OUTCOME_FAILED = 3;
+   */
+  FAILED = 3,
+
+  /**
+   * The call ended (or its AI session was replaced) before an answer.
+   *
+   * @generated from enum value: TOOL_OUTCOME_CANCELED = 4;
+   */
+  CANCELED = 4,
+}
+
+/**
+ * Describes the enum voiceagent.v1.ToolOutcome.
+ */
+export const ToolOutcomeSchema: GenEnum<ToolOutcome> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
  * were stored by PlaceCall (which is `created_at` order).
  *
@@ -1307,7 +1600,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * RecordingState is where a call's recording is.
@@ -1357,7 +1650,7 @@ export enum RecordingState {
  * Describes the enum voiceagent.v1.RecordingState.
  */
 export const RecordingStateSchema: GenEnum<RecordingState> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 5);
+  enumDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
@@ -1448,6 +1741,27 @@ export const VoiceAgentService: GenService<{
     methodKind: "unary";
     input: typeof GetServerInfoRequestSchema;
     output: typeof GetServerInfoResponseSchema;
+  },
+  /**
+   * SubmitToolResult answers a tool call the agent made on a live call (a
+   * `ToolCall` event of a tool PlaceCall declared without a `url`): the output
+   * goes to the AI, which goes on speaking with it, and a `ToolResult` event
+   * is stored. Errors (reason in ErrorInfo): INVALID_ARGUMENT for a bad field;
+   * CALL_NOT_FOUND; TOOL_CALL_NOT_FOUND (NOT_FOUND: the call never made this
+   * tool call); TOOL_RESULT_ALREADY_SUBMITTED (ALREADY_EXISTS: the first
+   * output stays); TOOL_CALL_EXPIRED (FAILED_PRECONDITION: the tool's timeout
+   * passed, the call ended or the AI session was replaced, and the AI already
+   * heard that the tool did not answer); TOOL_ANSWERED_BY_URL
+   * (FAILED_PRECONDITION: the tool has a `url`, which answers it);
+   * TOOL_CALL_ELSEWHERE (UNAVAILABLE: with replicas, the call's media runs on
+   * another replica; send it there).
+   *
+   * @generated from rpc voiceagent.v1.VoiceAgentService.SubmitToolResult
+   */
+  submitToolResult: {
+    methodKind: "unary";
+    input: typeof SubmitToolResultRequestSchema;
+    output: typeof SubmitToolResultResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiceagent_v1_voice_agent, 0);
