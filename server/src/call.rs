@@ -6,6 +6,7 @@
 pub mod error;
 pub mod hub;
 pub mod lifecycle;
+pub mod template;
 
 pub use error::{ERROR_DOMAIN, ErrorCode, ErrorReason, NoticeCode};
 
@@ -175,6 +176,33 @@ pub enum Speaker {
     Agent,
 }
 
+/// What a call does when an answering machine picks up (PlaceCall's
+/// `voicemail`); [`lifecycle::amd`] decides from it and the detection result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoicemailMode {
+    /// No detection: the agent speaks as soon as the call is answered.
+    #[default]
+    Off,
+    /// Detect; hang up on a machine or a fax.
+    HangUp,
+    /// Detect; on a machine wait for the beep, leave the message, hang up.
+    LeaveMessage,
+}
+
+/// PlaceCall's voicemail policy as stored with the call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voicemail {
+    /// What to do.
+    pub mode: VoicemailMode,
+    /// What the agent says on the machine (LeaveMessage), placeholders filled.
+    #[serde(default)]
+    pub message: String,
+    /// A detection result was applied ([`lifecycle::amd`]: the first one wins).
+    #[serde(default)]
+    pub detected: bool,
+}
+
 /// What happened, as stored in the event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -223,6 +251,15 @@ pub enum EventKind {
         /// Text.
         message: String,
     },
+    /// Answering-machine detection said who answered.
+    AnsweredBy {
+        /// The provider's `AnsweredBy` (one of [`lifecycle::amd::ANSWERED_BY`]).
+        answered_by: String,
+        /// How long detection took, ms (0 when not reported).
+        detection_ms: u32,
+        /// What the agent does about it.
+        action: String,
+    },
 }
 
 impl EventKind {
@@ -255,6 +292,10 @@ impl EventKind {
                 cap(message, MESSAGE);
             }
             Self::Dtmf { digit } => cap(digit, DIGIT),
+            Self::AnsweredBy { answered_by, action, .. } => {
+                cap(answered_by, CODE);
+                cap(action, DETAIL);
+            }
             Self::Turn { .. } => {}
         }
         self
@@ -368,6 +409,9 @@ pub struct CallRecord {
     /// `first_audio_sent_ms` of every turn so far (for the percentiles).
     #[serde(default)]
     pub turn_latencies_ms: Vec<u32>,
+    /// PlaceCall's voicemail policy (answering-machine detection).
+    #[serde(default)]
+    pub voicemail: Voicemail,
 }
 
 #[cfg(test)]
@@ -401,6 +445,7 @@ impl CallRecord {
             stream_secret: "s".into(),
             last_provider_sequence: None,
             turn_latencies_ms: vec![],
+            voicemail: Voicemail::default(),
         }
     }
 }
@@ -434,6 +479,7 @@ impl CallRecord {
                 self.turn_latency_p50_ms = percentile(&sorted, 50);
                 self.turn_latency_p95_ms = percentile(&sorted, 95);
             }
+            EventKind::AnsweredBy { answered_by, .. } => self.answered_by = answered_by.clone(),
             _ => {}
         }
     }

@@ -16,6 +16,8 @@
 
 use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind};
 
+pub mod amd;
+
 /// The end reason of a call hung up through the API.
 pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
 /// The end reason of a call found live when the server started again, before
