@@ -479,7 +479,10 @@ impl CallRecord {
                 self.turn_latency_p50_ms = percentile(&sorted, 50);
                 self.turn_latency_p95_ms = percentile(&sorted, 95);
             }
-            EventKind::AnsweredBy { answered_by, .. } => self.answered_by = answered_by.clone(),
+            EventKind::AnsweredBy { answered_by, .. } => {
+                self.answered_by = answered_by.clone();
+                self.voicemail.detected = true;
+            }
             _ => {}
         }
     }
