@@ -280,6 +280,8 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
             nanos: 0,
         }),
         request_id: call.request_id.clone().unwrap_or_default(),
+        voicemail: None,
+        variables: Default::default(),
     }
 }
 

@@ -136,6 +136,12 @@ where
             m.first_audio_heard_ms
         ),
         Some(Kind::Notice(n)) => format!("{} {}", label("notice", DIM), code_and_message(&n.code, &n.message)),
+        Some(Kind::AnsweredBy(a)) => format!(
+            "{} {}: {}",
+            label("answered", MAGENTA),
+            sanitize(&a.answered_by),
+            sanitize(&a.action)
+        ),
         None => format!(
             "{} #{} is of a kind this client does not know (try --json)",
             label("event", DIM),
