@@ -246,6 +246,12 @@ export function CallView({
             <dt>Placed</dt>
             <dd>{formatDateTime(call?.createdAt ? timestampDate(call.createdAt) : model.firstEventAt)}</dd>
           </div>
+          {(model.answeredBy || call?.answeredBy) && (
+            <div>
+              <dt>Answered by</dt>
+              <dd data-testid="answered-by">{model.answeredBy || call?.answeredBy}</dd>
+            </div>
+          )}
           {p50 !== undefined && (
             <div>
               <dt>Turn latency</dt>
@@ -386,6 +392,13 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
       return (
         <li className="sys sys--notice" data-testid="notice-line">
           <strong>Notice</strong> <code>{entry.code}</code>: {entry.message}{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "answered":
+      return (
+        <li className="sys sys--notice" data-testid="answered-line">
+          <strong>Answered by</strong> <code>{entry.answeredBy}</code>: {entry.action}{" "}
           <span className="msg-time">{formatTime(entry.time)}</span>
         </li>
       );

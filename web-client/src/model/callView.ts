@@ -38,6 +38,14 @@ export type ChatEntry =
       readonly message: string;
     }
   | {
+      // Answering-machine detection's result and what the agent does about it.
+      readonly kind: "answered";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly answeredBy: string;
+      readonly action: string;
+    }
+  | {
       // Not an event: the client noticed events it could not get (see `markGap`).
       readonly kind: "gap";
       readonly sequence: bigint;
@@ -72,6 +80,8 @@ export interface CallViewModel {
   readonly endReason: string;
   /** True once a terminal status was applied: the stream ends and nothing more will come. */
   readonly terminal: boolean;
+  /** Answering-machine detection's result ("human", "machine_end_beep", …); "" until one arrived. */
+  readonly answeredBy: string;
 }
 
 /** The view before any event. */
@@ -86,6 +96,7 @@ export const EMPTY_CALL_VIEW: CallViewModel = {
   endedAt: undefined,
   endReason: "",
   terminal: false,
+  answeredBy: "",
 };
 
 /**
@@ -149,6 +160,21 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
         entries: [
           ...model.entries,
           { kind: "notice", sequence, time, code: kind.value.code, message: kind.value.message },
+        ],
+      };
+    case "answeredBy":
+      return {
+        ...base,
+        answeredBy: kind.value.answeredBy,
+        entries: [
+          ...model.entries,
+          {
+            kind: "answered",
+            sequence,
+            time,
+            answeredBy: kind.value.answeredBy,
+            action: kind.value.action,
+          },
         ],
       };
     case "turn":

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIscCChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQi1QIKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSABCBgoEa2luZCJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSL6BAoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAjL+AwoRVm9pY2VBZ2VudFNlcnZpY2USTgoJUGxhY2VDYWxsEh8udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXNwb25zZRJQCglXYXRjaENhbGwSHy52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlc3BvbnNlMAESUQoKSGFuZ1VwQ2FsbBIgLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlcXVlc3QaIS52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXNwb25zZRJICgdHZXRDYWxsEh0udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVxdWVzdBoeLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlc3BvbnNlEk4KCUxpc3RDYWxscxIfLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVzcG9uc2USWgoNR2V0U2VydmVySW5mbxIjLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJC52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIu8DChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRIxCgl2b2ljZW1haWwYDCABKAsyHi52b2ljZWFnZW50LnYxLlZvaWNlbWFpbFBvbGljeRJBCgl2YXJpYWJsZXMYDSADKAsyLi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuVmFyaWFibGVzRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKHAwoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABIwCgthbnN3ZXJlZF9ieRgMIAEoCzIZLnZvaWNlYWdlbnQudjEuQW5zd2VyZWRCeUgAQgYKBGtpbmQiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSJHCgpBbnN3ZXJlZEJ5EhMKC2Fuc3dlcmVkX2J5GAEgASgJEhQKDGRldGVjdGlvbl9tcxgCIAEoDRIOCgZhY3Rpb24YAyABKAkiJAoRSGFuZ1VwQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI3ChJIYW5nVXBDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCIhCg5HZXRDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjQKD0dldENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIocCChBMaXN0Q2FsbHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoDRISCgpwYWdlX3Rva2VuGAIgASgJEisKCHN0YXR1c2VzGAMgAygOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEgoKAnRvGAQgASgJEjEKDWNyZWF0ZWRfYWZ0ZXIYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCgVvcmRlchgHIAEoDjIdLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzT3JkZXIiUAoRTGlzdENhbGxzUmVzcG9uc2USIgoFY2FsbHMYASADKAsyEy52b2ljZWFnZW50LnYxLkNhbGwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIq0FCgRDYWxsEg8KB2NhbGxfaWQYASABKAkSCgoCdG8YAiABKAkSDAoEZnJvbRgDIAEoCRInCgdiYWNrZW5kGAQgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEikKBnN0YXR1cxgFIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIYChBwcm92aWRlcl9jYWxsX2lkGAYgASgJEjMKCG1ldGFkYXRhGAcgAygLMiEudm9pY2VhZ2VudC52MS5DYWxsLk1ldGFkYXRhRW50cnkSLgoKY3JlYXRlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLYW5zd2VyZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIQCghlbXVsYXRlZBgLIAEoCBISCgplbmRfcmVhc29uGAwgASgJEhQKDGluc3RydWN0aW9ucxgNIAEoCRINCgV2b2ljZRgOIAEoCRIYChBkdXJhdGlvbl9zZWNvbmRzGA8gASgNEhMKC2Fuc3dlcmVkX2J5GBAgASgJEhsKE3Byb3ZpZGVyX2Vycm9yX2NvZGUYESABKAkSGwoTdHVybl9sYXRlbmN5X3A1MF9tcxgSIAEoDRIbChN0dXJuX2xhdGVuY3lfcDk1X21zGBMgASgNEhMKC2V2ZW50X2NvdW50GBQgASgEEjEKCXZvaWNlbWFpbBgXIAEoCzIeLnZvaWNlYWdlbnQudjEuVm9pY2VtYWlsUG9saWN5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAiqFAQoNVm9pY2VtYWlsTW9kZRIeChpWT0lDRU1BSUxfTU9ERV9VTlNQRUNJRklFRBAAEhYKElZPSUNFTUFJTF9NT0RFX09GRhABEhoKFlZPSUNFTUFJTF9NT0RFX0hBTkdfVVAQAhIgChxWT0lDRU1BSUxfTU9ERV9MRUFWRV9NRVNTQUdFEAMqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAjL+AwoRVm9pY2VBZ2VudFNlcnZpY2USTgoJUGxhY2VDYWxsEh8udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXNwb25zZRJQCglXYXRjaENhbGwSHy52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlc3BvbnNlMAESUQoKSGFuZ1VwQ2FsbBIgLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlcXVlc3QaIS52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXNwb25zZRJICgdHZXRDYWxsEh0udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVxdWVzdBoeLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlc3BvbnNlEk4KCUxpc3RDYWxscxIfLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVzcG9uc2USWgoNR2V0U2VydmVySW5mbxIjLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJC52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -91,6 +91,29 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: string request_id = 8;
    */
   requestId: string;
+
+  /**
+   * What to do when an answering machine (or a fax) picks up; unset = OFF
+   * (no detection, the agent speaks as soon as the call is answered). With
+   * HANG_UP or LEAVE_MESSAGE the provider's asynchronous answering-machine
+   * detection runs and the agent holds its greeting until it says who
+   * answered (at most 40 s; see docs/contract.md "Answering machines").
+   *
+   * @generated from field: voiceagent.v1.VoicemailPolicy voicemail = 12;
+   */
+  voicemail?: VoicemailPolicy | undefined;
+
+  /**
+   * Values for `{{name}}` placeholders in `instructions` and `greeting`
+   * (the defaults included). A placeholder with no value here is refused
+   * with INVALID_ARGUMENT naming it; values are text (escaped wherever they
+   * land, e.g. TwiML). At most 32 entries; names 1 to 64 of A-Z a-z 0-9 _
+   * (not starting with a digit); values at most 1024 bytes. The limits of
+   * `instructions` and `greeting` apply to the filled-in text.
+   *
+   * @generated from field: map<string, string> variables = 13;
+   */
+  variables: { [key: string]: string };
 };
 
 /**
@@ -99,6 +122,35 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
  */
 export const PlaceCallRequestSchema: GenMessage<PlaceCallRequest> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * VoicemailPolicy is what PlaceCall does about answering machines.
+ *
+ * @generated from message voiceagent.v1.VoicemailPolicy
+ */
+export type VoicemailPolicy = Message<"voiceagent.v1.VoicemailPolicy"> & {
+  /**
+   * What to do.
+   *
+   * @generated from field: voiceagent.v1.VoicemailMode mode = 1;
+   */
+  mode: VoicemailMode;
+
+  /**
+   * What the agent says on the machine (LEAVE_MESSAGE only; required there,
+   * at most 1000 bytes; `{{name}}` placeholders are filled from `variables`).
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.VoicemailPolicy.
+ * Use `create(VoicemailPolicySchema)` to create a new message.
+ */
+export const VoicemailPolicySchema: GenMessage<VoicemailPolicy> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 1);
 
 /**
  * PlaceCallResponse identifies the call that was placed.
@@ -140,7 +192,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 1);
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -169,7 +221,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -190,7 +242,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -266,6 +318,15 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: Notice;
     case: "notice";
+  } | {
+    /**
+     * The provider's answering-machine detection said who answered (calls
+     * placed with a voicemail policy other than OFF).
+     *
+     * @generated from field: voiceagent.v1.AnsweredBy answered_by = 12;
+     */
+    value: AnsweredBy;
+    case: "answeredBy";
   } | { case: undefined; value?: undefined };
 };
 
@@ -274,7 +335,7 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -302,7 +363,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -338,7 +399,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * CallError reports a fault.
@@ -367,7 +428,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -388,7 +449,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -425,7 +486,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * Notice is informational.
@@ -453,7 +514,47 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
+
+/**
+ * AnsweredBy is the result of answering-machine detection.
+ *
+ * @generated from message voiceagent.v1.AnsweredBy
+ */
+export type AnsweredBy = Message<"voiceagent.v1.AnsweredBy"> & {
+  /**
+   * The provider's value: "human", "machine_start", "machine_end_beep",
+   * "machine_end_silence", "machine_end_other", "fax" or "unknown"; or
+   * "unknown" when no result came within the bounded wait.
+   *
+   * @generated from field: string answered_by = 1;
+   */
+  answeredBy: string;
+
+  /**
+   * How long detection took, in milliseconds, as the provider reported it
+   * (0 when not reported).
+   *
+   * @generated from field: uint32 detection_ms = 2;
+   */
+  detectionMs: number;
+
+  /**
+   * What the agent does about it, e.g. "greeting the callee",
+   * "hanging up: answering machine", "waiting for the beep",
+   * "leaving the voicemail message".
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.AnsweredBy.
+ * Use `create(AnsweredBySchema)` to create a new message.
+ */
+export const AnsweredBySchema: GenMessage<AnsweredBy> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -474,7 +575,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -495,7 +596,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -516,7 +617,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * GetCallResponse carries one call record.
@@ -537,7 +638,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -606,7 +707,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -634,7 +735,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * Call is the stored record of one call.
@@ -782,6 +883,13 @@ export type Call = Message<"voiceagent.v1.Call"> & {
    * @generated from field: uint64 event_count = 20;
    */
   eventCount: bigint;
+
+  /**
+   * The voicemail policy PlaceCall gave (mode OFF when none).
+   *
+   * @generated from field: voiceagent.v1.VoicemailPolicy voicemail = 23;
+   */
+  voicemail?: VoicemailPolicy | undefined;
 };
 
 /**
@@ -789,7 +897,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -804,7 +912,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -881,7 +989,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -966,7 +1074,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1011,7 +1119,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1200,6 +1308,49 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * VoicemailMode says what the agent does when a machine answers.
+ *
+ * @generated from enum voiceagent.v1.VoicemailMode
+ */
+export enum VoicemailMode {
+  /**
+   * No detection (the default).
+   *
+   * @generated from enum value: VOICEMAIL_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No detection.
+   *
+   * @generated from enum value: VOICEMAIL_MODE_OFF = 1;
+   */
+  OFF = 1,
+
+  /**
+   * Detect; on a machine or a fax hang up at once (end reason says so).
+   *
+   * @generated from enum value: VOICEMAIL_MODE_HANG_UP = 2;
+   */
+  HANG_UP = 2,
+
+  /**
+   * Detect and wait for the end of the machine's greeting (the beep); then
+   * the agent speaks `message` in its own voice and hangs up. A fax is hung
+   * up on.
+   *
+   * @generated from enum value: VOICEMAIL_MODE_LEAVE_MESSAGE = 3;
+   */
+  LEAVE_MESSAGE = 3,
+}
+
+/**
+ * Describes the enum voiceagent.v1.VoicemailMode.
+ */
+export const VoicemailModeSchema: GenEnum<VoicemailMode> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
  * were stored by PlaceCall (which is `created_at` order).
  *
@@ -1232,7 +1383,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
