@@ -292,7 +292,9 @@ impl EventKind {
                 cap(message, MESSAGE);
             }
             Self::Dtmf { digit } => cap(digit, DIGIT),
-            Self::AnsweredBy { answered_by, action, .. } => {
+            Self::AnsweredBy {
+                answered_by, action, ..
+            } => {
                 cap(answered_by, CODE);
                 cap(action, DETAIL);
             }

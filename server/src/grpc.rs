@@ -298,7 +298,12 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
     let instructions = fill("instructions", &instructions, &variables, MAX_INSTRUCTIONS)?;
     let greeting = fill("greeting", &greeting, &variables, MAX_GREETING)?;
     let voicemail = Voicemail {
-        message: fill("voicemail.message", &voicemail.message, &variables, MAX_VOICEMAIL_MESSAGE)?,
+        message: fill(
+            "voicemail.message",
+            &voicemail.message,
+            &variables,
+            MAX_VOICEMAIL_MESSAGE,
+        )?,
         ..voicemail
     };
     Ok(ValidCall {
@@ -391,7 +396,10 @@ fn fill(field: &str, text: &str, variables: &BTreeMap<String, String>, max: usiz
     if filled.len() > max {
         return Err(invalid(
             field,
-            format!("at most {max} bytes once the variables are filled in, got {}", filled.len()),
+            format!(
+                "at most {max} bytes once the variables are filled in, got {}",
+                filled.len()
+            ),
         ));
     }
     Ok(filled)

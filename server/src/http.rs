@@ -23,8 +23,8 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::call::hub::HubError;
-use crate::call::lifecycle::{self, Ignored, ProviderStatus, Reported};
 use crate::call::lifecycle::amd::{self, AmdIgnored, AmdReport};
+use crate::call::lifecycle::{self, Ignored, ProviderStatus, Reported};
 use crate::call::{CallId, CallStatus, VoicemailMode};
 use crate::telephony::twilio::{signature, twiml};
 

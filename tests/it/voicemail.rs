@@ -58,7 +58,10 @@ async fn a_machine_gets_the_message_after_the_beep_then_the_call_hangs_up() {
     assert_eq!(call.end_reason, amd::MESSAGE_LEFT_REASON);
     let voicemail = call.voicemail.clone().unwrap();
     assert_eq!(voicemail.mode(), pb::VoicemailMode::LeaveMessage);
-    assert_eq!(voicemail.message, "Hi Sam, this is Contoso Clinic. Please call us back at 555 0100.");
+    assert_eq!(
+        voicemail.message,
+        "Hi Sam, this is Contoso Clinic. Please call us back at 555 0100."
+    );
     let detected = answered_by(&events);
     assert_eq!(detected.len(), 1, "{detected:?}");
     assert_eq!(detected[0].answered_by, "machine_end_beep");
@@ -152,7 +155,10 @@ async fn a_person_is_greeted_once_detection_says_human() {
     let call = get_call(&mut client, &placed.call_id).await;
     assert_eq!(call.status(), pb::CallStatus::Completed);
     assert_eq!(call.answered_by, "human");
-    assert_eq!(call.instructions, "You are the assistant of Contoso Clinic calling Sam.");
+    assert_eq!(
+        call.instructions,
+        "You are the assistant of Contoso Clinic calling Sam."
+    );
     let detected = answered_by(&events);
     assert_eq!(detected.len(), 1, "{detected:?}");
     assert_eq!(detected[0].answered_by, "human");
@@ -160,9 +166,8 @@ async fn a_person_is_greeted_once_detection_says_human() {
     // The agent spoke only after detection said human.
     let at = |p: &dyn Fn(&pb::CallEvent) -> bool| events.iter().position(p).unwrap();
     let detected_at = at(&|e| matches!(e.kind, Some(pb::call_event::Kind::AnsweredBy(_))));
-    let first_agent = at(&|e| {
-        matches!(&e.kind, Some(pb::call_event::Kind::Transcript(t)) if t.speaker() == pb::Speaker::Agent)
-    });
+    let first_agent =
+        at(&|e| matches!(&e.kind, Some(pb::call_event::Kind::Transcript(t)) if t.speaker() == pb::Speaker::Agent));
     assert!(detected_at < first_agent, "{events:?}");
     assert!(
         !call.end_reason.contains("answering machine"),
@@ -181,11 +186,11 @@ async fn a_person_is_greeted_once_detection_says_human() {
     assert_eq!(report.amd_callbacks[0].status, "human");
     let stream = report.stream().unwrap();
     assert!(stream.heard_bytes().len() / 8 > 2000, "the callee heard the agent");
-    let (first_heard, said_hello) = (
-        stream.heard[0].at_ms,
-        stream.callee_lines[0].ended_ms.unwrap(),
+    let (first_heard, said_hello) = (stream.heard[0].at_ms, stream.callee_lines[0].ended_ms.unwrap());
+    assert!(
+        first_heard > said_hello,
+        "the agent waited for detection: {first_heard} vs {said_hello}"
     );
-    assert!(first_heard > said_hello, "the agent waited for detection: {first_heard} vs {said_hello}");
     let ai = &server.emulators.realtime.as_ref().unwrap().sessions()[0];
     assert!(
         ai.response_instructions[0].contains("\"Hello Sam, this is Contoso Clinic.\""),
@@ -226,7 +231,10 @@ async fn templates_refuse_missing_values_and_are_escaped_for_twiml() {
         let e = client.place_call(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().contains("{{name}}"), "{}", e.message());
-        assert_eq!(error_info(&e).metadata.get("field").map(String::as_str), Some("variables"));
+        assert_eq!(
+            error_info(&e).metadata.get("field").map(String::as_str),
+            Some("variables")
+        );
     }
     // Bad variables and policies are refused too.
     for (req, field) in [

@@ -359,7 +359,10 @@ impl<'m> Conversation<'m> {
 
     /// Whether the conversation still waits for a detection result.
     pub fn detecting(&self) -> bool {
-        matches!(self.detection, Detection::Waiting { .. } | Detection::WaitingForBeep { .. })
+        matches!(
+            self.detection,
+            Detection::Waiting { .. } | Detection::WaitingForBeep { .. }
+        )
     }
 
     /// Malformed media messages seen (before and after `start`).

@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tokio::sync::mpsc;
 
 use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, ToTwilio, VoicemailPlan};
-use crate::call::lifecycle::amd;
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::{CallHub, HubError};
+use crate::call::lifecycle::amd;
 use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, VoicemailMode};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};

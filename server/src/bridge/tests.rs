@@ -831,11 +831,19 @@ async fn without_a_detection_result_the_agent_greets_after_the_bound_and_not_bef
         .into_iter()
         .filter(|e| matches!(e, EventKind::AnsweredBy { .. }))
         .collect();
-    let [EventKind::AnsweredBy { answered_by, action, .. }] = detected.as_slice() else {
+    let [
+        EventKind::AnsweredBy {
+            answered_by, action, ..
+        },
+    ] = detected.as_slice()
+    else {
         panic!("{detected:?}")
     };
     assert_eq!(answered_by, "unknown");
-    assert!(action.starts_with("greeting the callee (no detection result"), "{action}");
+    assert!(
+        action.starts_with("greeting the callee (no detection result"),
+        "{action}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

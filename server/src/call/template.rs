@@ -87,9 +87,15 @@ mod tests {
     #[test]
     fn fills_placeholders_and_keeps_everything_else() {
         let v = vars(&[("name", "Sam"), ("day", "Friday")]);
-        assert_eq!(render("Hi {{name}}, see you {{ day }}.", &v).unwrap(), "Hi Sam, see you Friday.");
+        assert_eq!(
+            render("Hi {{name}}, see you {{ day }}.", &v).unwrap(),
+            "Hi Sam, see you Friday."
+        );
         assert_eq!(render("no placeholders", &v).unwrap(), "no placeholders");
-        assert_eq!(render(r#"JSON {{"a": 1}} and {{ }} and {{9x}}"#, &v).unwrap(), r#"JSON {{"a": 1}} and {{ }} and {{9x}}"#);
+        assert_eq!(
+            render(r#"JSON {{"a": 1}} and {{ }} and {{9x}}"#, &v).unwrap(),
+            r#"JSON {{"a": 1}} and {{ }} and {{9x}}"#
+        );
         assert_eq!(render("{{{name}}}", &v).unwrap(), "{Sam}");
         assert_eq!(render("trailing {{", &v).unwrap(), "trailing {{");
         assert_eq!(render("é{{name}}é", &v).unwrap(), "éSamé");

@@ -75,7 +75,11 @@ impl CreateCall {
         f.push(("Timeout", whole_seconds(self.timeout, MAX_RING_TIMEOUT_SECS)));
         f.push(("TimeLimit", whole_seconds(self.time_limit, MAX_TIME_LIMIT_SECS)));
         if let Some(amd) = &self.async_amd {
-            let mode = if amd.detect_message_end { "DetectMessageEnd" } else { "Enable" };
+            let mode = if amd.detect_message_end {
+                "DetectMessageEnd"
+            } else {
+                "Enable"
+            };
             f.push(("MachineDetection", mode.to_string()));
             f.push(("MachineDetectionTimeout", amd.timeout_secs.clamp(3, 59).to_string()));
             f.push(("AsyncAmd", "true".to_string()));
@@ -433,7 +437,14 @@ mod tests {
                 .as_str()
                 .unwrap();
             assert!(described.contains(&format!("`{mode}`")), "{mode} not in {described}");
-            assert_eq!(mode, if detect_message_end { "DetectMessageEnd" } else { "Enable" });
+            assert_eq!(
+                mode,
+                if detect_message_end {
+                    "DetectMessageEnd"
+                } else {
+                    "Enable"
+                }
+            );
             assert_eq!(get("AsyncAmd").as_deref(), Some("true"));
             assert_eq!(get("AsyncAmdStatusCallbackMethod").as_deref(), Some("POST"));
             assert_eq!(get("MachineDetectionTimeout").as_deref(), Some("30"));

@@ -71,7 +71,11 @@ pub fn decide(mode: VoicemailMode, answered_by: &str) -> Decision {
 
 /// The end reason of a call hung up because a machine or fax answered.
 pub fn hung_up_reason(answered_by: &str) -> String {
-    let what = if answered_by == "fax" { "a fax machine" } else { "an answering machine" };
+    let what = if answered_by == "fax" {
+        "a fax machine"
+    } else {
+        "an answering machine"
+    };
     format!("{what} answered ({answered_by}); hung up as the voicemail policy says")
 }
 
@@ -114,7 +118,12 @@ pub fn on_result(rec: &mut CallRecord, report: &AmdReport) -> Result<Vec<EventKi
     if rec.voicemail.mode == VoicemailMode::Off || rec.voicemail.detected || rec.status.is_terminal() {
         return Err(AmdIgnored::NotWanted);
     }
-    Ok(vec![detected(rec, &report.answered_by, report.detection_ms.unwrap_or(0), "")])
+    Ok(vec![detected(
+        rec,
+        &report.answered_by,
+        report.detection_ms.unwrap_or(0),
+        "",
+    )])
 }
 
 /// The bridge waited [`DETECTION_WAIT`] for a result in vain: "unknown".
@@ -213,11 +222,19 @@ mod tests {
         };
         assert_eq!(on_result(&mut off, &human), Err(AmdIgnored::NotWanted));
         let events = on_timeout(&mut r);
-        let [EventKind::AnsweredBy { answered_by, action, .. }] = events.as_slice() else {
+        let [
+            EventKind::AnsweredBy {
+                answered_by, action, ..
+            },
+        ] = events.as_slice()
+        else {
             panic!("{events:?}")
         };
         assert_eq!(answered_by, "unknown");
-        assert!(action.starts_with("greeting the callee (no detection result within 40s)"), "{action}");
+        assert!(
+            action.starts_with("greeting the callee (no detection result within 40s)"),
+            "{action}"
+        );
         assert!(hung_up_reason("fax").starts_with(REASON_MARKERS[1]));
         assert!(hung_up_reason("machine_start").starts_with(REASON_MARKERS[0]));
         assert!(MESSAGE_LEFT_REASON.starts_with(REASON_MARKERS[0]));
