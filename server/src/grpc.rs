@@ -152,11 +152,11 @@ impl ValidCall {
         // Appended only when used, so the keys of requests without them keep
         // the fingerprint they had before these fields existed.
         let mut canonical = canonical;
-        if self.voicemail != Voicemail::default() || !self.variables.is_empty() {
-            if let Some(list) = canonical.as_array_mut() {
-                list.push(serde_json::json!(self.voicemail));
-                list.push(serde_json::json!(self.variables));
-            }
+        if (self.voicemail != Voicemail::default() || !self.variables.is_empty())
+            && let Some(list) = canonical.as_array_mut()
+        {
+            list.push(serde_json::json!(self.voicemail));
+            list.push(serde_json::json!(self.variables));
         }
         let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
         Some(RequestKey {

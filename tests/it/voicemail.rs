@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use voice_agent_proto::v1 as pb;
-use voice_agent_server::call::lifecycle::amd;
+use voice_agent_server::call::CallStatus;
+use voice_agent_server::call::lifecycle::{EndClass, amd};
 use voice_agent_server::emulator::twilio::EndCause;
 use voice_agent_tests::*;
 
@@ -56,6 +57,11 @@ async fn a_machine_gets_the_message_after_the_beep_then_the_call_hangs_up() {
     assert_eq!(call.status(), pb::CallStatus::Completed);
     assert_eq!(call.answered_by, "machine_end_beep");
     assert_eq!(call.end_reason, amd::MESSAGE_LEFT_REASON);
+    assert_eq!(
+        EndClass::of(CallStatus::Completed, &call.end_reason),
+        EndClass::Voicemail,
+        "counted apart from normal calls"
+    );
     let voicemail = call.voicemail.clone().unwrap();
     assert_eq!(voicemail.mode(), pb::VoicemailMode::LeaveMessage);
     assert_eq!(

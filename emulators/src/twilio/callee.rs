@@ -1166,4 +1166,66 @@ mod tests {
         assert_eq!(t.hang_up, Some(EndCause::CalleeIdle));
         assert_eq!(i, 100, "2 s after the end of its line");
     }
+
+    fn machine() -> ScenarioOpts {
+        ScenarioOpts {
+            machine: true,
+            ..ScenarioOpts::default()
+        }
+    }
+
+    #[test]
+    fn a_machine_greets_at_once_beeps_and_is_reported_at_the_beep_with_detect_message_end() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        s.detect_machine(true);
+        let first = frame(&s.on_tick().out);
+        assert_ne!(first, vec![SILENCE; FRAME_BYTES], "the greeting starts at once");
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "machine_end_beep");
+        let r = report(&s);
+        assert_eq!(Some(at + FRAME_MS), r.beep_ended_ms, "reported as the beep ends");
+        let greeting_ms = machine_greeting_len() as u64 / 8;
+        assert!(at >= greeting_ms + BEEP_MS - FRAME_MS, "{at} vs {greeting_ms}");
+        assert_eq!(r.amd_result, Some(("machine_end_beep".to_string(), at)));
+        // Then it records in silence, and reports nothing more.
+        for _ in 0..50 {
+            let t = s.on_tick();
+            assert!(t.amd.is_none());
+            assert_eq!(frame(&t.out), vec![SILENCE; FRAME_BYTES]);
+        }
+    }
+
+    #[test]
+    fn a_machine_is_reported_after_the_speech_threshold_with_enable() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        s.detect_machine(false);
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "machine_start");
+        assert!(
+            (AMD_SPEECH_THRESHOLD_MS - FRAME_MS..AMD_SPEECH_THRESHOLD_MS + FRAME_MS).contains(&at),
+            "{at}"
+        );
+        assert!(report(&s).beep_ended_ms.is_none());
+    }
+
+    #[test]
+    fn a_person_is_reported_human_after_a_short_hello_and_quiet() {
+        let mut s = session_with(ScenarioOpts::default(), TwilioEmulatorConfig::default());
+        s.detect_machine(true);
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "human");
+        let ended = report(&s).callee_lines[0].ended_ms.unwrap();
+        assert_eq!(at, ended + AMD_SPEECH_END_MS);
+    }
+
+    #[test]
+    fn without_detection_nothing_is_reported() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        for _ in 0..1000 {
+            assert!(s.on_tick().amd.is_none());
+        }
+    }
 }

@@ -798,7 +798,7 @@ async fn world_with_voicemail(mode: crate::call::VoicemailMode) -> World {
 async fn without_a_detection_result_the_agent_greets_after_the_bound_and_not_before() {
     let world = world_with_voicemail(crate::call::VoicemailMode::LeaveMessage).await;
     let mut ai = world.ai.session();
-    let (twilio, mut far) = pipe(64);
+    let (twilio, far) = pipe(64);
     world
         .run(twilio, async {
             far.send(start(SECRET)).await;
