@@ -146,11 +146,31 @@ struct CallArgs {
     /// How long a tool call waits for its answer, e.g. 10s (default: the server's, 10 s).
     #[arg(long, value_parser = args::parse_duration, value_name = "DURATION")]
     tool_timeout: Option<Duration>,
+    /// Value of a {{NAME}} placeholder in the instructions, greeting or voicemail message; repeat for more.
+    #[arg(long = "var", value_parser = args::parse_key_value, value_name = "NAME=VALUE")]
+    variables: Vec<(String, String)>,
+    /// Answering-machine detection: hang up on a machine, or leave --voicemail-message after the beep.
+    #[arg(long, value_enum)]
+    voicemail: Option<VoicemailArg>,
+    /// What the agent says on an answering machine (with --voicemail leave-message).
+    #[arg(long, value_name = "TEXT", requires = "voicemail")]
+    voicemail_message: Option<String>,
     /// Follow the call until it ends (exit status = its outcome, see below).
     #[arg(long)]
     watch: bool,
     #[command(flatten)]
     reconnect: Reconnect,
+}
+
+/// A voicemail policy, as `call --voicemail` takes it.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VoicemailArg {
+    /// No detection.
+    Off,
+    /// Hang up when a machine answers.
+    HangUp,
+    /// Leave --voicemail-message after the beep, then hang up.
+    LeaveMessage,
 }
 
 #[derive(Debug, Clone, Copy, Args)]
@@ -301,6 +321,15 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
             seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nanos: 0,
         }),
+        voicemail: call.voicemail.map(|v| pb::VoicemailPolicy {
+            mode: match v {
+                VoicemailArg::Off => pb::VoicemailMode::Off,
+                VoicemailArg::HangUp => pb::VoicemailMode::HangUp,
+                VoicemailArg::LeaveMessage => pb::VoicemailMode::LeaveMessage,
+            } as i32,
+            message: call.voicemail_message.clone().unwrap_or_default(),
+        }),
+        variables: call.variables.iter().cloned().collect(),
     }
 }
 

@@ -168,6 +168,12 @@ where
                 sanitize(&r.output)
             )
         }
+        Some(Kind::AnsweredBy(a)) => format!(
+            "{} {}: {}",
+            label("answered", MAGENTA),
+            sanitize(&a.answered_by),
+            sanitize(&a.action)
+        ),
         None => format!(
             "{} #{} is of a kind this client does not know (try --json)",
             label("event", DIM),

@@ -547,6 +547,12 @@ async fn call_prints_the_id_says_emulated_and_sends_every_option() {
             "2m",
             "--metadata",
             "ticket=42",
+            "--var",
+            "name=Sam",
+            "--voicemail",
+            "leave-message",
+            "--voicemail-message",
+            "Hi {{name}}, please call back.",
         ],
     )
     .await;
@@ -559,6 +565,10 @@ async fn call_prints_the_id_says_emulated_and_sends_every_option() {
     assert_eq!(placed.greeting.as_deref(), Some(""));
     assert_eq!(placed.max_duration.map(|d| d.seconds), Some(120));
     assert_eq!(placed.metadata["ticket"], "42");
+    assert_eq!(placed.variables["name"], "Sam");
+    let voicemail = placed.voicemail.unwrap();
+    assert_eq!(voicemail.mode(), pb::VoicemailMode::LeaveMessage);
+    assert_eq!(voicemail.message, "Hi {{name}}, please call back.");
 }
 
 #[tokio::test]

@@ -154,6 +154,9 @@ pub struct SessionReport {
     pub errors_sent: Vec<String>,
     /// Responses finished (any status).
     pub responses: usize,
+    /// `response.instructions` of every `response.create` that had them, in
+    /// order (the emulator's speech does not follow them: it has no TTS).
+    pub response_instructions: Vec<String>,
     /// Callee utterances detected.
     pub utterances: usize,
     /// The session stopped reading (`stall_after_responses`).

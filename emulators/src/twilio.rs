@@ -36,6 +36,7 @@
 //! | `+15550106`    | answers; presses DTMF `1`, `2`, `#` when it first gets the floor, then converses |
 //! | `+15550107`    | rings for the request's `Timeout` seconds, then `no-answer` |
 //! | `+15550100`, `+15550108` | answers; barges in: starts line 2 ~1.5 s into the agent's reply to line 1 (the README demo) |
+//! | `+15550110`    | an answering machine answers: greeting (~5 s), beep, then silence while it records |
 //! | anything else  | answers after `ring_time` and converses (the three [`CALLEE_LINES`]) |
 //!
 //! More numbers can be mapped with [`TwilioEmulatorConfig::numbers`].
@@ -59,6 +60,18 @@
 //! Agent audio is played at 8 bytes/ms; a mark is echoed once the audio sent
 //! before it has played (at once when nothing is buffered); `clear` drops
 //! buffered audio and echoes pending marks in order (§5.3).
+//!
+//! # Answering-machine detection
+//!
+//! With `MachineDetection` (`Enable` or `DetectMessageEnd`) and
+//! `AsyncAmd=true` the stream starts at once and the result is posted,
+//! signed, to `AsyncAmdStatusCallback` (§2.3: `AccountSid`, `CallSid`,
+//! `AnsweredBy`, `MachineDetectionDuration`). A person: `human` once its
+//! first line is followed by 1.2 s of quiet (Twilio's speech-end
+//! threshold), `unknown` after 5 s of initial silence. A machine:
+//! `machine_start` once its greeting has run 2.4 s (Twilio's speech
+//! threshold) with `Enable`; `machine_end_beep` when its beep ends with
+//! `DetectMessageEnd`. Synchronous AMD is refused (the product never uses it).
 //!
 //! # The callee
 //!
@@ -119,6 +132,10 @@ pub struct ScenarioOpts {
     /// our server's writes back up in the socket buffers. The callee then
     /// only sends silence, and never hangs up by itself.
     pub stall_after_first_line: bool,
+    /// An answering machine picks up: it plays its greeting at once (the
+    /// callee's first two lines, standing in for "leave a message…"), then
+    /// a beep, then records in silence; it never speaks again.
+    pub machine: bool,
 }
 
 /// What happens to a call, chosen by its `To` number (see the module doc).
@@ -167,6 +184,10 @@ impl Scenario {
                 ..ScenarioOpts::default()
             }),
             "+15550107" => Scenario::NoAnswerAtTimeout,
+            "+15550110" => Scenario::Answer(ScenarioOpts {
+                machine: true,
+                ..ScenarioOpts::default()
+            }),
             // The README's demo number shows the whole repertoire: a barge-in
             // on the agent's first reply, and the agent's end_call at the end.
             "+15550100" | "+15550108" => Scenario::Answer(ScenarioOpts {

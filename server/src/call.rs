@@ -6,6 +6,7 @@
 pub mod error;
 pub mod hub;
 pub mod lifecycle;
+pub mod template;
 pub mod tools;
 
 pub use error::{ERROR_DOMAIN, ErrorCode, ErrorReason, NoticeCode};
@@ -176,6 +177,33 @@ pub enum Speaker {
     Agent,
 }
 
+/// What a call does when an answering machine picks up (PlaceCall's
+/// `voicemail`); [`lifecycle::amd`] decides from it and the detection result.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VoicemailMode {
+    /// No detection: the agent speaks as soon as the call is answered.
+    #[default]
+    Off,
+    /// Detect; hang up on a machine or a fax.
+    HangUp,
+    /// Detect; on a machine wait for the beep, leave the message, hang up.
+    LeaveMessage,
+}
+
+/// PlaceCall's voicemail policy as stored with the call.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Voicemail {
+    /// What to do.
+    pub mode: VoicemailMode,
+    /// What the agent says on the machine (LeaveMessage), placeholders filled.
+    #[serde(default)]
+    pub message: String,
+    /// A detection result was applied ([`lifecycle::amd`]: the first one wins).
+    #[serde(default)]
+    pub detected: bool,
+}
+
 /// What happened, as stored in the event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -223,6 +251,15 @@ pub enum EventKind {
         code: String,
         /// Text.
         message: String,
+    },
+    /// Answering-machine detection said who answered.
+    AnsweredBy {
+        /// The provider's `AnsweredBy` (one of [`lifecycle::amd::ANSWERED_BY`]).
+        answered_by: String,
+        /// How long detection took, ms (0 when not reported).
+        detection_ms: u32,
+        /// What the agent does about it.
+        action: String,
     },
     /// The agent called one of the call's tools.
     ToolCall {
@@ -321,6 +358,12 @@ impl EventKind {
             }
             Self::Dtmf { digit } => cap(digit, DIGIT),
             Self::Recording(info) => cap(&mut info.error, MESSAGE),
+            Self::AnsweredBy {
+                answered_by, action, ..
+            } => {
+                cap(answered_by, CODE);
+                cap(action, DETAIL);
+            }
             Self::Turn { .. } => {}
             Self::ToolCall {
                 tool_call_id,
@@ -470,6 +513,9 @@ pub struct CallRecord {
     /// How long a tool call waits for its answer, ms (0 in records older than tools: the default).
     #[serde(default)]
     pub tool_timeout_ms: u64,
+    /// PlaceCall's voicemail policy (answering-machine detection).
+    #[serde(default)]
+    pub voicemail: Voicemail,
 }
 
 #[cfg(test)]
@@ -507,6 +553,7 @@ impl CallRecord {
             recording: None,
             tools: vec![],
             tool_timeout_ms: 0,
+            voicemail: Voicemail::default(),
         }
     }
 }
@@ -541,6 +588,10 @@ impl CallRecord {
                 self.turn_latency_p95_ms = percentile(&sorted, 95);
             }
             EventKind::Recording(info) => self.recording = Some(info.clone()),
+            EventKind::AnsweredBy { answered_by, .. } => {
+                self.answered_by = answered_by.clone();
+                self.voicemail.detected = true;
+            }
             _ => {}
         }
     }

@@ -16,11 +16,11 @@ use voice_agent_proto::v1 as pb;
 use crate::AppState;
 use crate::call::{
     Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, ErrorReason, EventKind, RecordingInfo,
-    RecordingState, Speaker, lifecycle, tools,
+    RecordingState, Speaker, Voicemail, VoicemailMode, lifecycle, template, tools,
 };
 use crate::config::{AudioMode, Config, DEFAULT_GREETING, is_e164};
 use crate::store::{Inserted, RequestKey};
-use crate::telephony::DialRequest;
+use crate::telephony::{DialRequest, MachineDetection};
 
 pub mod errors;
 mod list;
@@ -128,6 +128,9 @@ struct ValidCall {
     record: bool,
     tools: Vec<tools::Tool>,
     tool_timeout: Duration,
+    voicemail: Voicemail,
+    /// Kept only for the idempotency fingerprint: the texts above are filled in already.
+    variables: BTreeMap<String, String>,
 }
 
 impl ValidCall {
@@ -157,6 +160,14 @@ impl ValidCall {
             && let Some(fields) = canonical.as_array_mut()
         {
             fields.push(serde_json::json!({ "record": true }));
+        }
+        // Appended only when used, so the keys of requests without them keep
+        // the fingerprint they had before these fields existed.
+        if (self.voicemail != Voicemail::default() || !self.variables.is_empty())
+            && let Some(list) = canonical.as_array_mut()
+        {
+            list.push(serde_json::json!(self.voicemail));
+            list.push(serde_json::json!(self.variables));
         }
         let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
         Some(RequestKey {
@@ -306,6 +317,21 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
     } else {
         req.instructions
     };
+    let variables = validate_variables(req.variables)?;
+    let voicemail = validate_voicemail(req.voicemail)?;
+    // Filled in after the defaults, so SYSTEM_PROMPT and the default
+    // greeting may use placeholders too; the limits apply to the result.
+    let instructions = fill("instructions", &instructions, &variables, MAX_INSTRUCTIONS)?;
+    let greeting = fill("greeting", &greeting, &variables, MAX_GREETING)?;
+    let voicemail = Voicemail {
+        message: fill(
+            "voicemail.message",
+            &voicemail.message,
+            &variables,
+            MAX_VOICEMAIL_MESSAGE,
+        )?,
+        ..voicemail
+    };
     Ok(ValidCall {
         to: req.to,
         backend,
@@ -318,6 +344,8 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         record: req.record.unwrap_or(config.record_calls),
         tools,
         tool_timeout,
+        voicemail,
+        variables,
     })
 }
 
@@ -429,6 +457,91 @@ fn bounded_key(k: &str) -> String {
     errors::bounded(k, 32)
 }
 
+/// PlaceCall's `variables`, within [`template`]'s limits.
+fn validate_variables(raw: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, Status> {
+    if raw.len() > template::MAX_VARIABLES {
+        return Err(invalid(
+            "variables",
+            format!("at most {} entries, got {}", template::MAX_VARIABLES, raw.len()),
+        ));
+    }
+    for (k, v) in &raw {
+        if !template::is_name(k) {
+            return Err(invalid(
+                "variables",
+                format!(
+                    "names must be 1 to {} of A-Z a-z 0-9 _, not starting with a digit (got {})",
+                    template::MAX_NAME,
+                    quoted(k)
+                ),
+            ));
+        }
+        if v.len() > template::MAX_VALUE {
+            return Err(invalid(
+                "variables",
+                format!("value of {} is over {} bytes", quoted(k), template::MAX_VALUE),
+            ));
+        }
+        check_text(&format!("variables[{}]", quoted(k)), v)?;
+    }
+    Ok(raw.into_iter().collect())
+}
+
+/// Longest voicemail message, bytes (it is spoken like a greeting).
+pub const MAX_VOICEMAIL_MESSAGE: usize = MAX_GREETING;
+
+/// PlaceCall's `voicemail` policy (unset or UNSPECIFIED = off).
+fn validate_voicemail(raw: Option<pb::VoicemailPolicy>) -> Result<Voicemail, Status> {
+    let Some(raw) = raw else {
+        return Ok(Voicemail::default());
+    };
+    let mode = match pb::VoicemailMode::try_from(raw.mode) {
+        Ok(pb::VoicemailMode::Unspecified | pb::VoicemailMode::Off) => VoicemailMode::Off,
+        Ok(pb::VoicemailMode::HangUp) => VoicemailMode::HangUp,
+        Ok(pb::VoicemailMode::LeaveMessage) => VoicemailMode::LeaveMessage,
+        Err(_) => return Err(invalid("voicemail.mode", format!("unknown value {}", raw.mode))),
+    };
+    if mode == VoicemailMode::LeaveMessage && raw.message.trim().is_empty() {
+        return Err(invalid(
+            "voicemail.message",
+            "required with VOICEMAIL_MODE_LEAVE_MESSAGE: what the agent says on the machine",
+        ));
+    }
+    if mode != VoicemailMode::LeaveMessage && !raw.message.is_empty() {
+        return Err(invalid(
+            "voicemail.message",
+            "only VOICEMAIL_MODE_LEAVE_MESSAGE leaves a message; leave it empty",
+        ));
+    }
+    check_text("voicemail.message", &raw.message)?;
+    Ok(Voicemail {
+        mode,
+        message: raw.message,
+        detected: false,
+    })
+}
+
+/// `text` with its `{{name}}` placeholders filled; a placeholder without a
+/// value, or a result over `max` bytes, is INVALID_ARGUMENT.
+fn fill(field: &str, text: &str, variables: &BTreeMap<String, String>, max: usize) -> Result<String, Status> {
+    let filled = template::render(text, variables).map_err(|template::Missing(name)| {
+        invalid(
+            "variables",
+            format!("no value for the placeholder {{{{{name}}}}} in {field}"),
+        )
+    })?;
+    if filled.len() > max {
+        return Err(invalid(
+            field,
+            format!(
+                "at most {max} bytes once the variables are filled in, got {}",
+                filled.len()
+            ),
+        ));
+    }
+    Ok(filled)
+}
+
 /// The voice a call on `backend` gets when PlaceCall leaves `voice` empty.
 fn default_voice(config: &Config, backend: Backend) -> &str {
     config.default_voice(backend)
@@ -492,6 +605,7 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             recording: None,
             tools: call.tools,
             tool_timeout_ms: call.tool_timeout.as_millis() as u64,
+            voicemail: call.voicemail.clone(),
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -525,6 +639,14 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             from: state.from_number.clone(),
             twiml_url: format!("{public}/twilio/twiml?call_id={id}"),
             status_callback_url: format!("{public}/twilio/status?call_id={id}"),
+            machine_detection: match call.voicemail.mode {
+                VoicemailMode::Off => None,
+                mode => Some(MachineDetection {
+                    // The message waits for the greeting's end (the beep).
+                    until_message_end: mode == VoicemailMode::LeaveMessage,
+                    callback_url: format!("{public}/twilio/amd?call_id={id}"),
+                }),
+            },
             ring_timeout: state.config.ring_timeout,
             // A margin over max_duration: the bridge says goodbye at the limit
             // itself; Twilio's hard TimeLimit is only the backstop.
@@ -927,6 +1049,15 @@ pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
             } as i32,
             wait_ms: *wait_ms,
         }),
+        EventKind::AnsweredBy {
+            answered_by,
+            detection_ms,
+            action,
+        } => Kind::AnsweredBy(pb::AnsweredBy {
+            answered_by: answered_by.clone(),
+            detection_ms: *detection_ms,
+            action: action.clone(),
+        }),
     };
     pb::CallEvent {
         sequence: ev.sequence,
@@ -977,6 +1108,14 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
         tool_timeout: Some(prost_types::Duration {
             seconds: (effective_tool_timeout(rec).as_millis() / 1000) as i64,
             nanos: ((effective_tool_timeout(rec).as_millis() % 1000) * 1_000_000) as i32,
+        }),
+        voicemail: Some(pb::VoicemailPolicy {
+            mode: match rec.voicemail.mode {
+                VoicemailMode::Off => pb::VoicemailMode::Off,
+                VoicemailMode::HangUp => pb::VoicemailMode::HangUp,
+                VoicemailMode::LeaveMessage => pb::VoicemailMode::LeaveMessage,
+            } as i32,
+            message: rec.voicemail.message.clone(),
         }),
     }
 }

@@ -23,8 +23,9 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::call::hub::HubError;
+use crate::call::lifecycle::amd::{self, AmdIgnored, AmdReport};
 use crate::call::lifecycle::{self, Ignored, ProviderStatus, Reported};
-use crate::call::{CallId, CallStatus};
+use crate::call::{CallId, CallStatus, VoicemailMode};
 use crate::telephony::twilio::{signature, twiml};
 
 /// Largest Media Streams message we accept (issue: over 1 MiB closes the socket).
@@ -37,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twilio/twiml", post(twiml_webhook))
         .route("/twilio/status", post(status_webhook))
         .route("/twilio/connect-action", post(connect_action_webhook))
+        .route("/twilio/amd", post(amd_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
         .route("/recordings/{file}", get(recording))
@@ -195,7 +197,11 @@ async fn twiml_webhook(
     }
     let base = signed_url(&state, &Uri::from_static("/"), true);
     let stream_url = format!("{}ws/media/{}", base, id);
-    let greeting = (!record.greeting.is_empty()).then_some(record.greeting.as_str());
+    // With answering-machine detection the stream starts at once and the
+    // agent speaks the greeting itself once a person is known to be there
+    // (call::lifecycle::amd): a <Say> here would play to machines too.
+    let greeting = (!record.greeting.is_empty() && record.voicemail.mode == VoicemailMode::Off)
+        .then_some(record.greeting.as_str());
     let params = [("call_id", id.as_str()), ("secret", record.stream_secret.as_str())];
     // With replicas, a stream that closes may have lost its bridge with a
     // killed replica: Twilio then asks the action URL, through the load
@@ -301,6 +307,54 @@ async fn status_webhook(
         Err(e) => {
             tracing::error!(error = %e, "status callback not stored");
             // 5xx makes Twilio retry later, which is what we want.
+            (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
+        }
+    }
+}
+
+/// `POST /twilio/amd?call_id=…`: the asynchronous answering-machine
+/// detection result (protocols.md §2.3), signed like every Twilio webhook,
+/// handed to [`amd::on_result`]. The media bridge learns of it from the
+/// call's events (on whichever replica runs it).
+async fn amd_webhook(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<CallIdQuery>,
+    SignedTwilioForm(params): SignedTwilioForm,
+) -> Response {
+    let Some(id) = q.call_id.as_deref().and_then(CallId::parse) else {
+        return bad_call_id();
+    };
+    let mut params: HashMap<String, String> = params.into_iter().collect();
+    let Some(answered_by) = params
+        .remove("AnsweredBy")
+        .filter(|a| amd::ANSWERED_BY.contains(&a.as_str()))
+    else {
+        return (StatusCode::BAD_REQUEST, "missing or unknown AnsweredBy\n").into_response();
+    };
+    let report = AmdReport {
+        call_sid: params.remove("CallSid"),
+        answered_by,
+        detection_ms: params.get("MachineDetectionDuration").and_then(|d| d.parse().ok()),
+    };
+    let result = state
+        .hub
+        .update(&id, move |rec| match amd::on_result(rec, &report) {
+            Ok(events) => events,
+            Err(AmdIgnored::ForeignCallSid) => {
+                tracing::warn!(call_id = %rec.call_id, "detection result for another CallSid ignored");
+                vec![]
+            }
+            Err(AmdIgnored::NotWanted) => {
+                tracing::info!(call_id = %rec.call_id, answered_by = %report.answered_by, "detection result not wanted (late, repeated or not asked for)");
+                vec![]
+            }
+        })
+        .await;
+    match result {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(HubError::NotFound) => (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "detection result not stored");
             (StatusCode::SERVICE_UNAVAILABLE, "not stored\n").into_response()
         }
     }

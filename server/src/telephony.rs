@@ -28,6 +28,19 @@ pub struct DialRequest {
     pub ring_timeout: Duration,
     /// Longest answered duration.
     pub time_limit: Duration,
+    /// Asynchronous answering-machine detection, when the call's voicemail
+    /// policy wants it.
+    pub machine_detection: Option<MachineDetection>,
+}
+
+/// Asynchronous answering-machine detection of a call (protocols.md §1.2, §2.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineDetection {
+    /// Wait for the end of a machine's greeting (Twilio `DetectMessageEnd`)
+    /// rather than report a machine as soon as it is heard (`Enable`).
+    pub until_message_end: bool,
+    /// Where the provider posts the result.
+    pub callback_url: String,
 }
 
 /// The provider accepted the call.

@@ -86,6 +86,7 @@ impl Fake {
             status_callback: format!("{}/status?call_id=c1", self.app.base),
             timeout: Duration::from_secs(30),
             time_limit: Duration::from_secs(600),
+            async_amd: None,
         }
     }
 }

@@ -4,7 +4,7 @@ import userEvent from "@testing-library/user-event";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { App, EMULATED_BANNER } from "./App";
 import { defaultScript, FakeVoiceAgent, type FakeOptions, type ScriptKind } from "./fake/fakeService";
-import { Backend, CallStatus, Speaker, VoiceAgentService } from "@voice-agent/client";
+import { Backend, CallStatus, Speaker, VoiceAgentService, VoicemailMode } from "@voice-agent/client";
 import { AuthStore, authInterceptor } from "./rpc/auth";
 import { voiceAgentClient } from "./rpc/client";
 
@@ -116,6 +116,42 @@ describe("placing a call", () => {
         instructions: "Be brief.",
         greeting: "",
         max: 90n,
+      },
+    ]);
+  });
+});
+
+describe("voicemail and variables", () => {
+  it("sends the voicemail policy and the variables, and refuses a bad variables line before sending", async () => {
+    const seen: unknown[] = [];
+    const transport = createRouterTransport(({ service }) =>
+      service(VoiceAgentService, {
+        placeCall: (req) => {
+          seen.push({ voicemail: req.voicemail?.mode, message: req.voicemail?.message, variables: req.variables });
+          throw new ConnectError("stop here", Code.Unavailable);
+        },
+        listCalls: () => ({ calls: [] }),
+      }),
+    );
+    const user = userEvent.setup();
+    render(<App client={voiceAgentClient(transport)} auth={new AuthStore(window.sessionStorage)} />);
+    await user.type(screen.getByLabelText("Phone number"), "+15550110");
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Variables"), "name=Sam{Enter}oops");
+    await user.click(screen.getByLabelText("Leave a message"));
+    await user.type(screen.getByLabelText("Message after the beep"), "Please call us back.");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-variables")).textContent).toBe("Line 2: write name=value.");
+    expect(seen).toEqual([]);
+    await user.clear(screen.getByLabelText("Variables"));
+    await user.type(screen.getByLabelText("Variables"), "name=Sam{Enter}day=Friday");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-form")).textContent).toContain("stop here");
+    expect(seen).toEqual([
+      {
+        voicemail: VoicemailMode.LEAVE_MESSAGE,
+        message: "Please call us back.",
+        variables: { name: "Sam", day: "Friday" },
       },
     ]);
   });

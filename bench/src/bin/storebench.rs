@@ -93,6 +93,7 @@ fn record() -> CallRecord {
         recording: None,
         tools: vec![],
         tool_timeout_ms: 0,
+        voicemail: Default::default(),
     }
 }
 

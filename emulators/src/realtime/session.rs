@@ -403,6 +403,10 @@ impl Session {
                 self.emit(json!({"type": "input_audio_buffer.cleared"}));
             }
             "response.create" => {
+                if let Some(i) = event.pointer("/response/instructions").and_then(Value::as_str) {
+                    let i = i.to_string();
+                    self.report(|r| r.response_instructions.push(i));
+                }
                 if self.active.is_some() {
                     self.error(
                         "conversation_already_has_active_response",

@@ -30,6 +30,19 @@ pub(super) struct CreateParams {
     /// Longest answered duration, seconds.
     pub(super) time_limit: u64,
     pub(super) scenario: Scenario,
+    /// Answering-machine detection requested (`MachineDetection`).
+    pub(super) amd: Option<AmdRequest>,
+}
+
+/// What the create request asked of answering-machine detection (§1.2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct AmdRequest {
+    /// `DetectMessageEnd` (else `Enable`).
+    pub(super) detect_message_end: bool,
+    /// `AsyncAmdStatusCallback` (with `AsyncAmd=true`).
+    pub(super) callback: Option<String>,
+    /// `AsyncAmdStatusCallbackMethod`.
+    pub(super) callback_method: String,
 }
 
 /// How and why a call ends, and the REST request waiting for it (if any).
@@ -552,6 +565,47 @@ async fn signed_request(
         _ = cancel.cancelled() => Err("the emulator shut down".to_string()),
     };
     Sent { url, signature, result }
+}
+
+/// Posts an asynchronous answering-machine detection result (§2.3):
+/// `AccountSid`, `CallSid`, `AnsweredBy`, `MachineDetectionDuration` (ms),
+/// signed like every webhook.
+pub(super) async fn post_amd(
+    shared: Arc<Shared>,
+    slot: Arc<CallSlot>,
+    call_sid: String,
+    request: AmdRequest,
+    answered_by: String,
+    duration_ms: u64,
+    cancel: CancellationToken,
+) {
+    let Some(url) = request.callback else { return };
+    let params: Vec<(String, String)> = [
+        ("AccountSid", shared.config.account_sid.clone()),
+        ("CallSid", call_sid),
+        ("AnsweredBy", answered_by.clone()),
+        ("MachineDetectionDuration", duration_ms.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let sent = signed_request(&shared, &request.callback_method, &url, &params, &cancel).await;
+    let (response_status, error) = match sent.result {
+        Ok((status, _)) => (Some(status), None),
+        Err(e) => (None, Some(e)),
+    };
+    slot.report(|r| {
+        r.amd_callbacks.push(PostedCallback {
+            status: answered_by,
+            sequence_number: 0,
+            url: sent.url,
+            method: request.callback_method.clone(),
+            params,
+            signature: sent.signature,
+            response_status,
+            error,
+        })
+    });
 }
 
 /// Posts a call's status callbacks one at a time, in order.

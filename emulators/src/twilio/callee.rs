@@ -54,6 +54,37 @@ enum Phase {
     Done,
     /// Stopped reading the stream (`stall_after_first_line`); stays on the line.
     Stalled,
+    /// An answering machine's greeting; `pos` bytes of it sent.
+    MachineGreeting { pos: usize },
+    /// Its beep; `pos` bytes sent.
+    Beep { pos: usize },
+    /// Recording after the beep (silence from the machine).
+    Recording,
+}
+
+/// Twilio's default `MachineDetectionSpeechThreshold`: speech longer than
+/// this is a machine.
+const AMD_SPEECH_THRESHOLD_MS: u64 = 2400;
+/// Twilio's default `MachineDetectionSpeechEndThreshold`: the quiet that ends speech.
+const AMD_SPEECH_END_MS: u64 = 1200;
+/// Twilio's default `MachineDetectionSilenceTimeout`: initial silence → `unknown`.
+const AMD_SILENCE_TIMEOUT_MS: u64 = 5000;
+/// The machine's beep: 1 kHz for this long.
+const BEEP_MS: u64 = 500;
+
+/// The machine's greeting: the callee's first two lines.
+fn machine_greeting() -> impl Iterator<Item = u8> {
+    CALLEE_CLIPS[0].iter().chain(CALLEE_CLIPS[1].iter()).copied()
+}
+
+fn machine_greeting_len() -> usize {
+    CALLEE_CLIPS[0].len() + CALLEE_CLIPS[1].len()
+}
+
+/// Byte `i` of the beep: a 1 kHz sine at 8 kHz (8 samples a period), μ-law.
+fn beep_byte(i: usize) -> u8 {
+    const PERIOD: [i16; 8] = [0, 5792, 8191, 5792, 0, -5792, -8191, -5792];
+    voice_agent_audio::linear_to_ulaw(PERIOD[i % 8])
 }
 
 enum Queued {
@@ -68,6 +99,9 @@ pub(super) struct Tick {
     pub(super) out: Vec<String>,
     /// The callee hangs up.
     pub(super) hang_up: Option<EndCause>,
+    /// Answering-machine detection's result (`AnsweredBy`), once, and the
+    /// stream time it took, ms.
+    pub(super) amd: Option<(String, u64)>,
 }
 
 /// The callee's phone on one media stream.
@@ -101,6 +135,10 @@ pub(super) struct Session {
     /// First agent audio played since the callee's last line ended.
     reply_started_ms: Option<u64>,
     dtmf_done: bool,
+    /// Answering-machine detection asked for (`Some(detect_message_end)`), until reported.
+    amd: Option<bool>,
+    /// When the callee's first line ended (human detection).
+    first_line_ended_ms: Option<u64>,
 }
 
 impl Session {
@@ -138,7 +176,38 @@ impl Session {
             phase: Phase::Waiting { next: 0 },
             reply_started_ms: None,
             dtmf_done: false,
+            amd: None,
+            first_line_ended_ms: None,
         }
+    }
+
+    /// Runs answering-machine detection on this stream: [`Tick::amd`]
+    /// carries the result once (see the module doc of `twilio`).
+    pub(super) fn detect_machine(&mut self, detect_message_end: bool) {
+        self.amd = Some(detect_message_end);
+    }
+
+    /// The detection result due at this tick, if any.
+    fn amd_due(&mut self) -> Option<String> {
+        let detect_message_end = self.amd?;
+        let now = self.now_ms;
+        let result = match &self.phase {
+            Phase::MachineGreeting { pos } if !detect_message_end && *pos as u64 / 8 >= AMD_SPEECH_THRESHOLD_MS => {
+                "machine_start"
+            }
+            Phase::Recording if detect_message_end => "machine_end_beep",
+            // A machine whose greeting ended before the threshold.
+            Phase::Recording | Phase::Beep { .. } if !detect_message_end => "machine_start",
+            Phase::MachineGreeting { .. } | Phase::Beep { .. } | Phase::Recording => return None,
+            _ => match self.first_line_ended_ms {
+                Some(t) if now >= t + AMD_SPEECH_END_MS => "human",
+                None if now >= AMD_SILENCE_TIMEOUT_MS && !matches!(self.phase, Phase::Speaking { .. }) => "unknown",
+                _ => return None,
+            },
+        };
+        self.amd = None;
+        self.rec(|s| s.amd_result = Some((result.to_string(), now)));
+        Some(result.to_string())
     }
 
     fn rec<R>(&self, f: impl FnOnce(&mut StreamReport) -> R) -> Option<R> {
@@ -381,6 +450,10 @@ impl Session {
         let since_activity = now.saturating_sub(self.last_agent_ms.max(self.last_callee_ms));
         let quiet = !agent_busy && since_activity >= self.reply_gap_ms;
         let reply_for = self.reply_started_ms.map(|t| now.saturating_sub(t));
+        if self.opts.machine && matches!(self.phase, Phase::Waiting { next: 0 }) {
+            // A machine answers with its greeting at once.
+            self.phase = Phase::MachineGreeting { pos: 0 };
+        }
         match &mut self.phase {
             Phase::Waiting { next } => {
                 let next = *next;
@@ -427,7 +500,12 @@ impl Session {
                     }
                 }
             }
-            Phase::Speaking { .. } | Phase::Done | Phase::Stalled => {}
+            Phase::Speaking { .. }
+            | Phase::Done
+            | Phase::Stalled
+            | Phase::MachineGreeting { .. }
+            | Phase::Beep { .. }
+            | Phase::Recording => {}
         }
 
         // The callee's microphone: its line, or silence.
@@ -453,6 +531,34 @@ impl Session {
                         u.ended_ms = Some(end);
                     }
                 });
+                if line == 0 {
+                    self.first_line_ended_ms = Some(end);
+                }
+            }
+        } else if let Phase::MachineGreeting { pos } = &mut self.phase {
+            let start = *pos;
+            let n = FRAME_BYTES.min(machine_greeting_len().saturating_sub(start));
+            for (dst, b) in frame.iter_mut().zip(machine_greeting().skip(start).take(n)) {
+                *dst = b;
+            }
+            *pos += n;
+            self.last_callee_ms = now + FRAME_MS;
+            if *pos >= machine_greeting_len() {
+                self.phase = Phase::Beep { pos: 0 };
+            }
+        } else if let Phase::Beep { pos } = &mut self.phase {
+            let start = *pos;
+            let total = (BEEP_MS * 8) as usize;
+            let n = FRAME_BYTES.min(total - start);
+            for (i, dst) in frame.iter_mut().take(n).enumerate() {
+                *dst = beep_byte(start + i);
+            }
+            *pos += n;
+            self.last_callee_ms = now + FRAME_MS;
+            if *pos >= total {
+                self.phase = Phase::Recording;
+                let end = now + FRAME_MS;
+                self.rec(|s| s.beep_ended_ms = Some(end));
             }
         } else if hang_up.is_none()
             && self.reading()
@@ -476,8 +582,9 @@ impl Session {
         };
         out.push(Self::encode(&media));
         self.rec(|s| s.media_frames_sent += 1);
+        let amd = self.amd_due().map(|a| (a, now));
         self.now_ms += FRAME_MS;
-        Tick { out, hang_up }
+        Tick { out, hang_up, amd }
     }
 }
 
@@ -612,6 +719,13 @@ impl CallActor {
             opts,
             config,
         );
+        // Detection runs on the first stream of the call, from its start
+        // (AsyncAmd: the call flow is not held for it).
+        if index == 0
+            && let Some(amd) = &self.params.amd
+        {
+            session.detect_machine(amd.detect_message_end);
+        }
         let deadline = self.time_limit_deadline();
         let outcome = if send_all(&mut ws, session.opening()).await {
             self.stream_loop(&mut ws, &mut session, deadline).await
@@ -673,6 +787,18 @@ impl CallActor {
                 },
                 _ = clock.tick() => {
                     let tick = session.on_tick();
+                    if let (Some((answered_by, ms)), Some(amd)) = (tick.amd, self.params.amd.clone()) {
+                        // Posted beside the stream, as Twilio does: the stream goes on.
+                        self.shared.spawn(super::call::post_amd(
+                            self.shared.clone(),
+                            self.slot.clone(),
+                            self.sid.clone(),
+                            amd,
+                            answered_by,
+                            ms,
+                            self.cancel.clone(),
+                        ));
+                    }
                     if !send_all(ws, tick.out).await {
                         return Outcome::ServerClosed;
                     }
@@ -1039,5 +1165,67 @@ mod tests {
         let (i, t) = ticks_until(&mut s, 500, |t| t.hang_up.is_some());
         assert_eq!(t.hang_up, Some(EndCause::CalleeIdle));
         assert_eq!(i, 100, "2 s after the end of its line");
+    }
+
+    fn machine() -> ScenarioOpts {
+        ScenarioOpts {
+            machine: true,
+            ..ScenarioOpts::default()
+        }
+    }
+
+    #[test]
+    fn a_machine_greets_at_once_beeps_and_is_reported_at_the_beep_with_detect_message_end() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        s.detect_machine(true);
+        let first = frame(&s.on_tick().out);
+        assert_ne!(first, vec![SILENCE; FRAME_BYTES], "the greeting starts at once");
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "machine_end_beep");
+        let r = report(&s);
+        assert_eq!(Some(at + FRAME_MS), r.beep_ended_ms, "reported as the beep ends");
+        let greeting_ms = machine_greeting_len() as u64 / 8;
+        assert!(at >= greeting_ms + BEEP_MS - FRAME_MS, "{at} vs {greeting_ms}");
+        assert_eq!(r.amd_result, Some(("machine_end_beep".to_string(), at)));
+        // Then it records in silence, and reports nothing more.
+        for _ in 0..50 {
+            let t = s.on_tick();
+            assert!(t.amd.is_none());
+            assert_eq!(frame(&t.out), vec![SILENCE; FRAME_BYTES]);
+        }
+    }
+
+    #[test]
+    fn a_machine_is_reported_after_the_speech_threshold_with_enable() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        s.detect_machine(false);
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "machine_start");
+        assert!(
+            (AMD_SPEECH_THRESHOLD_MS - FRAME_MS..AMD_SPEECH_THRESHOLD_MS + FRAME_MS).contains(&at),
+            "{at}"
+        );
+        assert!(report(&s).beep_ended_ms.is_none());
+    }
+
+    #[test]
+    fn a_person_is_reported_human_after_a_short_hello_and_quiet() {
+        let mut s = session_with(ScenarioOpts::default(), TwilioEmulatorConfig::default());
+        s.detect_machine(true);
+        let (_, t) = ticks_until(&mut s, 2000, |t| t.amd.is_some());
+        let (result, at) = t.amd.unwrap();
+        assert_eq!(result, "human");
+        let ended = report(&s).callee_lines[0].ended_ms.unwrap();
+        assert_eq!(at, ended + AMD_SPEECH_END_MS);
+    }
+
+    #[test]
+    fn without_detection_nothing_is_reported() {
+        let mut s = session_with(machine(), TwilioEmulatorConfig::default());
+        for _ in 0..1000 {
+            assert!(s.on_tick().amd.is_none());
+        }
     }
 }

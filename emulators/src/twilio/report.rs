@@ -41,6 +41,9 @@ pub struct EmulatedCallReport {
     pub errors: Vec<String>,
     /// The W3C `traceparent` header of the create request, if it had one.
     pub create_traceparent: Option<String>,
+    /// Asynchronous answering-machine detection results posted to
+    /// `AsyncAmdStatusCallback` (`status` holds the `AnsweredBy` value).
+    pub amd_callbacks: Vec<PostedCallback>,
 }
 
 impl EmulatedCallReport {
@@ -158,6 +161,11 @@ pub struct StreamReport {
     pub media_frames_sent: u64,
     /// How the stream ended.
     pub ended: Option<StreamEnd>,
+    /// An answering machine (scenario `machine`): stream time its greeting's
+    /// beep ended, ms; what it records is what was heard after it.
+    pub beep_ended_ms: Option<u64>,
+    /// The answering-machine detection result reported, and when (stream ms).
+    pub amd_result: Option<(String, u64)>,
 }
 
 impl StreamReport {

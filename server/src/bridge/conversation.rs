@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::audio::ULAW_BYTES_PER_MS;
 use crate::bridge::frames::FrameCodec;
-use crate::call::{CallId, ErrorCode, EventKind, NoticeCode, Speaker};
+use crate::call::lifecycle::amd::{self, Decision};
+use crate::call::{CallId, ErrorCode, EventKind, NoticeCode, Speaker, VoicemailMode};
 use crate::config::AudioMode;
 use crate::metrics::{Metrics, ProviderError};
 use crate::realtime::protocol::{self, Dialect, ServerEvent, SessionConfig};
@@ -61,6 +62,12 @@ pub enum Action {
     /// Apologise ([`super::APOLOGY`]) and hang up through the provider,
     /// or hang up without it when that fails.
     Apologise,
+    /// Answering-machine detection gave no result in time: record "unknown"
+    /// ([`crate::call::lifecycle::amd::on_timeout`]) unless a result came
+    /// meanwhile; the conversation acts on whichever was stored first (it
+    /// comes back through [`Conversation::on_answered_by`]), or on "unknown"
+    /// when nothing could be stored.
+    DetectionTimedOut,
     /// Open a new AI socket within [`super::RECONNECT_WITHIN`], then report
     /// [`Conversation::on_reconnected`] or [`Conversation::on_reconnect_failed`].
     Reconnect,
@@ -115,6 +122,9 @@ pub enum ToAi {
     SessionUpdate,
     /// `response.create`: the agent speaks.
     ResponseCreate,
+    /// `response.create` with instructions for this response only (the
+    /// greeting after answering-machine detection, the voicemail message).
+    ResponseWith(String),
     /// `conversation.item.truncate` of an agent item at what was heard.
     Truncate {
         /// The agent item.
@@ -154,6 +164,7 @@ impl ToAi {
             Self::Append { text, .. } => text,
             Self::SessionUpdate => protocol::session_update(dialect, session),
             Self::ResponseCreate => protocol::response_create(None),
+            Self::ResponseWith(instructions) => protocol::response_create(Some(&instructions)),
             Self::Truncate { item_id, audio_end_ms } => protocol::item_truncate(&item_id, 0, audio_end_ms),
             Self::FunctionOutput { call_id, output } => protocol::function_call_output(&call_id, &output),
             Self::RestoreFunctionCall {
@@ -189,6 +200,9 @@ pub enum Outcome {
     AgentHungUp,
     /// The call reached its maximum duration.
     TimeLimit,
+    /// A machine (or a fax) answered: hung up, after the voicemail message
+    /// when the policy leaves one.
+    Voicemail,
 }
 
 /// How the AI's socket was lost.
@@ -207,6 +221,33 @@ impl AiLoss {
             Self::Stalled(cause) => cause,
         }
     }
+}
+
+/// Answering-machine detection, as far as the conversation is concerned
+/// (the decisions are [`amd::decide`]).
+#[derive(Clone, Debug, PartialEq)]
+enum Detection {
+    /// No detection, or it has spoken and the conversation runs.
+    Off,
+    /// Holding the greeting (and the callee's audio) until a result, or `until`.
+    Waiting { until: Instant },
+    /// A machine's greeting plays; the message waits for its end, or `until`.
+    WaitingForBeep { until: Instant },
+    /// Speaking the voicemail message (`started`: its response was
+    /// created); the call hangs up once it has been heard.
+    LeavingMessage { started: bool },
+}
+
+/// What a call with answering-machine detection does (see
+/// [`Conversation::hold_for_detection`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoicemailPlan {
+    /// The policy.
+    pub mode: VoicemailMode,
+    /// The greeting the agent says once a person answered (may be empty).
+    pub greeting: String,
+    /// The message left on a machine (LeaveMessage).
+    pub message: String,
 }
 
 /// A mark we sent and Twilio has not echoed yet.
@@ -308,6 +349,11 @@ pub struct Conversation<'m> {
     /// Outputs were given to the AI: ask for a response once no tool call is
     /// pending and no response is running.
     respond_after_tools: bool,
+    /// Answering-machine detection and the voicemail policy.
+    detection: Detection,
+    voicemail: Option<VoicemailPlan>,
+    /// When the call reaches `max_duration` (set by `start`).
+    limit_at: Option<Instant>,
 }
 
 impl<'m> Conversation<'m> {
@@ -345,6 +391,9 @@ impl<'m> Conversation<'m> {
             pending_tools: Vec::new(),
             tool_wait_since: None,
             respond_after_tools: false,
+            detection: Detection::Off,
+            voicemail: None,
+            limit_at: None,
         }
     }
 
@@ -439,6 +488,26 @@ impl<'m> Conversation<'m> {
         self.record = true;
     }
 
+    /// The call runs answering-machine detection (its voicemail policy is
+    /// not off): [`Conversation::start`] holds the greeting, and the callee's
+    /// audio is kept from the AI (whose turn detection would otherwise answer
+    /// a machine's greeting, or the callee's "hello?" before the greeting),
+    /// until [`Conversation::on_answered_by`] or
+    /// [`amd::DETECTION_WAIT`] decides.
+    pub fn hold_for_detection(&mut self, plan: VoicemailPlan) {
+        if plan.mode != VoicemailMode::Off {
+            self.voicemail = Some(plan);
+        }
+    }
+
+    /// Whether the conversation still waits for a detection result.
+    pub fn detecting(&self) -> bool {
+        matches!(
+            self.detection,
+            Detection::Waiting { .. } | Detection::WaitingForBeep { .. }
+        )
+    }
+
     /// Malformed media messages seen (before and after `start`).
     pub fn malformed(&self) -> u64 {
         self.malformed
@@ -448,15 +517,85 @@ impl<'m> Conversation<'m> {
     /// first, and set the time limit.
     pub fn start(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         out.push_back(Action::Ai(ToAi::SessionUpdate));
-        out.push_back(Action::Ai(ToAi::ResponseCreate));
         // The provider's TimeLimit is a little longer (grpc.rs), so the callee
         // hears a goodbye rather than a click when the time is up.
-        out.push_back(Action::SetTimer(now + self.max_duration));
+        let limit = now + self.max_duration;
+        self.limit_at = Some(limit);
+        if self.voicemail.is_some() {
+            let until = now + amd::DETECTION_WAIT;
+            self.detection = Detection::Waiting { until };
+            out.push_back(Action::SetTimer(until.min(limit)));
+        } else {
+            out.push_back(Action::Ai(ToAi::ResponseCreate));
+            out.push_back(Action::SetTimer(limit));
+        }
     }
 
     /// The timer set by [`Action::SetTimer`] fired.
-    pub fn on_timer(&mut self, _now: Instant, out: &mut VecDeque<Action>) {
-        out.push_back(Action::End(Outcome::TimeLimit));
+    pub fn on_timer(&mut self, now: Instant, out: &mut VecDeque<Action>) {
+        let limit = self.limit_at.unwrap_or(now);
+        if now >= limit {
+            out.push_back(Action::End(Outcome::TimeLimit));
+            return;
+        }
+        match self.detection {
+            Detection::Waiting { until } if now >= until => {
+                // The stored result decides (see the action); the limit stays armed.
+                out.push_back(Action::DetectionTimedOut);
+            }
+            Detection::WaitingForBeep { until } if now >= until => {
+                // The machine is recording by now, beep or not.
+                self.leave_message(out);
+            }
+            _ => {}
+        }
+        out.push_back(Action::SetTimer(limit));
+    }
+
+    /// Answering-machine detection said `answered_by` (the call's stored
+    /// AnsweredBy event, or "unknown" after the bounded wait).
+    pub fn on_answered_by(&mut self, answered_by: &str, out: &mut VecDeque<Action>) {
+        let Some(plan) = &self.voicemail else { return };
+        if !self.detecting() {
+            return;
+        }
+        match amd::decide(plan.mode, answered_by) {
+            Decision::Converse => {
+                self.detection = Detection::Off;
+                let greeting = plan.greeting.trim();
+                out.push_back(Action::Ai(if greeting.is_empty() {
+                    ToAi::ResponseCreate
+                } else {
+                    ToAi::ResponseWith(format!(
+                        "Someone answered the phone. Greet them by saying exactly this, then stop and listen: \"{greeting}\""
+                    ))
+                }));
+            }
+            Decision::HangUp => {
+                self.detection = Detection::Off;
+                out.push_back(Action::EndReason(amd::hung_up_reason(answered_by)));
+                out.push_back(Action::HangUp {
+                    failure: "hanging up on the answering machine failed",
+                });
+                out.push_back(Action::End(Outcome::Voicemail));
+            }
+            Decision::WaitForBeep => {
+                if let Detection::Waiting { until } = self.detection {
+                    self.detection = Detection::WaitingForBeep { until };
+                }
+            }
+            Decision::LeaveMessage => self.leave_message(out),
+        }
+    }
+
+    /// Speaks the voicemail message; the call hangs up once it is heard
+    /// ([`Conversation::check_hang_up`]).
+    fn leave_message(&mut self, out: &mut VecDeque<Action>) {
+        let message = self.voicemail.as_ref().map(|p| p.message.trim()).unwrap_or_default();
+        self.detection = Detection::LeavingMessage { started: false };
+        out.push_back(Action::Ai(ToAi::ResponseWith(format!(
+            "You reached an answering machine and it is recording now. Leave this voicemail message by saying exactly this, then stop: \"{message}\""
+        ))));
     }
 
     /// The call's media token was cancelled: by a server shutdown
@@ -474,6 +613,11 @@ impl<'m> Conversation<'m> {
     /// Callee audio (`media.payload`, base64 μ-law) that arrived at `received`.
     pub fn on_callee_audio(&mut self, payload: &str, received: Instant, out: &mut VecDeque<Action>) {
         self.metrics.frames_from_twilio.inc();
+        if self.detection != Detection::Off {
+            // Held from the AI while detection decides, and on a machine.
+            self.check_hang_up(out);
+            return;
+        }
         match self.frames.twilio_to_ai(payload) {
             Ok(text) => out.push_back(Action::Ai(ToAi::Append { text, received })),
             Err(_) => self.on_malformed("media payload is not base64", out),
@@ -632,7 +776,12 @@ impl<'m> Conversation<'m> {
                     format!("the callee's words could not be transcribed: {error}"),
                 )));
             }
-            ServerEvent::ResponseCreated { response_id } => self.active_response = Some(response_id),
+            ServerEvent::ResponseCreated { response_id } => {
+                self.active_response = Some(response_id);
+                if self.detection == (Detection::LeavingMessage { started: false }) {
+                    self.detection = Detection::LeavingMessage { started: true };
+                }
+            }
             ServerEvent::ResponseDone { response_id, .. } => {
                 if self.active_response.as_deref() == Some(response_id.as_str()) {
                     self.active_response = None;
@@ -771,10 +920,14 @@ impl<'m> Conversation<'m> {
                 arguments: p.arguments.clone(),
             }));
         }
-        if !self.pending_tools.is_empty() {
+        // The agent owes an answer if the callee spoke last (or nobody yet),
+        // unless it still holds its greeting for detection. A voicemail
+        // message cut by the loss is said again from the start.
+        if self.detection == (Detection::LeavingMessage { started: true }) {
+            self.leave_message(out);
+        } else if !self.pending_tools.is_empty() {
             self.respond_after_tools = true;
-        } else if self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
-            // The agent owes an answer if the callee spoke last (or nobody yet).
+        } else if !self.detecting() && self.history.last().is_none_or(|(s, _)| *s == Speaker::Callee) {
             out.push_back(Action::Ai(ToAi::ResponseCreate));
         }
         out.push_back(Action::Publish(EventKind::notice(
@@ -836,7 +989,11 @@ impl<'m> Conversation<'m> {
                     failure: "the time-limit goodbye failed",
                 });
             }
-            Outcome::Cancelled | Outcome::TwilioClosed | Outcome::TwilioStopped | Outcome::AgentHungUp => {}
+            Outcome::Cancelled
+            | Outcome::TwilioClosed
+            | Outcome::TwilioStopped
+            | Outcome::AgentHungUp
+            | Outcome::Voicemail => {}
         }
     }
 
@@ -980,7 +1137,8 @@ impl<'m> Conversation<'m> {
     /// After `end_call`: hang up once nothing the agent said is left to
     /// play (its goodbye is heard in full) and no response is running.
     fn check_hang_up(&mut self, out: &mut VecDeque<Action>) {
-        if !self.hangup_requested {
+        let message_said = self.detection == (Detection::LeavingMessage { started: true });
+        if !self.hangup_requested && !message_said {
             return;
         }
         let unplayed = self
@@ -992,6 +1150,15 @@ impl<'m> Conversation<'m> {
         }
         // Once: the conversation ends here.
         self.hangup_requested = false;
+        if message_said {
+            self.detection = Detection::Off;
+            out.push_back(Action::EndReason(amd::MESSAGE_LEFT_REASON.into()));
+            out.push_back(Action::HangUp {
+                failure: "hang-up after the voicemail message failed",
+            });
+            out.push_back(Action::End(Outcome::Voicemail));
+            return;
+        }
         out.push_back(Action::EndReason(crate::call::lifecycle::AGENT_ENDED_REASON.into()));
         out.push_back(Action::HangUp {
             failure: "hang-up after end_call failed",

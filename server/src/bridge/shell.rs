@@ -21,12 +21,15 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio_tungstenite::tungstenite::Message as AiMessage;
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, ToTwilio};
+use tokio::sync::mpsc;
+
+use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, ToTwilio, VoicemailPlan};
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
-use crate::call::hub::CallHub;
+use crate::call::hub::{CallHub, HubError};
+use crate::call::lifecycle::amd;
 use crate::call::tools::{Answerer, Tool, ToolAnswer, ToolDesk, ToolOutcome};
-use crate::call::{Backend, CallId, CallRecord, CallStatus, ErrorCode, EventKind};
+use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, VoicemailMode};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
@@ -181,6 +184,27 @@ where
         }
         _ => None,
     };
+    // With a voicemail policy the agent holds its greeting until detection
+    // says who answered: the result is one of the call's events, stored by
+    // whichever replica got the provider's callback, so the bridge follows
+    // the call's events from the record it started with.
+    let detection = if record.voicemail.mode != VoicemailMode::Off {
+        conv.hold_for_detection(VoicemailPlan {
+            mode: record.voicemail.mode,
+            greeting: record.greeting.clone(),
+            message: record.voicemail.message.clone(),
+        });
+        match env.hub.watch(&id, record.event_count).await {
+            Ok(rx) => Some(rx),
+            Err(e) => {
+                // The bounded wait still ends the hold ("unknown").
+                tracing::warn!(call_id = %id, error = %e, "cannot follow the call's events for the detection result");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut session = SessionConfig::new(&record.instructions, &record.voice, audio);
     session.tools.extend(record.tools.iter().map(|t| protocol::ToolDef {
         name: t.name.clone(),
@@ -197,6 +221,9 @@ where
         tools: record.tools.clone(),
         tool_timeout: crate::grpc::effective_tool_timeout(&record),
         tool_rx,
+        detection,
+        detected_before: (record.voicemail.detected && !record.answered_by.is_empty())
+            .then(|| record.answered_by.clone()),
         id: id.clone(),
         cancel,
         tw: Socket::new(socket),
@@ -372,6 +399,16 @@ async fn apologise<C>(env: &Env<'_, C>, writer: &CallWriter, id: &CallId) {
     }
 }
 
+/// The next of the call's events while detection is awaited; never ready otherwise.
+async fn next_detection(
+    rx: &mut Option<mpsc::Receiver<Result<CallEvent, HubError>>>,
+) -> Option<Result<CallEvent, HubError>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One of the bridge's two sockets, read and written by the bridge itself
 /// (no writer task, no queue, no split halves with their lock): messages are
 /// fed as they are produced and flushed in one write as soon as nothing more
@@ -498,6 +535,10 @@ struct Bridge<'a, T, C: AiConnect> {
     tool_timeout: Duration,
     /// Answers of the call's tool calls ([`ToolDesk`]).
     tool_rx: tokio::sync::mpsc::UnboundedReceiver<ToolAnswer>,
+    /// The call's events while the conversation waits for a detection result.
+    detection: Option<mpsc::Receiver<Result<CallEvent, HubError>>>,
+    /// A detection result stored before the bridge started.
+    detected_before: Option<String>,
 }
 
 impl<T, E, C> Bridge<'_, T, C>
@@ -508,6 +549,9 @@ where
 {
     async fn run(mut self) -> Outcome {
         self.conv.start(now(), &mut self.actions);
+        if let Some(answered_by) = self.detected_before.take() {
+            self.conv.on_answered_by(&answered_by, &mut self.actions);
+        }
         // Made once, not per message: each would register a waiter.
         let cancelled = self.cancel.clone().cancelled_owned();
         tokio::pin!(cancelled);
@@ -588,6 +632,19 @@ where
             () = &mut self.timer, if self.timer_armed => {
                 self.timer_armed = false;
                 self.conv.on_timer(now(), &mut self.actions);
+            }
+            ev = next_detection(&mut self.detection) => {
+                match ev {
+                    Some(Ok(CallEvent { kind: EventKind::AnsweredBy { answered_by, .. }, .. })) => {
+                        self.conv.on_answered_by(&answered_by, &mut self.actions);
+                    }
+                    Some(Ok(_)) => {}
+                    // The stream ended (the call did) or failed: the bounded wait still decides.
+                    None | Some(Err(_)) => self.detection = None,
+                }
+                if !self.conv.detecting() {
+                    self.detection = None;
+                }
             }
             // Nothing else is ready: write what the messages so far produced.
             () = std::future::ready(()), if dirty => self.flush().await,
@@ -690,6 +747,15 @@ where
                 }
                 Action::Apologise => apologise(self.env, &self.writer, &self.id).await,
                 Action::Reconnect => self.reconnect().await,
+                Action::DetectionTimedOut => {
+                    self.writer.settle().await;
+                    match self.env.hub.update(&self.id, amd::on_timeout).await {
+                        // Stored: it comes back through the call's events (or a
+                        // result stored just before it does, and wins).
+                        Ok(_) if self.detection.is_some() => {}
+                        Ok(_) | Err(_) => self.conv.on_answered_by("unknown", &mut self.actions),
+                    }
+                }
                 Action::SetTimer(at) => {
                     self.timer.as_mut().reset(tokio::time::Instant::from_std(at));
                     self.timer_armed = true;

@@ -266,6 +266,7 @@ impl World {
             recording: None,
             tools: vec![],
             tool_timeout_ms: 0,
+            voicemail: Default::default(),
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -781,4 +782,109 @@ async fn an_ai_that_stops_reading_gets_one_reconnect_then_an_apology_naming_it()
         world.phone.asked(),
         [format!("say {APOLOGY:?} on {CALL_SID} and hang up")]
     );
+}
+
+/// A call with a voicemail policy: the greeting waits for detection.
+async fn world_with_voicemail(mode: crate::call::VoicemailMode) -> World {
+    let mut world = World::new(600).await;
+    let voicemail = crate::call::Voicemail {
+        mode,
+        message: "Please call us back.".into(),
+        detected: false,
+    };
+    world.record.voicemail = voicemail.clone();
+    world.record.greeting = "Hi, this is Contoso.".into();
+    world
+        .hub
+        .update(&world.record.call_id, move |r| {
+            r.voicemail = voicemail;
+            vec![]
+        })
+        .await
+        .unwrap();
+    world
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_detection_result_the_agent_greets_after_the_bound_and_not_before() {
+    let world = world_with_voicemail(crate::call::VoicemailMode::LeaveMessage).await;
+    let mut ai = world.ai.session();
+    let (twilio, far) = pipe(64);
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            let started = tokio::time::Instant::now();
+            // The callee's audio is held from the AI while detection decides.
+            for _ in 0..5 {
+                far.send(callee_audio()).await;
+            }
+            let (kind, create) = ai.next().await.unwrap();
+            assert_eq!(kind, "response.create", "{create}");
+            assert!(
+                started.elapsed() >= lifecycle::amd::DETECTION_WAIT,
+                "greeted after {:?}",
+                started.elapsed()
+            );
+            let instructions = create["response"]["instructions"].as_str().unwrap();
+            assert!(instructions.contains("\"Hi, this is Contoso.\""), "{instructions}");
+            // From now on the callee is heard.
+            far.send(callee_audio()).await;
+            assert_eq!(ai.next_type().await, "input_audio_buffer.append");
+            far.send(json!({"event": "stop", "streamSid": "MZ1", "stop": {}})).await;
+        })
+        .await;
+    let stored = world.stored().await;
+    assert_eq!(stored.answered_by, "unknown");
+    let detected: Vec<_> = world
+        .events()
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, EventKind::AnsweredBy { .. }))
+        .collect();
+    let [
+        EventKind::AnsweredBy {
+            answered_by, action, ..
+        },
+    ] = detected.as_slice()
+    else {
+        panic!("{detected:?}")
+    };
+    assert_eq!(answered_by, "unknown");
+    assert!(
+        action.starts_with("greeting the callee (no detection result"),
+        "{action}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stored_machine_result_hangs_up_under_the_hang_up_policy() {
+    let world = world_with_voicemail(crate::call::VoicemailMode::HangUp).await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    let id = world.record.call_id.clone();
+    world
+        .run(twilio, async {
+            far.send(start(SECRET)).await;
+            assert_eq!(ai.next_type().await, "session.update");
+            // The provider's result lands in the store (as the /twilio/amd webhook does).
+            let report = lifecycle::amd::AmdReport {
+                call_sid: Some(CALL_SID.into()),
+                answered_by: "machine_start".into(),
+                detection_ms: Some(2400),
+            };
+            world
+                .hub
+                .update(&id, move |r| lifecycle::amd::on_result(r, &report).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(far.until_closed().await, None, "the bridge closed the stream");
+        })
+        .await;
+    assert_eq!(world.phone.asked(), [format!("hang up {CALL_SID}")]);
+    assert_eq!(
+        world.stored().await.end_reason,
+        lifecycle::amd::hung_up_reason("machine_start")
+    );
+    assert_eq!(world.stored().await.answered_by, "machine_start");
 }

@@ -16,6 +16,8 @@
 
 use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind, RecordingInfo};
 
+pub mod amd;
+
 /// The end reason of a call hung up through the API.
 pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
 /// The end reason of a call found live when the server started again, before
@@ -257,6 +259,9 @@ pub enum EndClass {
     Normal,
     /// The agent ended it (`end_call`).
     Agent,
+    /// A machine or a fax answered; hung up under the voicemail policy
+    /// (after leaving the message when it says so).
+    Voicemail,
     /// `HangUpCall`.
     HangUpApi,
     /// It reached its maximum duration.
@@ -285,9 +290,10 @@ pub enum EndClass {
 
 impl EndClass {
     /// Every class, in the order metrics list them.
-    pub const ALL: [EndClass; 14] = [
+    pub const ALL: [EndClass; 15] = [
         Self::Normal,
         Self::Agent,
+        Self::Voicemail,
         Self::HangUpApi,
         Self::TimeLimit,
         Self::Busy,
@@ -307,6 +313,7 @@ impl EndClass {
         match self {
             Self::Normal => "normal",
             Self::Agent => "agent",
+            Self::Voicemail => "voicemail",
             Self::HangUpApi => "hang_up_api",
             Self::TimeLimit => "time_limit",
             Self::Busy => "busy",
@@ -332,6 +339,8 @@ impl EndClass {
             Self::HangUpApi
         } else if r == AGENT_ENDED_REASON {
             Self::Agent
+        } else if amd::REASON_MARKERS.iter().any(|m| r.starts_with(m)) {
+            Self::Voicemail
         } else if r.starts_with(TIME_LIMIT_PREFIX) {
             Self::TimeLimit
         } else if r.starts_with(AI_FAILED_PREFIX) {

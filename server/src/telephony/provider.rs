@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::telephony::twilio::rest::{CreateCall, ErrorClass, TwilioClient, TwilioError, UpdateCall};
+use crate::telephony::twilio::rest::{AsyncAmd, CreateCall, ErrorClass, TwilioClient, TwilioError, UpdateCall};
 use crate::telephony::twilio::twiml;
 use crate::telephony::{DialRequest, Dialed, FailureClass, Telephony, TelephonyError};
 
@@ -43,6 +43,11 @@ impl Telephony for Twilio {
             status_callback: req.status_callback_url.clone(),
             timeout: req.ring_timeout,
             time_limit: req.time_limit,
+            async_amd: req.machine_detection.as_ref().map(|m| AsyncAmd {
+                detect_message_end: m.until_message_end,
+                callback: m.callback_url.clone(),
+                timeout_secs: crate::call::lifecycle::amd::PROVIDER_TIMEOUT_SECS,
+            }),
         };
         let created = self.client.create_call(&call).await.map_err(convert)?;
         Ok(Dialed {

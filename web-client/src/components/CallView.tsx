@@ -258,6 +258,12 @@ export function CallView({
             <dt>Placed</dt>
             <dd>{formatDateTime(call?.createdAt ? timestampDate(call.createdAt) : model.firstEventAt)}</dd>
           </div>
+          {(model.answeredBy || call?.answeredBy) && (
+            <div>
+              <dt>Answered by</dt>
+              <dd data-testid="answered-by">{model.answeredBy || call?.answeredBy}</dd>
+            </div>
+          )}
           {p50 !== undefined && (
             <div>
               <dt>Turn latency</dt>
@@ -426,6 +432,13 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
           <strong>Tool result</strong> <code>{entry.name}</code> {toolOutcomeLabel(entry.outcome)} after {entry.waitMs}{" "}
           ms{entry.output ? ": " : ""}
           {entry.output && <code>{entry.output}</code>} <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "answered":
+      return (
+        <li className="sys sys--notice" data-testid="answered-line">
+          <strong>Answered by</strong> <code>{entry.answeredBy}</code>: {entry.action}{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
         </li>
       );
     case "gap":

@@ -1,10 +1,11 @@
 // "Place a call": validates before sending and puts server errors next to the field they concern.
 import { type FormEvent, useEffect, useId, useRef, useState } from "react";
-import { Backend, type PlaceCallResponse } from "@voice-agent/client";
+import { Backend, type PlaceCallResponse, VoicemailMode } from "@voice-agent/client";
 import { e164Help, normalizePhone, validateE164 } from "../model/e164";
 import { placeCallLimits } from "../model/limits";
 import { type PlaceCallField, placeCallFieldError } from "../model/rpcErrors";
 import { backendHelp, backendOptions, type ServerInfoState } from "../model/serverInfo";
+import { parseVariables } from "../model/variables";
 import type { VoiceAgentClient } from "../rpc/client";
 
 type GreetingMode = "default" | "none" | "custom";
@@ -34,6 +35,8 @@ const FIELD_ORDER: readonly (PlaceCallField | "form")[] = [
   "voice",
   "greeting",
   "max_duration",
+  "voicemail",
+  "variables",
   "metadata",
   "form",
 ];
@@ -62,6 +65,9 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
   const [greetingMode, setGreetingMode] = useState<GreetingMode>("default");
   const [greeting, setGreeting] = useState("");
   const [maxDuration, setMaxDuration] = useState("");
+  const [voicemailMode, setVoicemailMode] = useState<VoicemailMode>(VoicemailMode.OFF);
+  const [voicemailMessage, setVoicemailMessage] = useState("");
+  const [variables, setVariables] = useState("");
   const [errors, setErrors] = useState<Errors>({});
   const [submitting, setSubmitting] = useState(false);
   const [moreOpen, setMoreOpen] = useState(false);
@@ -82,7 +88,8 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
 
   const showErrors = (errs: Errors): void => {
     setErrors(errs);
-    if (hasAny(errs, ["instructions", "voice", "greeting", "max_duration"])) setMoreOpen(true);
+    if (hasAny(errs, ["instructions", "voice", "greeting", "max_duration", "voicemail", "variables"]))
+      setMoreOpen(true);
     setFocusTick((t) => t + 1);
   };
 
@@ -107,6 +114,13 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
       else if (byteLength(greeting) > limits.maxGreetingBytes)
         errs.greeting = `At most ${limits.maxGreetingBytes} bytes.`;
     }
+    if (voicemailMode === VoicemailMode.LEAVE_MESSAGE) {
+      if (voicemailMessage.trim() === "") errs.voicemail = "Type the message to leave on the machine.";
+      else if (byteLength(voicemailMessage) > limits.maxGreetingBytes)
+        errs.voicemail = `At most ${limits.maxGreetingBytes} bytes.`;
+    }
+    const parsed = parseVariables(variables);
+    if (!parsed.ok) errs.variables = parsed.error;
     if (maxDuration.trim() !== "") {
       const n = Number(maxDuration);
       if (!Number.isInteger(n) || n < limits.shortestMaxDurationS || n > limits.longestMaxDurationS) {
@@ -136,6 +150,14 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
         // Unset = the server's default greeting; "" = no greeting (see PlaceCallRequest.greeting).
         greeting: greetingMode === "default" ? undefined : greetingMode === "none" ? "" : greeting.trim(),
         maxDuration: maxDuration.trim() === "" ? undefined : { seconds: BigInt(Number(maxDuration)), nanos: 0 },
+        voicemail:
+          voicemailMode === VoicemailMode.OFF
+            ? undefined
+            : {
+                mode: voicemailMode,
+                message: voicemailMode === VoicemailMode.LEAVE_MESSAGE ? voicemailMessage.trim() : "",
+              },
+        variables: ((p) => (p.ok ? p.variables : {}))(parseVariables(variables)),
       });
       setErrors({});
       onPlaced(response, number);
@@ -309,6 +331,73 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
             </>
           )}
           {fieldError("greeting")}
+        </fieldset>
+
+        <div className="field">
+          <label htmlFor={id("variables")}>Variables</label>
+          <textarea
+            id={id("variables")}
+            ref={(el) => {
+              refs.current.variables = el;
+            }}
+            name="variables"
+            rows={3}
+            value={variables}
+            placeholder={"name=Sam\nday=Friday"}
+            aria-invalid={errors.variables !== undefined}
+            aria-describedby={describedBy("variables", true)}
+            onChange={(e) => setVariables(e.target.value)}
+          />
+          <p id={id("variables-help")} className="help">
+            One name=value per line; they fill {"{{name}}"} in the instructions, greeting and voicemail message.
+          </p>
+          {fieldError("variables")}
+        </div>
+
+        <fieldset className="field">
+          <legend>When an answering machine picks up</legend>
+          <div className="radios">
+            {(
+              [
+                [VoicemailMode.OFF, "No detection"],
+                [VoicemailMode.HANG_UP, "Hang up"],
+                [VoicemailMode.LEAVE_MESSAGE, "Leave a message"],
+              ] as const
+            ).map(([mode, label]) => (
+              <label key={mode} className="radio">
+                <input
+                  type="radio"
+                  name={id("voicemail-mode")}
+                  value={mode}
+                  checked={voicemailMode === mode}
+                  onChange={() => setVoicemailMode(mode)}
+                />
+                {label}
+              </label>
+            ))}
+          </div>
+          <p id={id("voicemail-help")} className="help">
+            With detection the agent waits (at most 40 s) until the call is known to be answered by a person, and says
+            the greeting itself.
+          </p>
+          {voicemailMode === VoicemailMode.LEAVE_MESSAGE && (
+            <>
+              <label htmlFor={id("voicemail")}>Message after the beep</label>
+              <textarea
+                id={id("voicemail")}
+                ref={(el) => {
+                  refs.current.voicemail = el;
+                }}
+                name="voicemail"
+                rows={2}
+                value={voicemailMessage}
+                aria-invalid={errors.voicemail !== undefined}
+                aria-describedby={describedBy("voicemail")}
+                onChange={(e) => setVoicemailMessage(e.target.value)}
+              />
+            </>
+          )}
+          {fieldError("voicemail")}
         </fieldset>
 
         <div className="field">

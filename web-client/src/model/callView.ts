@@ -59,6 +59,14 @@ export type ChatEntry =
       readonly waitMs: number;
     }
   | {
+      // Answering-machine detection's result and what the agent does about it.
+      readonly kind: "answered";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly answeredBy: string;
+      readonly action: string;
+    }
+  | {
       // Not an event: the client noticed events it could not get (see `markGap`).
       readonly kind: "gap";
       readonly sequence: bigint;
@@ -95,6 +103,8 @@ export interface CallViewModel {
   readonly terminal: boolean;
   /** The recording as its last `recording` event told it; undefined before one (or when not recorded). */
   readonly recording: RecordingView | undefined;
+  /** Answering-machine detection's result ("human", "machine_end_beep", …); "" until one arrived. */
+  readonly answeredBy: string;
 }
 
 /** A call's recording as its events tell it. */
@@ -118,6 +128,7 @@ export const EMPTY_CALL_VIEW: CallViewModel = {
   endReason: "",
   terminal: false,
   recording: undefined,
+  answeredBy: "",
 };
 
 /**
@@ -218,6 +229,21 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
             output: kind.value.output,
             outcome: kind.value.outcome,
             waitMs: kind.value.waitMs,
+          },
+        ],
+      };
+    case "answeredBy":
+      return {
+        ...base,
+        answeredBy: kind.value.answeredBy,
+        entries: [
+          ...model.entries,
+          {
+            kind: "answered",
+            sequence,
+            time,
+            answeredBy: kind.value.answeredBy,
+            action: kind.value.action,
           },
         ],
       };

@@ -3,7 +3,8 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { errorDetails } from "@voice-agent/client";
 
 /** Fields of the place-call form; names are the proto field names the server puts in its messages. */
-export type PlaceCallField = "to" | "backend" | "instructions" | "voice" | "greeting" | "max_duration" | "metadata";
+export type PlaceCallField =
+  "to" | "backend" | "instructions" | "voice" | "greeting" | "max_duration" | "metadata" | "voicemail" | "variables";
 
 const FIELDS: readonly PlaceCallField[] = [
   "to",
@@ -13,6 +14,8 @@ const FIELDS: readonly PlaceCallField[] = [
   "greeting",
   "max_duration",
   "metadata",
+  "voicemail",
+  "variables",
 ];
 
 /** Twilio codes that refuse the dialled number itself: 21211 invalid 'To', 21214 not reachable, 21217 not a phone

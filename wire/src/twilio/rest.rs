@@ -33,6 +33,21 @@ pub struct CreateCall {
     pub timeout: Duration,
     /// Longest answered duration (`TimeLimit`, whole seconds, 1–14400).
     pub time_limit: Duration,
+    /// Asynchronous answering-machine detection; `None` = no detection.
+    pub async_amd: Option<AsyncAmd>,
+}
+
+/// Asynchronous answering-machine detection (§1.2 `MachineDetection`,
+/// `AsyncAmd`, `AsyncAmdStatusCallback`; the result: §2.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsyncAmd {
+    /// `DetectMessageEnd` (report a machine once its greeting ended, the
+    /// beep: needed to leave a message) rather than `Enable`.
+    pub detect_message_end: bool,
+    /// `AsyncAmdStatusCallback`, posted the result.
+    pub callback: String,
+    /// `MachineDetectionTimeout`, whole seconds.
+    pub timeout_secs: u64,
 }
 
 fn whole_seconds(d: Duration, max: u64) -> String {
@@ -59,6 +74,18 @@ impl CreateCall {
         }
         f.push(("Timeout", whole_seconds(self.timeout, MAX_RING_TIMEOUT_SECS)));
         f.push(("TimeLimit", whole_seconds(self.time_limit, MAX_TIME_LIMIT_SECS)));
+        if let Some(amd) = &self.async_amd {
+            let mode = if amd.detect_message_end {
+                "DetectMessageEnd"
+            } else {
+                "Enable"
+            };
+            f.push(("MachineDetection", mode.to_string()));
+            f.push(("MachineDetectionTimeout", amd.timeout_secs.clamp(3, 59).to_string()));
+            f.push(("AsyncAmd", "true".to_string()));
+            f.push(("AsyncAmdStatusCallback", amd.callback.clone()));
+            f.push(("AsyncAmdStatusCallbackMethod", "POST".to_string()));
+        }
         f
     }
 }
@@ -320,6 +347,7 @@ mod tests {
             status_callback: "https://bridge.example.com/twilio/status?call_id=abc".into(),
             timeout: Duration::from_millis(30_500),
             time_limit: Duration::from_secs(600),
+            async_amd: None,
         }
     }
 
@@ -384,6 +412,47 @@ mod tests {
         assert_eq!(get("TimeLimit").as_deref(), Some("600"));
         assert_eq!(get("Method").as_deref(), Some("POST"));
         assert_eq!(get("StatusCallbackMethod").as_deref(), Some("POST"));
+        assert!(get("MachineDetection").is_none(), "no detection unless asked for");
+    }
+
+    #[test]
+    fn async_amd_fields_match_the_openapi_spec() {
+        let spec = spec();
+        for detect_message_end in [false, true] {
+            let mut c = sample_create();
+            c.async_amd = Some(AsyncAmd {
+                detect_message_end,
+                callback: "https://bridge.example.com/twilio/amd?call_id=abc".into(),
+                timeout_secs: 30,
+            });
+            let form = c.form();
+            check_against_spec(&spec, "CreateCall", &form);
+            let get = |k: &str| form.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone());
+            // The spec types MachineDetection as a plain string; its
+            // description names the two values.
+            let mode = get("MachineDetection").unwrap();
+            let described = spec["paths"]["/2010-04-01/Accounts/{AccountSid}/Calls.json"]["post"]["requestBody"]
+                ["content"]["application/x-www-form-urlencoded"]["schema"]["properties"]["MachineDetection"]
+                ["description"]
+                .as_str()
+                .unwrap();
+            assert!(described.contains(&format!("`{mode}`")), "{mode} not in {described}");
+            assert_eq!(
+                mode,
+                if detect_message_end {
+                    "DetectMessageEnd"
+                } else {
+                    "Enable"
+                }
+            );
+            assert_eq!(get("AsyncAmd").as_deref(), Some("true"));
+            assert_eq!(get("AsyncAmdStatusCallbackMethod").as_deref(), Some("POST"));
+            assert_eq!(get("MachineDetectionTimeout").as_deref(), Some("30"));
+            assert_eq!(
+                get("AsyncAmdStatusCallback").as_deref(),
+                Some("https://bridge.example.com/twilio/amd?call_id=abc")
+            );
+        }
     }
 
     #[test]

@@ -201,6 +201,7 @@ mod tests {
             status_callback: "https://bridge.example.com/twilio/status?call_id=abc".into(),
             timeout: Duration::from_millis(30_500),
             time_limit: Duration::from_secs(600),
+            async_amd: None,
         }
     }
     #[test]

@@ -42,6 +42,13 @@ class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEAKER_CALLEE: _ClassVar[Speaker]
     SPEAKER_AGENT: _ClassVar[Speaker]
 
+class VoicemailMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOICEMAIL_MODE_UNSPECIFIED: _ClassVar[VoicemailMode]
+    VOICEMAIL_MODE_OFF: _ClassVar[VoicemailMode]
+    VOICEMAIL_MODE_HANG_UP: _ClassVar[VoicemailMode]
+    VOICEMAIL_MODE_LEAVE_MESSAGE: _ClassVar[VoicemailMode]
+
 class ToolOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TOOL_OUTCOME_UNSPECIFIED: _ClassVar[ToolOutcome]
@@ -82,6 +89,10 @@ CALL_STATUS_FAILED: CallStatus
 SPEAKER_UNSPECIFIED: Speaker
 SPEAKER_CALLEE: Speaker
 SPEAKER_AGENT: Speaker
+VOICEMAIL_MODE_UNSPECIFIED: VoicemailMode
+VOICEMAIL_MODE_OFF: VoicemailMode
+VOICEMAIL_MODE_HANG_UP: VoicemailMode
+VOICEMAIL_MODE_LEAVE_MESSAGE: VoicemailMode
 TOOL_OUTCOME_UNSPECIFIED: ToolOutcome
 TOOL_OUTCOME_ANSWERED: ToolOutcome
 TOOL_OUTCOME_TIMED_OUT: ToolOutcome
@@ -97,8 +108,15 @@ RECORDING_STATE_FAILED: RecordingState
 RECORDING_STATE_DELETED: RecordingState
 
 class PlaceCallRequest(_message.Message):
-    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout")
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout", "voicemail", "variables")
     class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class VariablesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +134,8 @@ class PlaceCallRequest(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    VOICEMAIL_FIELD_NUMBER: _ClassVar[int]
+    VARIABLES_FIELD_NUMBER: _ClassVar[int]
     to: str
     backend: Backend
     instructions: str
@@ -127,7 +147,9 @@ class PlaceCallRequest(_message.Message):
     record: bool
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
     tool_timeout: _duration_pb2.Duration
-    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    voicemail: VoicemailPolicy
+    variables: _containers.ScalarMap[str, str]
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., variables: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "parameters_json", "url")
@@ -140,6 +162,14 @@ class Tool(_message.Message):
     parameters_json: str
     url: str
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class VoicemailPolicy(_message.Message):
+    __slots__ = ("mode", "message")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    mode: VoicemailMode
+    message: str
+    def __init__(self, mode: _Optional[_Union[VoicemailMode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class PlaceCallResponse(_message.Message):
     __slots__ = ("call_id", "provider_call_id", "status", "emulated")
@@ -168,7 +198,7 @@ class WatchCallResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result")
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result", "answered_by")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +210,7 @@ class CallEvent(_message.Message):
     RECORDING_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     status: StatusChanged
@@ -191,7 +222,8 @@ class CallEvent(_message.Message):
     recording: Recording
     tool_call: ToolCall
     tool_result: ToolResult
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ...) -> None: ...
+    answered_by: AnsweredBy
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., answered_by: _Optional[_Union[AnsweredBy, _Mapping]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("tool_call_id", "name", "arguments_json", "answered_by_url")
@@ -283,6 +315,16 @@ class Notice(_message.Message):
     message: str
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
+class AnsweredBy(_message.Message):
+    __slots__ = ("answered_by", "detection_ms", "action")
+    ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_MS_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    answered_by: str
+    detection_ms: int
+    action: str
+    def __init__(self, answered_by: _Optional[str] = ..., detection_ms: _Optional[int] = ..., action: _Optional[str] = ...) -> None: ...
+
 class HangUpCallRequest(_message.Message):
     __slots__ = ("call_id",)
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -334,7 +376,7 @@ class ListCallsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "tools", "tool_timeout", "recording_url", "recording")
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "voicemail", "tools", "tool_timeout", "recording_url", "recording")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -362,6 +404,7 @@ class Call(_message.Message):
     TURN_LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     TURN_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    VOICEMAIL_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
     TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RECORDING_URL_FIELD_NUMBER: _ClassVar[int]
@@ -385,11 +428,12 @@ class Call(_message.Message):
     turn_latency_p50_ms: int
     turn_latency_p95_ms: int
     event_count: int
+    voicemail: VoicemailPolicy
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
     tool_timeout: _duration_pb2.Duration
     recording_url: str
     recording: Recording
-    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
 
 class Recording(_message.Message):
     __slots__ = ("state", "error", "duration_ms")

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIrwDChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24aLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQi5AMKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSAASLQoJcmVjb3JkaW5nGA0gASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmdIABIsCgl0b29sX2NhbGwYCSABKAsyFy52b2ljZWFnZW50LnYxLlRvb2xDYWxsSAASMAoLdG9vbF9yZXN1bHQYCiABKAsyGS52b2ljZWFnZW50LnYxLlRvb2xSZXN1bHRIAEIGCgRraW5kIl8KCFRvb2xDYWxsEhQKDHRvb2xfY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhYKDmFyZ3VtZW50c19qc29uGAMgASgJEhcKD2Fuc3dlcmVkX2J5X3VybBgEIAEoCCJ+CgpUb29sUmVzdWx0EhQKDHRvb2xfY2FsbF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEg4KBm91dHB1dBgDIAEoCRIrCgdvdXRjb21lGAQgASgOMhoudm9pY2VhZ2VudC52MS5Ub29sT3V0Y29tZRIPCgd3YWl0X21zGAUgASgNIlAKF1N1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFAoMdG9vbF9jYWxsX2lkGAIgASgJEg4KBm91dHB1dBgDIAEoCSIaChhTdWJtaXRUb29sUmVzdWx0UmVzcG9uc2UiSgoNU3RhdHVzQ2hhbmdlZBIpCgZzdGF0dXMYASABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSDgoGZGV0YWlsGAIgASgJIlgKClRyYW5zY3JpcHQSJwoHc3BlYWtlchgBIAEoDjIWLnZvaWNlYWdlbnQudjEuU3BlYWtlchIMCgR0ZXh0GAIgASgJEhMKC2ludGVycnVwdGVkGAMgASgIIioKCUNhbGxFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiFQoERHRtZhINCgVkaWdpdBgBIAEoCSJcCgtUdXJuTWV0cmljcxISCgp0dXJuX2luZGV4GAEgASgNEhsKE2ZpcnN0X2F1ZGlvX3NlbnRfbXMYAiABKA0SHAoUZmlyc3RfYXVkaW9faGVhcmRfbXMYAyABKA0iJwoGTm90aWNlEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkikwYKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSIgoFdG9vbHMYFSADKAsyEy52b2ljZWFnZW50LnYxLlRvb2wSLwoMdG9vbF90aW1lb3V0GBYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlY29yZGluZ191cmwYGSABKAkSKwoJcmVjb3JkaW5nGBogASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmcaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl0KCVJlY29yZGluZxIsCgVzdGF0ZRgBIAEoDjIdLnZvaWNlYWdlbnQudjEuUmVjb3JkaW5nU3RhdGUSDQoFZXJyb3IYAiABKAkSEwoLZHVyYXRpb25fbXMYAyABKAQiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMuMEChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIuQEChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKWBAoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAEjAKC2Fuc3dlcmVkX2J5GAwgASgLMhkudm9pY2VhZ2VudC52MS5BbnN3ZXJlZEJ5SABCBgoEa2luZCJfCghUb29sQ2FsbBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCRIXCg9hbnN3ZXJlZF9ieV91cmwYBCABKAgifgoKVG9vbFJlc3VsdBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZvdXRwdXQYAyABKAkSKwoHb3V0Y29tZRgEIAEoDjIaLnZvaWNlYWdlbnQudjEuVG9vbE91dGNvbWUSDwoHd2FpdF9tcxgFIAEoDSJQChdTdWJtaXRUb29sUmVzdWx0UmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIOCgZvdXRwdXQYAyABKAkiGgoYU3VibWl0VG9vbFJlc3VsdFJlc3BvbnNlIkoKDVN0YXR1c0NoYW5nZWQSKQoGc3RhdHVzGAEgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEg4KBmRldGFpbBgCIAEoCSJYCgpUcmFuc2NyaXB0EicKB3NwZWFrZXIYASABKA4yFi52b2ljZWFnZW50LnYxLlNwZWFrZXISDAoEdGV4dBgCIAEoCRITCgtpbnRlcnJ1cHRlZBgDIAEoCCIqCglDYWxsRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIhUKBER0bWYSDQoFZGlnaXQYASABKAkiXAoLVHVybk1ldHJpY3MSEgoKdHVybl9pbmRleBgBIAEoDRIbChNmaXJzdF9hdWRpb19zZW50X21zGAIgASgNEhwKFGZpcnN0X2F1ZGlvX2hlYXJkX21zGAMgASgNIicKBk5vdGljZRIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiRwoKQW5zd2VyZWRCeRITCgthbnN3ZXJlZF9ieRgBIAEoCRIUCgxkZXRlY3Rpb25fbXMYAiABKA0SDgoGYWN0aW9uGAMgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLGBgoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBIxCgl2b2ljZW1haWwYFyABKAsyHi52b2ljZWFnZW50LnYxLlZvaWNlbWFpbFBvbGljeRIiCgV0b29scxgVIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNcmVjb3JkaW5nX3VybBgZIAEoCRIrCglyZWNvcmRpbmcYGiABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoJUmVjb3JkaW5nEiwKBXN0YXRlGAEgASgOMh0udm9pY2VhZ2VudC52MS5SZWNvcmRpbmdTdGF0ZRINCgVlcnJvchgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBCIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAiqFAQoNVm9pY2VtYWlsTW9kZRIeChpWT0lDRU1BSUxfTU9ERV9VTlNQRUNJRklFRBAAEhYKElZPSUNFTUFJTF9NT0RFX09GRhABEhoKFlZPSUNFTUFJTF9NT0RFX0hBTkdfVVAQAhIgChxWT0lDRU1BSUxfTU9ERV9MRUFWRV9NRVNTQUdFEAMqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMuMEChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -121,6 +121,29 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: google.protobuf.Duration tool_timeout = 10;
    */
   toolTimeout?: Duration | undefined;
+
+  /**
+   * What to do when an answering machine (or a fax) picks up; unset = OFF
+   * (no detection, the agent speaks as soon as the call is answered). With
+   * HANG_UP or LEAVE_MESSAGE the provider's asynchronous answering-machine
+   * detection runs and the agent holds its greeting until it says who
+   * answered (at most 40 s; see docs/contract.md "Answering machines").
+   *
+   * @generated from field: voiceagent.v1.VoicemailPolicy voicemail = 12;
+   */
+  voicemail?: VoicemailPolicy | undefined;
+
+  /**
+   * Values for `{{name}}` placeholders in `instructions` and `greeting`
+   * (the defaults included). A placeholder with no value here is refused
+   * with INVALID_ARGUMENT naming it; values are text (escaped wherever they
+   * land, e.g. TwiML). At most 32 entries; names 1 to 64 of A-Z a-z 0-9 _
+   * (not starting with a digit); values at most 1024 bytes. The limits of
+   * `instructions` and `greeting` apply to the filled-in text.
+   *
+   * @generated from field: map<string, string> variables = 13;
+   */
+  variables: { [key: string]: string };
 };
 
 /**
@@ -183,6 +206,35 @@ export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 1);
 
 /**
+ * VoicemailPolicy is what PlaceCall does about answering machines.
+ *
+ * @generated from message voiceagent.v1.VoicemailPolicy
+ */
+export type VoicemailPolicy = Message<"voiceagent.v1.VoicemailPolicy"> & {
+  /**
+   * What to do.
+   *
+   * @generated from field: voiceagent.v1.VoicemailMode mode = 1;
+   */
+  mode: VoicemailMode;
+
+  /**
+   * What the agent says on the machine (LEAVE_MESSAGE only; required there,
+   * at most 1000 bytes; `{{name}}` placeholders are filled from `variables`).
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.VoicemailPolicy.
+ * Use `create(VoicemailPolicySchema)` to create a new message.
+ */
+export const VoicemailPolicySchema: GenMessage<VoicemailPolicy> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
+
+/**
  * PlaceCallResponse identifies the call that was placed.
  *
  * @generated from message voiceagent.v1.PlaceCallResponse
@@ -222,7 +274,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -251,7 +303,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -272,7 +324,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -375,6 +427,15 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: ToolResult;
     case: "toolResult";
+  } | {
+    /**
+     * The provider's answering-machine detection said who answered (calls
+     * placed with a voicemail policy other than OFF).
+     *
+     * @generated from field: voiceagent.v1.AnsweredBy answered_by = 12;
+     */
+    value: AnsweredBy;
+    case: "answeredBy";
   } | { case: undefined; value?: undefined };
 };
 
@@ -383,7 +444,7 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * ToolCall is the agent calling one of the call's tools.
@@ -425,7 +486,7 @@ export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * ToolResult is the output of one tool call, as given to the AI.
@@ -475,7 +536,7 @@ export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * SubmitToolResultRequest answers one tool call.
@@ -510,7 +571,7 @@ export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultReq
  * Use `create(SubmitToolResultRequestSchema)` to create a new message.
  */
 export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * SubmitToolResultResponse confirms the output reached the call.
@@ -525,7 +586,7 @@ export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultRe
  * Use `create(SubmitToolResultResponseSchema)` to create a new message.
  */
 export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -553,7 +614,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -589,7 +650,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * CallError reports a fault.
@@ -618,7 +679,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -639,7 +700,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -676,7 +737,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * Notice is informational.
@@ -704,7 +765,47 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
+
+/**
+ * AnsweredBy is the result of answering-machine detection.
+ *
+ * @generated from message voiceagent.v1.AnsweredBy
+ */
+export type AnsweredBy = Message<"voiceagent.v1.AnsweredBy"> & {
+  /**
+   * The provider's value: "human", "machine_start", "machine_end_beep",
+   * "machine_end_silence", "machine_end_other", "fax" or "unknown"; or
+   * "unknown" when no result came within the bounded wait.
+   *
+   * @generated from field: string answered_by = 1;
+   */
+  answeredBy: string;
+
+  /**
+   * How long detection took, in milliseconds, as the provider reported it
+   * (0 when not reported).
+   *
+   * @generated from field: uint32 detection_ms = 2;
+   */
+  detectionMs: number;
+
+  /**
+   * What the agent does about it, e.g. "greeting the callee",
+   * "hanging up: answering machine", "waiting for the beep",
+   * "leaving the voicemail message".
+   *
+   * @generated from field: string action = 3;
+   */
+  action: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.AnsweredBy.
+ * Use `create(AnsweredBySchema)` to create a new message.
+ */
+export const AnsweredBySchema: GenMessage<AnsweredBy> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -725,7 +826,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -746,7 +847,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -767,7 +868,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * GetCallResponse carries one call record.
@@ -788,7 +889,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -857,7 +958,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -885,7 +986,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * Call is the stored record of one call.
@@ -1035,6 +1136,13 @@ export type Call = Message<"voiceagent.v1.Call"> & {
   eventCount: bigint;
 
   /**
+   * The voicemail policy PlaceCall gave (mode OFF when none).
+   *
+   * @generated from field: voiceagent.v1.VoicemailPolicy voicemail = 23;
+   */
+  voicemail?: VoicemailPolicy | undefined;
+
+  /**
    * The tools given to PlaceCall.
    *
    * @generated from field: repeated voiceagent.v1.Tool tools = 21;
@@ -1072,7 +1180,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 22);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * Recording describes a call's recording: a stereo WAV, 8 kHz, 16-bit PCM,
@@ -1108,7 +1216,7 @@ export type Recording = Message<"voiceagent.v1.Recording"> & {
  * Use `create(RecordingSchema)` to create a new message.
  */
 export const RecordingSchema: GenMessage<Recording> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 23);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -1123,7 +1231,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 24);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -1200,7 +1308,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 25);
+  messageDesc(file_voiceagent_v1_voice_agent, 27);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -1285,7 +1393,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 26);
+  messageDesc(file_voiceagent_v1_voice_agent, 28);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1330,7 +1438,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 27);
+  messageDesc(file_voiceagent_v1_voice_agent, 29);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1519,6 +1627,49 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * VoicemailMode says what the agent does when a machine answers.
+ *
+ * @generated from enum voiceagent.v1.VoicemailMode
+ */
+export enum VoicemailMode {
+  /**
+   * No detection (the default).
+   *
+   * @generated from enum value: VOICEMAIL_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No detection.
+   *
+   * @generated from enum value: VOICEMAIL_MODE_OFF = 1;
+   */
+  OFF = 1,
+
+  /**
+   * Detect; on a machine or a fax hang up at once (end reason says so).
+   *
+   * @generated from enum value: VOICEMAIL_MODE_HANG_UP = 2;
+   */
+  HANG_UP = 2,
+
+  /**
+   * Detect and wait for the end of the machine's greeting (the beep); then
+   * the agent speaks `message` in its own voice and hangs up. A fax is hung
+   * up on.
+   *
+   * @generated from enum value: VOICEMAIL_MODE_LEAVE_MESSAGE = 3;
+   */
+  LEAVE_MESSAGE = 3,
+}
+
+/**
+ * Describes the enum voiceagent.v1.VoicemailMode.
+ */
+export const VoicemailModeSchema: GenEnum<VoicemailMode> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
  * ToolOutcome is how a tool call was answered.
  *
  * @generated from enum voiceagent.v1.ToolOutcome
@@ -1565,7 +1716,7 @@ export enum ToolOutcome {
  * Describes the enum voiceagent.v1.ToolOutcome.
  */
 export const ToolOutcomeSchema: GenEnum<ToolOutcome> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
@@ -1600,7 +1751,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 5);
+  enumDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * RecordingState is where a call's recording is.
@@ -1650,7 +1801,7 @@ export enum RecordingState {
  * Describes the enum voiceagent.v1.RecordingState.
  */
 export const RecordingStateSchema: GenEnum<RecordingState> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 6);
+  enumDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
