@@ -468,7 +468,7 @@ async fn metrics_count_rpcs_call_outcomes_and_provider_errors_exactly() {
             .lines()
             .filter(|l| l.starts_with("voice_agent_calls_ended_total{"))
             .count(),
-        5 * 14,
+        5 * voice_agent_server::call::lifecycle::EndClass::ALL.len(),
         "every final status × class, from the start"
     );
 
