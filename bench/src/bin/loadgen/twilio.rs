@@ -134,7 +134,7 @@ impl Fake {
             .form(params)
             .send()
             .await
-            .map_err(|e| format!("POST {url}: {e}"))?;
+            .map_err(|e| format!("POST {url}: {}", error_chain(&e)))?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| e.to_string())?;
         if !status.is_success() {
@@ -396,4 +396,16 @@ async fn media(
     let _ = sink.send(Message::Text(stop.into())).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), sink.close()).await;
     Ok(record)
+}
+
+/// An error with its causes (reqwest's own message names only the URL).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
