@@ -21,7 +21,7 @@ use voice_agent_proto::v1 as pb;
 use voice_agent_proto::v1::voice_agent_service_client::VoiceAgentServiceClient;
 use voice_agent_server::call::CallId;
 use voice_agent_server::config::{DatabaseLocation, Secret};
-use voice_agent_server::emulator::twilio::{EndCause, TwilioEmulator, TwilioEmulatorHandle};
+use voice_agent_server::emulator::twilio::{EndCause, TwilioEmulator, TwilioEmulatorConfig, TwilioEmulatorHandle};
 use voice_agent_server::store::{ScratchDatabase, Store};
 use voice_agent_tests::{binary, get_call, place, statuses, watch, watch_rest, watch_until};
 
@@ -275,8 +275,18 @@ struct Cluster {
 
 impl Cluster {
     async fn start(n: usize, extra: &[(&str, &str)], routes: &[(&str, usize)]) -> Self {
+        Self::start_with(n, extra, routes, Default::default()).await
+    }
+
+    /// [`Cluster::start`] with a Twilio emulator configured by the test.
+    async fn start_with(
+        n: usize,
+        extra: &[(&str, &str)],
+        routes: &[(&str, usize)],
+        twilio: TwilioEmulatorConfig,
+    ) -> Self {
         let db = ScratchDatabase::create().await;
-        let twilio = TwilioEmulator::start(Default::default()).await.unwrap();
+        let twilio = TwilioEmulator::start(twilio).await.unwrap();
         let lb_port = free_port();
         let mut env: Vec<(String, String)> = [
             ("PUBLIC_URL", format!("http://127.0.0.1:{lb_port}")),
@@ -527,6 +537,63 @@ async fn a_bridge_whose_replica_stops_answering_is_failed_by_a_survivor() {
     assert_eq!(ends, 1, "{logs}");
     let mut cluster = cluster;
     cluster.replicas[2].kill();
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_ringing_when_its_placing_replica_dies_goes_on_on_the_survivors() {
+    // Item 3's other half: a call that is ringing when the replica that
+    // placed it is killed owes that replica nothing. The callee answers, the
+    // TwiML fetch, status callbacks and media stream go through the load
+    // balancer to the survivors, and the call runs to its normal end.
+    let mut cluster = Cluster::start_with(
+        3,
+        &[],
+        &[],
+        TwilioEmulatorConfig {
+            // Long enough that the kill below lands while it rings.
+            ring_time: Duration::from_secs(4),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550106")).await.unwrap().into_inner();
+    cluster.replicas[0].kill();
+    // No answer has come yet: nothing of the call ran on r1 but PlaceCall.
+    let report = cluster
+        .twilio
+        .call(&placed.provider_call_id)
+        .expect("the emulator has the call");
+    assert!(report.twiml_fetches.is_empty(), "killed while ringing: {report:?}");
+    let mut r2 = cluster.replicas[1].client().await;
+    let events = all_events(&mut r2, &placed.call_id).await;
+    assert_eq!(sequences(&events), (1..=events.len() as u64).collect::<Vec<_>>());
+    let seen = statuses(&events);
+    assert!(seen.contains(&pb::CallStatus::InProgress), "{seen:?}");
+    assert_eq!(
+        seen.last(),
+        Some(&pb::CallStatus::Completed),
+        "{seen:?}\n{}",
+        cluster.logs()
+    );
+    assert!(
+        events.iter().any(voice_agent_tests::is_transcript),
+        "the conversation ran on a survivor: {events:?}"
+    );
+    let stored = get_call(&mut r2, &placed.call_id).await;
+    assert_eq!(stored.status(), pb::CallStatus::Completed, "{stored:?}");
+    let report = cluster
+        .twilio
+        .call(&placed.provider_call_id)
+        .expect("the emulator has the call");
+    assert_eq!(report.twiml_fetches.len(), 1, "{report:?}");
+    assert_eq!(report.twiml_fetches[0].response_status, Some(200), "{report:?}");
+    assert!(report.stream().is_some(), "{report:?}");
+    let bridged_on_survivor = cluster.replicas[1..]
+        .iter()
+        .any(|r| r.log().contains("media bridge ended"));
+    assert!(bridged_on_survivor, "{}", cluster.logs());
     cluster.stop().await;
 }
 
