@@ -235,7 +235,9 @@ impl Server {
             // Replicas: the other replicas' calls go on. A call whose media
             // bridge's replica died is ended once its lease expires, by
             // whichever replica sweeps first (this one included).
-            hub.spawn_lease_keeping(telephony.clone());
+            // A dial takes at most TWILIO_HTTP_TIMEOUT; a call queued much
+            // longer lost the replica placing it.
+            hub.spawn_lease_keeping(telephony.clone(), config.twilio_http_timeout + call::hub::PLACE_MARGIN);
         } else {
             // One process: before anything is served, the calls a crash left
             // live are hung up with the provider (which needs the telephony

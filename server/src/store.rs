@@ -349,6 +349,21 @@ impl Store {
         dispatch!(self, s => s.take_expired(lease, limit).await)
     }
 
+    /// Takes over the calls still queued `older_than` after they were
+    /// stored, with no provider id and no media owner, at most `limit`: the
+    /// replica placing them stopped before the provider answered its dial
+    /// (a live replica's dial ends well within that: `older_than` is longer
+    /// than the dial's HTTP timeout). Each is given to `lease.owner`, so only
+    /// one survivor ends it. Returns their records.
+    pub async fn take_unplaced(
+        &self,
+        lease: &Lease,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        dispatch!(self, s => s.take_unplaced(lease, older_than, limit).await)
+    }
+
     /// Sends `notice` to every replica (PostgreSQL; one process on SQLite
     /// has nobody to tell).
     pub async fn notify(&self, notice: &Notice) -> Result<(), StoreError> {

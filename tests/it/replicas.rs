@@ -598,6 +598,53 @@ async fn a_call_ringing_when_its_placing_replica_dies_goes_on_on_the_survivors()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_whose_placing_replica_dies_mid_dial_is_ended_by_a_survivor() {
+    // The replica is killed while its dial request is still in flight (this
+    // number's create never answers): the call is stored, queued, with no
+    // provider id, and nobody will ever move it on. A survivor's sweep takes
+    // it once it is older than a dial may take (TWILIO_HTTP_TIMEOUT + 20 s)
+    // and ends it FAILED with a reason the watcher sees.
+    let mut cluster = Cluster::start(3, &[("TWILIO_HTTP_TIMEOUT", "5")], &[]).await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placing = tokio::spawn(async move {
+        let req = pb::PlaceCallRequest {
+            request_id: "mid-dial".into(),
+            ..place("+15005550408")
+        };
+        r1.place_call(req).await
+    });
+    let mut r2 = cluster.replicas[1].client().await;
+    let mut stored = None;
+    for _ in 0..200 {
+        let page = r2
+            .list_calls(pb::ListCallsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(call) = page.calls.into_iter().next() {
+            stored = Some(call);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let stored = stored.expect("the call was stored before its dial");
+    cluster.replicas[0].kill();
+    assert_eq!(stored.status(), pb::CallStatus::Queued, "{stored:?}");
+    assert!(stored.provider_call_id.is_empty(), "{stored:?}");
+    assert!(placing.await.unwrap().is_err(), "r1 died before answering PlaceCall");
+    let events = all_events(&mut r2, &stored.call_id).await;
+    assert!(events.last().is_some_and(is_terminal), "{events:?}\n{}", cluster.logs());
+    assert_eq!(sequences(&events), (1..=events.len() as u64).collect::<Vec<_>>());
+    let ended = get_call(&mut r2, &stored.call_id).await;
+    assert_eq!(ended.status(), pb::CallStatus::Failed, "{ended:?}");
+    assert_eq!(
+        ended.end_reason,
+        voice_agent_server::call::lifecycle::PLACING_LOST_REASON
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_bridge_replica_ends_its_call_with_a_reason_on_a_survivor() {
     // SIGKILL: the media socket closes with the process, so the provider
     // asks the <Connect action> URL what next (protocols.md §4); through

@@ -64,6 +64,11 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// How often a replica looks for expired leases.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// Added to the dial's HTTP timeout: how much longer than a dial may take a
+/// call may stay queued before a sweep takes it as lost with the replica
+/// placing it (the placing replica stores the provider id as soon as the
+/// dial returns).
+pub const PLACE_MARGIN: Duration = Duration::from_secs(20);
 /// Calls taken over per sweep.
 const SWEEP_BATCH: usize = 32;
 
@@ -389,7 +394,11 @@ impl CallHub {
             // Other replicas are up: the provider's final status (the hang-up
             // below causes it) would reach one of them at once, so the end
             // and its reason are stored before.
-            let reason = why.hung_up;
+            let reason = if record.provider_call_id.is_empty() {
+                why.not_placed
+            } else {
+                why.hung_up
+            };
             self.update(&id, move |r| lifecycle::end(r, lifecycle::Ending::Failed, reason))
                 .await?;
         }
@@ -424,7 +433,11 @@ impl CallHub {
     /// On a shared store: renews the leases of the bridges this process runs,
     /// and ends the live calls whose lease expired (their replica is gone),
     /// until the watchers end (the last step of a shutdown).
-    pub fn spawn_lease_keeping(&self, telephony: Arc<dyn Telephony>) {
+    ///
+    /// `place_wait` is how long a call may stay queued without a provider id
+    /// before a sweep takes it as lost with the replica placing it (longer
+    /// than a dial request may take: `TWILIO_HTTP_TIMEOUT` and a margin).
+    pub fn spawn_lease_keeping(&self, telephony: Arc<dyn Telephony>, place_wait: Duration) {
         if !self.store.shared() {
             return;
         }
@@ -449,7 +462,7 @@ impl CallHub {
             loop {
                 tokio::select! {
                     _ = hub.watchers_end.cancelled() => return,
-                    _ = sweep.tick() => hub.sweep(telephony.as_ref()).await,
+                    _ = sweep.tick() => hub.sweep(telephony.as_ref(), place_wait).await,
                 }
             }
         });
@@ -469,10 +482,23 @@ impl CallHub {
         }
     }
 
-    async fn sweep(&self, telephony: &dyn Telephony) {
+    async fn sweep(&self, telephony: &dyn Telephony, place_wait: Duration) {
         if self.shutdown.is_cancelled() {
             // A replica going away takes nothing over.
             return;
+        }
+        match self.store.take_unplaced(&self.lease, place_wait, SWEEP_BATCH).await {
+            Ok(taken) if !taken.is_empty() => {
+                tracing::warn!(
+                    calls = taken.len(),
+                    "took over calls whose placing replica stopped before the provider accepted them; ending them"
+                );
+                if let Err(e) = self.end_orphans(telephony, taken, &PLACING_LOST).await {
+                    tracing::error!(error = %e, "a call taken over was not ended");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "looking for calls whose placing replica is gone failed"),
         }
         let taken = match self.store.take_expired(&self.lease, SWEEP_BATCH).await {
             Ok(taken) => taken,
@@ -705,6 +731,16 @@ const TAKEOVER: OrphanReasons = OrphanReasons {
     hung_up: lifecycle::TAKEOVER_HUNG_UP_REASON,
     hang_up_failed: lifecycle::TAKEOVER_HANG_UP_FAILED_REASON,
     error_prefix: "hanging up the call after its replica stopped failed",
+};
+
+/// Calls left queued by a replica that stopped while placing them (no
+/// provider id: nothing to hang up, so `not_placed` is the reason).
+const PLACING_LOST: OrphanReasons = OrphanReasons {
+    end_first: true,
+    not_placed: lifecycle::PLACING_LOST_REASON,
+    hung_up: lifecycle::TAKEOVER_HUNG_UP_REASON,
+    hang_up_failed: lifecycle::TAKEOVER_HANG_UP_FAILED_REASON,
+    error_prefix: "hanging up the call after its placing replica stopped failed",
 };
 
 /// Assigns sequence numbers and times to the events `f` produced, applying

@@ -37,6 +37,12 @@ pub const TAKEOVER_HUNG_UP_REASON: &str = "no replica serves the call's media an
 /// Like [`TAKEOVER_HUNG_UP_REASON`], when the provider refused the hang-up (an error event says why).
 pub const TAKEOVER_HANG_UP_FAILED_REASON: &str =
     "no replica serves the call's media any more; hanging the call up with the provider failed";
+/// The end reason of a call still queued long after it was stored, with no
+/// provider id: the replica placing it stopped before the provider answered
+/// its dial, and another replica ended it. (Had the provider accepted the
+/// dial after all, its TwiML fetch finds the call ended and hangs up.)
+pub const PLACING_LOST_REASON: &str =
+    "the replica placing the call stopped before the provider accepted it; another replica ended the call";
 
 /// The end reason of a live call whose media stream closed while nothing
 /// had recorded why (no hang-up, `end_call`, time limit, AI failure or

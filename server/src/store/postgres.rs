@@ -460,6 +460,37 @@ impl PgStore {
             .collect()
     }
 
+    pub(super) async fn take_unplaced(
+        &self,
+        lease: &Lease,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let client = self.client().await?;
+        // `status = 'queued'` lets the planner use the partial index of live
+        // calls (no scan of the history); created_at is RFC 3339 text.
+        let rows = client
+            .query(
+                "UPDATE calls SET media_owner = $1, lease_until = now() + $2::FLOAT8 * interval '1 millisecond'
+                 WHERE call_id IN (
+                     SELECT call_id FROM calls
+                     WHERE status = 'queued' AND media_owner IS NULL AND provider_call_id = ''
+                       AND created_at::timestamptz < now() - $3::FLOAT8 * interval '1 millisecond'
+                     ORDER BY seq LIMIT $4 FOR UPDATE SKIP LOCKED)
+                 RETURNING record",
+                &[
+                    &lease.owner,
+                    &ttl_millis(lease),
+                    &(older_than.as_secs_f64() * 1000.0),
+                    &(limit as i64),
+                ],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(serde_json::from_str(r.get::<_, &str>(0))?))
+            .collect()
+    }
+
     pub(super) async fn notify(&self, notice: &Notice) -> Result<(), StoreError> {
         let client = self.client().await?;
         client

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -338,6 +339,44 @@ impl SqliteStore {
                 let rows = stmt.query_map(params![owner, until, now, limit as i64], |r| r.get::<_, String>(0))?;
                 for row in rows {
                     out.push(serde_json::from_str(&row?)?);
+                }
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn take_unplaced(
+        &self,
+        lease: &Lease,
+        older_than: Duration,
+        limit: usize,
+    ) -> Result<Vec<CallRecord>, StoreError> {
+        let (owner, until) = (lease.owner.clone(), lease_until(lease));
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::new();
+            {
+                // The queued calls are few (the live ones); their age is
+                // judged here, created_at being RFC 3339 text.
+                let mut stmt = tx.prepare(
+                    "SELECT call_id, created_at, record FROM calls
+                     WHERE status = 'queued' AND media_owner IS NULL AND provider_call_id = '' ORDER BY seq",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                })?;
+                let mut take =
+                    tx.prepare_cached("UPDATE calls SET media_owner = ?2, lease_until = ?3 WHERE call_id = ?1")?;
+                for row in rows {
+                    let (id, created_at, record) = row?;
+                    let old = chrono::DateTime::parse_from_rfc3339(&created_at).is_ok_and(|t| t < cutoff);
+                    if old && out.len() < limit {
+                        take.execute(params![id, owner, until])?;
+                        out.push(serde_json::from_str(&record)?);
+                    }
                 }
             }
             tx.commit()?;

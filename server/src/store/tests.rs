@@ -276,6 +276,54 @@ async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) 
     );
 }
 
+both!(calls_left_queued_are_taken_by_one_survivor);
+async fn calls_left_queued_are_taken_by_one_survivor(place: &Place) {
+    let (a, b) = (place.open().await, place.open().await);
+    let lease = |owner: &str| Lease {
+        owner: owner.into(),
+        ttl: Duration::from_secs(60),
+    };
+    let queued = CallId::new();
+    a.insert_call(record(&queued), None).await.unwrap();
+    // Dialled (a provider id): the provider drives it now, never taken.
+    let dialled = CallId::new();
+    a.insert_call(record(&dialled), None).await.unwrap();
+    a.update(&dialled, |r| {
+        r.provider_call_id = "CA0123".into();
+        vec![]
+    })
+    .await
+    .unwrap();
+    // Not old enough yet.
+    assert!(
+        a.take_unplaced(&lease("A"), Duration::from_secs(3600), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (la, lb) = (lease("A"), lease("B"));
+    let (x, y) = tokio::join!(
+        a.take_unplaced(&la, Duration::from_millis(1), 10),
+        b.take_unplaced(&lb, Duration::from_millis(1), 10)
+    );
+    let taken: Vec<CallId> = x.unwrap().into_iter().chain(y.unwrap()).map(|r| r.call_id).collect();
+    assert_eq!(
+        taken,
+        std::slice::from_ref(&queued),
+        "taken once, and only the undialled call"
+    );
+    assert!(
+        a.take_unplaced(&lease("C"), Duration::from_millis(1), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "never taken twice"
+    );
+    // Its media can no longer be claimed: the taker ends it.
+    assert!(!a.claim_media(&queued, &lease("D")).await.unwrap());
+}
+
 both!(replicas_starting_at_once_migrate_once);
 async fn replicas_starting_at_once_migrate_once(place: &Place) {
     let location = place.location();
