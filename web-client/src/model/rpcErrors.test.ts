@@ -86,4 +86,18 @@ describe("describeError", () => {
     expect(isUnauthenticated(new ConnectError("x", Code.Unauthenticated))).toBe(true);
     expect(isUnauthenticated(new Error("x"))).toBe(false);
   });
+
+  it("words the reasons a person can act on: a restarting replica, a store out of reach, a reused request id", () => {
+    const withReason = (reason: string, code: Code) =>
+      new ConnectError("server words", code, undefined, [
+        { desc: ErrorInfoSchema, value: { reason, domain: "voice-agent" } },
+      ]);
+    expect(describeError(withReason("SERVER_STOPPING", Code.Unavailable))).toMatch(
+      /restarting.*try again.*server words/,
+    );
+    expect(describeError(withReason("STORE_UNAVAILABLE", Code.Unavailable))).toMatch(/store.*try again.*server words/);
+    expect(describeError(withReason("REQUEST_ID_REUSED", Code.AlreadyExists))).toMatch(/different call.*server words/);
+    // Other reasons keep the generic wording by code.
+    expect(describeError(withReason("STORE_FAILED", Code.Internal))).toBe("Internal: server words");
+  });
 });

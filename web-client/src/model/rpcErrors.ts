@@ -75,6 +75,17 @@ export function placeCallFieldError(err: unknown): FieldError {
 export function describeError(err: unknown): string {
   const e = ConnectError.from(err);
   const text = e.rawMessage || "no details";
+  // Reasons a person can act on get words of their own (docs/contract.md, error reasons).
+  switch (errorDetails(e).reason) {
+    case "SERVER_STOPPING":
+      return `This server is restarting and takes no new call; try again in a moment (another replica may take it). (${text})`;
+    case "STORE_UNAVAILABLE":
+      return `The call store is briefly out of reach; try again in a moment. (${text})`;
+    case "REQUEST_ID_REUSED":
+      return `That request id already belongs to a different call; use a new id for a new call. (${text})`;
+    default:
+      break;
+  }
   switch (e.code) {
     case Code.Unauthenticated:
       return `The server needs a valid API token (${text}).`;
