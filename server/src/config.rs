@@ -167,7 +167,7 @@ pub mod var {
     /// Signing secret of the server's outgoing webhooks (tool URLs).
     pub const WEBHOOK_SECRET: Variable = (
         "WEBHOOK_SECRET",
-        "Standard Webhooks signing secret, whsec_<base64 key of 16-256 bytes>: signs the requests to tool URLs (webhook-id, webhook-timestamp, webhook-signature); never logged; none = PlaceCall refuses tools with a url",
+        "Standard Webhooks signing secret, whsec_<base64 key of 16-256 bytes>: signs the requests to tool URLs and the outcome webhooks (webhook-id, webhook-timestamp, webhook-signature); never logged; none = PlaceCall refuses tools with a url and a webhook_url",
         "none",
     );
     /// Server-wide receiver of the outcome webhooks.
