@@ -360,6 +360,63 @@ async fn undeliverable_messages_are_dead_lettered_visibly_and_redirects_are_not_
 }
 
 #[tokio::test]
+async fn a_silent_receiver_times_out_an_endless_answer_is_not_read_and_the_call_goes_on() {
+    use axum::body::{Body, Bytes};
+    use axum::http::StatusCode;
+    // `/silent` never answers; `/endless` answers 200 with a body that never ends.
+    let app = axum::Router::new()
+        .route(
+            "/silent",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                StatusCode::NO_CONTENT
+            }),
+        )
+        .route(
+            "/endless",
+            axum::routing::post(|| async {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                let body = futures_util::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+                (StatusCode::OK, Body::from_stream(body))
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mut config = config(Some(format!("{base}/silent")), 1);
+    config.webhook_retry.timeout = Duration::from_millis(300);
+    let server = TestServer::with_config(config).await;
+    let mut client = server.client().await;
+    let placed = client
+        .place_call(pb::PlaceCallRequest {
+            webhook_url: Some(format!("{base}/endless")),
+            ..place("+15550130")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let events = watch_all(&mut client, &placed.call_id, 0, LIMIT).await;
+    // The call is what it would be without webhooks.
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed));
+    assert!(errors(&events).is_empty(), "{:?}", errors(&events));
+    let expected = statuses(&events).len() + 1;
+    let deliveries = settled(&mut client, &placed.call_id, 2 * expected).await;
+    for d in &deliveries {
+        if d.url.ends_with("/silent") {
+            assert_eq!(d.state(), pb::WebhookDeliveryState::Dead, "{d:?}");
+            assert_eq!(d.last_http_status, 0, "{d:?}");
+            assert!(d.last_error.contains("no answer within 300 ms"), "{d:?}");
+        } else {
+            assert_eq!(d.state(), pb::WebhookDeliveryState::Delivered, "{d:?}");
+            assert_eq!((d.attempts, d.last_http_status), (1, 200), "{d:?}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn place_call_checks_its_webhook_url() {
     let server = TestServer::with_config(config(None, 3)).await;
     let mut client = server.client().await;
