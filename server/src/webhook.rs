@@ -133,13 +133,17 @@ impl Sender {
             error: error.clone(),
             next_attempt_at: next,
         };
+        // Counted as finished only when recorded: an unrecorded attempt is
+        // made again (by this worker or another), and counted then.
         match self.store.record_attempt(d.id, &self.owner, &record).await {
             Ok(true) => {}
             Ok(false) => {
-                tracing::warn!(message_id = %d.message_id, "webhook delivery claimed by another worker meanwhile")
+                tracing::warn!(message_id = %d.message_id, "webhook delivery claimed by another worker meanwhile");
+                return;
             }
             Err(e) => {
-                tracing::warn!(message_id = %d.message_id, error = %e, "webhook delivery: could not record the attempt")
+                tracing::warn!(message_id = %d.message_id, error = %e, "webhook delivery: could not record the attempt");
+                return;
             }
         }
         match state {

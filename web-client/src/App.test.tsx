@@ -128,6 +128,33 @@ describe("placing a call", () => {
   });
 });
 
+describe("webhook URL", () => {
+  it("sends the call's webhook URL and shows the server's refusal under it", async () => {
+    const sent: (string | undefined)[] = [];
+    const transport = createRouterTransport(({ service }) =>
+      service(VoiceAgentService, {
+        placeCall: (req) => {
+          sent.push(req.webhookUrl);
+          throw new ConnectError(
+            "webhook_url: this server has no WEBHOOK_SECRET to sign webhooks with",
+            Code.InvalidArgument,
+          );
+        },
+        listCalls: () => ({ calls: [] }),
+      }),
+    );
+    const user = userEvent.setup();
+    render(<App client={voiceAgentClient(transport)} auth={new AuthStore(window.sessionStorage)} />);
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Webhook URL"), " https://hooks.example/h ");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-webhook_url")).textContent).toContain("WEBHOOK_SECRET");
+    expect(sent).toEqual(["https://hooks.example/h"]);
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText("Webhook URL")));
+  });
+});
+
 describe("voicemail and variables", () => {
   it("sends the voicemail policy and the variables, and refuses a bad variables line before sending", async () => {
     const seen: unknown[] = [];
