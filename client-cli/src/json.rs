@@ -236,8 +236,9 @@ mod tests {
         assert_eq!(v["tools"], json!([]));
         assert_eq!(v["toolTimeout"], Value::Null);
         assert_eq!(v["voicemail"], Value::Null);
-        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout, voicemail.
-        assert_eq!(v.as_object().map(|o| o.len()), Some(25));
+        assert_eq!(v["webhooks"], json!([]));
+        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout, voicemail, webhooks.
+        assert_eq!(v.as_object().map(|o| o.len()), Some(26));
     }
 
     #[test]

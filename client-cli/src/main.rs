@@ -155,6 +155,10 @@ struct CallArgs {
     /// What the agent says on an answering machine (with --voicemail leave-message).
     #[arg(long, value_name = "TEXT", requires = "voicemail")]
     voicemail_message: Option<String>,
+    /// Also POST this call's outcome webhooks (status changes, the end) here, signed with the server's
+    /// WEBHOOK_SECRET; https://, or http:// to a loopback host.
+    #[arg(long, value_name = "URL")]
+    webhook_url: Option<String>,
     /// Follow the call until it ends (exit status = its outcome, see below).
     #[arg(long)]
     watch: bool,
@@ -330,6 +334,7 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
             message: call.voicemail_message.clone().unwrap_or_default(),
         }),
         variables: call.variables.iter().cloned().collect(),
+        webhook_url: call.webhook_url.clone(),
     }
 }
 

@@ -293,12 +293,39 @@ where
         ("events", Some(call.event_count.to_string())),
         ("recording", call.recording.as_ref().map(recording_text)),
         ("recording url", non_empty(&call.recording_url)),
+        ("webhooks", webhooks_text(&call.webhooks)),
         ("metadata", (!metadata.is_empty()).then(|| metadata.join(", "))),
     ];
     rows.into_iter()
         .filter_map(|(name, value)| value.map(|v| format!("{name:<15}{v}")))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The outcome webhook deliveries in one line: counts by state, and the
+/// last error of the latest one not delivered.
+fn webhooks_text(deliveries: &[pb::WebhookDelivery]) -> Option<String> {
+    if deliveries.is_empty() {
+        return None;
+    }
+    let count = |s: pb::WebhookDeliveryState| deliveries.iter().filter(|d| d.state() == s).count();
+    let mut text = format!(
+        "{} delivered, {} pending, {} dead",
+        count(pb::WebhookDeliveryState::Delivered),
+        count(pb::WebhookDeliveryState::Pending),
+        count(pb::WebhookDeliveryState::Dead)
+    );
+    if let Some(d) = deliveries
+        .iter()
+        .rev()
+        .find(|d| d.state() != pb::WebhookDeliveryState::Delivered && !d.last_error.is_empty())
+    {
+        text.push_str(&format!(
+            " (last error: {}, {} attempts, {})",
+            d.last_error, d.attempts, d.url
+        ));
+    }
+    Some(text)
 }
 
 /// `transcode` / `passthrough` (the `AUDIO_MODE` spelling); an unknown value shows its number.
@@ -656,5 +683,32 @@ mod tests {
         assert!(text.contains("emulated       yes"), "{text}");
         assert!(!text.contains("answered"), "{text}");
         assert!(!text.contains("turn latency"), "{text}");
+        assert!(!text.contains("webhooks"), "{text}");
+    }
+
+    #[test]
+    fn call_detail_sums_up_webhook_deliveries_with_the_last_error() {
+        let delivery = |state: pb::WebhookDeliveryState, error: &str| pb::WebhookDelivery {
+            state: state as i32,
+            last_error: error.into(),
+            attempts: 4,
+            url: "https://h.example/hook".into(),
+            ..Default::default()
+        };
+        let call = pb::Call {
+            webhooks: vec![
+                delivery(pb::WebhookDeliveryState::Delivered, ""),
+                delivery(pb::WebhookDeliveryState::Dead, "the receiver answered HTTP 500"),
+                delivery(pb::WebhookDeliveryState::Pending, ""),
+            ],
+            ..record()
+        };
+        let text = call_detail(&call, &Utc);
+        assert!(
+            text.contains(
+                "webhooks       1 delivered, 1 pending, 1 dead (last error: the receiver answered HTTP 500, 4 attempts, https://h.example/hook)"
+            ),
+            "{text}"
+        );
     }
 }

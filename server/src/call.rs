@@ -516,6 +516,10 @@ pub struct CallRecord {
     /// PlaceCall's voicemail policy (answering-machine detection).
     #[serde(default)]
     pub voicemail: Voicemail,
+    /// Where the call's outcome webhooks go: `WEBHOOK_URL` as it was when
+    /// the call was placed, then PlaceCall's `webhook_url` (empty: none).
+    #[serde(default)]
+    pub webhooks: Vec<String>,
 }
 
 #[cfg(test)]
@@ -554,6 +558,7 @@ impl CallRecord {
             tools: vec![],
             tool_timeout_ms: 0,
             voicemail: Voicemail::default(),
+            webhooks: vec![],
         }
     }
 }

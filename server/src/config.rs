@@ -167,8 +167,38 @@ pub mod var {
     /// Signing secret of the server's outgoing webhooks (tool URLs).
     pub const WEBHOOK_SECRET: Variable = (
         "WEBHOOK_SECRET",
-        "Standard Webhooks signing secret, whsec_<base64 key of 16-256 bytes>: signs the requests to tool URLs (webhook-id, webhook-timestamp, webhook-signature); never logged; none = PlaceCall refuses tools with a url",
+        "Standard Webhooks signing secret, whsec_<base64 key of 16-256 bytes>: signs the requests to tool URLs and the outcome webhooks (webhook-id, webhook-timestamp, webhook-signature); never logged; none = PlaceCall refuses tools with a url and a webhook_url",
         "none",
+    );
+    /// Server-wide receiver of the outcome webhooks.
+    pub const WEBHOOK_URL: Variable = (
+        "WEBHOOK_URL",
+        "receives every call's outcome webhooks (call.status_changed, call.ended; docs/contract.md \"Outcome webhooks\"), signed with WEBHOOK_SECRET (required with it); https://, or http:// to a loopback host; beside a call's own webhook_url, both receive them",
+        "none",
+    );
+    /// Attempts per outcome webhook message.
+    pub const WEBHOOK_MAX_ATTEMPTS: Variable = (
+        "WEBHOOK_MAX_ATTEMPTS",
+        "attempts at delivering an outcome webhook message (the first included) before it is dead-lettered (kept, shown in GetCall and /metrics)",
+        "12",
+    );
+    /// First retry wait of outcome webhooks.
+    pub const WEBHOOK_RETRY_BASE: Variable = (
+        "WEBHOOK_RETRY_BASE",
+        "milliseconds before the first retry of a failed outcome webhook; doubled after each further failure up to WEBHOOK_RETRY_MAX, each wait jittered to 50-100 %",
+        "5000",
+    );
+    /// Longest retry wait of outcome webhooks.
+    pub const WEBHOOK_RETRY_MAX: Variable = (
+        "WEBHOOK_RETRY_MAX",
+        "longest wait between two attempts at an outcome webhook, seconds",
+        "3600",
+    );
+    /// Per-attempt timeout of outcome webhooks.
+    pub const WEBHOOK_TIMEOUT: Variable = (
+        "WEBHOOK_TIMEOUT",
+        "milliseconds one outcome webhook attempt may take (connect, send, answer's headers) before it counts as failed",
+        "10000",
     );
     /// Browser origins allowed to call the API from other pages.
     pub const CORS_ALLOWED_ORIGINS: Variable = (
@@ -234,6 +264,11 @@ const TAIL: &[Variable] = &[
     var::RECORDING_RETENTION,
     var::API_TOKEN,
     var::WEBHOOK_SECRET,
+    var::WEBHOOK_URL,
+    var::WEBHOOK_MAX_ATTEMPTS,
+    var::WEBHOOK_RETRY_BASE,
+    var::WEBHOOK_RETRY_MAX,
+    var::WEBHOOK_TIMEOUT,
     var::CORS_ALLOWED_ORIGINS,
     var::WEB_DIR,
     var::RUST_LOG,
@@ -347,6 +382,10 @@ pub struct Config {
     pub api_token: Option<Secret>,
     /// `WEBHOOK_SECRET`, checked to be a `whsec_` secret at start.
     pub webhook_secret: Option<Secret>,
+    /// `WEBHOOK_URL`: receives every call's outcome webhooks (checked like a tool URL; needs the secret).
+    pub webhook_url: Option<String>,
+    /// How outcome webhooks are retried.
+    pub webhook_retry: crate::webhook::retry::RetryPolicy,
     /// Origins (ASCII serialization, e.g. `http://localhost:5173`) whose pages
     /// may call the API; empty = no CORS at all.
     pub cors_allowed_origins: Vec<String>,
@@ -614,6 +653,25 @@ impl Config {
                     Ok(_) => Some(Secret::new(v)),
                     Err(e) => return Err(err(var::WEBHOOK_SECRET.0, e.to_string())),
                 },
+            },
+            webhook_url: match env.get(var::WEBHOOK_URL.0) {
+                None => None,
+                Some(raw) => {
+                    crate::call::tools::check_url(&raw).map_err(|why| err(var::WEBHOOK_URL.0, why))?;
+                    if env.get(var::WEBHOOK_SECRET.0).is_none() {
+                        return Err(err(
+                            var::WEBHOOK_URL.0,
+                            "needs WEBHOOK_SECRET (whsec_…) to sign the webhooks with: nothing is sent unsigned",
+                        ));
+                    }
+                    Some(raw)
+                }
+            },
+            webhook_retry: crate::webhook::retry::RetryPolicy {
+                max_attempts: env.count(&var::WEBHOOK_MAX_ATTEMPTS, 1, 100)? as u32,
+                base: Duration::from_millis(env.count(&var::WEBHOOK_RETRY_BASE, 10, 3_600_000)? as u64),
+                cap: env.seconds(&var::WEBHOOK_RETRY_MAX, 1, 7 * 24 * 3600)?,
+                timeout: Duration::from_millis(env.count(&var::WEBHOOK_TIMEOUT, 100, 120_000)? as u64),
             },
             cors_allowed_origins: parse_origins(env.get(var::CORS_ALLOWED_ORIGINS.0).as_deref())?,
             web_dir: env.get(var::WEB_DIR.0).map(PathBuf::from),
@@ -944,6 +1002,19 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_url_needs_a_secret_and_a_safe_scheme() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let e = parse(&[("WEBHOOK_URL", "https://h.example/hook")]).unwrap_err();
+        assert_eq!(e.variable, "WEBHOOK_URL");
+        assert!(e.problem.contains("WEBHOOK_SECRET"), "{e}");
+        let e = parse(&[("WEBHOOK_URL", "http://h.example/hook"), ("WEBHOOK_SECRET", secret)]).unwrap_err();
+        assert_eq!(e.variable, "WEBHOOK_URL");
+        let c = parse(&[("WEBHOOK_URL", "https://h.example/hook"), ("WEBHOOK_SECRET", secret)]).unwrap();
+        assert_eq!(c.webhook_url.as_deref(), Some("https://h.example/hook"));
+        assert_eq!(c.webhook_retry, crate::webhook::retry::RetryPolicy::default());
+    }
+
+    #[test]
     fn a_malformed_webhook_secret_stops_the_start_without_being_echoed() {
         let e = parse(&[("WEBHOOK_SECRET", "not-a-whsec-hunter2")]).unwrap_err();
         assert_eq!(e.variable, "WEBHOOK_SECRET");
@@ -975,6 +1046,10 @@ mod tests {
             (var::HTTP_IDLE_TIMEOUT, c.limits.idle_timeout.as_secs().to_string()),
             (var::MAX_CONNECTIONS, c.limits.max_connections.to_string()),
             (var::WEBHOOK_MAX_BODY, c.limits.webhook_max_body.to_string()),
+            (var::WEBHOOK_MAX_ATTEMPTS, c.webhook_retry.max_attempts.to_string()),
+            (var::WEBHOOK_RETRY_BASE, c.webhook_retry.base.as_millis().to_string()),
+            (var::WEBHOOK_RETRY_MAX, c.webhook_retry.cap.as_secs().to_string()),
+            (var::WEBHOOK_TIMEOUT, c.webhook_retry.timeout.as_millis().to_string()),
             (var::PORT, c.bind.port().to_string()),
             (var::HOST, c.bind.ip().to_string()),
             (voice_live::VOICE, c.azure_tts_voice.clone()),

@@ -129,6 +129,8 @@ struct ValidCall {
     tools: Vec<tools::Tool>,
     tool_timeout: Duration,
     voicemail: Voicemail,
+    /// The call's own outcome webhook receiver.
+    webhook_url: Option<String>,
     /// Kept only for the idempotency fingerprint: the texts above are filled in already.
     variables: BTreeMap<String, String>,
 }
@@ -168,6 +170,12 @@ impl ValidCall {
         {
             list.push(serde_json::json!(self.voicemail));
             list.push(serde_json::json!(self.variables));
+        }
+        // Appended only when set, as above.
+        if let Some(url) = &self.webhook_url
+            && let Some(list) = canonical.as_array_mut()
+        {
+            list.push(serde_json::json!({ "webhook_url": url }));
         }
         let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
         Some(RequestKey {
@@ -332,6 +340,19 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         )?,
         ..voicemail
     };
+    let webhook_url = match req.webhook_url.filter(|u| !u.is_empty()) {
+        None => None,
+        Some(url) => {
+            tools::check_url(&url).map_err(|why| invalid("webhook_url", why))?;
+            if config.webhook_secret.is_none() {
+                return Err(invalid(
+                    "webhook_url",
+                    "this server has no WEBHOOK_SECRET to sign webhooks with",
+                ));
+            }
+            Some(url)
+        }
+    };
     Ok(ValidCall {
         to: req.to,
         backend,
@@ -345,6 +366,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         tools,
         tool_timeout,
         voicemail,
+        webhook_url,
         variables,
     })
 }
@@ -606,6 +628,13 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
             tools: call.tools,
             tool_timeout_ms: call.tool_timeout.as_millis() as u64,
             voicemail: call.voicemail.clone(),
+            webhooks: state
+                .config
+                .webhook_url
+                .iter()
+                .chain(call.webhook_url.iter())
+                .cloned()
+                .collect(),
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -759,9 +788,18 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::GetCallResponse>, Status> {
         let id = parse_call_id(&request.into_inner().call_id)?;
         let rec = self.state.hub.get(&id).await.map_err(|e| hub_status(e, Some(&id)))?;
-        Ok(Response::new(pb::GetCallResponse {
-            call: Some(call_to_pb(&rec)),
-        }))
+        let mut call = call_to_pb(&rec);
+        if !rec.webhooks.is_empty() {
+            let deliveries = self
+                .state
+                .hub
+                .store()
+                .deliveries(&id)
+                .await
+                .map_err(|e| hub_status(e.into(), Some(&id)))?;
+            call.webhooks = deliveries.iter().map(delivery_to_pb).collect();
+        }
+        Ok(Response::new(pb::GetCallResponse { call: Some(call) }))
     }
 
     async fn list_calls(
@@ -1117,6 +1155,27 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
             } as i32,
             message: rec.voicemail.message.clone(),
         }),
+        // GetCall adds them (one more read of the store).
+        webhooks: vec![],
+    }
+}
+
+fn delivery_to_pb(d: &crate::store::Delivery) -> pb::WebhookDelivery {
+    use crate::store::DeliveryState;
+    pb::WebhookDelivery {
+        message_id: d.message_id.clone(),
+        r#type: d.event_type.clone(),
+        url: crate::webhook::shown_url(&d.url),
+        state: match d.state {
+            DeliveryState::Pending => pb::WebhookDeliveryState::Pending,
+            DeliveryState::Delivered => pb::WebhookDeliveryState::Delivered,
+            DeliveryState::Dead => pb::WebhookDeliveryState::Dead,
+        } as i32,
+        attempts: d.attempts,
+        last_http_status: u32::from(d.last_status),
+        last_error: d.last_error.clone(),
+        next_attempt_at: (d.state == DeliveryState::Pending).then(|| ts(d.next_attempt_at)),
+        created_at: Some(ts(d.created_at)),
     }
 }
 

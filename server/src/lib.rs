@@ -51,6 +51,9 @@
 //!              the span and RPC metrics of every gRPC request and Twilio request (docs/observability.md)
 //! redact.rs    phone numbers as logs and spans show them (+1***23), pure
 //! tool_http.rs edge: POSTs a tool call to the tool's URL, signed (webhook_signing), bounded; output or error output
+//! webhook.rs   outcome webhooks: the worker delivering the store's outbox, signed, retried, dead-lettered (I/O)
+//!   webhook/payload  wire format: call.status_changed / call.ended bodies, bounded (the store enqueues them)
+//!   webhook/retry    the backoff schedule and how an attempt is judged (pure)
 //! webhook_signing.rs wire format: Standard Webhooks signatures (webhook-id/-timestamp/-signature), no I/O
 //! ```
 //!
@@ -91,6 +94,7 @@ pub mod telemetry;
 pub mod telephony;
 pub mod tool_http;
 pub mod ui;
+pub mod webhook;
 pub mod webhook_signing;
 
 use std::net::SocketAddr;
@@ -185,7 +189,7 @@ impl Server {
             Some(u) => u.clone(),
             None => Url::parse(&format!("http://{local}")).map_err(|e| StartError::Other(e.to_string()))?,
         };
-        let store = Store::open(&config.database).await?;
+        let store = Store::open(&config.database).await?.with_link_base(public_url.as_str());
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(metrics::Metrics::default());
         let hub = CallHub::with_metrics(store, shutdown.clone(), metrics.clone());
@@ -292,6 +296,24 @@ impl Server {
             recordings,
         });
         state.recordings.spawn_sweep(state.hub.clone(), state.shutdown.clone());
+        // Outcome webhooks: this process delivers the outbox whenever it can
+        // sign, so messages a previous run (or another replica) stored go out
+        // even if this one has no WEBHOOK_URL.
+        if let Some(key) = state
+            .config
+            .webhook_secret
+            .as_ref()
+            .and_then(|s| webhook_signing::SigningKey::from_secret(s.expose()).ok())
+        {
+            webhook::Sender::new(
+                state.hub.store().clone(),
+                key,
+                state.config.webhook_retry.clone(),
+                state.metrics.clone(),
+                state.hub.replica_id().to_string(),
+            )
+            .spawn(state.shutdown.clone());
+        }
         let twilio_base = twilio_emulator.as_ref().map(|t| t.base_url());
         let realtime_base = realtime_emulator.as_ref().map(|r| r.url_base());
         let started = summary::Started {

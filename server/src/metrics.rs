@@ -145,6 +145,10 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+    /// Sets the value (a gauge read from elsewhere, e.g. the store).
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
 }
 
 /// Undoes one [`Gauge::track`] on drop.
@@ -197,6 +201,18 @@ pub struct Metrics {
     pub ai_reconnects_ok: Counter,
     /// Reconnects to the realtime AI mid-call that failed.
     pub ai_reconnects_failed: Counter,
+    /// Outcome webhook deliveries by this process: delivered, dead-lettered.
+    pub webhooks_delivered: Counter,
+    /// See [`Metrics::webhooks_delivered`].
+    pub webhooks_dead: Counter,
+    /// Outcome webhook attempts by this process that succeeded.
+    pub webhook_attempts_ok: Counter,
+    /// Outcome webhook attempts by this process that failed.
+    pub webhook_attempts_failed: Counter,
+    /// Pending outcome webhook deliveries in the store (every replica's), as last read.
+    pub webhooks_pending: Gauge,
+    /// Dead-lettered outcome webhook deliveries in the store, as last read.
+    pub webhooks_dead_letters: Gauge,
 }
 
 /// The gRPC status codes, by number (their canonical names, as labels).
@@ -493,6 +509,15 @@ impl Metrics {
                 ("ok", self.ai_reconnects_ok.get()),
                 ("failed", self.ai_reconnects_failed.get()),
             ],
+            webhook_deliveries: [
+                ("delivered", self.webhooks_delivered.get()),
+                ("dead", self.webhooks_dead.get()),
+            ],
+            webhook_attempts: [
+                ("ok", self.webhook_attempts_ok.get()),
+                ("failed", self.webhook_attempts_failed.get()),
+            ],
+            webhook_store: [self.webhooks_pending.get(), self.webhooks_dead_letters.get()],
             process: process::read(),
         }
     }
@@ -612,6 +637,10 @@ pub struct Scrape {
     provider_errors: [(&'static str, &'static str, u64); ProviderError::ALL.len()],
     /// (result, count).
     ai_reconnects: [(&'static str, u64); 2],
+    /// (outcome, count) of deliveries; (result, count) of attempts; pending and dead in the store.
+    webhook_deliveries: [(&'static str, u64); 2],
+    webhook_attempts: [(&'static str, u64); 2],
+    webhook_store: [i64; 2],
     process: Option<process::ProcessScrape>,
 }
 
@@ -716,6 +745,38 @@ impl Scrape {
         )?;
         for (result, n) in &self.ai_reconnects {
             ConstCounter::new(*n).encode(family.encode_family(&[("result", *result)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "voice_agent_webhook_deliveries",
+            "Outcome webhook messages this process finished, by outcome (delivered, dead: given up on).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in &self.webhook_deliveries {
+            ConstCounter::new(*n).encode(family.encode_family(&[("outcome", *outcome)])?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "voice_agent_webhook_attempts",
+            "Outcome webhook POSTs this process made, by result (ok: a 2xx answer).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, n) in &self.webhook_attempts {
+            ConstCounter::new(*n).encode(family.encode_family(&[("result", *result)])?)?;
+        }
+        for (name, help, v) in [
+            (
+                "voice_agent_webhook_pending",
+                "Outcome webhook deliveries waiting in the store's outbox (every replica's), as last read.",
+                self.webhook_store[0],
+            ),
+            (
+                "voice_agent_webhook_dead_letters",
+                "Outcome webhook deliveries given up on, kept in the store (every replica's), as last read.",
+                self.webhook_store[1],
+            ),
+        ] {
+            ConstGauge::new(v).encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
         }
         ConstGauge::new(1i64).encode(
             encoder
@@ -852,11 +913,11 @@ mod tests {
         assert_ne!(before, after);
         assert_eq!(series(&before), series(&after));
         // The media path; then calls ended (status × class), provider errors,
-        // reconnects, build info and six process series. gRPC methods
-        // appear once called.
+        // reconnects, webhooks (2 outcomes, 2 results, 2 gauges), build
+        // info and six process series. gRPC methods appear once called.
         assert_eq!(
             series(&before).len(),
-            3 * (BOUNDS + 1 + 2) + 5 + 4 + 5 * EndClass::ALL.len() + ProviderError::ALL.len() + 2 + 1 + 6
+            3 * (BOUNDS + 1 + 2) + 5 + 4 + 5 * EndClass::ALL.len() + ProviderError::ALL.len() + 2 + 6 + 1 + 6
         );
     }
 
@@ -876,6 +937,10 @@ mod tests {
             ("voice_agent_calls_ended_total", "counter"),
             ("voice_agent_provider_errors_total", "counter"),
             ("voice_agent_ai_reconnects_total", "counter"),
+            ("voice_agent_webhook_deliveries_total", "counter"),
+            ("voice_agent_webhook_attempts_total", "counter"),
+            ("voice_agent_webhook_pending", "gauge"),
+            ("voice_agent_webhook_dead_letters", "gauge"),
             ("voice_agent_build_info", "gauge"),
             ("process_cpu_seconds_total", "counter"),
             ("process_resident_memory_bytes", "gauge"),

@@ -212,6 +212,89 @@ pub struct Lease {
 /// ever: the sweep ends it. Twilio opens the stream right after the TwiML.
 pub const MEDIA_WAIT: Duration = Duration::from_secs(30);
 
+/// Where an outcome webhook delivery is ([`Store::deliveries`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// A 2xx answer was had.
+    Delivered,
+    /// Given up on (the dead letters): kept, visible in GetCall and /metrics.
+    Dead,
+}
+
+impl DeliveryState {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+        }
+    }
+    fn parse(s: &str) -> Self {
+        match s {
+            "delivered" => Self::Delivered,
+            "dead" => Self::Dead,
+            _ => Self::Pending,
+        }
+    }
+}
+
+/// One outcome webhook message to one URL, as the outbox holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// The outbox row (its order is the order of delivery per call and URL).
+    pub id: i64,
+    /// `webhook-id`.
+    pub message_id: String,
+    /// The call it reports on.
+    pub call_id: CallId,
+    /// Where it goes.
+    pub url: String,
+    /// `call.status_changed` or `call.ended`.
+    pub event_type: String,
+    /// The JSON body.
+    pub body: String,
+    /// Where it is.
+    pub state: DeliveryState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// HTTP status of the last answer (0: none yet, or no answer).
+    pub last_status: u16,
+    /// Why the last attempt failed (empty when none failed; no URL, no secret).
+    pub last_error: String,
+    /// When the next attempt is due (pending ones).
+    pub next_attempt_at: DateTime<Utc>,
+    /// When it was stored (with the status change it reports).
+    pub created_at: DateTime<Utc>,
+}
+
+/// What an attempt made of a delivery ([`Store::record_attempt`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptRecord {
+    /// Its state after the attempt.
+    pub state: DeliveryState,
+    /// The answer's HTTP status (0: none).
+    pub http_status: u16,
+    /// Why it failed (empty on success).
+    pub error: String,
+    /// When to try again (pending).
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// How many deliveries wait, and how many are dead, in the whole store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Pending.
+    pub pending: u64,
+    /// Dead.
+    pub dead: u64,
+}
+
+/// Most deliveries [`Store::deliveries`] returns for one call.
+pub const MAX_DELIVERIES_SHOWN: usize = 100;
+
 #[derive(Clone)]
 enum Engine {
     Sqlite(sqlite::SqliteStore),
@@ -223,6 +306,9 @@ enum Engine {
 #[derive(Clone)]
 pub struct Store {
     engine: Engine,
+    /// Wakes the webhook worker when a change stored messages, and the
+    /// base URL their links are made absolute with.
+    outbox: std::sync::Arc<OutboxShared>,
     /// How many events each [`Store::events_after`] returned (tests check the paging).
     #[cfg(test)]
     pages: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
@@ -251,9 +337,25 @@ impl Store {
         };
         Ok(Self {
             engine,
+            outbox: Default::default(),
             #[cfg(test)]
             pages: Default::default(),
         })
+    }
+
+    /// The store with `base` (PUBLIC_URL) as the base of the links in the
+    /// outcome webhooks it stores (call it before cloning the store).
+    pub fn with_link_base(mut self, base: &str) -> Self {
+        self.outbox = std::sync::Arc::new(OutboxShared {
+            wake: Default::default(),
+            link_base: base.to_string(),
+        });
+        self
+    }
+
+    /// Notified when a change stored outcome webhook messages (in this process).
+    pub fn outbox_wake(&self) -> std::sync::Arc<OutboxShared> {
+        self.outbox.clone()
     }
 
     /// True on an engine several replicas share (PostgreSQL).
@@ -275,7 +377,43 @@ impl Store {
     where
         F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
     {
-        dispatch!(self, s => s.update(id, f).await)
+        let base = self.outbox.link_base.clone();
+        let (record, events) = dispatch!(self, s => s.update(id, f, base).await)?;
+        if crate::webhook::payload::makes_messages(&record, &events) {
+            self.outbox.wake.notify_one();
+        }
+        Ok((record, events))
+    }
+
+    /// Claims up to `limit` due deliveries for `owner` for `lease`: pending,
+    /// due, not claimed by a live lease, and each the oldest pending one of
+    /// its call and URL (so a call's messages reach a URL in order: one waits
+    /// until the one before it is delivered or dead). On PostgreSQL the rows
+    /// are locked `FOR UPDATE SKIP LOCKED` while claimed, so replicas never
+    /// claim one delivery at once.
+    pub async fn claim_deliveries(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        dispatch!(self, s => s.claim_deliveries(owner, lease, limit).await)
+    }
+
+    /// Records an attempt on a delivery `owner` claimed; false when the claim
+    /// was lost (its lease expired and another worker took it).
+    pub async fn record_attempt(&self, id: i64, owner: &str, attempt: &AttemptRecord) -> Result<bool, StoreError> {
+        dispatch!(self, s => s.record_attempt(id, owner, attempt).await)
+    }
+
+    /// The deliveries of a call's messages, oldest first (at most [`MAX_DELIVERIES_SHOWN`]).
+    pub async fn deliveries(&self, id: &CallId) -> Result<Vec<Delivery>, StoreError> {
+        dispatch!(self, s => s.deliveries(id).await)
+    }
+
+    /// Pending and dead deliveries in the whole store (every replica's).
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        dispatch!(self, s => s.outbox_counts().await)
     }
 
     /// One call record.
@@ -392,6 +530,25 @@ impl Store {
     pub async fn close(&self) -> Result<(), StoreError> {
         dispatch!(self, s => s.close().await)
     }
+}
+
+/// What the store shares with the webhook worker of its process.
+#[derive(Debug, Default)]
+pub struct OutboxShared {
+    /// Notified after a commit that stored messages.
+    pub wake: tokio::sync::Notify,
+    /// PUBLIC_URL: links in messages are made absolute with it.
+    pub link_base: String,
+}
+
+/// Unix milliseconds of a time.
+pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A time from stored Unix milliseconds.
+pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
 /// The serde spelling of a status, so SQL filters and the JSON record agree.

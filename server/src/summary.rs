@@ -1,6 +1,6 @@
 //! The start-up summary: one line per topic saying what this server will do
 //! (telephony real or emulated, each backend and how it authenticates, the
-//! store, the audio mode, recordings, API auth, CORS, where the web UI comes from), so an
+//! store, the audio mode, recordings, outcome webhooks, API auth, CORS, where the web UI comes from), so an
 //! operator reading the first lines of the log knows without reading the
 //! configuration. Pure: it describes the state the server built; `lib.rs`
 //! logs the lines. Never a secret: keys and tokens are only said to be set,
@@ -97,6 +97,18 @@ pub fn lines(state: &AppState, started: &Started<'_>) -> Vec<Line> {
         if config.record_calls { "on" } else { "off" },
         config.recordings_dir.display()
     )));
+    let retry = &config.webhook_retry;
+    out.push(info(match (&config.webhook_url, &config.webhook_secret) {
+        (Some(url), _) => format!(
+            "outcome webhooks: to {} and each call's webhook_url, signed; {} attempts, retries from {} ms up to {} s apart",
+            crate::webhook::shown_url(url),
+            retry.max_attempts,
+            retry.base.as_millis(),
+            retry.cap.as_secs()
+        ),
+        (None, Some(_)) => "outcome webhooks: to each call's webhook_url (no WEBHOOK_URL), signed".into(),
+        (None, None) => "outcome webhooks: off (no WEBHOOK_SECRET to sign them with)".into(),
+    }));
     out.push(match &config.api_token {
         Some(_) => info("API auth: on: every VoiceAgentService RPC, /metrics and /recordings need API_TOKEN in their authorization header".into()),
         None => warn(format!(

@@ -116,6 +116,8 @@ fn config_errors_exit_2_naming_the_variable() {
         (vec![("DEFAULT_BACKEND", "watson")], "DEFAULT_BACKEND"),
         (vec![("AUDIO_MODE", "loud")], "AUDIO_MODE"),
         (vec![("HOST", "0.0.0.0")], "API_TOKEN"),
+        // Nothing is ever sent unsigned.
+        (vec![("WEBHOOK_URL", "https://hooks.example/h")], "WEBHOOK_URL"),
     ] {
         let out = server_with_env(&env);
         assert_eq!(out.status.code(), Some(2), "{env:?}");

@@ -4,7 +4,14 @@ import userEvent from "@testing-library/user-event";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { App, EMULATED_BANNER } from "./App";
 import { defaultScript, FakeVoiceAgent, type FakeOptions, type ScriptKind } from "./fake/fakeService";
-import { Backend, CallStatus, Speaker, VoiceAgentService, VoicemailMode } from "@voice-agent/client";
+import {
+  Backend,
+  CallStatus,
+  Speaker,
+  VoiceAgentService,
+  VoicemailMode,
+  WebhookDeliveryState,
+} from "@voice-agent/client";
 import { AuthStore, authInterceptor } from "./rpc/auth";
 import { voiceAgentClient } from "./rpc/client";
 
@@ -118,6 +125,33 @@ describe("placing a call", () => {
         max: 90n,
       },
     ]);
+  });
+});
+
+describe("webhook URL", () => {
+  it("sends the call's webhook URL and shows the server's refusal under it", async () => {
+    const sent: (string | undefined)[] = [];
+    const transport = createRouterTransport(({ service }) =>
+      service(VoiceAgentService, {
+        placeCall: (req) => {
+          sent.push(req.webhookUrl);
+          throw new ConnectError(
+            "webhook_url: this server has no WEBHOOK_SECRET to sign webhooks with",
+            Code.InvalidArgument,
+          );
+        },
+        listCalls: () => ({ calls: [] }),
+      }),
+    );
+    const user = userEvent.setup();
+    render(<App client={voiceAgentClient(transport)} auth={new AuthStore(window.sessionStorage)} />);
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByText("Instructions, voice and greeting (optional)"));
+    await user.type(screen.getByLabelText("Webhook URL"), " https://hooks.example/h ");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    expect((await screen.findByTestId("error-webhook_url")).textContent).toContain("WEBHOOK_SECRET");
+    expect(sent).toEqual(["https://hooks.example/h"]);
+    await waitFor(() => expect(document.activeElement).toBe(screen.getByLabelText("Webhook URL")));
   });
 });
 
@@ -241,6 +275,52 @@ describe("live call view", () => {
       "textContent",
       expect.stringContaining("Not found"),
     );
+  });
+});
+
+describe("outcome webhooks", () => {
+  it("shows each delivery's state, attempts and last error, and refreshes them", async () => {
+    const { user, fake } = setup({
+      webhooks: [
+        {
+          messageId: "msg_1",
+          type: "call.status_changed",
+          url: "https://hooks.example/a",
+          state: WebhookDeliveryState.DELIVERED,
+          attempts: 3,
+          lastHttpStatus: 204,
+        },
+        {
+          messageId: "msg_2",
+          type: "call.ended",
+          url: "https://hooks.example/a",
+          state: WebhookDeliveryState.DEAD,
+          attempts: 12,
+          lastHttpStatus: 503,
+          lastError: "the receiver answered HTTP 503",
+        },
+      ],
+    });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"), { timeout: 3000 });
+    const panel = await within(callView()).findByTestId("webhooks");
+    const rows = within(panel).getAllByTestId("webhook-row");
+    expect(rows.map((r) => r.dataset.state)).toEqual(["DELIVERED", "DEAD"]);
+    expect(rows[0]?.textContent).toContain("HTTP 204");
+    expect(rows[1]?.textContent).toContain("the receiver answered HTTP 503");
+    expect(rows[1]?.textContent).toContain("12");
+    const before = fake.getCallRequests;
+    await user.click(within(panel).getByRole("button", { name: "Refresh" }));
+    await waitFor(() => expect(fake.getCallRequests).toBe(before + 1));
+  });
+
+  it("shows no webhook panel for a call without receivers", async () => {
+    const { user } = setup();
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"), { timeout: 3000 });
+    expect(within(callView()).queryByTestId("webhooks")).toBeNull();
   });
 });
 

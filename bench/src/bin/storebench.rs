@@ -94,6 +94,7 @@ fn record() -> CallRecord {
         tools: vec![],
         tool_timeout_ms: 0,
         voicemail: Default::default(),
+        webhooks: vec![],
     }
 }
 

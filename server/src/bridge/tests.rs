@@ -267,6 +267,7 @@ impl World {
             tools: vec![],
             tool_timeout_ms: 0,
             voicemail: Default::default(),
+            webhooks: vec![],
         };
         hub.create(record.clone()).await.unwrap();
         Self {

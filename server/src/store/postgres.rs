@@ -24,10 +24,12 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    CallFilter, CallPage, Inserted, LIVE_STATUSES, Lease, Notice, RequestKey, StoreError, notice_payload, parse_notice,
-    parse_time, status_text,
+    AttemptRecord, CallFilter, CallPage, Delivery, DeliveryState, Inserted, LIVE_STATUSES, Lease, MAX_DELIVERIES_SHOWN,
+    Notice, OutboxCounts, RequestKey, StoreError, from_millis, millis, notice_payload, parse_notice, parse_time,
+    status_text,
 };
 use crate::call::{CallEvent, CallId, CallRecord, EventKind};
+use crate::webhook::payload;
 
 /// Connections per replica. Writes are per event (a few a second per call)
 /// and short; watchers read a page at a time.
@@ -72,7 +74,74 @@ const MIGRATIONS: &[&str] = &[
         kind TEXT NOT NULL,
         PRIMARY KEY (call_id, sequence)
     );",
+    // 2: the outbox of outcome webhooks (times in Unix milliseconds, as on
+    // SQLite; the lease is the claim of the worker sending it).
+    "CREATE TABLE webhook_outbox (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        message_id TEXT NOT NULL,
+        call_id TEXT NOT NULL REFERENCES calls(call_id),
+        url TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_status INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        next_attempt_at BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        lease_owner TEXT,
+        lease_until BIGINT
+    );
+    CREATE INDEX webhook_outbox_call ON webhook_outbox(call_id, id);
+    CREATE INDEX webhook_outbox_state ON webhook_outbox(state, next_attempt_at);",
 ];
+
+/// The columns of a [`Delivery`], in the order [`delivery_row`] reads them.
+const DELIVERY_COLUMNS: &str = "id, message_id, call_id, url, event_type, body, state, attempts, last_status, last_error, next_attempt_at, created_at";
+
+fn delivery_row(r: &tokio_postgres::Row) -> Delivery {
+    Delivery {
+        id: r.get(0),
+        message_id: r.get(1),
+        call_id: CallId::parse(r.get(2)).unwrap_or_default(),
+        url: r.get(3),
+        event_type: r.get(4),
+        body: r.get(5),
+        state: DeliveryState::parse(r.get(6)),
+        attempts: u32::try_from(r.get::<_, i32>(7)).unwrap_or(0),
+        last_status: u16::try_from(r.get::<_, i32>(8)).unwrap_or(0),
+        last_error: r.get(9),
+        next_attempt_at: from_millis(r.get(10)),
+        created_at: from_millis(r.get(11)),
+    }
+}
+
+/// A call's events above `after`, at most `limit`, in order (on a pooled
+/// connection or inside a transaction).
+async fn read_events(
+    client: &impl deadpool_postgres::GenericClient,
+    id: &CallId,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<CallEvent>, StoreError> {
+    let stmt = client
+        .prepare_cached(
+            "SELECT sequence, time, kind FROM events WHERE call_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+        )
+        .await?;
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = client.query(&stmt, &[&id.as_str(), &after, &limit]).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(CallEvent {
+            sequence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            time: parse_time(row.get(1))?,
+            kind: serde_json::from_str::<EventKind>(row.get(2))?,
+        });
+    }
+    Ok(out)
+}
 
 /// The PostgreSQL call store. Cheap to clone.
 #[derive(Clone)]
@@ -239,7 +308,12 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
+    pub(super) async fn update<F>(
+        &self,
+        id: &CallId,
+        f: F,
+        link_base: String,
+    ) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
     where
         F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
     {
@@ -270,6 +344,29 @@ impl PgStore {
                 )
                 .await?;
             tx.execute(&insert, &[&id.as_str(), &sequences, &times, &kinds]).await?;
+        }
+        // The outcome webhooks of the change, in its transaction: a message
+        // exists exactly when the change it reports does.
+        if payload::makes_messages(&record, &events) {
+            let log = if payload::ends(&events) {
+                read_events(&tx, id, 0, payload::MAX_LOG_EVENTS).await?
+            } else {
+                Vec::new()
+            };
+            let now = millis(chrono::Utc::now());
+            let insert = tx
+                .prepare_cached(
+                    "INSERT INTO webhook_outbox (message_id, call_id, url, event_type, body, next_attempt_at, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .await?;
+            for m in payload::messages(&record, &events, &log, &link_base) {
+                tx.execute(
+                    &insert,
+                    &[&m.message_id, &id.as_str(), &m.url, &m.event_type, &m.body, &now],
+                )
+                .await?;
+            }
         }
         let set = tx
             // An answered call whose media stream no replica claimed yet gets
@@ -322,23 +419,7 @@ impl PgStore {
         limit: usize,
     ) -> Result<Vec<CallEvent>, StoreError> {
         let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "SELECT sequence, time, kind FROM events WHERE call_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-            )
-            .await?;
-        let after = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = client.query(&stmt, &[&id.as_str(), &after, &limit]).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(CallEvent {
-                sequence: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
-                time: parse_time(row.get(1))?,
-                kind: serde_json::from_str::<EventKind>(row.get(2))?,
-            });
-        }
-        Ok(out)
+        read_events(&client, id, after, limit).await
     }
 
     pub(super) async fn list_calls_matching(
@@ -518,6 +599,91 @@ impl PgStore {
             }
         });
         rx
+    }
+
+    pub(super) async fn claim_deliveries(
+        &self,
+        owner: &str,
+        lease: Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let client = self.client().await?;
+        let now = millis(chrono::Utc::now());
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // SKIP LOCKED: a row another replica is claiming right now is left
+        // to it; once that claim commits, its lease keeps the row out.
+        let stmt = client
+            .prepare_cached(&format!(
+                "UPDATE webhook_outbox SET lease_owner = $1, lease_until = $2
+                 WHERE id IN (SELECT o.id FROM webhook_outbox o
+                              WHERE o.state = 'pending' AND o.next_attempt_at <= $3
+                                AND (o.lease_until IS NULL OR o.lease_until < $3)
+                                AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
+                                                WHERE p.call_id = o.call_id AND p.url = o.url
+                                                  AND p.state = 'pending' AND p.id < o.id)
+                              ORDER BY o.id LIMIT $4
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING {DELIVERY_COLUMNS}"
+            ))
+            .await?;
+        let rows = client.query(&stmt, &[&owner, &until, &now, &limit]).await?;
+        let mut out: Vec<Delivery> = rows.iter().map(delivery_row).collect();
+        out.sort_by_key(|d| d.id);
+        Ok(out)
+    }
+
+    pub(super) async fn record_attempt(&self, id: i64, owner: &str, a: &AttemptRecord) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "UPDATE webhook_outbox SET state = $3, attempts = attempts + 1, last_status = $4, last_error = $5,
+                     next_attempt_at = $6, lease_owner = NULL, lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $2 AND state = 'pending'",
+            )
+            .await?;
+        let n = client
+            .execute(
+                &stmt,
+                &[
+                    &id,
+                    &owner,
+                    &a.state.as_str(),
+                    &i32::from(a.http_status),
+                    &a.error,
+                    &millis(a.next_attempt_at),
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn deliveries(&self, id: &CallId) -> Result<Vec<Delivery>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_outbox WHERE call_id = $1 ORDER BY id LIMIT $2"
+            ))
+            .await?;
+        let rows = client
+            .query(&stmt, &[&id.as_str(), &(MAX_DELIVERIES_SHOWN as i64)])
+            .await?;
+        Ok(rows.iter().map(delivery_row).collect())
+    }
+
+    pub(super) async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT count(*) FROM webhook_outbox WHERE state = 'pending'),
+                        (SELECT count(*) FROM webhook_outbox WHERE state = 'dead')",
+                &[],
+            )
+            .await?;
+        Ok(OutboxCounts {
+            pending: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+            dead: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        })
     }
 
     pub(super) async fn ping(&self) -> Result<(), StoreError> {

@@ -13,8 +13,12 @@ use std::time::Duration;
 use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{CallFilter, CallPage, Inserted, LIVE_STATUSES, Lease, RequestKey, StoreError, parse_time, status_text};
+use super::{
+    AttemptRecord, CallFilter, CallPage, Delivery, DeliveryState, Inserted, LIVE_STATUSES, Lease, MAX_DELIVERIES_SHOWN,
+    OutboxCounts, RequestKey, StoreError, from_millis, millis, parse_time, status_text,
+};
 use crate::call::{CallEvent, CallId, CallRecord, EventKind};
+use crate::webhook::payload;
 
 /// Migrations, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -42,7 +46,67 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX calls_request ON calls(request_id) WHERE request_id IS NOT NULL;
     ALTER TABLE calls ADD COLUMN media_owner TEXT;
     ALTER TABLE calls ADD COLUMN lease_until INTEGER;",
+    // 3: the outbox of outcome webhooks (times in Unix milliseconds; the
+    // lease is the claim of the worker sending it).
+    "CREATE TABLE webhook_outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id TEXT NOT NULL,
+        call_id TEXT NOT NULL REFERENCES calls(call_id),
+        url TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        body TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_status INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT NOT NULL DEFAULT '',
+        next_attempt_at INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        lease_owner TEXT,
+        lease_until INTEGER
+    );
+    CREATE INDEX webhook_outbox_call ON webhook_outbox(call_id, id);
+    CREATE INDEX webhook_outbox_state ON webhook_outbox(state, next_attempt_at);",
 ];
+
+/// The columns of a [`Delivery`], in the order [`delivery_row`] reads them.
+const DELIVERY_COLUMNS: &str = "id, message_id, call_id, url, event_type, body, state, attempts, last_status, last_error, next_attempt_at, created_at";
+
+fn delivery_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        id: r.get(0)?,
+        message_id: r.get(1)?,
+        call_id: CallId::parse(&r.get::<_, String>(2)?).unwrap_or_default(),
+        url: r.get(3)?,
+        event_type: r.get(4)?,
+        body: r.get(5)?,
+        state: DeliveryState::parse(&r.get::<_, String>(6)?),
+        attempts: r.get::<_, i64>(7)?.clamp(0, u32::MAX as i64) as u32,
+        last_status: r.get::<_, i64>(8)?.clamp(0, u16::MAX as i64) as u16,
+        last_error: r.get(9)?,
+        next_attempt_at: from_millis(r.get(10)?),
+        created_at: from_millis(r.get(11)?),
+    })
+}
+
+/// A call's events above `after`, at most `limit`, in order.
+fn read_events(c: &Connection, id: &CallId, after: u64, limit: i64) -> Result<Vec<CallEvent>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![id.as_str(), after as i64, limit], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (sequence, time, kind) = row?;
+        out.push(CallEvent {
+            sequence: sequence as u64,
+            time: parse_time(&time)?,
+            kind: serde_json::from_str::<EventKind>(&kind)?,
+        });
+    }
+    Ok(out)
+}
 
 /// The SQLite call store. Cheap to clone.
 #[derive(Clone)]
@@ -127,7 +191,12 @@ impl SqliteStore {
         .await
     }
 
-    pub(super) async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
+    pub(super) async fn update<F>(
+        &self,
+        id: &CallId,
+        f: F,
+        link_base: String,
+    ) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
     where
         F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
     {
@@ -152,6 +221,23 @@ impl SqliteStore {
                         ev.time.to_rfc3339(),
                         serde_json::to_string(&ev.kind)?
                     ])?;
+                }
+            }
+            // The outcome webhooks of the change, in its transaction: a
+            // message exists exactly when the change it reports does.
+            if payload::makes_messages(&record, &events) {
+                let log = if payload::ends(&events) {
+                    read_events(&tx, &id, 0, payload::MAX_LOG_EVENTS as i64)?
+                } else {
+                    Vec::new()
+                };
+                let now = millis(Utc::now());
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO webhook_outbox (message_id, call_id, url, event_type, body, next_attempt_at, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                )?;
+                for m in payload::messages(&record, &events, &log, &link_base) {
+                    insert.execute(params![m.message_id, id.as_str(), m.url, m.event_type, m.body, now])?;
                 }
             }
             // An answered call whose media stream nobody claimed yet gets a
@@ -197,25 +283,7 @@ impl SqliteStore {
     ) -> Result<Vec<CallEvent>, StoreError> {
         let id = id.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT sequence, time, kind FROM events WHERE call_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
-            )?;
-            let rows = stmt.query_map(params![id.as_str(), after as i64, limit], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (sequence, time, kind) = row?;
-                out.push(CallEvent {
-                    sequence: sequence as u64,
-                    time: parse_time(&time)?,
-                    kind: serde_json::from_str::<EventKind>(&kind)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.with(move |c| read_events(c, &id, after, limit)).await
     }
 
     pub(super) async fn list_calls_matching(
@@ -381,6 +449,89 @@ impl SqliteStore {
             }
             tx.commit()?;
             Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn claim_deliveries(
+        &self,
+        owner: &str,
+        lease: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let owner = owner.to_string();
+        let now = millis(Utc::now());
+        let until = now + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
+        self.with(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = {
+                let mut stmt = tx.prepare_cached(&format!(
+                    "UPDATE webhook_outbox SET lease_owner = ?1, lease_until = ?2
+                     WHERE id IN (SELECT o.id FROM webhook_outbox o
+                                  WHERE o.state = 'pending' AND o.next_attempt_at <= ?3
+                                    AND (o.lease_until IS NULL OR o.lease_until < ?3)
+                                    AND NOT EXISTS (SELECT 1 FROM webhook_outbox p
+                                                    WHERE p.call_id = o.call_id AND p.url = o.url
+                                                      AND p.state = 'pending' AND p.id < o.id)
+                                  ORDER BY o.id LIMIT ?4)
+                     RETURNING {DELIVERY_COLUMNS}"
+                ))?;
+                let rows = stmt.query_map(params![owner, until, now, limit as i64], delivery_row)?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            let mut out = out;
+            out.sort_by_key(|d| d.id);
+            Ok(out)
+        })
+        .await
+    }
+
+    pub(super) async fn record_attempt(&self, id: i64, owner: &str, a: &AttemptRecord) -> Result<bool, StoreError> {
+        let (owner, a) = (owner.to_string(), a.clone());
+        self.with(move |c| {
+            let n = c.execute(
+                "UPDATE webhook_outbox SET state = ?3, attempts = attempts + 1, last_status = ?4, last_error = ?5,
+                     next_attempt_at = ?6, lease_owner = NULL, lease_until = NULL
+                 WHERE id = ?1 AND lease_owner = ?2 AND state = 'pending'",
+                params![
+                    id,
+                    owner,
+                    a.state.as_str(),
+                    i64::from(a.http_status),
+                    a.error,
+                    millis(a.next_attempt_at)
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub(super) async fn deliveries(&self, id: &CallId) -> Result<Vec<Delivery>, StoreError> {
+        let id = id.clone();
+        self.with(move |c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_outbox WHERE call_id = ?1 ORDER BY id LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![id.as_str(), MAX_DELIVERIES_SHOWN as i64], delivery_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub(super) async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        self.with(|c| {
+            let (pending, dead) = c.query_row(
+                "SELECT (SELECT count(*) FROM webhook_outbox WHERE state = 'pending'),
+                        (SELECT count(*) FROM webhook_outbox WHERE state = 'dead')",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )?;
+            Ok(OutboxCounts {
+                pending: pending.max(0) as u64,
+                dead: dead.max(0) as u64,
+            })
         })
         .await
     }

@@ -508,3 +508,212 @@ async fn filtered_listings_page_through_exactly_the_matching_calls(place: &Place
         }
     }
 }
+
+fn status(s: CallStatus) -> EventKind {
+    EventKind::Status {
+        status: s,
+        detail: String::new(),
+    }
+}
+
+fn attempt(state: DeliveryState, after: Duration) -> AttemptRecord {
+    AttemptRecord {
+        state,
+        http_status: if state == DeliveryState::Delivered { 204 } else { 503 },
+        error: if state == DeliveryState::Delivered {
+            String::new()
+        } else {
+            "the receiver answered HTTP 503".into()
+        },
+        next_attempt_at: Utc::now() + chrono::Duration::from_std(after).unwrap(),
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+both!(outcome_webhooks_are_stored_with_their_change_and_handed_out_in_order);
+async fn outcome_webhooks_are_stored_with_their_change_and_handed_out_in_order(place: &Place) {
+    let store = place.open().await;
+    let id = CallId::new();
+    let rec = CallRecord {
+        webhooks: vec!["http://127.0.0.1:9/a".into(), "http://127.0.0.1:9/b?t=1".into()],
+        ..record(&id)
+    };
+    store.insert_call(rec, None).await.unwrap();
+    // No status change, no message.
+    store.update(&id, append(vec![dtmf("1")])).await.unwrap();
+    assert!(store.deliveries(&id).await.unwrap().is_empty());
+    store
+        .update(&id, append(vec![status(CallStatus::Ringing)]))
+        .await
+        .unwrap();
+    // A change that fails stores no message either.
+    let repeat = |_: &mut CallRecord| {
+        vec![CallEvent {
+            sequence: 1,
+            time: Utc::now(),
+            kind: status(CallStatus::InProgress),
+        }]
+    };
+    assert!(store.update(&id, repeat).await.is_err());
+    store
+        .update(
+            &id,
+            append(vec![
+                EventKind::Transcript {
+                    speaker: crate::call::Speaker::Callee,
+                    text: "hi".into(),
+                    interrupted: false,
+                },
+                status(CallStatus::Completed),
+            ]),
+        )
+        .await
+        .unwrap();
+    let all = store.deliveries(&id).await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|d| (d.event_type.as_str(), d.url.ends_with('a')))
+            .collect::<Vec<_>>(),
+        [
+            ("call.status_changed", true),
+            ("call.status_changed", false),
+            ("call.status_changed", true),
+            ("call.status_changed", false),
+            ("call.ended", true),
+            ("call.ended", false),
+        ]
+    );
+    assert!(all.iter().all(|d| d.state == DeliveryState::Pending && d.attempts == 0));
+    assert_eq!(all[0].message_id, all[1].message_id, "one message, two receivers");
+    let ended: serde_json::Value = serde_json::from_str(&all[4].body).unwrap();
+    assert_eq!(ended["data"]["transcript"][0]["text"], "hi");
+    assert_eq!(store.outbox_counts().await.unwrap().pending, 6);
+
+    // Only the oldest pending message of each URL is handed out, once.
+    let first = store.claim_deliveries("w1", LONG, 10).await.unwrap();
+    assert_eq!(first.iter().map(|d| d.id).collect::<Vec<_>>(), [all[0].id, all[1].id]);
+    assert!(store.claim_deliveries("w2", LONG, 10).await.unwrap().is_empty());
+    assert!(
+        !store
+            .record_attempt(first[0].id, "w2", &attempt(DeliveryState::Delivered, Duration::ZERO))
+            .await
+            .unwrap(),
+        "not w2's claim"
+    );
+    // a: delivered, so its next one is due; b: failed, retried later, and its
+    // next waits behind it.
+    assert!(
+        store
+            .record_attempt(first[0].id, "w1", &attempt(DeliveryState::Delivered, Duration::ZERO))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .record_attempt(first[1].id, "w1", &attempt(DeliveryState::Pending, LONG))
+            .await
+            .unwrap()
+    );
+    let next = store.claim_deliveries("w2", LONG, 10).await.unwrap();
+    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [all[2].id]);
+    // Dead lets the next one go.
+    store
+        .record_attempt(next[0].id, "w2", &attempt(DeliveryState::Dead, Duration::ZERO))
+        .await
+        .unwrap();
+    let next = store.claim_deliveries("w2", LONG, 10).await.unwrap();
+    assert_eq!(next.iter().map(|d| d.id).collect::<Vec<_>>(), [all[4].id]);
+    let shown = store.deliveries(&id).await.unwrap();
+    assert_eq!(
+        shown.iter().map(|d| (d.state, d.attempts)).collect::<Vec<_>>(),
+        [
+            (DeliveryState::Delivered, 1),
+            (DeliveryState::Pending, 1),
+            (DeliveryState::Dead, 1),
+            (DeliveryState::Pending, 0),
+            (DeliveryState::Pending, 0),
+            (DeliveryState::Pending, 0),
+        ]
+    );
+    assert_eq!(
+        (shown[1].last_status, shown[1].last_error.as_str()),
+        (503, "the receiver answered HTTP 503")
+    );
+    assert_eq!(
+        store.outbox_counts().await.unwrap(),
+        OutboxCounts { pending: 4, dead: 1 }
+    );
+    // A claim whose lease expired is handed out again (its worker died).
+    let short = store.claim_deliveries("w3", Duration::ZERO, 10).await;
+    assert!(short.unwrap().is_empty(), "a: its ended message is w2's; b: not due");
+    drop(store);
+    // The outbox outlives the process.
+    let again = place.open().await;
+    assert_eq!(again.deliveries(&id).await.unwrap(), shown);
+}
+
+both!(an_expired_claim_is_handed_out_again);
+async fn an_expired_claim_is_handed_out_again(place: &Place) {
+    let store = place.open().await;
+    let id = CallId::new();
+    let rec = CallRecord {
+        webhooks: vec!["http://127.0.0.1:9/a".into()],
+        ..record(&id)
+    };
+    store.insert_call(rec, None).await.unwrap();
+    store
+        .update(&id, append(vec![status(CallStatus::Ringing)]))
+        .await
+        .unwrap();
+    let first = store.claim_deliveries("dead-worker", Duration::ZERO, 10).await.unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let again = store.claim_deliveries("w2", LONG, 10).await.unwrap();
+    assert_eq!(again.iter().map(|d| d.id).collect::<Vec<_>>(), [first[0].id]);
+    assert!(
+        !store
+            .record_attempt(
+                first[0].id,
+                "dead-worker",
+                &attempt(DeliveryState::Delivered, Duration::ZERO)
+            )
+            .await
+            .unwrap(),
+        "the claim moved on"
+    );
+}
+
+both!(workers_on_two_connections_never_claim_one_delivery_twice);
+async fn workers_on_two_connections_never_claim_one_delivery_twice(place: &Place) {
+    let (a, b) = (place.open().await, place.open().await);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let id = CallId::new();
+        let rec = CallRecord {
+            webhooks: vec!["http://127.0.0.1:9/a".into()],
+            ..record(&id)
+        };
+        a.insert_call(rec, None).await.unwrap();
+        a.update(&id, append(vec![status(CallStatus::Ringing)])).await.unwrap();
+        ids.push(id);
+    }
+    let claim = |store: Store, owner: &'static str| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..10 {
+                for d in store.claim_deliveries(owner, LONG, 3).await.unwrap() {
+                    got.push(d.id);
+                }
+            }
+            got
+        })
+    };
+    let (x, y) = (claim(a.clone(), "x"), claim(b.clone(), "y"));
+    let mut all = x.await.unwrap();
+    all.extend(y.await.unwrap());
+    let n = all.len();
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!((n, all.len()), (20, 20), "every delivery claimed exactly once");
+}

@@ -10,6 +10,8 @@ import {
   RecordingState,
   Speaker,
   ToolOutcome,
+  type WebhookDelivery,
+  WebhookDeliveryState,
 } from "@voice-agent/client";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
@@ -139,6 +141,22 @@ export function CallView({
       });
     return () => abort.abort();
   }, [client, callId, backoff]);
+
+  // "Refresh" on the webhook deliveries asks GetCall again (they settle after the call ended).
+  const [refreshes, setRefreshes] = useState(0);
+  useEffect(() => {
+    if (refreshes === 0) return;
+    const abort = new AbortController();
+    client
+      .getCall({ callId }, { signal: abort.signal })
+      .then((res) => {
+        if (!abort.signal.aborted && res.call) setCall(res.call);
+      })
+      .catch((err: unknown) => {
+        if (!abort.signal.aborted) callbacks.current.onRpcError(err);
+      });
+    return () => abort.abort();
+  }, [client, callId, refreshes]);
 
   // The event log is the live truth; the record (GetCall) fills in before the first event and
   // knows the end of a call whose replay is still arriving.
@@ -297,7 +315,10 @@ export function CallView({
           />
           <Conversation entries={model.entries} live={live} />
         </div>
-        <TurnTable turns={model.turns} />
+        <div>
+          <TurnTable turns={model.turns} />
+          <WebhooksPanel deliveries={call?.webhooks ?? []} onRefresh={() => setRefreshes((n) => n + 1)} />
+        </div>
       </div>
     </section>
   );
@@ -528,6 +549,73 @@ function RecordingPanel({
           Cannot load the recording: {failure}
         </p>
       )}
+    </div>
+  );
+}
+
+/** A webhook delivery's state, for people. */
+function deliveryLabel(state: WebhookDeliveryState): string {
+  switch (state) {
+    case WebhookDeliveryState.PENDING:
+      return "pending";
+    case WebhookDeliveryState.DELIVERED:
+      return "delivered";
+    case WebhookDeliveryState.DEAD:
+      return "dead (given up)";
+    default:
+      return "unknown";
+  }
+}
+
+/** The call's outcome webhook messages (GetCall's `webhooks`): where each is, and why it failed. */
+function WebhooksPanel({ deliveries, onRefresh }: { deliveries: readonly WebhookDelivery[]; onRefresh: () => void }) {
+  if (deliveries.length === 0) return null;
+  return (
+    <div className="webhooks" data-testid="webhooks">
+      <h3>
+        Webhooks{" "}
+        <button type="button" className="secondary small" onClick={onRefresh}>
+          Refresh
+        </button>
+      </h3>
+      <table>
+        <caption className="sr-only">Outcome webhook deliveries, oldest first</caption>
+        <thead>
+          <tr>
+            <th scope="col">Message</th>
+            <th scope="col">Receiver</th>
+            <th scope="col">State</th>
+            <th scope="col">Attempts</th>
+            <th scope="col">Last answer</th>
+          </tr>
+        </thead>
+        <tbody>
+          {deliveries.map((d) => (
+            <tr
+              key={`${d.messageId} ${d.url}`}
+              data-testid="webhook-row"
+              data-state={WebhookDeliveryState[d.state]}
+              className={`webhook webhook--${WebhookDeliveryState[d.state].toLowerCase()}`}
+            >
+              <td>
+                <code>{d.type}</code>
+              </td>
+              <td className="webhook-url">{d.url}</td>
+              <td>
+                {deliveryLabel(d.state)}
+                {d.state === WebhookDeliveryState.PENDING && d.nextAttemptAt && (
+                  <span className="muted small"> · next {formatDateTime(timestampDate(d.nextAttemptAt))}</span>
+                )}
+              </td>
+              <td>{d.attempts}</td>
+              <td>
+                {d.lastHttpStatus > 0 ? `HTTP ${d.lastHttpStatus}` : "—"}
+                {d.lastError !== "" && <span className="field-error small"> {d.lastError}</span>}
+              </td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
     </div>
   );
 }

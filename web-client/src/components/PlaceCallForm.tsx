@@ -37,6 +37,7 @@ const FIELD_ORDER: readonly (PlaceCallField | "form")[] = [
   "max_duration",
   "voicemail",
   "variables",
+  "webhook_url",
   "metadata",
   "form",
 ];
@@ -67,6 +68,7 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
   const [maxDuration, setMaxDuration] = useState("");
   const [voicemailMode, setVoicemailMode] = useState<VoicemailMode>(VoicemailMode.OFF);
   const [voicemailMessage, setVoicemailMessage] = useState("");
+  const [webhookUrl, setWebhookUrl] = useState("");
   const [variables, setVariables] = useState("");
   const [errors, setErrors] = useState<Errors>({});
   const [submitting, setSubmitting] = useState(false);
@@ -88,7 +90,7 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
 
   const showErrors = (errs: Errors): void => {
     setErrors(errs);
-    if (hasAny(errs, ["instructions", "voice", "greeting", "max_duration", "voicemail", "variables"]))
+    if (hasAny(errs, ["instructions", "voice", "greeting", "max_duration", "voicemail", "variables", "webhook_url"]))
       setMoreOpen(true);
     setFocusTick((t) => t + 1);
   };
@@ -158,6 +160,8 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
                 message: voicemailMode === VoicemailMode.LEAVE_MESSAGE ? voicemailMessage.trim() : "",
               },
         variables: ((p) => (p.ok ? p.variables : {}))(parseVariables(variables)),
+        // Unset when empty: the server-wide WEBHOOK_URL (if any) still receives the call's webhooks.
+        webhookUrl: webhookUrl.trim() === "" ? undefined : webhookUrl.trim(),
       });
       setErrors({});
       onPlaced(response, number);
@@ -420,6 +424,27 @@ export function PlaceCallForm({ client, onPlaced, onRpcError, serverInfo }: Plac
             onChange={(e) => setMaxDuration(e.target.value)}
           />
           {fieldError("max_duration")}
+        </div>
+
+        <div className="field">
+          <label htmlFor={id("webhook_url")}>Webhook URL</label>
+          <input
+            id={id("webhook_url")}
+            ref={(el) => {
+              refs.current.webhook_url = el;
+            }}
+            name="webhook_url"
+            type="url"
+            value={webhookUrl}
+            placeholder="https://example.com/hooks"
+            aria-invalid={errors.webhook_url !== undefined}
+            aria-describedby={describedBy("webhook_url", true)}
+            onChange={(e) => setWebhookUrl(e.target.value)}
+          />
+          <p id={id("webhook_url-help")} className="help">
+            Also receives this call&apos;s status changes and its outcome, signed with the server&apos;s WEBHOOK_SECRET.
+          </p>
+          {fieldError("webhook_url")}
         </div>
       </details>
 

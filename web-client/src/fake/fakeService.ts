@@ -26,6 +26,7 @@ import {
   GetServerInfoResponseSchema,
   Speaker,
   VoiceAgentService,
+  WebhookDeliverySchema,
 } from "@voice-agent/client";
 import { e164Pattern } from "../model/e164";
 import { backendLabel, isTerminal } from "../model/labels";
@@ -68,6 +69,8 @@ export interface FakeOptions {
   readonly seedCalls?: number;
   /** Interceptors of the client side of the transport (e.g. the auth interceptor). */
   readonly interceptors?: Interceptor[];
+  /** The outcome webhook deliveries GetCall reports for every call (default: none). */
+  readonly webhooks?: readonly MessageInitShape<typeof WebhookDeliverySchema>[];
 }
 
 interface FakeCall {
@@ -120,6 +123,8 @@ export class FakeVoiceAgent {
   readonly calls = new Map<string, FakeCall>();
   readonly watchRequests: { callId: string; afterSequence: bigint }[] = [];
   /** How many GetServerInfo requests reached the handler (including refused ones). */
+  /** How many GetCall requests were answered. */
+  getCallRequests = 0;
   serverInfoRequests = 0;
   private nextId = 1;
   private readonly opts: FakeOptions;
@@ -345,7 +350,10 @@ export class FakeVoiceAgent {
       },
       getCall: (req, ctx) => {
         this.checkAuth(ctx);
-        return { call: this.get(req.callId).call };
+        this.getCallRequests += 1;
+        const call = this.get(req.callId).call;
+        const webhooks = (this.opts.webhooks ?? []).map((w) => create(WebhookDeliverySchema, w));
+        return { call: webhooks.length > 0 ? { ...call, webhooks } : call };
       },
       listCalls: (req, ctx) => {
         this.checkAuth(ctx);

@@ -4,7 +4,16 @@ import { errorDetails } from "@voice-agent/client";
 
 /** Fields of the place-call form; names are the proto field names the server puts in its messages. */
 export type PlaceCallField =
-  "to" | "backend" | "instructions" | "voice" | "greeting" | "max_duration" | "metadata" | "voicemail" | "variables";
+  | "to"
+  | "backend"
+  | "instructions"
+  | "voice"
+  | "greeting"
+  | "max_duration"
+  | "metadata"
+  | "voicemail"
+  | "variables"
+  | "webhook_url";
 
 const FIELDS: readonly PlaceCallField[] = [
   "to",
@@ -16,6 +25,7 @@ const FIELDS: readonly PlaceCallField[] = [
   "metadata",
   "voicemail",
   "variables",
+  "webhook_url",
 ];
 
 /** Twilio codes that refuse the dialled number itself: 21211 invalid 'To', 21214 not reachable, 21217 not a phone

@@ -63,6 +63,13 @@ class ListCallsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIST_CALLS_ORDER_NEWEST_FIRST: _ClassVar[ListCallsOrder]
     LIST_CALLS_ORDER_OLDEST_FIRST: _ClassVar[ListCallsOrder]
 
+class WebhookDeliveryState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WEBHOOK_DELIVERY_STATE_UNSPECIFIED: _ClassVar[WebhookDeliveryState]
+    WEBHOOK_DELIVERY_STATE_PENDING: _ClassVar[WebhookDeliveryState]
+    WEBHOOK_DELIVERY_STATE_DELIVERED: _ClassVar[WebhookDeliveryState]
+    WEBHOOK_DELIVERY_STATE_DEAD: _ClassVar[WebhookDeliveryState]
+
 class RecordingState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RECORDING_STATE_UNSPECIFIED: _ClassVar[RecordingState]
@@ -101,6 +108,10 @@ TOOL_OUTCOME_CANCELED: ToolOutcome
 LIST_CALLS_ORDER_UNSPECIFIED: ListCallsOrder
 LIST_CALLS_ORDER_NEWEST_FIRST: ListCallsOrder
 LIST_CALLS_ORDER_OLDEST_FIRST: ListCallsOrder
+WEBHOOK_DELIVERY_STATE_UNSPECIFIED: WebhookDeliveryState
+WEBHOOK_DELIVERY_STATE_PENDING: WebhookDeliveryState
+WEBHOOK_DELIVERY_STATE_DELIVERED: WebhookDeliveryState
+WEBHOOK_DELIVERY_STATE_DEAD: WebhookDeliveryState
 RECORDING_STATE_UNSPECIFIED: RecordingState
 RECORDING_STATE_RECORDING: RecordingState
 RECORDING_STATE_COMPLETE: RecordingState
@@ -108,7 +119,7 @@ RECORDING_STATE_FAILED: RecordingState
 RECORDING_STATE_DELETED: RecordingState
 
 class PlaceCallRequest(_message.Message):
-    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout", "voicemail", "variables")
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout", "voicemail", "variables", "webhook_url")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +147,7 @@ class PlaceCallRequest(_message.Message):
     TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     VOICEMAIL_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
     to: str
     backend: Backend
     instructions: str
@@ -149,7 +161,8 @@ class PlaceCallRequest(_message.Message):
     tool_timeout: _duration_pb2.Duration
     voicemail: VoicemailPolicy
     variables: _containers.ScalarMap[str, str]
-    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., variables: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    webhook_url: str
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., variables: _Optional[_Mapping[str, str]] = ..., webhook_url: _Optional[str] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "parameters_json", "url")
@@ -376,7 +389,7 @@ class ListCallsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "voicemail", "tools", "tool_timeout", "recording_url", "recording")
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "voicemail", "tools", "tool_timeout", "recording_url", "recording", "webhooks")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -409,6 +422,7 @@ class Call(_message.Message):
     TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RECORDING_URL_FIELD_NUMBER: _ClassVar[int]
     RECORDING_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     to: str
     backend: Backend
@@ -433,7 +447,30 @@ class Call(_message.Message):
     tool_timeout: _duration_pb2.Duration
     recording_url: str
     recording: Recording
-    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., **kwargs) -> None: ...
+    webhooks: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., webhooks: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ..., **kwargs) -> None: ...
+
+class WebhookDelivery(_message.Message):
+    __slots__ = ("message_id", "type", "url", "state", "attempts", "last_http_status", "last_error", "next_attempt_at", "created_at")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    type: str
+    url: str
+    state: WebhookDeliveryState
+    attempts: int
+    last_http_status: int
+    last_error: str
+    next_attempt_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, message_id: _Optional[str] = ..., type: _Optional[str] = ..., url: _Optional[str] = ..., state: _Optional[_Union[WebhookDeliveryState, str]] = ..., attempts: _Optional[int] = ..., last_http_status: _Optional[int] = ..., last_error: _Optional[str] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Recording(_message.Message):
     __slots__ = ("state", "error", "duration_ms")
