@@ -94,6 +94,8 @@ fn record() -> CallRecord {
         tools: vec![],
         tool_timeout_ms: 0,
         voicemail: Default::default(),
+        transfer_targets: vec![],
+        transfer: None,
     }
 }
 

@@ -184,6 +184,14 @@ impl Telephony for Phone {
             .push(format!("say {text:?} on {sid} and hang up"));
         Ok(())
     }
+
+    async fn transfer(&self, sid: &str, req: &crate::telephony::TransferRequest) -> Result<(), TelephonyError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("transfer {sid} to {} from {}", req.to, req.caller_id));
+        Ok(())
+    }
 }
 
 /// AI sessions handed out in order; refused once there are no more.
@@ -267,6 +275,8 @@ impl World {
             tools: vec![],
             tool_timeout_ms: 0,
             voicemail: Default::default(),
+            transfer_targets: vec![],
+            transfer: None,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -293,6 +303,8 @@ impl World {
             recordings: None,
             tool_desk: &self.tool_desk,
             tool_http: &self.tool_http,
+            public_url: "https://agent.example",
+            from_number: "+15005550006",
         };
         tokio::join!(run_media(&env, self.record.clone(), twilio), script);
     }

@@ -385,6 +385,13 @@ impl CallHub {
         why: &'static OrphanReasons,
     ) -> Result<(), HubError> {
         let id = record.call_id.clone();
+        if lifecycle::transfer::in_flight(&record) {
+            // Handed to the provider's <Dial>: nobody serves (or needs to
+            // serve) its media, and its dial outcome and final status end it.
+            // Taken again after each lease: a cheap no-op.
+            tracing::info!(call_id = %id, "a call being transferred needs no media bridge; left to the provider");
+            return Ok(());
+        }
         if why.end_first {
             // Other replicas are up: the provider's final status (the hang-up
             // below causes it) would reach one of them at once, so the end
@@ -893,6 +900,9 @@ mod tests {
         }
         async fn say_and_hang_up(&self, _: &str, _: &str) -> Result<(), TelephonyError> {
             unreachable!("recovery says nothing")
+        }
+        async fn transfer(&self, _: &str, _: &crate::telephony::TransferRequest) -> Result<(), TelephonyError> {
+            unreachable!("recovery transfers nothing")
         }
     }
 
