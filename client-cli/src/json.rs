@@ -236,8 +236,11 @@ mod tests {
         assert_eq!(v["tools"], json!([]));
         assert_eq!(v["toolTimeout"], Value::Null);
         assert_eq!(v["voicemail"], Value::Null);
-        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout, voicemail.
-        assert_eq!(v.as_object().map(|o| o.len()), Some(25));
+        assert_eq!(v["transferTargets"], json!([]));
+        assert_eq!(v["transfer"], Value::Null);
+        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout,
+        // voicemail, transferTargets, transfer.
+        assert_eq!(v.as_object().map(|o| o.len()), Some(27));
     }
 
     #[test]

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIuQEChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKWBAoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAEjAKC2Fuc3dlcmVkX2J5GAwgASgLMhkudm9pY2VhZ2VudC52MS5BbnN3ZXJlZEJ5SABCBgoEa2luZCJfCghUb29sQ2FsbBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCRIXCg9hbnN3ZXJlZF9ieV91cmwYBCABKAgifgoKVG9vbFJlc3VsdBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZvdXRwdXQYAyABKAkSKwoHb3V0Y29tZRgEIAEoDjIaLnZvaWNlYWdlbnQudjEuVG9vbE91dGNvbWUSDwoHd2FpdF9tcxgFIAEoDSJQChdTdWJtaXRUb29sUmVzdWx0UmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIOCgZvdXRwdXQYAyABKAkiGgoYU3VibWl0VG9vbFJlc3VsdFJlc3BvbnNlIkoKDVN0YXR1c0NoYW5nZWQSKQoGc3RhdHVzGAEgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEg4KBmRldGFpbBgCIAEoCSJYCgpUcmFuc2NyaXB0EicKB3NwZWFrZXIYASABKA4yFi52b2ljZWFnZW50LnYxLlNwZWFrZXISDAoEdGV4dBgCIAEoCRITCgtpbnRlcnJ1cHRlZBgDIAEoCCIqCglDYWxsRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIhUKBER0bWYSDQoFZGlnaXQYASABKAkiXAoLVHVybk1ldHJpY3MSEgoKdHVybl9pbmRleBgBIAEoDRIbChNmaXJzdF9hdWRpb19zZW50X21zGAIgASgNEhwKFGZpcnN0X2F1ZGlvX2hlYXJkX21zGAMgASgNIicKBk5vdGljZRIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiRwoKQW5zd2VyZWRCeRITCgthbnN3ZXJlZF9ieRgBIAEoCRIUCgxkZXRlY3Rpb25fbXMYAiABKA0SDgoGYWN0aW9uGAMgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLGBgoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBIxCgl2b2ljZW1haWwYFyABKAsyHi52b2ljZWFnZW50LnYxLlZvaWNlbWFpbFBvbGljeRIiCgV0b29scxgVIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNcmVjb3JkaW5nX3VybBgZIAEoCRIrCglyZWNvcmRpbmcYGiABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoJUmVjb3JkaW5nEiwKBXN0YXRlGAEgASgOMh0udm9pY2VhZ2VudC52MS5SZWNvcmRpbmdTdGF0ZRINCgVlcnJvchgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBCIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAiqFAQoNVm9pY2VtYWlsTW9kZRIeChpWT0lDRU1BSUxfTU9ERV9VTlNQRUNJRklFRBAAEhYKElZPSUNFTUFJTF9NT0RFX09GRhABEhoKFlZPSUNFTUFJTF9NT0RFX0hBTkdfVVAQAhIgChxWT0lDRU1BSUxfTU9ERV9MRUFWRV9NRVNTQUdFEAMqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMuMEChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIp0FChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EjcKEHRyYW5zZmVyX3RhcmdldHMYCyADKAsyHS52b2ljZWFnZW50LnYxLlRyYW5zZmVyVGFyZ2V0Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIjUKDlRyYW5zZmVyVGFyZ2V0Eg4KBm51bWJlchgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCSJ+CghUcmFuc2ZlchIOCgZ0YXJnZXQYASABKAkSKwoFc3RhdGUYAiABKA4yHC52b2ljZWFnZW50LnYxLlRyYW5zZmVyU3RhdGUSJQoCYnkYAyABKA4yGS52b2ljZWFnZW50LnYxLlRyYW5zZmVyQnkSDgoGcmVhc29uGAQgASgJIjYKE1RyYW5zZmVyQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIOCgZudW1iZXIYAiABKAkiOQoUVHJhbnNmZXJDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCJPCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEgsKA3VybBgEIAEoCSJOCg9Wb2ljZW1haWxQb2xpY3kSKgoEbW9kZRgBIAEoDjIcLnZvaWNlYWdlbnQudjEuVm9pY2VtYWlsTW9kZRIPCgdtZXNzYWdlGAIgASgJInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQiwwQKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSAASLQoJcmVjb3JkaW5nGA0gASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmdIABIsCgl0b29sX2NhbGwYCSABKAsyFy52b2ljZWFnZW50LnYxLlRvb2xDYWxsSAASMAoLdG9vbF9yZXN1bHQYCiABKAsyGS52b2ljZWFnZW50LnYxLlRvb2xSZXN1bHRIABIwCgthbnN3ZXJlZF9ieRgMIAEoCzIZLnZvaWNlYWdlbnQudjEuQW5zd2VyZWRCeUgAEisKCHRyYW5zZmVyGAsgASgLMhcudm9pY2VhZ2VudC52MS5UcmFuc2ZlckgAQgYKBGtpbmQiXwoIVG9vbENhbGwSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkSFwoPYW5zd2VyZWRfYnlfdXJsGAQgASgIIn4KClRvb2xSZXN1bHQSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGb3V0cHV0GAMgASgJEisKB291dGNvbWUYBCABKA4yGi52b2ljZWFnZW50LnYxLlRvb2xPdXRjb21lEg8KB3dhaXRfbXMYBSABKA0iUAoXU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIUCgx0b29sX2NhbGxfaWQYAiABKAkSDgoGb3V0cHV0GAMgASgJIhoKGFN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZSJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIkcKCkFuc3dlcmVkQnkSEwoLYW5zd2VyZWRfYnkYASABKAkSFAoMZGV0ZWN0aW9uX21zGAIgASgNEg4KBmFjdGlvbhgDIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiqgcKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSMQoJdm9pY2VtYWlsGBcgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSIgoFdG9vbHMYFSADKAsyEy52b2ljZWFnZW50LnYxLlRvb2wSLwoMdG9vbF90aW1lb3V0GBYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlY29yZGluZ191cmwYGSABKAkSKwoJcmVjb3JkaW5nGBogASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmcSNwoQdHJhbnNmZXJfdGFyZ2V0cxgYIAMoCzIdLnZvaWNlYWdlbnQudjEuVHJhbnNmZXJUYXJnZXQSKQoIdHJhbnNmZXIYHCABKAsyFy52b2ljZWFnZW50LnYxLlRyYW5zZmVyGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJdCglSZWNvcmRpbmcSLAoFc3RhdGUYASABKA4yHS52b2ljZWFnZW50LnYxLlJlY29yZGluZ1N0YXRlEg0KBWVycm9yGAIgASgJEhMKC2R1cmF0aW9uX21zGAMgASgEIhYKFEdldFNlcnZlckluZm9SZXF1ZXN0ItsCChVHZXRTZXJ2ZXJJbmZvUmVzcG9uc2USLAoIYmFja2VuZHMYASADKAsyGi52b2ljZWFnZW50LnYxLkJhY2tlbmRJbmZvEi8KD2RlZmF1bHRfYmFja2VuZBgCIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIaChJ0ZWxlcGhvbnlfZW11bGF0ZWQYAyABKAgSGAoQZGVmYXVsdF9ncmVldGluZxgEIAEoCRI3ChRkZWZhdWx0X21heF9kdXJhdGlvbhgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIsCgphdWRpb19tb2RlGAYgASgOMhgudm9pY2VhZ2VudC52MS5BdWRpb01vZGUSFgoOc2VydmVyX3ZlcnNpb24YByABKAkSLgoGbGltaXRzGAggASgLMh4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxMaW1pdHMi5wIKD1BsYWNlQ2FsbExpbWl0cxIVCg1taW5fdG9fZGlnaXRzGAEgASgNEhUKDW1heF90b19kaWdpdHMYAiABKA0SHgoWbWF4X2luc3RydWN0aW9uc19ieXRlcxgDIAEoDRIXCg9tYXhfdm9pY2VfYnl0ZXMYBCABKA0SGgoSbWF4X2dyZWV0aW5nX2J5dGVzGAUgASgNEhwKFG1heF9tZXRhZGF0YV9lbnRyaWVzGAYgASgNEh4KFm1heF9tZXRhZGF0YV9rZXlfYnl0ZXMYByABKA0SIAoYbWF4X21ldGFkYXRhX3ZhbHVlX2J5dGVzGAggASgNEjgKFXNob3J0ZXN0X21heF9kdXJhdGlvbhgJIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI3ChRsb25nZXN0X21heF9kdXJhdGlvbhgKIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ1CgtCYWNrZW5kSW5mbxInCgdiYWNrZW5kGAEgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhAKCGVtdWxhdGVkGAIgASgIEhUKDWRlZmF1bHRfdm9pY2UYAyABKAkSFAoMZGlzcGxheV9uYW1lGAQgASgJKlQKB0JhY2tlbmQSFwoTQkFDS0VORF9VTlNQRUNJRklFRBAAEhYKEkJBQ0tFTkRfVk9JQ0VfTElWRRABEhgKFEJBQ0tFTkRfR1BUX1JFQUxUSU1FEAIqXQoJQXVkaW9Nb2RlEhoKFkFVRElPX01PREVfVU5TUEVDSUZJRUQQABIYChRBVURJT19NT0RFX1RSQU5TQ09ERRABEhoKFkFVRElPX01PREVfUEFTU1RIUk9VR0gQAiqQAgoKQ2FsbFN0YXR1cxIbChdDQUxMX1NUQVRVU19VTlNQRUNJRklFRBAAEhYKEkNBTExfU1RBVFVTX1FVRVVFRBABEhkKFUNBTExfU1RBVFVTX0lOSVRJQVRFRBACEhcKE0NBTExfU1RBVFVTX1JJTkdJTkcQAxIbChdDQUxMX1NUQVRVU19JTl9QUk9HUkVTUxAEEhkKFUNBTExfU1RBVFVTX0NPTVBMRVRFRBAFEhQKEENBTExfU1RBVFVTX0JVU1kQBhIZChVDQUxMX1NUQVRVU19OT19BTlNXRVIQBxIYChRDQUxMX1NUQVRVU19DQU5DRUxFRBAIEhYKEkNBTExfU1RBVFVTX0ZBSUxFRBAJKkkKB1NwZWFrZXISFwoTU1BFQUtFUl9VTlNQRUNJRklFRBAAEhIKDlNQRUFLRVJfQ0FMTEVFEAESEQoNU1BFQUtFUl9BR0VOVBACKtcBCg1UcmFuc2ZlclN0YXRlEh4KGlRSQU5TRkVSX1NUQVRFX1VOU1BFQ0lGSUVEEAASGgoWVFJBTlNGRVJfU1RBVEVfU1RBUlRFRBABEhsKF1RSQU5TRkVSX1NUQVRFX0FOU1dFUkVEEAISFwoTVFJBTlNGRVJfU1RBVEVfQlVTWRADEhwKGFRSQU5TRkVSX1NUQVRFX05PX0FOU1dFUhAEEhkKFVRSQU5TRkVSX1NUQVRFX0ZBSUxFRBAFEhsKF1RSQU5TRkVSX1NUQVRFX0NBTkNFTEVEEAYqWgoKVHJhbnNmZXJCeRIbChdUUkFOU0ZFUl9CWV9VTlNQRUNJRklFRBAAEhUKEVRSQU5TRkVSX0JZX0FHRU5UEAESGAoUVFJBTlNGRVJfQllfT1BFUkFUT1IQAiqFAQoNVm9pY2VtYWlsTW9kZRIeChpWT0lDRU1BSUxfTU9ERV9VTlNQRUNJRklFRBAAEhYKElZPSUNFTUFJTF9NT0RFX09GRhABEhoKFlZPSUNFTUFJTF9NT0RFX0hBTkdfVVAQAhIgChxWT0lDRU1BSUxfTU9ERV9MRUFWRV9NRVNTQUdFEAMqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMrwFChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2USVwoMVHJhbnNmZXJDYWxsEiIudm9pY2VhZ2VudC52MS5UcmFuc2ZlckNhbGxSZXF1ZXN0GiMudm9pY2VhZ2VudC52MS5UcmFuc2ZlckNhbGxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -144,6 +144,17 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: map<string, string> variables = 13;
    */
   variables: { [key: string]: string };
+
+  /**
+   * People the agent may hand the call over to (at most 8). With any, the AI
+   * is offered a built-in `transfer_call` tool whose `number` argument is one
+   * of these; when it calls it, the agent's hand-off sentence plays to the
+   * end, then the call is redirected to dial the number (see
+   * docs/contract.md "Transfers").
+   *
+   * @generated from field: repeated voiceagent.v1.TransferTarget transfer_targets = 11;
+   */
+  transferTargets: TransferTarget[];
 };
 
 /**
@@ -152,6 +163,127 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
  */
 export const PlaceCallRequestSchema: GenMessage<PlaceCallRequest> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * TransferTarget is a number the agent may transfer the call to.
+ *
+ * @generated from message voiceagent.v1.TransferTarget
+ */
+export type TransferTarget = Message<"voiceagent.v1.TransferTarget"> & {
+  /**
+   * E.164, like PlaceCallRequest.to; unique within the call. Required.
+   *
+   * @generated from field: string number = 1;
+   */
+  number: string;
+
+  /**
+   * Who answers there and when to transfer, for the AI (e.g. "billing desk:
+   * refunds and invoices"). Required, at most 512 bytes.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferTarget.
+ * Use `create(TransferTargetSchema)` to create a new message.
+ */
+export const TransferTargetSchema: GenMessage<TransferTarget> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 1);
+
+/**
+ * Transfer is a hand-off of the call to a person, and how it went.
+ *
+ * @generated from message voiceagent.v1.Transfer
+ */
+export type Transfer = Message<"voiceagent.v1.Transfer"> & {
+  /**
+   * The number dialled, E.164.
+   *
+   * @generated from field: string target = 1;
+   */
+  target: string;
+
+  /**
+   * Where the transfer is.
+   *
+   * @generated from field: voiceagent.v1.TransferState state = 2;
+   */
+  state: TransferState;
+
+  /**
+   * Who asked for it.
+   *
+   * @generated from field: voiceagent.v1.TransferBy by = 3;
+   */
+  by: TransferBy;
+
+  /**
+   * Readable detail, e.g. the provider's error or "the line was busy".
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.Transfer.
+ * Use `create(TransferSchema)` to create a new message.
+ */
+export const TransferSchema: GenMessage<Transfer> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
+
+/**
+ * TransferCallRequest names the call and the number to hand it to.
+ *
+ * @generated from message voiceagent.v1.TransferCallRequest
+ */
+export type TransferCallRequest = Message<"voiceagent.v1.TransferCallRequest"> & {
+  /**
+   * The call (must be IN_PROGRESS).
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * Number to dial, E.164 (any number PlaceCall could call, not only the
+   * call's `transfer_targets`).
+   *
+   * @generated from field: string number = 2;
+   */
+  number: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferCallRequest.
+ * Use `create(TransferCallRequestSchema)` to create a new message.
+ */
+export const TransferCallRequestSchema: GenMessage<TransferCallRequest> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
+
+/**
+ * TransferCallResponse returns the call once the provider took the redirect.
+ *
+ * @generated from message voiceagent.v1.TransferCallResponse
+ */
+export type TransferCallResponse = Message<"voiceagent.v1.TransferCallResponse"> & {
+  /**
+   * The call record, its `transfer` in state STARTED.
+   *
+   * @generated from field: voiceagent.v1.Call call = 1;
+   */
+  call?: Call | undefined;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferCallResponse.
+ * Use `create(TransferCallResponseSchema)` to create a new message.
+ */
+export const TransferCallResponseSchema: GenMessage<TransferCallResponse> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * Tool is a function the agent may call, answered by the calling service.
@@ -203,7 +335,7 @@ export type Tool = Message<"voiceagent.v1.Tool"> & {
  * Use `create(ToolSchema)` to create a new message.
  */
 export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 1);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * VoicemailPolicy is what PlaceCall does about answering machines.
@@ -232,7 +364,7 @@ export type VoicemailPolicy = Message<"voiceagent.v1.VoicemailPolicy"> & {
  * Use `create(VoicemailPolicySchema)` to create a new message.
  */
 export const VoicemailPolicySchema: GenMessage<VoicemailPolicy> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * PlaceCallResponse identifies the call that was placed.
@@ -274,7 +406,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -303,7 +435,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -324,7 +456,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -436,6 +568,14 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: AnsweredBy;
     case: "answeredBy";
+  } | {
+    /**
+     * A transfer started, or its outcome (see TransferState).
+     *
+     * @generated from field: voiceagent.v1.Transfer transfer = 11;
+     */
+    value: Transfer;
+    case: "transfer";
   } | { case: undefined; value?: undefined };
 };
 
@@ -444,7 +584,7 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * ToolCall is the agent calling one of the call's tools.
@@ -486,7 +626,7 @@ export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * ToolResult is the output of one tool call, as given to the AI.
@@ -536,7 +676,7 @@ export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * SubmitToolResultRequest answers one tool call.
@@ -571,7 +711,7 @@ export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultReq
  * Use `create(SubmitToolResultRequestSchema)` to create a new message.
  */
 export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * SubmitToolResultResponse confirms the output reached the call.
@@ -586,7 +726,7 @@ export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultRe
  * Use `create(SubmitToolResultResponseSchema)` to create a new message.
  */
 export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -614,7 +754,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -650,7 +790,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * CallError reports a fault.
@@ -679,7 +819,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -700,7 +840,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -737,7 +877,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * Notice is informational.
@@ -765,7 +905,7 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * AnsweredBy is the result of answering-machine detection.
@@ -805,7 +945,7 @@ export type AnsweredBy = Message<"voiceagent.v1.AnsweredBy"> & {
  * Use `create(AnsweredBySchema)` to create a new message.
  */
 export const AnsweredBySchema: GenMessage<AnsweredBy> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -826,7 +966,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -847,7 +987,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -868,7 +1008,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * GetCallResponse carries one call record.
@@ -889,7 +1029,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -958,7 +1098,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 22);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -986,7 +1126,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 23);
+  messageDesc(file_voiceagent_v1_voice_agent, 27);
 
 /**
  * Call is the stored record of one call.
@@ -1173,6 +1313,20 @@ export type Call = Message<"voiceagent.v1.Call"> & {
    * @generated from field: voiceagent.v1.Recording recording = 26;
    */
   recording?: Recording | undefined;
+
+  /**
+   * The transfer targets given to PlaceCall.
+   *
+   * @generated from field: repeated voiceagent.v1.TransferTarget transfer_targets = 24;
+   */
+  transferTargets: TransferTarget[];
+
+  /**
+   * The call's transfer, once one started (its latest state); unset otherwise.
+   *
+   * @generated from field: voiceagent.v1.Transfer transfer = 28;
+   */
+  transfer?: Transfer | undefined;
 };
 
 /**
@@ -1180,7 +1334,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 24);
+  messageDesc(file_voiceagent_v1_voice_agent, 28);
 
 /**
  * Recording describes a call's recording: a stereo WAV, 8 kHz, 16-bit PCM,
@@ -1216,7 +1370,7 @@ export type Recording = Message<"voiceagent.v1.Recording"> & {
  * Use `create(RecordingSchema)` to create a new message.
  */
 export const RecordingSchema: GenMessage<Recording> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 25);
+  messageDesc(file_voiceagent_v1_voice_agent, 29);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -1231,7 +1385,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 26);
+  messageDesc(file_voiceagent_v1_voice_agent, 30);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -1308,7 +1462,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 27);
+  messageDesc(file_voiceagent_v1_voice_agent, 31);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -1393,7 +1547,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 28);
+  messageDesc(file_voiceagent_v1_voice_agent, 32);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1438,7 +1592,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 29);
+  messageDesc(file_voiceagent_v1_voice_agent, 33);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1627,6 +1781,103 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * TransferState is where a transfer is.
+ *
+ * @generated from enum voiceagent.v1.TransferState
+ */
+export enum TransferState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TRANSFER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The call was redirected; the target is being dialled. The AI session is closed.
+   *
+   * @generated from enum value: TRANSFER_STATE_STARTED = 1;
+   */
+  STARTED = 1,
+
+  /**
+   * The target answered; the callee talked with them (the call then ended).
+   *
+   * @generated from enum value: TRANSFER_STATE_ANSWERED = 2;
+   */
+  ANSWERED = 2,
+
+  /**
+   * The target's line was busy: the callee heard an apology and the call ended.
+   *
+   * @generated from enum value: TRANSFER_STATE_BUSY = 3;
+   */
+  BUSY = 3,
+
+  /**
+   * The target did not answer within the ring timeout: apology, end.
+   *
+   * @generated from enum value: TRANSFER_STATE_NO_ANSWER = 4;
+   */
+  NO_ANSWER = 4,
+
+  /**
+   * The target could not be dialled (or the provider refused the redirect;
+   * then the call goes on with the agent): apology, end.
+   *
+   * @generated from enum value: TRANSFER_STATE_FAILED = 5;
+   */
+  FAILED = 5,
+
+  /**
+   * The callee hung up while the target was being dialled.
+   *
+   * @generated from enum value: TRANSFER_STATE_CANCELED = 6;
+   */
+  CANCELED = 6,
+}
+
+/**
+ * Describes the enum voiceagent.v1.TransferState.
+ */
+export const TransferStateSchema: GenEnum<TransferState> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
+ * TransferBy says who asked for a transfer.
+ *
+ * @generated from enum voiceagent.v1.TransferBy
+ */
+export enum TransferBy {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TRANSFER_BY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The agent, through its `transfer_call` tool.
+   *
+   * @generated from enum value: TRANSFER_BY_AGENT = 1;
+   */
+  AGENT = 1,
+
+  /**
+   * An operator, through TransferCall.
+   *
+   * @generated from enum value: TRANSFER_BY_OPERATOR = 2;
+   */
+  OPERATOR = 2,
+}
+
+/**
+ * Describes the enum voiceagent.v1.TransferBy.
+ */
+export const TransferBySchema: GenEnum<TransferBy> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
+
+/**
  * VoicemailMode says what the agent does when a machine answers.
  *
  * @generated from enum voiceagent.v1.VoicemailMode
@@ -1667,7 +1918,7 @@ export enum VoicemailMode {
  * Describes the enum voiceagent.v1.VoicemailMode.
  */
 export const VoicemailModeSchema: GenEnum<VoicemailMode> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * ToolOutcome is how a tool call was answered.
@@ -1716,7 +1967,7 @@ export enum ToolOutcome {
  * Describes the enum voiceagent.v1.ToolOutcome.
  */
 export const ToolOutcomeSchema: GenEnum<ToolOutcome> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 5);
+  enumDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
@@ -1751,7 +2002,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 6);
+  enumDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * RecordingState is where a call's recording is.
@@ -1801,7 +2052,7 @@ export enum RecordingState {
  * Describes the enum voiceagent.v1.RecordingState.
  */
 export const RecordingStateSchema: GenEnum<RecordingState> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 7);
+  enumDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
@@ -1913,6 +2164,25 @@ export const VoiceAgentService: GenService<{
     methodKind: "unary";
     input: typeof SubmitToolResultRequestSchema;
     output: typeof SubmitToolResultResponseSchema;
+  },
+  /**
+   * TransferCall hands a live call (IN_PROGRESS) over to a person: the AI
+   * session closes at once and the provider dials `number` with our number
+   * as the caller id (the same as the agent's `transfer_call` tool, without
+   * waiting for the agent to finish its sentence). A `Transfer` event says it
+   * started and, when the dial is over, how it went; see docs/contract.md
+   * "Transfers". Works from any replica (the provider is asked directly).
+   * Errors: INVALID_ARGUMENT for a bad field; CALL_NOT_FOUND;
+   * FAILED_PRECONDITION (reason CALL_NOT_LIVE) when the call is not in
+   * progress, is ending, or is being transferred already; a provider refusal
+   * as for HangUpCall (the call goes on with the agent).
+   *
+   * @generated from rpc voiceagent.v1.VoiceAgentService.TransferCall
+   */
+  transferCall: {
+    methodKind: "unary";
+    input: typeof TransferCallRequestSchema;
+    output: typeof TransferCallResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiceagent_v1_voice_agent, 0);
