@@ -75,6 +75,20 @@ fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// `voice_agent_calls_ended_total` of COMPLETED calls in end class `class`.
+async fn ended_with(server: &TestServer, class: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric(
+        &text,
+        &format!("voice_agent_calls_ended_total{{status=\"COMPLETED\",class=\"{class}\"}}"),
+    )
+}
+
 /// The emulator's report of the call once it has finished.
 async fn finished(emu: &TwilioEmulatorHandle, sid: &str) -> voice_agent_server::emulator::twilio::EmulatedCallReport {
     tokio::time::timeout(LIMIT, emu.wait_finished(sid))
@@ -160,6 +174,7 @@ async fn the_agent_hands_the_call_to_a_person_who_answers() {
     assert_eq!(report.dials[0].status, "completed");
     assert_eq!(report.stream().unwrap().ended, Some(StreamEnd::Stopped));
     assert!(!report.said.iter().any(|s| s == APOLOGY));
+    assert_eq!(ended_with(&server, "transferred").await, 1.0);
     server.stop().await;
 }
 
@@ -197,6 +212,7 @@ async fn a_busy_target_gets_the_callee_an_apology_and_the_call_ends_saying_why()
     let report = finished(&twilio, &placed.provider_call_id).await;
     assert_eq!(report.dials[0].status, "busy");
     assert_eq!(report.said.last().map(String::as_str), Some(APOLOGY));
+    assert_eq!(ended_with(&server, "transfer_failed").await, 1.0);
     server.stop().await;
 }
 
