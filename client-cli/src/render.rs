@@ -527,6 +527,16 @@ mod tests {
             event_line(&notice, &Utc, PLAIN),
             "22:13:20  notice   ai_reconnected: the AI connection was re-established"
         );
+        let transfer = event(Kind::Transfer(pb::Transfer {
+            target: "+15550122".into(),
+            state: pb::TransferState::Busy as i32,
+            by: pb::TransferBy::Agent as i32,
+            reason: "the line was busy".into(),
+        }));
+        assert_eq!(
+            event_line(&transfer, &Utc, PLAIN),
+            "22:13:20  transfer +15550122 busy (by the agent): the line was busy"
+        );
         let unknown = pb::CallEvent {
             sequence: 9,
             time: None,
