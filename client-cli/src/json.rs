@@ -237,8 +237,11 @@ mod tests {
         assert_eq!(v["toolTimeout"], Value::Null);
         assert_eq!(v["voicemail"], Value::Null);
         assert_eq!(v["webhooks"], json!([]));
-        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout, voicemail, webhooks.
-        assert_eq!(v.as_object().map(|o| o.len()), Some(26));
+        assert_eq!(v["transferTargets"], json!([]));
+        assert_eq!(v["transfer"], Value::Null);
+        // The 20 fields of before, recordingUrl, recording, tools, toolTimeout,
+        // voicemail, webhooks, transferTargets, transfer.
+        assert_eq!(v.as_object().map(|o| o.len()), Some(28));
     }
 
     #[test]

@@ -66,6 +66,14 @@ enum Command {
         #[command(flatten)]
         reconnect: Reconnect,
     },
+    /// Hand a live call over to a person: the AI leaves and NUMBER is dialled (our number as caller id);
+    /// prints the record. Follow the outcome with `watch`.
+    Transfer {
+        /// The call id.
+        call_id: String,
+        /// Number to transfer to, E.164.
+        number: String,
+    },
     /// Hang up a call (cancels it if it has not been answered); prints the record.
     Hangup {
         /// The call id.
@@ -149,6 +157,10 @@ struct CallArgs {
     /// Value of a {{NAME}} placeholder in the instructions, greeting or voicemail message; repeat for more.
     #[arg(long = "var", value_parser = args::parse_key_value, value_name = "NAME=VALUE")]
     variables: Vec<(String, String)>,
+    /// A person the agent may hand the call to (offered as its transfer_call tool), as NUMBER=DESCRIPTION;
+    /// repeat for more.
+    #[arg(long = "transfer-target", value_parser = args::parse_key_value, value_name = "NUMBER=DESCRIPTION")]
+    transfer_targets: Vec<(String, String)>,
     /// Answering-machine detection: hang up on a machine, or leave --voicemail-message after the beep.
     #[arg(long, value_enum)]
     voicemail: Option<VoicemailArg>,
@@ -335,6 +347,14 @@ fn place_call_request(call: &CallArgs) -> pb::PlaceCallRequest {
         }),
         variables: call.variables.iter().cloned().collect(),
         webhook_url: call.webhook_url.clone(),
+        transfer_targets: call
+            .transfer_targets
+            .iter()
+            .map(|(number, description)| pb::TransferTarget {
+                number: number.clone(),
+                description: description.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -412,6 +432,16 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
             after,
             reconnect,
         } => follow(&mut client, call_id, *after, reconnect.reconnect_tries, out).await,
+        Command::Transfer { call_id, number } => {
+            let request = pb::TransferCallRequest {
+                call_id: call_id.clone(),
+                number: number.clone(),
+            };
+            if let Some(call) = client.transfer_call(request).await?.into_inner().call {
+                out.call_row(&call)?;
+            }
+            Ok(EXIT_OK)
+        }
         Command::Hangup { call_id } => {
             let request = pb::HangUpCallRequest {
                 call_id: call_id.clone(),
@@ -530,6 +560,33 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("voice-agent").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn transfer_targets_and_the_transfer_command_parse() {
+        let cli = parse(&[
+            "call",
+            "+14155551212",
+            "--transfer-target",
+            "+15550120=billing desk: refunds",
+            "--transfer-target",
+            "+15550122=sales",
+        ])
+        .unwrap();
+        let Command::Call(call) = cli.command else {
+            panic!("not a call")
+        };
+        let req = place_call_request(&call);
+        assert_eq!(
+            req.transfer_targets
+                .iter()
+                .map(|t| (t.number.as_str(), t.description.as_str()))
+                .collect::<Vec<_>>(),
+            [("+15550120", "billing desk: refunds"), ("+15550122", "sales")]
+        );
+        let cli = parse(&["transfer", "call_1", "+15550120"]).unwrap();
+        assert!(matches!(cli.command, Command::Transfer { ref number, .. } if number == "+15550120"));
+        assert!(parse(&["transfer", "call_1"]).is_err(), "the number is required");
     }
 
     #[test]

@@ -174,6 +174,7 @@ where
             sanitize(&a.answered_by),
             sanitize(&a.action)
         ),
+        Some(Kind::Transfer(t)) => format!("{} {}", label("transfer", MAGENTA), transfer_text(t)),
         None => format!(
             "{} #{} is of a kind this client does not know (try --json)",
             label("event", DIM),
@@ -181,6 +182,29 @@ where
         ),
     };
     format!("{time}  {body}")
+}
+
+/// `+15550120 answered (by the agent)` / `+15550122 busy (by an operator): the line was busy`.
+pub fn transfer_text(t: &pb::Transfer) -> String {
+    let state = match pb::TransferState::try_from(t.state) {
+        Ok(pb::TransferState::Started) => "dialling".to_string(),
+        Ok(pb::TransferState::Answered) => "answered".to_string(),
+        Ok(pb::TransferState::Busy) => "busy".to_string(),
+        Ok(pb::TransferState::NoAnswer) => "no answer".to_string(),
+        Ok(pb::TransferState::Failed) => "failed".to_string(),
+        Ok(pb::TransferState::Canceled) => "cancelled".to_string(),
+        _ => format!("state {}", t.state),
+    };
+    let by = match pb::TransferBy::try_from(t.by) {
+        Ok(pb::TransferBy::Agent) => " (by the agent)",
+        Ok(pb::TransferBy::Operator) => " (by an operator)",
+        _ => "",
+    };
+    if t.reason.is_empty() {
+        format!("{} {state}{by}", sanitize(&t.target))
+    } else {
+        format!("{} {state}{by}: {}", sanitize(&t.target), sanitize(&t.reason))
+    }
 }
 
 /// `complete, 42.3 s` / `failed after 3.0 s: the disk is full`.
@@ -294,6 +318,17 @@ where
         ("recording", call.recording.as_ref().map(recording_text)),
         ("recording url", non_empty(&call.recording_url)),
         ("webhooks", webhooks_text(&call.webhooks)),
+        ("transfer", call.transfer.as_ref().map(transfer_text)),
+        (
+            "transfer to",
+            (!call.transfer_targets.is_empty()).then(|| {
+                call.transfer_targets
+                    .iter()
+                    .map(|t| format!("{} ({})", sanitize(&t.number), sanitize(&t.description)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }),
+        ),
         ("metadata", (!metadata.is_empty()).then(|| metadata.join(", "))),
     ];
     rows.into_iter()
@@ -518,6 +553,16 @@ mod tests {
         assert_eq!(
             event_line(&notice, &Utc, PLAIN),
             "22:13:20  notice   ai_reconnected: the AI connection was re-established"
+        );
+        let transfer = event(Kind::Transfer(pb::Transfer {
+            target: "+15550122".into(),
+            state: pb::TransferState::Busy as i32,
+            by: pb::TransferBy::Agent as i32,
+            reason: "the line was busy".into(),
+        }));
+        assert_eq!(
+            event_line(&transfer, &Utc, PLAIN),
+            "22:13:20  transfer +15550122 busy (by the agent): the line was busy"
         );
         let unknown = pb::CallEvent {
             sequence: 9,

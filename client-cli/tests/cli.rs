@@ -172,6 +172,22 @@ impl VoiceAgentService for Fake {
         Ok(Response::new(pb::HangUpCallResponse { call: Some(call) }))
     }
 
+    async fn transfer_call(
+        &self,
+        request: Request<pb::TransferCallRequest>,
+    ) -> Result<Response<pb::TransferCallResponse>, Status> {
+        self.note_auth(&request);
+        let req = request.into_inner();
+        let mut call = record(&req.call_id, pb::CallStatus::InProgress);
+        call.transfer = Some(pb::Transfer {
+            target: req.number,
+            state: pb::TransferState::Started as i32,
+            by: pb::TransferBy::Operator as i32,
+            reason: String::new(),
+        });
+        Ok(Response::new(pb::TransferCallResponse { call: Some(call) }))
+    }
+
     async fn get_call(&self, request: Request<pb::GetCallRequest>) -> Result<Response<pb::GetCallResponse>, Status> {
         self.note_auth(&request);
         let id = request.into_inner().call_id;
@@ -659,6 +675,12 @@ async fn get_list_and_hangup_print_records() {
     let call: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
     assert_eq!(call["status"], "CALL_STATUS_CANCELED");
     assert_eq!(call["endReason"], "hung up by API");
+    let out = cli(addr, &["--json", "transfer", "c8", "+15550120"]).await;
+    assert_eq!(out.status.code(), Some(0));
+    let call: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(call["transfer"]["target"], "+15550120");
+    assert_eq!(call["transfer"]["state"], "TRANSFER_STATE_STARTED");
+    assert_eq!(call["transfer"]["by"], "TRANSFER_BY_OPERATOR");
 }
 
 #[tokio::test]

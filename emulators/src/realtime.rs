@@ -31,6 +31,12 @@
 //!   `response.create`, and its reply says the outputs ("Here is what I
 //!   found: …", in the transcript; the audio is the stock clip).
 //!
+//! - transfers: when the session offers `transfer_call` (a PlaceCall with
+//!   `transfer_targets`), the reply to the callee's second line is the
+//!   hand-off sentence ([`HANDOFF_LINE`]) followed by a `transfer_call`
+//!   function call naming the first number of the tool's `number` enum
+//!   (this takes the place of the caller-tools round).
+//!
 //! Fault knobs ([`RealtimeEmulatorConfig`]) let tests refuse auth, refuse the
 //! session, drop the socket mid-call, stop reading it, have the agent hang
 //! up, or have it talk on and on.
@@ -63,6 +69,10 @@ pub const AGENT_LINES: [&str; 4] = [
     "Sure. I have Friday at three o'clock available. Does that work for you?",
     "You're all set for Friday at three. Goodbye!",
 ];
+
+/// What the agent says instead of reply 2 when the session offers
+/// `transfer_call` (the audio is reply 2's clip); `transfer_call` follows.
+pub const HANDOFF_LINE: &str = "Let me transfer you to a colleague who can help with that. One moment please.";
 
 /// The agent's lines as spoken audio (μ-law 8 kHz, see assets/speech/generate_agent.sh).
 pub const AGENT_CLIPS: [&[u8]; 4] = [
@@ -167,6 +177,8 @@ pub struct SessionReport {
     pub traceparent: Option<String>,
     /// Responses that called the caller's tools.
     pub tool_rounds: usize,
+    /// `transfer_call` function calls the agent made.
+    pub transfers: usize,
 }
 
 type Reports = Arc<Mutex<Vec<Arc<Mutex<SessionReport>>>>>;

@@ -37,9 +37,23 @@
 //! | `+15550107`    | rings for the request's `Timeout` seconds, then `no-answer` |
 //! | `+15550100`, `+15550108` | answers; barges in: starts line 2 ~1.5 s into the agent's reply to line 1 (the README demo) |
 //! | `+15550110`    | an answering machine answers: greeting (~5 s), beep, then silence while it records |
+//! | `+15550120`    | answers (as a `<Dial>` target: talks for `dial_talk`, ~3 s, then hangs up: `DialCallStatus=completed`) |
+//! | `+15550122`    | like `+15550102`: busy (as a `<Dial>` target: `DialCallStatus=busy`) |
+//! | `+15550123`    | like `+15550103`: rings ~2 s, no answer (as a `<Dial>` target: `DialCallStatus=no-answer`) |
 //! | anything else  | answers after `ring_time` and converses (the three [`CALLEE_LINES`]) |
 //!
 //! More numbers can be mapped with [`TwilioEmulatorConfig::numbers`].
+//!
+//! A `<Dial>` (a transfer redirected into the call) dials its number with
+//! the same table: busy, no-answer (ringing ~2 s, or the `<Dial timeout>` for
+//! `+15550107`), failed, or answered; an answering target talks for
+//! `dial_talk` and hangs up. Then the `action` URL is requested with
+//! `DialCallStatus` (`completed`, `busy`, `no-answer`, `failed`, or
+//! `canceled` when a REST update interrupted the dial), `DialCallSid` and
+//! `DialCallDuration`, and its TwiML runs; without an `action` the document
+//! goes on. A redirect (REST update) during `<Connect><Stream>` closes the
+//! stream without requesting the `<Connect action>`: the new TwiML replaces
+//! the document.
 //!
 //! # A call
 //!
@@ -99,8 +113,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 pub use report::{
-    CalleeUtterance, EmulatedCallReport, EndCause, HeardAudio, MarkEcho, PostedCallback, ServerMessage, StreamEnd,
-    StreamReport, TwimlFetch,
+    CalleeUtterance, DialReport, EmulatedCallReport, EndCause, HeardAudio, MarkEcho, PostedCallback, ServerMessage,
+    StreamEnd, StreamReport, TwimlFetch,
 };
 use voice_agent_wire::twilio::rest::CallResource;
 
@@ -172,8 +186,8 @@ impl Scenario {
             "+15005550001" => Scenario::InvalidNumber,
             "+15005550500" => Scenario::ServerError,
             "+15005550408" => Scenario::NoResponse,
-            "+15550102" => Scenario::Busy,
-            "+15550103" => Scenario::NoAnswer,
+            "+15550102" | "+15550122" => Scenario::Busy,
+            "+15550103" | "+15550123" => Scenario::NoAnswer,
             "+15550104" => Scenario::Failed,
             "+15550105" => Scenario::Answer(ScenarioOpts {
                 hang_up_after_first_line: true,
@@ -218,6 +232,8 @@ pub struct TwilioEmulatorConfig {
     pub barge_in_after: Duration,
     /// Speed of `<Say>`.
     pub words_per_minute: u32,
+    /// How long an answering `<Dial>` target talks before it hangs up.
+    pub dial_talk: Duration,
     /// Timeout of each webhook request and of the WebSocket connect (Twilio uses 15 s).
     pub http_timeout: Duration,
 }
@@ -234,6 +250,7 @@ impl Default for TwilioEmulatorConfig {
             idle_hangup: Duration::from_secs(20),
             barge_in_after: Duration::from_millis(1500),
             words_per_minute: 150,
+            dial_talk: Duration::from_secs(3),
             http_timeout: Duration::from_secs(15),
         }
     }

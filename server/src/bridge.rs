@@ -85,6 +85,8 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         recordings: Some(&state.recordings),
         tool_desk: &state.tool_desk,
         tool_http: &state.tool_http,
+        public_url: state.public_url.as_str(),
+        from_number: &state.from_number,
     };
     // The bridge's span is a child of the call's (docs/observability.md
     // "Traces"): the AI session's spans are its children.

@@ -278,6 +278,7 @@ mod tests {
             "/twilio/status",
             "/twilio/twiml",
             "/twilio/connect-action",
+            "/twilio/dial-action",
             "/ws/media/call_0",
         ] {
             assert_eq!(p.check(path, Some("evil.example"), Some(b"null")), Ok(()), "{path}");

@@ -287,6 +287,59 @@ pub enum EventKind {
     },
     /// The call's recording started, ended or stopped early.
     Recording(RecordingInfo),
+    /// A transfer started, or its outcome ([`lifecycle::transfer`]).
+    Transfer(TransferInfo),
+}
+
+/// A number the agent may hand the call over to (PlaceCall's `transfer_targets`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferTarget {
+    /// E.164.
+    pub number: String,
+    /// Who answers there, for the AI.
+    pub description: String,
+}
+
+/// Where a transfer is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferState {
+    /// Redirected; the target is being dialled.
+    Started,
+    /// The target answered.
+    Answered,
+    /// The target's line was busy.
+    Busy,
+    /// The target did not answer in time.
+    NoAnswer,
+    /// The target could not be dialled, or the redirect was refused.
+    Failed,
+    /// The callee hung up while the target was dialled.
+    Canceled,
+}
+
+/// Who asked for a transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferBy {
+    /// The agent's `transfer_call` tool.
+    Agent,
+    /// TransferCall.
+    Operator,
+}
+
+/// A call's transfer as its events and record tell it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferInfo {
+    /// The number dialled.
+    pub target: String,
+    /// Where it is.
+    pub state: TransferState,
+    /// Who asked.
+    pub by: TransferBy,
+    /// Readable detail (empty when none).
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// Where a call's recording is (see [`crate::recording`]).
@@ -358,6 +411,10 @@ impl EventKind {
             }
             Self::Dtmf { digit } => cap(digit, DIGIT),
             Self::Recording(info) => cap(&mut info.error, MESSAGE),
+            Self::Transfer(info) => {
+                cap(&mut info.target, CODE);
+                cap(&mut info.reason, DETAIL);
+            }
             Self::AnsweredBy {
                 answered_by, action, ..
             } => {
@@ -520,6 +577,12 @@ pub struct CallRecord {
     /// the call was placed, then PlaceCall's `webhook_url` (empty: none).
     #[serde(default)]
     pub webhooks: Vec<String>,
+    /// PlaceCall's transfer targets (the agent's `transfer_call` tool offers them).
+    #[serde(default)]
+    pub transfer_targets: Vec<TransferTarget>,
+    /// The call's transfer, once one started (its latest state).
+    #[serde(default)]
+    pub transfer: Option<TransferInfo>,
 }
 
 #[cfg(test)]
@@ -559,6 +622,8 @@ impl CallRecord {
             tool_timeout_ms: 0,
             voicemail: Voicemail::default(),
             webhooks: vec![],
+            transfer_targets: vec![],
+            transfer: None,
         }
     }
 }
@@ -593,6 +658,7 @@ impl CallRecord {
                 self.turn_latency_p95_ms = percentile(&sorted, 95);
             }
             EventKind::Recording(info) => self.recording = Some(info.clone()),
+            EventKind::Transfer(info) => self.transfer = Some(info.clone()),
             EventKind::AnsweredBy { answered_by, .. } => {
                 self.answered_by = answered_by.clone();
                 self.voicemail.detected = true;

@@ -131,6 +131,7 @@ struct ValidCall {
     voicemail: Voicemail,
     /// The call's own outcome webhook receiver.
     webhook_url: Option<String>,
+    transfer_targets: Vec<crate::call::TransferTarget>,
     /// Kept only for the idempotency fingerprint: the texts above are filled in already.
     variables: BTreeMap<String, String>,
 }
@@ -176,6 +177,11 @@ impl ValidCall {
             && let Some(list) = canonical.as_array_mut()
         {
             list.push(serde_json::json!({ "webhook_url": url }));
+        }
+        if !self.transfer_targets.is_empty()
+            && let Some(list) = canonical.as_array_mut()
+        {
+            list.push(serde_json::json!({ "transfer_targets": self.transfer_targets }));
         }
         let digest = sha1::Sha1::digest(canonical.to_string().as_bytes());
         Some(RequestKey {
@@ -301,6 +307,7 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         }
     };
     let tools = validate_tools(state, &req.tools)?;
+    let transfer_targets = validate_transfer_targets(&req.transfer_targets)?;
     let tool_timeout = match req.tool_timeout {
         None => tools::DEFAULT_TIMEOUT,
         Some(d) => {
@@ -367,8 +374,67 @@ fn validate(state: &AppState, req: pb::PlaceCallRequest) -> Result<ValidCall, St
         tool_timeout,
         voicemail,
         webhook_url,
+        transfer_targets,
         variables,
     })
+}
+
+/// A number to call or transfer to: required and E.164 (`field` names it).
+fn check_number(field: &str, number: &str) -> Result<(), Status> {
+    if number.is_empty() {
+        return Err(invalid(
+            field,
+            "required: E.164 ('+' then 8 to 15 digits, e.g. +14155551212)",
+        ));
+    }
+    if !is_e164(number) {
+        return Err(invalid(
+            field,
+            format!(
+                "must be E.164: '+' then 8 to 15 digits, e.g. +14155551212 (got {})",
+                quoted(number)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks PlaceCall's `transfer_targets`: count, numbers (like `to`, and
+/// unique), descriptions (required, bounded, text XML and the AI can carry).
+fn validate_transfer_targets(raw: &[pb::TransferTarget]) -> Result<Vec<crate::call::TransferTarget>, Status> {
+    use crate::call::lifecycle::transfer::{MAX_DESCRIPTION, MAX_TARGETS};
+    if raw.len() > MAX_TARGETS {
+        return Err(invalid(
+            "transfer_targets",
+            format!("at most {MAX_TARGETS} targets, got {}", raw.len()),
+        ));
+    }
+    let mut out: Vec<crate::call::TransferTarget> = Vec::with_capacity(raw.len());
+    for (i, t) in raw.iter().enumerate() {
+        check_number(&format!("transfer_targets[{i}].number"), &t.number)?;
+        if out.iter().any(|o| o.number == t.number) {
+            return Err(invalid(
+                &format!("transfer_targets[{i}].number"),
+                format!("{} is listed twice", quoted(&t.number)),
+            ));
+        }
+        let field = format!("transfer_targets[{i}].description");
+        if t.description.trim().is_empty() {
+            return Err(invalid(&field, "required: who answers there, for the AI"));
+        }
+        if t.description.len() > MAX_DESCRIPTION {
+            return Err(invalid(
+                &field,
+                format!("at most {MAX_DESCRIPTION} bytes, got {}", t.description.len()),
+            ));
+        }
+        check_text(&field, &t.description)?;
+        out.push(crate::call::TransferTarget {
+            number: t.number.clone(),
+            description: t.description.clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// Checks PlaceCall's `tools`: names, sizes, schemas, URLs (call/tools.rs
@@ -635,6 +701,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                 .chain(call.webhook_url.iter())
                 .cloned()
                 .collect(),
+            transfer_targets: call.transfer_targets.clone(),
+            transfer: None,
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -928,6 +996,73 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
         })
     }
 
+    /// TransferCall: the domain decides whether the call may be transferred
+    /// (and records the start), then the provider is asked directly, from
+    /// whichever replica got the request (the redirect needs no media
+    /// bridge); the bridge, wherever it runs, is stopped after it.
+    async fn transfer_call(
+        &self,
+        request: Request<pb::TransferCallRequest>,
+    ) -> Result<Response<pb::TransferCallResponse>, Status> {
+        use crate::call::lifecycle::transfer;
+        let req = request.into_inner();
+        let id = parse_call_id(&req.call_id)?;
+        check_number("number", &req.number)?;
+        let state = &self.state;
+        let on = |e| hub_status(e, Some(&id));
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        let (slot, target) = (refused.clone(), req.number.clone());
+        state
+            .hub
+            .update(&id, move |rec| {
+                match transfer::start(rec, &target, crate::call::TransferBy::Operator) {
+                    Ok(events) => events,
+                    Err(why) => {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        vec![]
+                    }
+                }
+            })
+            .await
+            .map_err(on)?;
+        let why = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(why) = why {
+            return Err(errors::api_status(
+                tonic::Code::FailedPrecondition,
+                &ErrorReason::CallNotLive,
+                format!("cannot transfer: {}", why.message()),
+                &[("call_id", id.as_str())],
+                &[],
+            ));
+        }
+        let rec = state.hub.get(&id).await.map_err(on)?;
+        let transfer_req = crate::http::transfer_request(state, &id, &req.number);
+        if let Err(e) = state.telephony.transfer(&rec.provider_call_id, &transfer_req).await {
+            let (message, code) = (e.message.clone(), e.provider_code.clone());
+            state
+                .hub
+                .update(&id, move |rec| {
+                    let mut events = transfer::redirect_refused(rec, &message);
+                    events.push(EventKind::error(
+                        ErrorCode::from_provider(code.as_deref()),
+                        format!("the transfer's redirect failed: {message}"),
+                    ));
+                    events
+                })
+                .await
+                .map_err(on)?;
+            // The call goes on with the agent.
+            return Err(telephony_status(&e, &id));
+        }
+        tracing::info!(call_id = %id, to = %crate::redact::phone(&req.number), "call transferred by an operator");
+        // The redirect ended the media stream; the AI session closes now too.
+        state.hub.stop_media(&id).await.map_err(on)?;
+        let rec = state.hub.get(&id).await.map_err(on)?;
+        Ok(Response::new(pb::TransferCallResponse {
+            call: Some(call_to_pb(&rec)),
+        }))
+    }
+
     async fn get_server_info(
         &self,
         _request: Request<pb::GetServerInfoRequest>,
@@ -1096,6 +1231,7 @@ pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
             detection_ms: *detection_ms,
             action: action.clone(),
         }),
+        EventKind::Transfer(info) => Kind::Transfer(transfer_to_pb(info)),
     };
     pb::CallEvent {
         sequence: ev.sequence,
@@ -1157,6 +1293,35 @@ pub fn call_to_pb(rec: &CallRecord) -> pb::Call {
         }),
         // GetCall adds them (one more read of the store).
         webhooks: vec![],
+        transfer_targets: rec
+            .transfer_targets
+            .iter()
+            .map(|t| pb::TransferTarget {
+                number: t.number.clone(),
+                description: t.description.clone(),
+            })
+            .collect(),
+        transfer: rec.transfer.as_ref().map(transfer_to_pb),
+    }
+}
+
+fn transfer_to_pb(info: &crate::call::TransferInfo) -> pb::Transfer {
+    use crate::call::{TransferBy, TransferState};
+    pb::Transfer {
+        target: info.target.clone(),
+        state: match info.state {
+            TransferState::Started => pb::TransferState::Started,
+            TransferState::Answered => pb::TransferState::Answered,
+            TransferState::Busy => pb::TransferState::Busy,
+            TransferState::NoAnswer => pb::TransferState::NoAnswer,
+            TransferState::Failed => pb::TransferState::Failed,
+            TransferState::Canceled => pb::TransferState::Canceled,
+        } as i32,
+        by: match info.by {
+            TransferBy::Agent => pb::TransferBy::Agent,
+            TransferBy::Operator => pb::TransferBy::Operator,
+        } as i32,
+        reason: info.reason.clone(),
     }
 }
 

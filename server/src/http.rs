@@ -38,6 +38,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/twilio/twiml", post(twiml_webhook))
         .route("/twilio/status", post(status_webhook))
         .route("/twilio/connect-action", post(connect_action_webhook))
+        .route("/twilio/dial-action", post(dial_action_webhook))
         .route("/twilio/amd", post(amd_webhook))
         .route("/ws/media/{call_id}", get(media_upgrade))
         .route("/metrics", get(metrics))
@@ -238,6 +239,8 @@ async fn connect_action_webhook(
         return bad_call_id();
     };
     let sid = params.into_iter().find(|(k, _)| k == "CallSid").map(|(_, v)| v);
+    let after = Arc::new(std::sync::Mutex::new(lifecycle::AfterStream::HangUp));
+    let decided = after.clone();
     let result = state
         .hub
         .update(&id, move |rec| {
@@ -248,7 +251,8 @@ async fn connect_action_webhook(
                 tracing::warn!(call_id = %rec.call_id, "connect action for another CallSid ignored");
                 return vec![];
             }
-            let (lifecycle::AfterStream::HangUp, events) = lifecycle::on_stream_ended(rec);
+            let (next, events) = lifecycle::on_stream_ended(rec);
+            *decided.lock().unwrap_or_else(|p| p.into_inner()) = next;
             events
         })
         .await;
@@ -259,7 +263,75 @@ async fn connect_action_webhook(
         // call's media now.
         Err(e) => tracing::error!(call_id = %id, error = %e, "the end of a call whose stream closed was not stored"),
     }
-    twiml_response(twiml::hangup())
+    let next = std::mem::replace(
+        &mut *after.lock().unwrap_or_else(|p| p.into_inner()),
+        lifecycle::AfterStream::HangUp,
+    );
+    match next {
+        lifecycle::AfterStream::HangUp => twiml_response(twiml::hangup()),
+        lifecycle::AfterStream::Transfer(target) => twiml_response(dial_twiml(&state, &id, &target)),
+    }
+}
+
+/// The `<Dial>` that hands call `id` to `target` (the transfer's redirect).
+pub(crate) fn dial_twiml(state: &AppState, id: &CallId, target: &str) -> String {
+    let req = transfer_request(state, id, target);
+    twiml::dial(&req.to, &req.caller_id, req.ring_timeout_secs, &req.action_url)
+}
+
+/// What the provider is asked to do to hand call `id` to `target`.
+pub(crate) fn transfer_request(state: &AppState, id: &CallId, target: &str) -> crate::telephony::TransferRequest {
+    crate::telephony::TransferRequest::for_call(state.public_url.as_str(), &state.from_number, id, target)
+}
+
+/// `POST /twilio/dial-action?call_id=…`: a transfer's `<Dial>` is over;
+/// `DialCallStatus` says how it went (protocols.md §4.3). Any replica
+/// answers: [`lifecycle::transfer::on_dial_result`] records the outcome and
+/// the end reason, and says what the callee hears next.
+async fn dial_action_webhook(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<CallIdQuery>,
+    SignedTwilioForm(params): SignedTwilioForm,
+) -> Response {
+    let Some(id) = q.call_id.as_deref().and_then(CallId::parse) else {
+        return bad_call_id();
+    };
+    let mut params: HashMap<String, String> = params.into_iter().collect();
+    let sid = params.remove("CallSid");
+    let dial_status = params.remove("DialCallStatus").unwrap_or_default();
+    let after = Arc::new(std::sync::Mutex::new(lifecycle::transfer::AfterDial::HangUp));
+    let decided = after.clone();
+    let result = state
+        .hub
+        .update(&id, move |rec| {
+            if sid
+                .as_deref()
+                .is_some_and(|s| !rec.provider_call_id.is_empty() && s != rec.provider_call_id)
+            {
+                tracing::warn!(call_id = %rec.call_id, "dial action for another CallSid ignored");
+                return vec![];
+            }
+            let (next, events) = lifecycle::transfer::on_dial_result(rec, &dial_status);
+            *decided.lock().unwrap_or_else(|p| p.into_inner()) = next;
+            events
+        })
+        .await;
+    match result {
+        Ok(_) => {}
+        Err(HubError::NotFound) => return (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
+        // The callee is still told something: the apology is right when in doubt.
+        Err(e) => {
+            tracing::error!(call_id = %id, error = %e, "a transfer's outcome was not stored");
+            *after.lock().unwrap_or_else(|p| p.into_inner()) = lifecycle::transfer::AfterDial::Apologise;
+        }
+    }
+    let next = *after.lock().unwrap_or_else(|p| p.into_inner());
+    match next {
+        lifecycle::transfer::AfterDial::HangUp => twiml_response(twiml::hangup()),
+        lifecycle::transfer::AfterDial::Apologise => {
+            twiml_response(twiml::say_and_hang_up(lifecycle::transfer::APOLOGY))
+        }
+    }
 }
 
 /// Twilio's status callback parameters (§2.1) as the domain takes them;

@@ -16,12 +16,13 @@
 //! grpc.rs      edge: VoiceAgentService — validation, domain ↔ protobuf, limits in GetServerInfo, auth interceptor
 //!   grpc/errors  error statuses with google.rpc ErrorInfo / BadRequest (tonic-types), everything echoed bounded
 //!   grpc/list    ListCalls: filters and order validated into a store query, filter-bound page tokens
-//! http.rs      edge: Twilio webhooks (status, TwiML, AMD result; signed-request extractors), media WebSocket upgrade, /metrics, 404s
+//! http.rs      edge: Twilio webhooks (status, TwiML, connect and dial actions, AMD result; signed-request extractors), media WebSocket upgrade, /metrics, 404s
 //! health.rs    edge: /healthz (alive) and /readyz (not stopping, store answers): open, cheap, bounded
 //! ui.rs        edge: the web UI at / — embedded at build time (rust-embed), or WEB_DIR, or a how-to-build page
 //! call.rs      domain types: CallId, CallStatus, CallRecord, EventKind
 //!   call/lifecycle  every status transition and end reason, and the events they make (pure)
 //!     lifecycle/amd  answering-machine detection results and the voicemail policy's decisions (pure)
+//!     lifecycle/transfer  hand-off to a person: when a transfer may start, its dial outcome, end reasons (pure)
 //!   call/template   `{{name}}` placeholders filled from PlaceCall's variables (pure)
 //!   call/error      ErrorCode / NoticeCode / ErrorReason: the codes and error reasons clients see, spelled once
 //!   call/tools      the call's tools, their limits, and the desk of pending tool calls (first answer wins)
@@ -29,7 +30,7 @@
 //! store.rs     the call store seam: SQLite (one process) or PostgreSQL (replicas, docs/deploy.md); CallFilter
 //!   store/sqlite    SQLite with migrations; append-only event log
 //!   store/postgres  PostgreSQL: pool, row-locked changes, migrations under an advisory lock, LISTEN/NOTIFY
-//! telephony.rs trait Telephony (dial, hang up, say-and-hang-up)
+//! telephony.rs trait Telephony (dial, hang up, say-and-hang-up, transfer)
 //!   telephony/twilio   the Twilio REST client (wire formats re-exported from `voice-agent-wire`)
 //!   telephony/provider `Telephony` implemented over the Twilio REST client
 //! realtime.rs  RealtimeBackends: connecting a call to its AI (the socket, auth headers)

@@ -84,6 +84,36 @@ pub trait Telephony: Send + Sync + 'static {
     async fn hang_up(&self, provider_call_id: &str, answered: bool) -> Result<(), TelephonyError>;
     /// Replaces what a live call does with speaking `text` and hanging up.
     async fn say_and_hang_up(&self, provider_call_id: &str, text: &str) -> Result<(), TelephonyError>;
+    /// Replaces what a live call does with dialling another number and
+    /// bridging the callee to it (a transfer); the media stream ends.
+    async fn transfer(&self, provider_call_id: &str, req: &TransferRequest) -> Result<(), TelephonyError>;
+}
+
+impl TransferRequest {
+    /// The transfer of call `id` to `to`: our number `from` as the caller id,
+    /// the ring timeout of [`crate::call::lifecycle::transfer`], and the
+    /// `/twilio/dial-action` route under the public URL `public`.
+    pub fn for_call(public: &str, from: &str, id: &crate::call::CallId, to: &str) -> Self {
+        Self {
+            to: to.to_string(),
+            caller_id: from.to_string(),
+            ring_timeout_secs: crate::call::lifecycle::transfer::RING_TIMEOUT_SECS,
+            action_url: format!("{}/twilio/dial-action?call_id={id}", public.trim_end_matches('/')),
+        }
+    }
+}
+
+/// What the provider needs to hand a live call to another number.
+#[derive(Clone, Debug)]
+pub struct TransferRequest {
+    /// Number to dial, E.164.
+    pub to: String,
+    /// Caller id the target sees: our number, E.164.
+    pub caller_id: String,
+    /// How long the target's phone may ring, seconds.
+    pub ring_timeout_secs: u32,
+    /// URL the provider requests when the dial is over (its outcome).
+    pub action_url: String,
 }
 
 /// A provider whose failures are counted (`voice_agent_provider_errors_total`
@@ -122,5 +152,8 @@ impl Telephony for Metered {
     }
     async fn say_and_hang_up(&self, provider_call_id: &str, text: &str) -> Result<(), TelephonyError> {
         self.count(self.inner.say_and_hang_up(provider_call_id, text).await)
+    }
+    async fn transfer(&self, provider_call_id: &str, req: &TransferRequest) -> Result<(), TelephonyError> {
+        self.count(self.inner.transfer(provider_call_id, req).await)
     }
 }

@@ -59,6 +59,8 @@ struct Log {
     echoes: Vec<String>,
     dtmf: Vec<String>,
     rest_results: Vec<Result<String, String>>,
+    /// `<Dial action>` requests: their params, and whether the signature held.
+    dial_actions: Vec<(Vec<(String, String)>, bool)>,
 }
 
 struct App {
@@ -120,6 +122,7 @@ async fn setup(config: TwilioEmulatorConfig, agent: Agent) -> (TwilioEmulatorHan
     let router = Router::new()
         .route("/twiml", post(twiml_route))
         .route("/status", post(status_route))
+        .route("/dial-action", post(dial_action_route))
         .route("/ws", get(ws_route))
         .with_state(app.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -152,6 +155,19 @@ async fn twiml_route(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, 
     }
     let ws = format!("{}/ws", app.base.replacen("http://", "ws://", 1));
     let body = twiml::connect_stream(Some("Hi there"), &ws, &[("call_id", "c1"), ("secret", SECRET)]);
+    ([("content-type", "application/xml")], body).into_response()
+}
+
+async fn dial_action_route(State(app): State<Arc<App>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let params: Vec<(String, String)> = form_urlencoded::parse(&body).into_owned().collect();
+    let ok = signed_ok(&app, &headers, &format!("{}{}", app.base, uri), &params);
+    let busy = param(&params, "DialCallStatus") != Some("completed");
+    app.log.lock().unwrap().dial_actions.push((params, ok));
+    let body = if busy {
+        twiml::say_and_hang_up("Sorry, nobody could take your call.")
+    } else {
+        twiml::hangup()
+    };
     ([("content-type", "application/xml")], body).into_response()
 }
 
@@ -592,6 +608,51 @@ async fn twiml_redirect_stops_the_stream_and_runs_the_new_twiml() {
     assert!(fake.log(|l| l.received.last().unwrap().contains(r#""event":"stop""#)));
     assert_eq!(r.callback_statuses().last(), Some(&"completed"));
     emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dial_redirected_into_the_call_reports_its_outcome_to_the_action() {
+    for (target, status, said) in [
+        ("+15550120", "completed", vec!["Hi there"]),
+        (
+            "+15550122",
+            "busy",
+            vec!["Hi there", "Sorry, nobody could take your call."],
+        ),
+        (
+            "+15550123",
+            "no-answer",
+            vec!["Hi there", "Sorry, nobody could take your call."],
+        ),
+    ] {
+        let agent = Agent {
+            // Relative: resolved against the URL of the TwiML being run.
+            redirect_after_first: Some(twiml::dial(target, "+15005550006", 20, "/dial-action?call_id=c1")),
+            ..Agent::default()
+        };
+        let config = TwilioEmulatorConfig {
+            dial_talk: Duration::from_millis(300),
+            ..fast_config()
+        };
+        let (emu, fake) = setup(config, agent).await;
+        let call = fake.app.client.create_call(&fake.create("+14155551212")).await.unwrap();
+        let r = finished(&emu, &call.sid).await;
+        assert_eq!(r.stream().unwrap().ended, Some(StreamEnd::Stopped), "{target}");
+        assert_eq!(r.dials.len(), 1, "{target}");
+        assert_eq!(r.dials[0].number, target);
+        assert_eq!(r.dials[0].caller_id, "+15005550006");
+        assert_eq!(r.dials[0].status, status);
+        let actions = fake.log(|l| l.dial_actions.clone());
+        assert_eq!(actions.len(), 1, "{target}");
+        let (params, signed) = &actions[0];
+        assert!(signed, "the action request is signed");
+        assert_eq!(param(params, "DialCallStatus"), Some(status));
+        assert_eq!(param(params, "CallSid"), Some(call.sid.as_str()));
+        assert!(param(params, "DialCallSid").is_some_and(|s| s.starts_with("CA")));
+        assert_eq!(r.said, said, "{target}");
+        assert_eq!(r.callback_statuses().last(), Some(&"completed"));
+        emu.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -799,3 +799,91 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
     }
     cluster.stop().await;
 }
+
+fn transfer_states(events: &[pb::CallEvent]) -> Vec<pb::TransferState> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(pb::call_event::Kind::Transfer(t)) => pb::TransferState::try_from(t.state).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_transfer_with_its_bridge_on_one_replica_and_the_dial_outcome_on_another() {
+    // The media (and so the agent's transfer_call) on r2; the <Connect
+    // action> and the dial action land on r1. The stream's end on a call
+    // being transferred must not fail it, and the outcome recorded on r1 ends it.
+    let cluster = Cluster::start(
+        2,
+        &[],
+        &[
+            ("/ws/media/", 1),
+            ("/twilio/connect-action", 0),
+            ("/twilio/dial-action", 0),
+        ],
+    )
+    .await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1
+        .place_call(pb::PlaceCallRequest {
+            transfer_targets: vec![pb::TransferTarget {
+                number: "+15550120".into(),
+                description: "the billing desk".into(),
+            }],
+            ..place("+15550199")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let events = all_events(&mut r1, &placed.call_id).await;
+    assert_eq!(
+        transfer_states(&events),
+        [pb::TransferState::Started, pb::TransferState::Answered],
+        "{events:?}"
+    );
+    assert_eq!(statuses(&events).last(), Some(&pb::CallStatus::Completed), "{events:?}");
+    let stored = get_call(&mut r1, &placed.call_id).await;
+    assert_eq!(stored.end_reason, "transferred to +15550120 (answered)");
+    let report = cluster.twilio.call(&placed.provider_call_id).unwrap();
+    assert_eq!(report.dials.len(), 1, "{report:?}");
+    let action = report
+        .twiml_fetches
+        .iter()
+        .find(|f| f.url.contains("/twilio/dial-action?call_id="))
+        .unwrap_or_else(|| panic!("no dial action: {report:?}"));
+    assert_eq!(action.response_status, Some(200));
+    assert!(cluster.replicas[1].log().contains("media bridge ended"));
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn transfer_call_on_a_replica_without_the_bridge_transfers_and_stops_the_bridge() {
+    let cluster = Cluster::start(2, &[], &[("/ws/media/", 1)]).await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550199")).await.unwrap().into_inner();
+    let mut stream = watch(&mut r1, &placed.call_id, 0).await;
+    watch_until(&mut stream, Duration::from_secs(60), voice_agent_tests::is_transcript).await;
+    let response = r1
+        .transfer_call(pb::TransferCallRequest {
+            call_id: placed.call_id.clone(),
+            number: "+15550120".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        response.call.unwrap().transfer.map(|t| t.state),
+        Some(pb::TransferState::Started as i32)
+    );
+    let rest = watch_rest(&mut stream, Duration::from_secs(120)).await;
+    assert_eq!(
+        transfer_states(&rest).last(),
+        Some(&pb::TransferState::Answered),
+        "{rest:?}"
+    );
+    assert_eq!(statuses(&rest).last(), Some(&pb::CallStatus::Completed), "{rest:?}");
+    assert!(cluster.replicas[1].log().contains("media bridge ended"));
+    cluster.stop().await;
+}

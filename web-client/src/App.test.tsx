@@ -257,6 +257,32 @@ describe("live call view", () => {
     expect(within(callView()).getByTestId("end-step").textContent).toContain("hung up by API");
   });
 
+  it("transfers a live call to a number and shows the transfer in the conversation", async () => {
+    const script: ScriptKind[] = [
+      { case: "status", value: { status: CallStatus.RINGING, detail: "" } },
+      { case: "status", value: { status: CallStatus.IN_PROGRESS, detail: "" } },
+      { case: "transcript", value: { speaker: Speaker.AGENT, text: "Hello?", interrupted: false } },
+    ];
+    const { user } = setup({ script });
+    await user.type(screen.getByLabelText("Phone number"), "+15550100");
+    await user.click(screen.getByRole("button", { name: "Place call" }));
+    await waitFor(() => expect(lines()).toHaveLength(1));
+    const view = callView();
+    await user.type(within(view).getByLabelText("Transfer to"), "12");
+    await user.click(within(view).getByRole("button", { name: "Transfer" }));
+    expect(within(view).getByRole("alert").textContent).toContain("'+'");
+    await user.clear(within(view).getByLabelText("Transfer to"));
+    await user.type(within(view).getByLabelText("Transfer to"), "+15550120");
+    await user.click(within(view).getByRole("button", { name: "Transfer" }));
+    await waitFor(() => expect(callView().dataset.status).toBe("COMPLETED"));
+    const transfers = within(callView()).getAllByTestId("transfer-line");
+    expect(transfers.map((t) => t.textContent)).toEqual([
+      expect.stringContaining("+15550120 dialling by an operator"),
+      expect.stringContaining("+15550120 answered by an operator"),
+    ]);
+    expect(within(callView()).getByTestId("end-step").textContent).toContain("transferred to +15550120");
+  });
+
   it("shows error events and a call that cannot be found", async () => {
     const script: ScriptKind[] = [
       { case: "error", value: { code: "ai_unavailable", message: "the AI endpoint refused the connection" } },

@@ -95,6 +95,8 @@ fn record() -> CallRecord {
         tool_timeout_ms: 0,
         voicemail: Default::default(),
         webhooks: vec![],
+        transfer_targets: vec![],
+        transfer: None,
     }
 }
 

@@ -136,6 +136,8 @@ struct ActiveResponse {
     words_sent: usize,
     next_at: Instant,
     end_call: bool,
+    /// After this response's audio: call `transfer_call` with this number.
+    transfer_to: Option<String>,
     /// What the agent says (the line, or the line built from tool outputs).
     text: String,
 }
@@ -862,7 +864,17 @@ impl Session {
         // with tools offered, the agent calls them first, and its reply
         // says what they answered (over the same clip of audio).
         let mut text = AGENT_LINES[line].to_string();
-        if line == TOOL_LINE {
+        // With transfer targets offered, the callee's question is one for a
+        // person: the agent says the hand-off sentence, then calls
+        // `transfer_call` with the first target (before any caller tool).
+        let transfer_to = if line == TOOL_LINE {
+            self.transfer_target()
+        } else {
+            None
+        };
+        if transfer_to.is_some() {
+            text = super::HANDOFF_LINE.to_string();
+        } else if line == TOOL_LINE {
             match std::mem::replace(&mut self.tool_round, ToolRound::Done) {
                 ToolRound::NotYet => {
                     let tools = self.caller_tools();
@@ -924,8 +936,21 @@ impl Session {
             words_sent: 0,
             next_at: Instant::now(),
             end_call: self.config.end_call_after_last_line && line == AGENT_LINES.len() - 1,
+            transfer_to,
             text,
         });
+    }
+
+    /// The first number the session's `transfer_call` tool offers (its
+    /// `number` enum), if the tool is offered.
+    fn transfer_target(&self) -> Option<String> {
+        self.session["tools"]
+            .as_array()?
+            .iter()
+            .find(|t| t["type"] == "function" && t["name"] == "transfer_call")?["parameters"]["properties"]["number"]
+            ["enum"][0]
+            .as_str()
+            .map(str::to_string)
     }
 
     /// The caller's tools the session offers (all but the built-in ones).
@@ -1076,6 +1101,11 @@ impl Session {
         let mut output = vec![message];
         if a.end_call && completed {
             output.push(self.end_call(&a.id));
+        }
+        if let Some(number) = a.transfer_to.as_deref().filter(|_| completed) {
+            let arguments = json!({ "number": number }).to_string();
+            output.push(self.function_call(&a.id, 1, "transfer_call", &arguments));
+            self.report(|r| r.transfers += 1);
         }
         let details = reason.map(|r| json!({"type": status, "reason": r}));
         self.emit(

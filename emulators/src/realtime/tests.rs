@@ -801,6 +801,56 @@ async fn restored_conversation_ends_with_the_end_call_tool() {
 }
 
 #[tokio::test]
+async fn with_transfer_targets_the_reply_to_the_question_hands_off_and_calls_transfer_call() {
+    for dialect in [Dialect::VoiceLive, Dialect::OpenAiGa, Dialect::OpenAiPreview] {
+        let emu = start(fast()).await.unwrap();
+        let mut c = connect(&emu, dialect).await;
+        let mut session = SessionConfig::new("x", "en-US-AriaNeural", AudioFormat::G711Ulaw);
+        if dialect != Dialect::VoiceLive {
+            session.voice = protocol::Voice::parse("alloy");
+        }
+        session.tools.push(protocol::ToolDef {
+            name: "transfer_call".into(),
+            description: "Hand the call over to a person.".into(),
+            parameters: serde_json::json!({"type": "object", "properties": {"number": {"type": "string",
+                "enum": ["+15550120", "+15550122"], "description": "+15550120: billing; +15550122: sales"}},
+                "required": ["number"]}),
+        });
+        c.send(&protocol::session_update(dialect, &session)).await;
+        c.until("session.updated").await;
+        for (role, text) in [
+            ("assistant", AGENT_LINES[0]),
+            ("user", DEFAULT_SCRIPT[0]),
+            ("assistant", AGENT_LINES[1]),
+            ("user", DEFAULT_SCRIPT[1]),
+        ] {
+            c.send(&protocol::restore_item(dialect, role, text)).await;
+            c.until(if dialect == Dialect::OpenAiGa {
+                "conversation.item.added"
+            } else {
+                "conversation.item.created"
+            })
+            .await;
+        }
+        c.send(&protocol::response_create(None)).await;
+        let (_, _, transcript, done) = c.response().await;
+        assert_eq!(transcript, HANDOFF_LINE, "{dialect:?}");
+        let output = done["response"]["output"].as_array().unwrap();
+        assert_eq!(output.len(), 2, "{dialect:?}");
+        assert_eq!(output[1]["name"], "transfer_call");
+        assert_eq!(output[1]["arguments"], r#"{"number":"+15550120"}"#);
+        assert_events_match_the_spec(dialect, &c.seen);
+        assert!(
+            emu.sessions()[0].errors_sent.is_empty(),
+            "{:?}",
+            emu.sessions()[0].errors_sent
+        );
+        assert_eq!(emu.sessions()[0].transfers, 1);
+        emu.shutdown();
+    }
+}
+
+#[tokio::test]
 async fn refused_session_is_fatal_and_closed() {
     let emu = start(RealtimeEmulatorConfig {
         refuse_session: true,

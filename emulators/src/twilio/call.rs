@@ -327,6 +327,31 @@ impl CallActor {
                     interrupt => interrupt,
                 },
                 Verb::Connect(None) => None,
+                Verb::Dial(spec) => match self.run_dial(&spec).await {
+                    Err(interrupt) => Some(interrupt),
+                    // Over: with an `action`, Twilio requests it (with the
+                    // outcome) and runs what it answers; else the document goes on.
+                    Ok(outcome) => match &spec.action {
+                        Some((url, method)) => {
+                            let source = match self.action_url(url) {
+                                Ok(url) => TwimlSource::Fetch {
+                                    url,
+                                    method: method.clone(),
+                                },
+                                Err(e) => {
+                                    self.slot.report(|r| r.errors.push(e.clone()));
+                                    return Ending::completed(EndCause::ApplicationError(e));
+                                }
+                            };
+                            program = match self.load_with(source, &outcome).await {
+                                Ok(p) => p,
+                                Err(e) => return e,
+                            };
+                            continue;
+                        }
+                        None => None,
+                    },
+                },
                 Verb::Other(name) => {
                     self.slot
                         .report(|r| r.errors.push(format!("the emulator does not run <{name}>; skipped")));
@@ -346,6 +371,63 @@ impl CallActor {
                 }
             }
         }
+    }
+
+    /// Runs a `<Dial>`: the number's scenario decides (busy, no answer,
+    /// failed, or answered and talking for `dial_talk`). The `action`
+    /// parameters of the outcome (`DialCallStatus`, `DialCallSid`,
+    /// `DialCallDuration`), or what interrupted the dial (a hang-up, a
+    /// redirect, the time limit: the call goes that way, no action).
+    async fn run_dial(&mut self, spec: &twiml::DialSpec) -> Result<Vec<(String, String)>, Interrupt> {
+        let config = &self.shared.config;
+        let index = self.slot.lock().report.dials.len();
+        self.slot.report(|r| {
+            r.dials.push(super::DialReport {
+                number: spec.number.clone(),
+                caller_id: spec.caller_id.clone().unwrap_or_else(|| self.params.from.clone()),
+                timeout: spec.timeout,
+                ..Default::default()
+            })
+        });
+        let timeout = Duration::from_secs(spec.timeout.into());
+        let (ring, status, talk) = match config.scenario_for(&spec.number) {
+            super::Scenario::Busy => (config.ring_time, "busy", None),
+            super::Scenario::NoAnswer => (Duration::from_secs(2).min(timeout), "no-answer", None),
+            super::Scenario::NoAnswerAtTimeout => (timeout, "no-answer", None),
+            super::Scenario::Failed => (config.ring_time, "failed", None),
+            super::Scenario::InvalidNumber | super::Scenario::ServerError | super::Scenario::NoResponse => {
+                (Duration::ZERO, "failed", None)
+            }
+            super::Scenario::Answer(_) if config.ring_time > timeout => (timeout, "no-answer", None),
+            super::Scenario::Answer(_) => (config.ring_time, "completed", Some(config.dial_talk)),
+        };
+        let set = |slot: &CallSlot, status: &str, secs: u64| {
+            slot.report(|r| {
+                if let Some(d) = r.dials.get_mut(index) {
+                    d.status = status.to_string();
+                    d.duration_secs = secs;
+                }
+            })
+        };
+        if let Some(i) = self.wait(ring).await {
+            set(&self.slot, "canceled", 0);
+            return Err(i);
+        }
+        let mut secs = 0;
+        if let Some(talk) = talk {
+            if let Some(i) = self.wait(talk).await {
+                set(&self.slot, "completed", talk.as_secs());
+                return Err(i);
+            }
+            secs = talk.as_secs().max(1);
+        }
+        set(&self.slot, status, secs);
+        let dial_sid = format!("CA{:032x}", rand::random::<u128>());
+        Ok(vec![
+            ("DialCallStatus".into(), status.into()),
+            ("DialCallSid".into(), dial_sid),
+            ("DialCallDuration".into(), secs.to_string()),
+        ])
     }
 
     /// A `<Connect action>` URL: absolute, or relative to the TwiML's URL.
@@ -415,6 +497,11 @@ impl CallActor {
     /// The verbs of `source`; a TwiML that cannot be fetched or parsed ends
     /// the call (Twilio says "an application error has occurred" and hangs up).
     async fn load(&mut self, source: TwimlSource) -> Result<VecDeque<Verb>, Ending> {
+        self.load_with(source, &[]).await
+    }
+
+    /// [`CallActor::load`], with `extra` parameters in the request (an action's).
+    async fn load_with(&mut self, source: TwimlSource, extra: &[(String, String)]) -> Result<VecDeque<Verb>, Ending> {
         let app_error = |slot: &CallSlot, text: String| {
             slot.report(|r| r.errors.push(text.clone()));
             Ending::completed(EndCause::ApplicationError(text))
@@ -425,7 +512,8 @@ impl CallActor {
                 t
             }
             TwimlSource::Fetch { url, method } => {
-                let params = self.base_params("in-progress");
+                let mut params = self.base_params("in-progress");
+                params.extend(extra.iter().cloned());
                 let sent = signed_request(&self.shared, &method, &url, &params, &self.cancel).await;
                 let mut fetch = TwimlFetch {
                     url: sent.url,

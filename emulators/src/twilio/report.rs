@@ -41,6 +41,8 @@ pub struct EmulatedCallReport {
     pub errors: Vec<String>,
     /// The W3C `traceparent` header of the create request, if it had one.
     pub create_traceparent: Option<String>,
+    /// `<Dial>`s run (transfers), in order.
+    pub dials: Vec<DialReport>,
     /// Asynchronous answering-machine detection results posted to
     /// `AsyncAmdStatusCallback` (`status` holds the `AnsweredBy` value).
     pub amd_callbacks: Vec<PostedCallback>,
@@ -104,6 +106,21 @@ pub struct PostedCallback {
     pub response_status: Option<u16>,
     /// Why the request failed.
     pub error: Option<String>,
+}
+
+/// One `<Dial>` the call ran.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DialReport {
+    /// The number dialled.
+    pub number: String,
+    /// The caller id it was dialled with (the call's `From` when the verb set none).
+    pub caller_id: String,
+    /// The verb's `timeout`, seconds.
+    pub timeout: u32,
+    /// `DialCallStatus`, once the dial is over (empty before).
+    pub status: String,
+    /// How long the dialled party talked, seconds (`DialCallDuration`).
+    pub duration_secs: u64,
 }
 
 /// One TwiML request to our server.

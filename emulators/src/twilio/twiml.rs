@@ -5,7 +5,7 @@
 use quick_xml::Reader;
 use quick_xml::events::{BytesStart, Event};
 #[cfg(test)]
-use voice_agent_wire::twilio::twiml::{connect_stream, connect_stream_with_action, hangup, say_and_hang_up};
+use voice_agent_wire::twilio::twiml::{connect_stream, connect_stream_with_action, dial, hangup, say_and_hang_up};
 
 /// One TwiML verb, as the emulator runs it.
 #[derive(Clone, Debug, PartialEq)]
@@ -18,6 +18,8 @@ pub enum Verb {
     Connect(Option<StreamSpec>),
     /// `<Hangup/>`.
     Hangup,
+    /// `<Dial>` of one number (`<Number>` or the bare text).
+    Dial(DialSpec),
     /// A verb the emulator does not run (its element name).
     Other(String),
 }
@@ -34,6 +36,20 @@ pub struct StreamSpec {
     /// The enclosing `<Connect>`'s `action` URL and `method` (POST unless
     /// given): requested when the stream's socket closes while the call goes on.
     pub connect_action: Option<(String, String)>,
+}
+
+/// A `<Dial>`: connect the call to another number (a transfer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DialSpec {
+    /// The number (the first `<Number>`, or the verb's own text).
+    pub number: String,
+    /// `callerId`: what the dialled party sees (the call's `From` when unset).
+    pub caller_id: Option<String>,
+    /// `timeout`: how long it may ring, seconds (Twilio's default 30).
+    pub timeout: u32,
+    /// `action` and `method` (POST unless given): requested when the dial
+    /// is over, with `DialCallStatus`; without one the document goes on.
+    pub action: Option<(String, String)>,
 }
 
 /// TwiML the parser refuses.
@@ -79,6 +95,8 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
     let mut stream: Option<StreamSpec> = None;
     let mut connect_stream: Option<StreamSpec> = None;
     let mut connect_action: Option<(String, String)> = None;
+    let mut dial: Option<DialSpec> = None;
+    let mut dial_text: Option<String> = None;
     let mut saw_root = false;
     loop {
         let event = reader.read_event().map_err(xml_err)?;
@@ -116,6 +134,25 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                         };
                     }
                     "Hangup" => verbs.push(Verb::Hangup),
+                    "Dial" => {
+                        let timeout = match attr(&e, "timeout")? {
+                            None => 30,
+                            Some(t) => t
+                                .trim()
+                                .parse()
+                                .map_err(|_| TwimlError::Invalid(format!("<Dial timeout=\"{t}\">")))?,
+                        };
+                        dial = Some(DialSpec {
+                            number: String::new(),
+                            caller_id: attr(&e, "callerId")?,
+                            timeout,
+                            action: match attr(&e, "action")? {
+                                Some(url) => Some((url, attr(&e, "method")?.unwrap_or_else(|| "POST".into()))),
+                                None => None,
+                            },
+                        });
+                        dial_text = Some(String::new());
+                    }
                     other => verbs.push(Verb::Other(other.to_string())),
                 },
                 _ => {
@@ -150,6 +187,7 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                     &mut connect_stream,
                 );
                 attach_action(&name, path.len(), &mut verbs, &mut connect_action);
+                close_dial(&name, path.len(), &mut verbs, &mut dial, &mut dial_text)?;
             } else {
                 path.push(name);
             }
@@ -169,9 +207,16 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
                     &mut connect_stream,
                 );
                 attach_action(&name, path.len(), &mut verbs, &mut connect_action);
+                close_dial(&name, path.len(), &mut verbs, &mut dial, &mut dial_text)?;
             }
             Event::Text(t) => {
                 if let Some(s) = say_text.as_mut() {
+                    s.push_str(&t.decode().map_err(xml_err)?);
+                }
+                // The number: the first <Number>'s text, or the verb's own.
+                if let Some(s) = dial_text.as_mut()
+                    && s.trim().is_empty()
+                {
                     s.push_str(&t.decode().map_err(xml_err)?);
                 }
             }
@@ -199,6 +244,27 @@ pub fn parse(xml: &str) -> Result<Vec<Verb>, TwimlError> {
         return Err(TwimlError::Xml("empty document".into()));
     }
     Ok(verbs)
+}
+
+/// Once a `<Dial>` closed, it is a verb with its number (required).
+fn close_dial(
+    name: &str,
+    depth: usize,
+    verbs: &mut Vec<Verb>,
+    dial: &mut Option<DialSpec>,
+    dial_text: &mut Option<String>,
+) -> Result<(), TwimlError> {
+    if (depth, name) != (1, "Dial") {
+        return Ok(());
+    }
+    let number = dial_text.take().unwrap_or_default().trim().to_string();
+    if number.is_empty() {
+        return Err(TwimlError::Invalid("<Dial> without a number".into()));
+    }
+    if let Some(spec) = dial.take() {
+        verbs.push(Verb::Dial(DialSpec { number, ..spec }));
+    }
+    Ok(())
 }
 
 /// Once a `<Connect>` closed, gives its `action` to its stream.
@@ -315,6 +381,40 @@ mod tests {
             vec![Verb::Say("Sorry & bye".into()), Verb::Hangup]
         );
         assert_eq!(parse(&hangup()).unwrap(), vec![Verb::Hangup]);
+    }
+
+    #[test]
+    fn a_dial_reads_back_with_its_number_caller_id_timeout_and_action() {
+        let x = dial(
+            "+15550120",
+            "+15005550006",
+            20,
+            "https://h/twilio/dial-action?call_id=c1&x=1",
+        );
+        assert_eq!(
+            parse(&x).unwrap(),
+            vec![Verb::Dial(DialSpec {
+                number: "+15550120".into(),
+                caller_id: Some("+15005550006".into()),
+                timeout: 20,
+                action: Some(("https://h/twilio/dial-action?call_id=c1&x=1".into(), "POST".into())),
+            })]
+        );
+        // Bare text, Twilio's defaults, and what follows it.
+        assert_eq!(
+            parse("<Response><Dial> +15550122 </Dial><Say>Bye</Say></Response>").unwrap(),
+            vec![
+                Verb::Dial(DialSpec {
+                    number: "+15550122".into(),
+                    caller_id: None,
+                    timeout: 30,
+                    action: None,
+                }),
+                Verb::Say("Bye".into()),
+            ]
+        );
+        assert!(parse("<Response><Dial></Dial></Response>").is_err());
+        assert!(parse(r#"<Response><Dial timeout="x">+1</Dial></Response>"#).is_err());
     }
 
     #[test]

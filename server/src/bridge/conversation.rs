@@ -84,6 +84,16 @@ pub enum Action {
         /// JSON arguments.
         arguments: String,
     },
+    /// The agent's hand-off sentence played: transfer the call to `number`
+    /// ([`crate::call::lifecycle::transfer::start`], then the provider's
+    /// redirect), and report [`Conversation::on_transferred`] or
+    /// [`Conversation::on_transfer_failed`].
+    Transfer {
+        /// The `transfer_call` function call.
+        tool_call_id: String,
+        /// One of the call's targets.
+        number: String,
+    },
     /// The conversation is over; the call winds up with this outcome.
     End(Outcome),
 }
@@ -198,6 +208,9 @@ pub enum Outcome {
     AiFatal,
     /// The agent called `end_call` and its goodbye played.
     AgentHungUp,
+    /// The call was handed to a person (by the agent's `transfer_call`):
+    /// the provider dials them; the AI session closes.
+    Transferred,
     /// The call reached its maximum duration.
     TimeLimit,
     /// A machine (or a fax) answered: hung up, after the voicemail message
@@ -354,6 +367,13 @@ pub struct Conversation<'m> {
     voicemail: Option<VoicemailPlan>,
     /// When the call reaches `max_duration` (set by `start`).
     limit_at: Option<Instant>,
+    /// The numbers `transfer_call` may name (empty: the tool is not offered).
+    transfer_targets: Vec<String>,
+    /// `transfer_call` was called (its id, the number): the transfer starts
+    /// once the hand-off sentence played ([`Conversation::check_hang_up`]).
+    transfer_pending: Option<(String, String)>,
+    /// A transfer is being carried out by the shell.
+    transferring: bool,
 }
 
 impl<'m> Conversation<'m> {
@@ -394,6 +414,63 @@ impl<'m> Conversation<'m> {
             detection: Detection::Off,
             voicemail: None,
             limit_at: None,
+            transfer_targets: Vec::new(),
+            transfer_pending: None,
+            transferring: false,
+        }
+    }
+
+    /// The numbers the built-in `transfer_call` tool may name.
+    pub fn with_transfer_targets(mut self, numbers: impl IntoIterator<Item = String>) -> Self {
+        self.transfer_targets = numbers.into_iter().collect();
+        self
+    }
+
+    /// The shell transferred the call: the conversation is over.
+    pub fn on_transferred(&mut self, out: &mut VecDeque<Action>) {
+        self.transferring = false;
+        out.push_back(Action::End(Outcome::Transferred));
+    }
+
+    /// The transfer could not start (`why`): the AI hears it as the
+    /// `transfer_call` output and goes on with the callee.
+    pub fn on_transfer_failed(&mut self, tool_call_id: String, why: &str, out: &mut VecDeque<Action>) {
+        self.transferring = false;
+        let output = serde_json::json!({
+            "error": format!("the transfer failed ({why}); tell the caller you could not transfer them and go on helping")
+        });
+        out.push_back(Action::Ai(ToAi::FunctionOutput {
+            call_id: tool_call_id,
+            output: output.to_string(),
+        }));
+        self.respond_after_tools = true;
+        self.maybe_respond(out);
+    }
+
+    /// The AI called `transfer_call` with `arguments`: a target of the call
+    /// waits for the hand-off sentence to play; anything else is an error
+    /// output and the conversation goes on.
+    fn request_transfer(&mut self, call_id: String, arguments: &str, out: &mut VecDeque<Action>) {
+        let number = serde_json::from_str::<serde_json::Value>(arguments)
+            .ok()
+            .and_then(|v| v["number"].as_str().map(str::to_string));
+        let error = match number {
+            _ if self.transfer_pending.is_some() || self.transferring || self.hangup_requested => {
+                Some("the call is being transferred or ended already".to_string())
+            }
+            Some(n) if self.transfer_targets.contains(&n) => {
+                self.transfer_pending = Some((call_id.clone(), n));
+                None
+            }
+            _ => Some(format!("number must be one of: {}", self.transfer_targets.join(", "))),
+        };
+        if let Some(error) = error {
+            out.push_back(Action::Ai(ToAi::FunctionOutput {
+                call_id,
+                output: serde_json::json!({ "error": error }).to_string(),
+            }));
+            self.respond_after_tools = true;
+            self.maybe_respond(out);
         }
     }
 
@@ -477,6 +554,8 @@ impl<'m> Conversation<'m> {
             && self.pending_tools.is_empty()
             && self.active_response.is_none()
             && !self.hangup_requested
+            && self.transfer_pending.is_none()
+            && !self.transferring
         {
             self.respond_after_tools = false;
             out.push_back(Action::Ai(ToAi::ResponseCreate));
@@ -827,6 +906,8 @@ impl<'m> Conversation<'m> {
                             by_url,
                         }));
                     }
+                } else if name == crate::call::lifecycle::transfer::TOOL_NAME && !self.transfer_targets.is_empty() {
+                    self.request_transfer(call_id, &arguments, out);
                 } else {
                     let output = if name == "end_call" {
                         self.hangup_requested = true;
@@ -993,6 +1074,7 @@ impl<'m> Conversation<'m> {
             | Outcome::TwilioClosed
             | Outcome::TwilioStopped
             | Outcome::AgentHungUp
+            | Outcome::Transferred
             | Outcome::Voicemail => {}
         }
     }
@@ -1134,11 +1216,12 @@ impl<'m> Conversation<'m> {
         self.flush_transcripts(out);
     }
 
-    /// After `end_call`: hang up once nothing the agent said is left to
-    /// play (its goodbye is heard in full) and no response is running.
+    /// After `end_call` (or `transfer_call`): hang up (or transfer) once
+    /// nothing the agent said is left to play (its goodbye, or hand-off
+    /// sentence, is heard in full) and no response is running.
     fn check_hang_up(&mut self, out: &mut VecDeque<Action>) {
         let message_said = self.detection == (Detection::LeavingMessage { started: true });
-        if !self.hangup_requested && !message_said {
+        if !self.hangup_requested && !message_said && self.transfer_pending.is_none() {
             return;
         }
         let unplayed = self
@@ -1146,6 +1229,12 @@ impl<'m> Conversation<'m> {
             .values()
             .any(|i| !i.interrupted && (i.heard_bytes < i.sent_bytes || (!i.audio_done && !i.response_id.is_empty())));
         if unplayed || self.active_response.is_some() {
+            return;
+        }
+        if let Some((tool_call_id, number)) = self.transfer_pending.take() {
+            // The hand-off sentence was heard in full: the shell transfers.
+            self.transferring = true;
+            out.push_back(Action::Transfer { tool_call_id, number });
             return;
         }
         // Once: the conversation ends here.
@@ -1650,6 +1739,80 @@ mod tests {
                 },
                 Action::End(Outcome::AgentHungUp),
             ]
+        );
+    }
+
+    fn transfer_call(call_id: &str, number: &str) -> ServerEvent {
+        ServerEvent::FunctionCallArgumentsDone {
+            response_id: "r1".into(),
+            item_id: format!("fc_{call_id}"),
+            call_id: call_id.into(),
+            name: "transfer_call".into(),
+            arguments: format!(r#"{{"number":"{number}"}}"#),
+        }
+    }
+
+    #[test]
+    fn transfer_call_transfers_only_once_the_hand_off_sentence_played() {
+        let mut h = Harness::new();
+        h.conv.transfer_targets = vec!["+15550120".into()];
+        h.agent_item("r1", "a1");
+        h.audio(0, "r1", "a1", 800);
+        assert!(
+            h.ai(1, transfer_call("c1", "+15550120")).is_empty(),
+            "no output: the session closes"
+        );
+        assert!(h.ai(2, transcript_done("a1", "Let me connect you.")).is_empty());
+        assert!(h.ai(3, done("r1")).is_empty(), "the hand-off sentence is still playing");
+        assert_eq!(
+            h.mark(100, 1),
+            vec![
+                line(Agent, "Let me connect you.", false),
+                Action::Transfer {
+                    tool_call_id: "c1".into(),
+                    number: "+15550120".into()
+                },
+            ]
+        );
+        // The shell transferred: the conversation is over.
+        h.conv.on_transferred(&mut h.out);
+        assert_eq!(h.take(), vec![Action::End(Outcome::Transferred)]);
+    }
+
+    #[test]
+    fn transfer_call_to_another_number_or_a_refused_transfer_goes_back_to_the_agent() {
+        let mut h = Harness::new();
+        h.conv.transfer_targets = vec!["+15550120".into()];
+        let actions = h.ai(1, transfer_call("c1", "+19999999999"));
+        let [
+            Action::Ai(ToAi::FunctionOutput { call_id, output }),
+            Action::Ai(ToAi::ResponseCreate),
+        ] = actions.as_slice()
+        else {
+            panic!("{actions:?}");
+        };
+        assert_eq!(call_id, "c1");
+        assert!(output.contains("+15550120"), "{output}");
+        // A transfer the shell could not start: the AI hears why and answers.
+        // Nothing is playing: the transfer starts at once.
+        let actions = h.ai(2, transfer_call("c2", "+15550120"));
+        assert!(matches!(&actions[..], [Action::Transfer { .. }]), "{actions:?}");
+        h.conv.on_transfer_failed("c2".into(), "the call is ending", &mut h.out);
+        let actions = h.take();
+        assert!(
+            matches!(&actions[0], Action::Ai(ToAi::FunctionOutput { call_id, output }) if call_id == "c2" && output.contains("the call is ending")),
+            "{actions:?}"
+        );
+        assert_eq!(actions[1], Action::Ai(ToAi::ResponseCreate));
+    }
+
+    #[test]
+    fn without_targets_transfer_call_is_an_unknown_tool() {
+        let mut h = Harness::new();
+        let actions = h.ai(1, transfer_call("c1", "+15550120"));
+        assert!(
+            matches!(&actions[..], [Action::Ai(ToAi::FunctionOutput { output, .. })] if output.contains("unknown tool")),
+            "{actions:?}"
         );
     }
 

@@ -27,7 +27,7 @@ use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, T
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::{CallHub, HubError};
-use crate::call::lifecycle::amd;
+use crate::call::lifecycle::{amd, transfer};
 use crate::call::tools::{Answerer, Tool, ToolAnswer, ToolDesk, ToolOutcome};
 use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, VoicemailMode};
 use crate::config::AudioMode;
@@ -89,6 +89,10 @@ pub(crate) struct Env<'a, C> {
     pub tool_desk: &'a ToolDesk,
     /// Asks tool URLs.
     pub tool_http: &'a ToolHttp,
+    /// The server's public URL (a transfer's dial-action route is under it).
+    pub public_url: &'a str,
+    /// Our number: a transfer's caller id.
+    pub from_number: &'a str,
 }
 
 /// The bridge's clock: tokio's, so that tests can pause it.
@@ -173,7 +177,8 @@ where
         first_malformed,
         env.metrics,
     )
-    .with_tools(record.tools.iter().map(|t| (t.name.clone(), t.url.is_some())));
+    .with_tools(record.tools.iter().map(|t| (t.name.clone(), t.url.is_some())))
+    .with_transfer_targets(record.transfer_targets.iter().map(|t| t.number.clone()));
     // Recorded from the moment the conversation starts: the callee's audio
     // read from now on (it waited in the socket while the AI connected) is
     // the recording's clock.
@@ -211,6 +216,13 @@ where
         description: t.description.clone(),
         parameters: t.parameters.clone(),
     }));
+    if !record.transfer_targets.is_empty() {
+        session.tools.push(protocol::ToolDef {
+            name: transfer::TOOL_NAME.into(),
+            description: transfer::TOOL_DESCRIPTION.into(),
+            parameters: transfer::tool_parameters(&record.transfer_targets),
+        });
+    }
     // Opened before the AI can call a tool; closed when the bridge winds up.
     let tool_rx = env.tool_desk.open(&id);
     let bridge = Bridge {
@@ -765,6 +777,7 @@ where
                     name,
                     arguments,
                 } => self.start_tool(tool_call_id, &name, arguments),
+                Action::Transfer { tool_call_id, number } => self.transfer(tool_call_id, number).await,
                 Action::End(outcome) => {
                     self.actions.clear();
                     return Some(outcome);
@@ -785,6 +798,58 @@ where
         let m = self.env.metrics;
         self.ai.flush(&m.inbound_frame, &m.frames_to_ai).await;
         self.tw.flush(&m.outbound_frame, &m.frames_to_twilio).await;
+    }
+
+    /// Carries out [`Action::Transfer`]: records the start (the domain may
+    /// refuse: the call is ending, or an operator's transfer came first),
+    /// then has the provider redirect the call to dial `number`. Either way
+    /// the conversation hears how it went.
+    async fn transfer(&mut self, tool_call_id: String, number: String) {
+        self.writer.settle().await;
+        let refused = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let (slot, target) = (refused.clone(), number.clone());
+        let stored = self
+            .env
+            .hub
+            .update(&self.id, move |rec| {
+                match transfer::start(rec, &target, crate::call::TransferBy::Agent) {
+                    Ok(events) => events,
+                    Err(why) => {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+                        vec![]
+                    }
+                }
+            })
+            .await;
+        let why = refused.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Err(e) = stored {
+            let why = format!("it could not be recorded: {e}");
+            self.conv.on_transfer_failed(tool_call_id, &why, &mut self.actions);
+            return;
+        }
+        if let Some(why) = why {
+            self.conv
+                .on_transfer_failed(tool_call_id, why.message(), &mut self.actions);
+            return;
+        }
+        let sid = provider_sid(self.env.hub, &self.id).await;
+        let req =
+            crate::telephony::TransferRequest::for_call(self.env.public_url, self.env.from_number, &self.id, &number);
+        match self.env.telephony.transfer(&sid, &req).await {
+            Ok(()) => self.conv.on_transferred(&mut self.actions),
+            Err(e) => {
+                tracing::warn!(call_id = %self.id, error = %e, "the provider refused the transfer's redirect");
+                let message = e.message.clone();
+                let _ = self
+                    .env
+                    .hub
+                    .update(&self.id, move |rec| transfer::redirect_refused(rec, &message))
+                    .await;
+                self.telephony_error("the transfer's redirect failed", &e).await;
+                self.conv
+                    .on_transfer_failed(tool_call_id, "the phone provider refused it", &mut self.actions);
+            }
+        }
     }
 
     /// Opens a new AI socket for [`Action::Reconnect`], within [`RECONNECT_WITHIN`].

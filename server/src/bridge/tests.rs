@@ -154,6 +154,8 @@ impl Far<AiMessage> {
 #[derive(Default)]
 struct Phone {
     asked: Mutex<Vec<String>>,
+    /// Refuse transfers (a provider error).
+    refuse_transfer: std::sync::atomic::AtomicBool,
 }
 
 impl Phone {
@@ -182,6 +184,27 @@ impl Telephony for Phone {
             .lock()
             .unwrap()
             .push(format!("say {text:?} on {sid} and hang up"));
+        Ok(())
+    }
+
+    async fn transfer(&self, sid: &str, req: &crate::telephony::TransferRequest) -> Result<(), TelephonyError> {
+        self.asked
+            .lock()
+            .unwrap()
+            .push(format!("transfer {sid} to {} from {}", req.to, req.caller_id));
+        if self.refuse_transfer.load(Ordering::SeqCst) {
+            return Err(TelephonyError {
+                class: FailureClass::InvalidArgument,
+                provider_code: Some("21210".into()),
+                message: "caller id not verified (Twilio 21210)".into(),
+            });
+        }
+        assert!(
+            req.action_url
+                .starts_with("https://agent.example/twilio/dial-action?call_id=call_"),
+            "{}",
+            req.action_url
+        );
         Ok(())
     }
 }
@@ -268,6 +291,8 @@ impl World {
             tool_timeout_ms: 0,
             voicemail: Default::default(),
             webhooks: vec![],
+            transfer_targets: vec![],
+            transfer: None,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
@@ -294,6 +319,8 @@ impl World {
             recordings: None,
             tool_desk: &self.tool_desk,
             tool_http: &self.tool_http,
+            public_url: "https://agent.example",
+            from_number: "+15005550006",
         };
         tokio::join!(run_media(&env, self.record.clone(), twilio), script);
     }
@@ -888,4 +915,122 @@ async fn a_stored_machine_result_hangs_up_under_the_hang_up_policy() {
         lifecycle::amd::hung_up_reason("machine_start")
     );
     assert_eq!(world.stored().await.answered_by, "machine_start");
+}
+
+/// A call with transfer targets whose agent says a hand-off line, then calls `transfer_call`.
+async fn handing_off(world: &World, ai: &mut Far<AiMessage>, far: &mut Far<WsMessage>) {
+    far.send(start(SECRET)).await;
+    let (kind, update) = ai.next().await.unwrap();
+    assert_eq!(kind, "session.update");
+    let tools = update["session"]["tools"].as_array().unwrap();
+    let transfer = tools
+        .iter()
+        .find(|t| t["name"] == "transfer_call")
+        .expect("transfer_call offered");
+    assert_eq!(
+        transfer["parameters"]["properties"]["number"]["enum"],
+        json!(["+15550120"])
+    );
+    assert_eq!(ai.next_type().await, "response.create");
+    agent_item(ai, "r1", "a1").await;
+    ai.send(agent_audio("r1", "a1", 100)).await;
+    ai.send(json!({"type": "response.output_audio.done", "response_id": "r1", "item_id": "a1"}))
+        .await;
+    ai.send(
+        json!({"type": "response.output_audio_transcript.done", "response_id": "r1",
+        "item_id": "a1", "transcript": "Let me connect you."}),
+    )
+    .await;
+    ai.send(
+        json!({"type": "response.function_call_arguments.done", "response_id": "r1", "item_id": "f1",
+        "call_id": "c1", "name": "transfer_call", "arguments": "{\"number\":\"+15550120\"}"}),
+    )
+    .await;
+    ai.send(json!({"type": "response.done", "response": {"id": "r1", "status": "completed"}}))
+        .await;
+    let media = far.next().await.unwrap();
+    assert_eq!(media["event"], "media");
+    let mark = far.next().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        world.phone.asked().is_empty(),
+        "nothing before the hand-off sentence played"
+    );
+    far.send(json!({"event": "mark", "streamSid": "MZ1", "mark": {"name": mark["mark"]["name"]}}))
+        .await;
+}
+
+async fn world_with_targets() -> World {
+    let mut world = World::new(600).await;
+    world.record.transfer_targets = vec![crate::call::TransferTarget {
+        number: "+15550120".into(),
+        description: "billing".into(),
+    }];
+    let targets = world.record.transfer_targets.clone();
+    world
+        .hub
+        .update(&world.record.call_id, move |r| {
+            r.transfer_targets = targets;
+            vec![]
+        })
+        .await
+        .unwrap();
+    world
+}
+
+#[tokio::test(start_paused = true)]
+async fn transfer_call_redirects_the_call_once_the_hand_off_played_and_ends_the_bridge() {
+    let world = world_with_targets().await;
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            handing_off(&world, &mut ai, &mut far).await;
+            assert_eq!(far.until_closed().await, None, "the bridge is over");
+            assert!(ai.next().await.is_none(), "the AI session is closed");
+        })
+        .await;
+    assert_eq!(
+        world.phone.asked(),
+        vec![format!("transfer {CALL_SID} to +15550120 from +15005550006")]
+    );
+    let stored = world.stored().await;
+    assert_eq!(stored.status, CallStatus::InProgress, "the dial's outcome ends it");
+    assert!(stored.end_reason.is_empty());
+    let transfer = stored.transfer.unwrap();
+    assert_eq!(transfer.state, crate::call::TransferState::Started);
+    assert_eq!(transfer.by, crate::call::TransferBy::Agent);
+    let events = world.events().await;
+    assert!(matches!(events.last(), Some(EventKind::Transfer(_))), "{events:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_transfer_goes_back_to_the_agent_which_hears_why() {
+    let world = world_with_targets().await;
+    world.phone.refuse_transfer.store(true, Ordering::SeqCst);
+    let mut ai = world.ai.session();
+    let (twilio, mut far) = pipe(64);
+    world
+        .run(twilio, async {
+            handing_off(&world, &mut ai, &mut far).await;
+            let (kind, item) = ai.next().await.unwrap();
+            assert_eq!(kind, "conversation.item.create");
+            assert_eq!(item["item"]["call_id"], "c1");
+            assert!(item["item"]["output"].as_str().unwrap().contains("refused"), "{item}");
+            assert_eq!(ai.next_type().await, "response.create", "the agent speaks again");
+            far.send(json!({"event": "stop", "streamSid": "MZ1", "stop": {}})).await;
+            far.until_closed().await;
+        })
+        .await;
+    let stored = world.stored().await;
+    assert_eq!(stored.transfer.unwrap().state, crate::call::TransferState::Failed);
+    assert!(
+        world
+            .errors()
+            .await
+            .iter()
+            .any(|(code, m)| code == "twilio_21210" || m.contains("redirect failed")),
+        "{:?}",
+        world.errors().await
+    );
 }

@@ -156,6 +156,9 @@ pub enum ErrorReason {
     ToolAnsweredByUrl,
     /// SubmitToolResult reached a replica that does not run the call's media: `TOOL_CALL_ELSEWHERE`.
     ToolCallElsewhere,
+    /// TransferCall on a call that is not in progress, is ending, or is
+    /// being transferred already: `CALL_NOT_LIVE`.
+    CallNotLive,
     /// A failure with a code of a call's event log (telephony): its reason.
     Call(ErrorCode),
 }
@@ -178,6 +181,7 @@ impl ErrorReason {
             Self::ToolCallExpired => "TOOL_CALL_EXPIRED",
             Self::ToolAnsweredByUrl => "TOOL_ANSWERED_BY_URL",
             Self::ToolCallElsewhere => "TOOL_CALL_ELSEWHERE",
+            Self::CallNotLive => "CALL_NOT_LIVE",
             Self::Call(code) => code.reason(),
         }
     }

@@ -373,12 +373,12 @@ impl CallHub {
         why: &'static OrphanReasons,
     ) -> Result<usize, HubError> {
         use futures_util::StreamExt as _;
-        let n = calls.len();
+        let mut n = 0;
         let mut ended = futures_util::stream::iter(calls)
             .map(|record| self.end_orphan(telephony, record, why))
             .buffer_unordered(RECOVER_CONCURRENCY);
         while let Some(result) = ended.next().await {
-            result?;
+            n += usize::from(result?);
         }
         Ok(n)
     }
@@ -388,8 +388,15 @@ impl CallHub {
         telephony: &dyn Telephony,
         record: CallRecord,
         why: &'static OrphanReasons,
-    ) -> Result<(), HubError> {
+    ) -> Result<bool, HubError> {
         let id = record.call_id.clone();
+        if lifecycle::transfer::in_flight(&record) {
+            // Handed to the provider's <Dial>: nobody serves (or needs to
+            // serve) its media, and its dial outcome and final status end it.
+            // Taken again after each lease: a cheap no-op.
+            tracing::info!(call_id = %id, "a call being transferred needs no media bridge; left to the provider");
+            return Ok(false);
+        }
         if why.end_first {
             // Other replicas are up: the provider's final status (the hang-up
             // below causes it) would reach one of them at once, so the end
@@ -427,7 +434,7 @@ impl CallHub {
             events
         })
         .await?;
-        Ok(())
+        Ok(true)
     }
 
     /// On a shared store: renews the leases of the bridges this process runs,
@@ -930,6 +937,34 @@ mod tests {
         async fn say_and_hang_up(&self, _: &str, _: &str) -> Result<(), TelephonyError> {
             unreachable!("recovery says nothing")
         }
+        async fn transfer(&self, _: &str, _: &crate::telephony::TransferRequest) -> Result<(), TelephonyError> {
+            unreachable!("recovery transfers nothing")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_being_transferred_is_neither_hung_up_nor_failed_when_found_without_a_bridge() {
+        let hub = hub().await;
+        let store = hub.store().clone();
+        let id = CallId::new();
+        let mut rec = record(&id);
+        rec.status = CallStatus::InProgress;
+        rec.provider_call_id = "CA1".into();
+        rec.transfer = Some(crate::call::TransferInfo {
+            target: "+15550120".into(),
+            state: crate::call::TransferState::Started,
+            by: crate::call::TransferBy::Agent,
+            reason: String::new(),
+        });
+        store.insert_call(rec, None).await.unwrap();
+        let telephony = Recorder::default();
+        assert_eq!(hub.recover(&telephony).await.unwrap(), 0, "nothing ended");
+        assert!(
+            telephony.hang_ups.lock().unwrap().is_empty(),
+            "the provider's <Dial> runs on"
+        );
+        let rec = store.get_call(&id).await.unwrap().unwrap();
+        assert_eq!((rec.status, rec.end_reason.as_str()), (CallStatus::InProgress, ""));
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 use crate::call::{Backend, CallRecord, CallStatus, ErrorCode, EventKind, RecordingInfo};
 
 pub mod amd;
+pub mod transfer;
 
 /// The end reason of a call hung up through the API.
 pub const HANG_UP_REASON: &str = "hung up via HangUpCall";
@@ -205,6 +206,12 @@ pub fn on_provider_status(rec: &mut CallRecord, report: &ProviderStatus) -> Repo
     if !is_forward(rec.status, status) {
         return Reported::Ignored(Ignored::NotForward);
     }
+    // A transfer whose outcome never came is closed first, with its reason.
+    let closed = if status.is_terminal() {
+        transfer::on_end_during_transfer(rec)
+    } else {
+        Vec::new()
+    };
     let detail = status_detail(
         status,
         report.error_code.as_deref(),
@@ -218,6 +225,7 @@ pub fn on_provider_status(rec: &mut CallRecord, report: &ProviderStatus) -> Repo
             format!("Twilio reported error {code} for this call"),
         ));
     }
+    events.extend(closed);
     if status.is_terminal() {
         note_end_reason(rec, &detail);
     }
@@ -284,6 +292,10 @@ pub enum EndClass {
     ProviderFailure,
     /// The realtime AI could not be reached, refused, dropped or stalled.
     AiFailure,
+    /// Handed to a person, who answered.
+    Transferred,
+    /// A transfer to a person did not connect (busy, no answer, failed).
+    TransferFailed,
     /// Twilio's media stream failed or was refused.
     MediaFailure,
     /// The server shut down under it.
@@ -296,7 +308,7 @@ pub enum EndClass {
 
 impl EndClass {
     /// Every class, in the order metrics list them.
-    pub const ALL: [EndClass; 15] = [
+    pub const ALL: [EndClass; 17] = [
         Self::Normal,
         Self::Agent,
         Self::Voicemail,
@@ -308,6 +320,8 @@ impl EndClass {
         Self::DialRefused,
         Self::ProviderFailure,
         Self::AiFailure,
+        Self::Transferred,
+        Self::TransferFailed,
         Self::MediaFailure,
         Self::Shutdown,
         Self::Restart,
@@ -328,6 +342,8 @@ impl EndClass {
             Self::DialRefused => "dial_refused",
             Self::ProviderFailure => "provider_failure",
             Self::AiFailure => "ai_failure",
+            Self::Transferred => "transferred",
+            Self::TransferFailed => "transfer_failed",
             Self::MediaFailure => "media_failure",
             Self::Shutdown => "shutdown",
             Self::Restart => "restart",
@@ -347,6 +363,10 @@ impl EndClass {
             Self::Agent
         } else if amd::REASON_MARKERS.iter().any(|m| r.starts_with(m)) {
             Self::Voicemail
+        } else if r.starts_with(transfer::TRANSFERRED_PREFIX) {
+            Self::Transferred
+        } else if r.starts_with(transfer::TRANSFER_FAILED_PREFIX) {
+            Self::TransferFailed
         } else if r.starts_with(TIME_LIMIT_PREFIX) {
             Self::TimeLimit
         } else if r.starts_with(AI_FAILED_PREFIX) {
@@ -401,6 +421,13 @@ pub enum AfterStream {
     /// Hang up: the call ended, is ending on purpose (its reason is
     /// recorded), or its stream was lost (see [`STREAM_LOST_REASON`]).
     HangUp,
+    /// The call is being transferred to this number ([`transfer`]): go on
+    /// with the `<Dial>`. UNVERIFIED whether Twilio requests the `<Connect
+    /// action>` at all when a call update replaced the TwiML (its docs say
+    /// the update "interrupts" the current TwiML; the emulator does not
+    /// request it). Either way the transfer goes on and the call is not
+    /// ended FAILED.
+    Transfer(String),
 }
 
 /// The provider reports that the media stream of a call closed and asks what
@@ -408,6 +435,11 @@ pub enum AfterStream {
 /// closed the stream (the bridge settles its writes first), so a live call
 /// with no reason lost its bridge: it ends FAILED.
 pub fn on_stream_ended(rec: &mut CallRecord) -> (AfterStream, Vec<EventKind>) {
+    if !rec.status.is_terminal()
+        && let Some(t) = rec.transfer.as_ref().filter(|_| transfer::in_flight(rec))
+    {
+        return (AfterStream::Transfer(t.target.clone()), Vec::new());
+    }
     if rec.status.is_terminal() || !rec.end_reason.is_empty() {
         return (AfterStream::HangUp, Vec::new());
     }

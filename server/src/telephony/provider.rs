@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use crate::telephony::twilio::rest::{AsyncAmd, CreateCall, ErrorClass, TwilioClient, TwilioError, UpdateCall};
 use crate::telephony::twilio::twiml;
-use crate::telephony::{DialRequest, Dialed, FailureClass, Telephony, TelephonyError};
+use crate::telephony::{DialRequest, Dialed, FailureClass, Telephony, TelephonyError, TransferRequest};
 
 /// Twilio as the telephony provider.
 pub struct Twilio {
@@ -88,6 +88,15 @@ impl Telephony for Twilio {
     async fn say_and_hang_up(&self, provider_call_id: &str, text: &str) -> Result<(), TelephonyError> {
         self.client
             .update_call(provider_call_id, &UpdateCall::Twiml(twiml::say_and_hang_up(text)))
+            .await
+            .map(|_| ())
+            .map_err(convert)
+    }
+
+    async fn transfer(&self, provider_call_id: &str, req: &TransferRequest) -> Result<(), TelephonyError> {
+        let twiml = twiml::dial(&req.to, &req.caller_id, req.ring_timeout_secs, &req.action_url);
+        self.client
+            .update_call(provider_call_id, &UpdateCall::Twiml(twiml))
             .await
             .map(|_| ())
             .map_err(convert)

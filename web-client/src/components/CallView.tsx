@@ -12,6 +12,7 @@ import {
   ToolOutcome,
   type WebhookDelivery,
   WebhookDeliveryState,
+  TransferState,
 } from "@voice-agent/client";
 import { formatDateTime, formatTime, useNow } from "../hooks";
 import {
@@ -24,7 +25,10 @@ import {
   markGap,
   talkSeconds,
   toolOutcomeLabel,
+  transferByLabel,
+  transferStateLabel,
 } from "../model/callView";
+import { normalizePhone, validateE164 } from "../model/e164";
 import { backendLabel, isTerminal, speakerLabel, statusLabel } from "../model/labels";
 import { describeError } from "../model/rpcErrors";
 import { type BackoffPolicy, type WatchState, watchCallResumable } from "../model/watch";
@@ -89,6 +93,9 @@ export function CallView({
   const [fatal, setFatal] = useState<string | undefined>(undefined);
   const [hangUpState, setHangUpState] = useState<"idle" | "pending" | "sent">("idle");
   const [hangUpError, setHangUpError] = useState<string | undefined>(undefined);
+  const [transferTo, setTransferTo] = useState("");
+  const [transferState, setTransferState] = useState<"idle" | "pending" | "sent">("idle");
+  const [transferError, setTransferError] = useState<string | undefined>(undefined);
   // Callbacks change identity on every parent render; the effect below must not restart for that.
   const headingRef = useRef<HTMLHeadingElement>(null);
   useEffect(() => {
@@ -196,6 +203,28 @@ export function CallView({
     }
   };
 
+  // The hand-off to a person: one of the call's targets, or any number typed in.
+  const targets = call?.transferTargets ?? [];
+  const transferNumber = transferTo || targets[0]?.number || "";
+  const transfer = async (): Promise<void> => {
+    const invalid = validateE164(normalizePhone(transferNumber));
+    if (invalid !== null) {
+      setTransferError(invalid);
+      return;
+    }
+    setTransferState("pending");
+    setTransferError(undefined);
+    try {
+      const res = await client.transferCall({ callId, number: normalizePhone(transferNumber) });
+      if (res.call) setCall(res.call);
+      setTransferState("sent");
+    } catch (err) {
+      onRpcError(err);
+      setTransferError(describeError(err));
+      setTransferState("idle");
+    }
+  };
+
   const number = call?.to ?? to ?? "";
   const titleId = `${uid}-title`;
   return (
@@ -299,6 +328,41 @@ export function CallView({
             {hangUpError !== undefined && (
               <p className="field-error" role="alert">
                 {hangUpError}
+              </p>
+            )}
+          </div>
+        )}
+        {!ended && fatal === undefined && model.status === CallStatus.IN_PROGRESS && (
+          <div className="transfer">
+            <label htmlFor={`${uid}-transfer`}>Transfer to</label>
+            {targets.length > 0 && (
+              <select
+                aria-label="Transfer target"
+                value={transferNumber}
+                onChange={(e) => setTransferTo(e.target.value)}
+                disabled={transferState !== "idle"}
+              >
+                {targets.map((t) => (
+                  <option key={t.number} value={t.number}>
+                    {t.number} — {t.description}
+                  </option>
+                ))}
+              </select>
+            )}
+            <input
+              id={`${uid}-transfer`}
+              type="tel"
+              placeholder="+14155551212"
+              value={transferNumber}
+              onChange={(e) => setTransferTo(e.target.value)}
+              disabled={transferState !== "idle"}
+            />
+            <button type="button" onClick={() => void transfer()} disabled={transferState !== "idle"}>
+              {transferState === "pending" ? "Transferring…" : transferState === "sent" ? "Transfer sent" : "Transfer"}
+            </button>
+            {transferError !== undefined && (
+              <p className="field-error" role="alert">
+                {transferError}
               </p>
             )}
           </div>
@@ -460,6 +524,21 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
         <li className="sys sys--notice" data-testid="answered-line">
           <strong>Answered by</strong> <code>{entry.answeredBy}</code>: {entry.action}{" "}
           <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
+    case "transfer":
+      return (
+        <li
+          className={
+            entry.state === TransferState.STARTED || entry.state === TransferState.ANSWERED
+              ? "sys sys--notice"
+              : "sys sys--error"
+          }
+          data-testid="transfer-line"
+        >
+          <strong>Transfer</strong> to <code>{entry.target}</code> {transferStateLabel(entry.state)}{" "}
+          {transferByLabel(entry.by)}
+          {entry.reason ? `: ${entry.reason}` : ""} <span className="msg-time">{formatTime(entry.time)}</span>
         </li>
       );
     case "gap":

@@ -25,6 +25,9 @@ import {
   type GetServerInfoResponse,
   GetServerInfoResponseSchema,
   Speaker,
+  TransferSchema,
+  TransferBy,
+  TransferState,
   VoiceAgentService,
   WebhookDeliverySchema,
 } from "@voice-agent/client";
@@ -347,6 +350,38 @@ export class FakeVoiceAgent {
           this.append(fc, status(answered ? CallStatus.COMPLETED : CallStatus.CANCELED, "hung up by API"));
         }
         return { call: fc.call };
+      },
+      transferCall: (req, ctx) => {
+        this.checkAuth(ctx);
+        const fc = this.get(req.callId);
+        if (fc.call.status !== CallStatus.IN_PROGRESS) {
+          throw new ConnectError("cannot transfer: the call is not in progress", Code.FailedPrecondition);
+        }
+        if (fc.timer !== undefined) clearTimeout(fc.timer);
+        fc.timer = undefined;
+        const transfer = (state: TransferState, reason = ""): ScriptKind => ({
+          case: "transfer",
+          value: { target: req.number, state, by: TransferBy.OPERATOR, reason },
+        });
+        this.append(fc, transfer(TransferState.STARTED));
+        fc.call.transfer = create(TransferSchema, {
+          target: req.number,
+          state: TransferState.STARTED,
+          by: TransferBy.OPERATOR,
+        });
+        const call = create(CallSchema, fc.call);
+        // The person answers at once in the fake; the call then ends.
+        setTimeout(() => {
+          this.append(fc, transfer(TransferState.ANSWERED, "answered"));
+          fc.call.transfer = create(TransferSchema, {
+            target: req.number,
+            state: TransferState.ANSWERED,
+            by: TransferBy.OPERATOR,
+            reason: "answered",
+          });
+          this.append(fc, status(CallStatus.COMPLETED, `transferred to ${req.number} (answered)`));
+        }, 50);
+        return { call };
       },
       getCall: (req, ctx) => {
         this.checkAuth(ctx);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { CallStatus, RecordingState, Speaker, ToolOutcome } from "@voice-agent/client";
+import { CallStatus, RecordingState, Speaker, ToolOutcome, TransferBy, TransferState } from "@voice-agent/client";
 import {
   applyEvent,
   applyEvents,
@@ -10,6 +10,8 @@ import {
   talkSeconds,
   toolOutcomeLabel,
   transcriptLines,
+  transferByLabel,
+  transferStateLabel,
 } from "./callView";
 import { ev, sampleLog, sayKind, statusKind, T0 } from "./testEvents";
 
@@ -75,6 +77,26 @@ describe("applyEvent", () => {
     expect(m.recording).toEqual({ state: RecordingState.FAILED, error: "the disk is full", durationMs: 4200n });
     expect(m.lastSequence).toBe(3n);
     expect(m.entries).toEqual([]);
+  });
+
+  it("shows a transfer and its outcome in the conversation, after the hand-off sentence", () => {
+    const transfer = (state: TransferState, reason = "") => ({
+      case: "transfer" as const,
+      value: { target: "+15550122", state, by: TransferBy.AGENT, reason },
+    });
+    const m = applyEvents(EMPTY_CALL_VIEW, [
+      ev(1, statusKind(CallStatus.IN_PROGRESS)),
+      ev(2, sayKind(Speaker.AGENT, "Let me transfer you.")),
+      ev(3, transfer(TransferState.STARTED)),
+      ev(4, transfer(TransferState.BUSY, "the line was busy")),
+      ev(5, statusKind(CallStatus.COMPLETED, "the transfer to +15550122 did not connect: the line was busy")),
+    ]);
+    expect(m.entries.map((e) => e.kind)).toEqual(["transcript", "transfer", "transfer"]);
+    expect(m.entries[2]).toMatchObject({ target: "+15550122", state: TransferState.BUSY, reason: "the line was busy" });
+    expect(m.endReason).toBe("the transfer to +15550122 did not connect: the line was busy");
+    expect(transferStateLabel(TransferState.STARTED)).toBe("dialling");
+    expect(transferStateLabel(TransferState.NO_ANSWER)).toBe("no answer");
+    expect(transferByLabel(TransferBy.OPERATOR)).toBe("by an operator");
   });
 
   it("shows tool calls and their results in the conversation, in log order", () => {

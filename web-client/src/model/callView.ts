@@ -1,7 +1,15 @@
 // Reduces a call's event log (WatchCall) into what the live call view shows. Pure functions only:
 // the same log always gives the same view, whichever order of reconnects delivered it.
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type CallEvent, CallStatus, type RecordingState, Speaker, ToolOutcome } from "@voice-agent/client";
+import {
+  type CallEvent,
+  CallStatus,
+  type RecordingState,
+  Speaker,
+  ToolOutcome,
+  TransferBy,
+  TransferState,
+} from "@voice-agent/client";
 import { isTerminal } from "./labels";
 
 /** One status the call went through. */
@@ -65,6 +73,16 @@ export type ChatEntry =
       readonly time: Date | undefined;
       readonly answeredBy: string;
       readonly action: string;
+    }
+  | {
+      // A hand-off to a person started, or its outcome.
+      readonly kind: "transfer";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly target: string;
+      readonly state: TransferState;
+      readonly by: TransferBy;
+      readonly reason: string;
     }
   | {
       // Not an event: the client noticed events it could not get (see `markGap`).
@@ -247,6 +265,22 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
           },
         ],
       };
+    case "transfer":
+      return {
+        ...base,
+        entries: [
+          ...model.entries,
+          {
+            kind: "transfer",
+            sequence,
+            time,
+            target: kind.value.target,
+            state: kind.value.state,
+            by: kind.value.by,
+            reason: kind.value.reason,
+          },
+        ],
+      };
     case "turn":
       return {
         ...base,
@@ -288,6 +322,38 @@ export function markGap(model: CallViewModel, from: bigint, to: bigint): CallVie
 }
 
 /** How a tool result came, in words. */
+/** "dialling", "answered", "busy", … for a transfer's state. */
+export function transferStateLabel(state: TransferState): string {
+  switch (state) {
+    case TransferState.STARTED:
+      return "dialling";
+    case TransferState.ANSWERED:
+      return "answered";
+    case TransferState.BUSY:
+      return "busy";
+    case TransferState.NO_ANSWER:
+      return "no answer";
+    case TransferState.FAILED:
+      return "failed";
+    case TransferState.CANCELED:
+      return "cancelled";
+    default:
+      return "unknown";
+  }
+}
+
+/** Who asked for a transfer, for people. */
+export function transferByLabel(by: TransferBy): string {
+  switch (by) {
+    case TransferBy.AGENT:
+      return "by the agent";
+    case TransferBy.OPERATOR:
+      return "by an operator";
+    default:
+      return "";
+  }
+}
+
 export function toolOutcomeLabel(outcome: ToolOutcome): string {
   switch (outcome) {
     case ToolOutcome.ANSWERED:

@@ -37,9 +37,11 @@ fn assert_known_keys(doc: &Value, schema: &Value, instance: &Value, path: &str) 
     }
 }
 
-/// A session with the built-in `end_call` and a caller's tool with
-/// parameters, as a PlaceCall with `tools` configures it: every spec check
-/// below covers the caller's tools too.
+/// A session with the built-in `end_call`, a caller's tool with parameters,
+/// and the built-in `transfer_call` of a call with transfer targets (its
+/// shape as the server's `call::lifecycle::transfer::tool_parameters` makes
+/// it: a `number` enum described), as a PlaceCall with `tools` and
+/// `transfer_targets` configures it: every spec check below covers them too.
 fn config(audio: AudioFormat, voice: &str) -> SessionConfig {
     let mut c = SessionConfig::new("You are a test agent.", voice, audio);
     c.tools.push(ToolDef {
@@ -49,6 +51,16 @@ fn config(audio: AudioFormat, voice: &str) -> SessionConfig {
             "type": "object",
             "properties": {"order_id": {"type": "string", "description": "The order number"}},
             "required": ["order_id"]
+        }),
+    });
+    c.tools.push(ToolDef {
+        name: "transfer_call".into(),
+        description: "Hand the call over to a person.".into(),
+        parameters: serde_json::json!({
+            "type": "object",
+            "properties": {"number": {"type": "string", "enum": ["+15550120", "+15550122"],
+                "description": "Who to transfer to; one of: +15550120: billing; +15550122: sales"}},
+            "required": ["number"]
         }),
     });
     c
@@ -118,7 +130,7 @@ fn voice_live_session_update_matches_the_sdk_models() {
         assert_fields(&s["input_audio_noise_reduction"], "AudioNoiseReduction");
         assert_fields(&s["input_audio_echo_cancellation"], "AudioEchoCancellation");
         let tools = s["tools"].as_array().unwrap();
-        assert_eq!(tools.len(), 2, "end_call and the caller's tool");
+        assert_eq!(tools.len(), 3, "end_call, the caller's tool and transfer_call");
         for t in tools {
             assert_fields(t, "FunctionTool");
         }

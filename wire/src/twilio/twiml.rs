@@ -111,6 +111,25 @@ pub fn say_and_hang_up(text: &str) -> String {
     out
 }
 
+/// Hand the live call to `number` (a call transfer, by a REST `Twiml=`
+/// redirect): `<Dial callerId timeout action method="POST"><Number>`.
+/// Twilio requests `action` when the dial is over, with `DialCallStatus`
+/// (completed, answered, busy, no-answer, failed, canceled), and runs the
+/// TwiML it answers; the rest of this document is never reached.
+pub fn dial(number: &str, caller_id: &str, timeout_secs: u32, action: &str) -> String {
+    let mut out = String::from(XML_DECL);
+    out.push_str("<Response><Dial callerId=\"");
+    out.push_str(&escape(caller_id));
+    out.push_str("\" timeout=\"");
+    out.push_str(&timeout_secs.to_string());
+    out.push_str("\" action=\"");
+    out.push_str(&escape(action));
+    out.push_str("\" method=\"POST\"><Number>");
+    out.push_str(&escape(number));
+    out.push_str("</Number></Dial></Response>");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +158,22 @@ mod tests {
         assert!(
             x.contains(r#"<Connect action="https://h/twilio/connect-action?call_id=c1&amp;x=1" method="POST"><Stream url="wss://h/ws">"#),
             "{x}"
+        );
+    }
+
+    #[test]
+    fn a_dial_names_the_number_caller_id_timeout_and_escaped_action() {
+        let x = dial(
+            "+15550120",
+            "+15005550006",
+            20,
+            "https://h/twilio/dial-action?call_id=c1&x=1",
+        );
+        assert_eq!(
+            x,
+            format!(
+                r#"{XML_DECL}<Response><Dial callerId="+15005550006" timeout="20" action="https://h/twilio/dial-action?call_id=c1&amp;x=1" method="POST"><Number>+15550120</Number></Dial></Response>"#
+            )
         );
     }
 

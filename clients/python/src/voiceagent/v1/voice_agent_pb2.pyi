@@ -42,6 +42,22 @@ class Speaker(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SPEAKER_CALLEE: _ClassVar[Speaker]
     SPEAKER_AGENT: _ClassVar[Speaker]
 
+class TransferState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_STATE_UNSPECIFIED: _ClassVar[TransferState]
+    TRANSFER_STATE_STARTED: _ClassVar[TransferState]
+    TRANSFER_STATE_ANSWERED: _ClassVar[TransferState]
+    TRANSFER_STATE_BUSY: _ClassVar[TransferState]
+    TRANSFER_STATE_NO_ANSWER: _ClassVar[TransferState]
+    TRANSFER_STATE_FAILED: _ClassVar[TransferState]
+    TRANSFER_STATE_CANCELED: _ClassVar[TransferState]
+
+class TransferBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRANSFER_BY_UNSPECIFIED: _ClassVar[TransferBy]
+    TRANSFER_BY_AGENT: _ClassVar[TransferBy]
+    TRANSFER_BY_OPERATOR: _ClassVar[TransferBy]
+
 class VoicemailMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     VOICEMAIL_MODE_UNSPECIFIED: _ClassVar[VoicemailMode]
@@ -96,6 +112,16 @@ CALL_STATUS_FAILED: CallStatus
 SPEAKER_UNSPECIFIED: Speaker
 SPEAKER_CALLEE: Speaker
 SPEAKER_AGENT: Speaker
+TRANSFER_STATE_UNSPECIFIED: TransferState
+TRANSFER_STATE_STARTED: TransferState
+TRANSFER_STATE_ANSWERED: TransferState
+TRANSFER_STATE_BUSY: TransferState
+TRANSFER_STATE_NO_ANSWER: TransferState
+TRANSFER_STATE_FAILED: TransferState
+TRANSFER_STATE_CANCELED: TransferState
+TRANSFER_BY_UNSPECIFIED: TransferBy
+TRANSFER_BY_AGENT: TransferBy
+TRANSFER_BY_OPERATOR: TransferBy
 VOICEMAIL_MODE_UNSPECIFIED: VoicemailMode
 VOICEMAIL_MODE_OFF: VoicemailMode
 VOICEMAIL_MODE_HANG_UP: VoicemailMode
@@ -119,7 +145,7 @@ RECORDING_STATE_FAILED: RecordingState
 RECORDING_STATE_DELETED: RecordingState
 
 class PlaceCallRequest(_message.Message):
-    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout", "voicemail", "variables", "webhook_url")
+    __slots__ = ("to", "backend", "instructions", "voice", "greeting", "metadata", "max_duration", "request_id", "record", "tools", "tool_timeout", "voicemail", "variables", "webhook_url", "transfer_targets")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +174,7 @@ class PlaceCallRequest(_message.Message):
     VOICEMAIL_FIELD_NUMBER: _ClassVar[int]
     VARIABLES_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URL_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TARGETS_FIELD_NUMBER: _ClassVar[int]
     to: str
     backend: Backend
     instructions: str
@@ -162,7 +189,42 @@ class PlaceCallRequest(_message.Message):
     voicemail: VoicemailPolicy
     variables: _containers.ScalarMap[str, str]
     webhook_url: str
-    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., variables: _Optional[_Mapping[str, str]] = ..., webhook_url: _Optional[str] = ...) -> None: ...
+    transfer_targets: _containers.RepeatedCompositeFieldContainer[TransferTarget]
+    def __init__(self, to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., greeting: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., request_id: _Optional[str] = ..., record: _Optional[bool] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., variables: _Optional[_Mapping[str, str]] = ..., webhook_url: _Optional[str] = ..., transfer_targets: _Optional[_Iterable[_Union[TransferTarget, _Mapping]]] = ...) -> None: ...
+
+class TransferTarget(_message.Message):
+    __slots__ = ("number", "description")
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    number: str
+    description: str
+    def __init__(self, number: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Transfer(_message.Message):
+    __slots__ = ("target", "state", "by", "reason")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    state: TransferState
+    by: TransferBy
+    reason: str
+    def __init__(self, target: _Optional[str] = ..., state: _Optional[_Union[TransferState, str]] = ..., by: _Optional[_Union[TransferBy, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class TransferCallRequest(_message.Message):
+    __slots__ = ("call_id", "number")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    number: str
+    def __init__(self, call_id: _Optional[str] = ..., number: _Optional[str] = ...) -> None: ...
+
+class TransferCallResponse(_message.Message):
+    __slots__ = ("call",)
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    call: Call
+    def __init__(self, call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "parameters_json", "url")
@@ -211,7 +273,7 @@ class WatchCallResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result", "answered_by")
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result", "answered_by", "transfer")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +286,7 @@ class CallEvent(_message.Message):
     TOOL_CALL_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     status: StatusChanged
@@ -236,7 +299,8 @@ class CallEvent(_message.Message):
     tool_call: ToolCall
     tool_result: ToolResult
     answered_by: AnsweredBy
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., answered_by: _Optional[_Union[AnsweredBy, _Mapping]] = ...) -> None: ...
+    transfer: Transfer
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., answered_by: _Optional[_Union[AnsweredBy, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("tool_call_id", "name", "arguments_json", "answered_by_url")
@@ -389,7 +453,7 @@ class ListCallsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "voicemail", "tools", "tool_timeout", "recording_url", "recording", "webhooks")
+    __slots__ = ("call_id", "to", "backend", "status", "provider_call_id", "metadata", "created_at", "answered_at", "ended_at", "emulated", "end_reason", "instructions", "voice", "duration_seconds", "answered_by", "provider_error_code", "turn_latency_p50_ms", "turn_latency_p95_ms", "event_count", "voicemail", "tools", "tool_timeout", "recording_url", "recording", "transfer_targets", "transfer", "webhooks")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -422,6 +486,8 @@ class Call(_message.Message):
     TOOL_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     RECORDING_URL_FIELD_NUMBER: _ClassVar[int]
     RECORDING_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_TARGETS_FIELD_NUMBER: _ClassVar[int]
+    TRANSFER_FIELD_NUMBER: _ClassVar[int]
     WEBHOOKS_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     to: str
@@ -447,8 +513,10 @@ class Call(_message.Message):
     tool_timeout: _duration_pb2.Duration
     recording_url: str
     recording: Recording
+    transfer_targets: _containers.RepeatedCompositeFieldContainer[TransferTarget]
+    transfer: Transfer
     webhooks: _containers.RepeatedCompositeFieldContainer[WebhookDelivery]
-    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., webhooks: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ..., **kwargs) -> None: ...
+    def __init__(self, call_id: _Optional[str] = ..., to: _Optional[str] = ..., backend: _Optional[_Union[Backend, str]] = ..., status: _Optional[_Union[CallStatus, str]] = ..., provider_call_id: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., emulated: _Optional[bool] = ..., end_reason: _Optional[str] = ..., instructions: _Optional[str] = ..., voice: _Optional[str] = ..., duration_seconds: _Optional[int] = ..., answered_by: _Optional[str] = ..., provider_error_code: _Optional[str] = ..., turn_latency_p50_ms: _Optional[int] = ..., turn_latency_p95_ms: _Optional[int] = ..., event_count: _Optional[int] = ..., voicemail: _Optional[_Union[VoicemailPolicy, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., tool_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., recording_url: _Optional[str] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., transfer_targets: _Optional[_Iterable[_Union[TransferTarget, _Mapping]]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., webhooks: _Optional[_Iterable[_Union[WebhookDelivery, _Mapping]]] = ..., **kwargs) -> None: ...
 
 class WebhookDelivery(_message.Message):
     __slots__ = ("message_id", "type", "url", "state", "attempts", "last_http_status", "last_error", "next_attempt_at", "created_at")

@@ -73,6 +73,11 @@ class VoiceAgentServiceStub:
                 request_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.SerializeToString,
                 response_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.FromString,
                 _registered_method=True)
+        self.TransferCall = channel.unary_unary(
+                '/voiceagent.v1.VoiceAgentService/TransferCall',
+                request_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallRequest.SerializeToString,
+                response_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallResponse.FromString,
+                _registered_method=True)
 
 
 class VoiceAgentServiceServicer:
@@ -163,6 +168,22 @@ class VoiceAgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TransferCall(self, request, context):
+        """TransferCall hands a live call (IN_PROGRESS) over to a person: the AI
+        session closes at once and the provider dials `number` with our number
+        as the caller id (the same as the agent's `transfer_call` tool, without
+        waiting for the agent to finish its sentence). A `Transfer` event says it
+        started and, when the dial is over, how it went; see docs/contract.md
+        "Transfers". Works from any replica (the provider is asked directly).
+        Errors: INVALID_ARGUMENT for a bad field; CALL_NOT_FOUND;
+        FAILED_PRECONDITION (reason CALL_NOT_LIVE) when the call is not in
+        progress, is ending, or is being transferred already; a provider refusal
+        as for HangUpCall (the call goes on with the agent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VoiceAgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +221,11 @@ def add_VoiceAgentServiceServicer_to_server(servicer, server):
                     servicer.SubmitToolResult,
                     request_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.FromString,
                     response_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.SerializeToString,
+            ),
+            'TransferCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferCall,
+                    request_deserializer=voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallRequest.FromString,
+                    response_serializer=voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +421,33 @@ class VoiceAgentService:
             '/voiceagent.v1.VoiceAgentService/SubmitToolResult',
             voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultRequest.SerializeToString,
             voiceagent_dot_v1_dot_voice__agent__pb2.SubmitToolResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/voiceagent.v1.VoiceAgentService/TransferCall',
+            voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallRequest.SerializeToString,
+            voiceagent_dot_v1_dot_voice__agent__pb2.TransferCallResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIo4FChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhgKC3dlYmhvb2tfdXJsGA8gASgJSAKIAQEaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nQgkKB19yZWNvcmRCDgoMX3dlYmhvb2tfdXJsIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKWBAoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAEjAKC2Fuc3dlcmVkX2J5GAwgASgLMhkudm9pY2VhZ2VudC52MS5BbnN3ZXJlZEJ5SABCBgoEa2luZCJfCghUb29sQ2FsbBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCRIXCg9hbnN3ZXJlZF9ieV91cmwYBCABKAgifgoKVG9vbFJlc3VsdBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZvdXRwdXQYAyABKAkSKwoHb3V0Y29tZRgEIAEoDjIaLnZvaWNlYWdlbnQudjEuVG9vbE91dGNvbWUSDwoHd2FpdF9tcxgFIAEoDSJQChdTdWJtaXRUb29sUmVzdWx0UmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIOCgZvdXRwdXQYAyABKAkiGgoYU3VibWl0VG9vbFJlc3VsdFJlc3BvbnNlIkoKDVN0YXR1c0NoYW5nZWQSKQoGc3RhdHVzGAEgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEg4KBmRldGFpbBgCIAEoCSJYCgpUcmFuc2NyaXB0EicKB3NwZWFrZXIYASABKA4yFi52b2ljZWFnZW50LnYxLlNwZWFrZXISDAoEdGV4dBgCIAEoCRITCgtpbnRlcnJ1cHRlZBgDIAEoCCIqCglDYWxsRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIhUKBER0bWYSDQoFZGlnaXQYASABKAkiXAoLVHVybk1ldHJpY3MSEgoKdHVybl9pbmRleBgBIAEoDRIbChNmaXJzdF9hdWRpb19zZW50X21zGAIgASgNEhwKFGZpcnN0X2F1ZGlvX2hlYXJkX21zGAMgASgNIicKBk5vdGljZRIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiRwoKQW5zd2VyZWRCeRITCgthbnN3ZXJlZF9ieRgBIAEoCRIUCgxkZXRlY3Rpb25fbXMYAiABKA0SDgoGYWN0aW9uGAMgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSL4BgoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBIxCgl2b2ljZW1haWwYFyABKAsyHi52b2ljZWFnZW50LnYxLlZvaWNlbWFpbFBvbGljeRIiCgV0b29scxgVIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNcmVjb3JkaW5nX3VybBgZIAEoCRIrCglyZWNvcmRpbmcYGiABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZxIwCgh3ZWJob29rcxgbIAMoCzIeLnZvaWNlYWdlbnQudjEuV2ViaG9va0RlbGl2ZXJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKZAgoPV2ViaG9va0RlbGl2ZXJ5EhIKCm1lc3NhZ2VfaWQYASABKAkSDAoEdHlwZRgCIAEoCRILCgN1cmwYAyABKAkSMgoFc3RhdGUYBCABKA4yIy52b2ljZWFnZW50LnYxLldlYmhvb2tEZWxpdmVyeVN0YXRlEhAKCGF0dGVtcHRzGAUgASgNEhgKEGxhc3RfaHR0cF9zdGF0dXMYBiABKA0SEgoKbGFzdF9lcnJvchgHIAEoCRIzCg9uZXh0X2F0dGVtcHRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIl0KCVJlY29yZGluZxIsCgVzdGF0ZRgBIAEoDjIdLnZvaWNlYWdlbnQudjEuUmVjb3JkaW5nU3RhdGUSDQoFZXJyb3IYAiABKAkSEwoLZHVyYXRpb25fbXMYAyABKAQiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqhQEKDVZvaWNlbWFpbE1vZGUSHgoaVk9JQ0VNQUlMX01PREVfVU5TUEVDSUZJRUQQABIWChJWT0lDRU1BSUxfTU9ERV9PRkYQARIaChZWT0lDRU1BSUxfTU9ERV9IQU5HX1VQEAISIAocVk9JQ0VNQUlMX01PREVfTEVBVkVfTUVTU0FHRRADKpYBCgtUb29sT3V0Y29tZRIcChhUT09MX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVUT09MX09VVENPTUVfQU5TV0VSRUQQARIaChZUT09MX09VVENPTUVfVElNRURfT1VUEAISFwoTVE9PTF9PVVRDT01FX0ZBSUxFRBADEhkKFVRPT0xfT1VUQ09NRV9DQU5DRUxFRBAEKngKDkxpc3RDYWxsc09yZGVyEiAKHExJU1RfQ0FMTFNfT1JERVJfVU5TUEVDSUZJRUQQABIhCh1MSVNUX0NBTExTX09SREVSX05FV0VTVF9GSVJTVBABEiEKHUxJU1RfQ0FMTFNfT1JERVJfT0xERVNUX0ZJUlNUEAIqqQEKFFdlYmhvb2tEZWxpdmVyeVN0YXRlEiYKIldFQkhPT0tfREVMSVZFUllfU1RBVEVfVU5TUEVDSUZJRUQQABIiCh5XRUJIT09LX0RFTElWRVJZX1NUQVRFX1BFTkRJTkcQARIkCiBXRUJIT09LX0RFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEh8KG1dFQkhPT0tfREVMSVZFUllfU1RBVEVfREVBRBADKqcBCg5SZWNvcmRpbmdTdGF0ZRIfChtSRUNPUkRJTkdfU1RBVEVfVU5TUEVDSUZJRUQQABIdChlSRUNPUkRJTkdfU1RBVEVfUkVDT1JESU5HEAESHAoYUkVDT1JESU5HX1NUQVRFX0NPTVBMRVRFEAISGgoWUkVDT1JESU5HX1NUQVRFX0ZBSUxFRBADEhsKF1JFQ09SRElOR19TVEFURV9ERUxFVEVEEAQy4wQKEVZvaWNlQWdlbnRTZXJ2aWNlEk4KCVBsYWNlQ2FsbBIfLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVzcG9uc2USUAoJV2F0Y2hDYWxsEh8udm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXNwb25zZTABElEKCkhhbmdVcENhbGwSIC52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXF1ZXN0GiEudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVzcG9uc2USSAoHR2V0Q2FsbBIdLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlcXVlc3QaHi52b2ljZWFnZW50LnYxLkdldENhbGxSZXNwb25zZRJOCglMaXN0Q2FsbHMSHy52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1JlcXVlc3QaIC52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1Jlc3BvbnNlEloKDUdldFNlcnZlckluZm8SIy52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiQudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2USYwoQU3VibWl0VG9vbFJlc3VsdBImLnZvaWNlYWdlbnQudjEuU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QaJy52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIscFChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5EhgKC3dlYmhvb2tfdXJsGA8gASgJSAKIAQESNwoQdHJhbnNmZXJfdGFyZ2V0cxgLIAMoCzIdLnZvaWNlYWdlbnQudjEuVHJhbnNmZXJUYXJnZXQaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBGjAKDlZhcmlhYmxlc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCwoJX2dyZWV0aW5nQgkKB19yZWNvcmRCDgoMX3dlYmhvb2tfdXJsIjUKDlRyYW5zZmVyVGFyZ2V0Eg4KBm51bWJlchgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCSJ+CghUcmFuc2ZlchIOCgZ0YXJnZXQYASABKAkSKwoFc3RhdGUYAiABKA4yHC52b2ljZWFnZW50LnYxLlRyYW5zZmVyU3RhdGUSJQoCYnkYAyABKA4yGS52b2ljZWFnZW50LnYxLlRyYW5zZmVyQnkSDgoGcmVhc29uGAQgASgJIjYKE1RyYW5zZmVyQ2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIOCgZudW1iZXIYAiABKAkiOQoUVHJhbnNmZXJDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCJPCgRUb29sEgwKBG5hbWUYASABKAkSEwoLZGVzY3JpcHRpb24YAiABKAkSFwoPcGFyYW1ldGVyc19qc29uGAMgASgJEgsKA3VybBgEIAEoCSJOCg9Wb2ljZW1haWxQb2xpY3kSKgoEbW9kZRgBIAEoDjIcLnZvaWNlYWdlbnQudjEuVm9pY2VtYWlsTW9kZRIPCgdtZXNzYWdlGAIgASgJInsKEVBsYWNlQ2FsbFJlc3BvbnNlEg8KB2NhbGxfaWQYASABKAkSGAoQcHJvdmlkZXJfY2FsbF9pZBgCIAEoCRIpCgZzdGF0dXMYAyABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSEAoIZW11bGF0ZWQYBCABKAgiOwoQV2F0Y2hDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjwKEVdhdGNoQ2FsbFJlc3BvbnNlEicKBWV2ZW50GAEgASgLMhgudm9pY2VhZ2VudC52MS5DYWxsRXZlbnQiwwQKCUNhbGxFdmVudBIQCghzZXF1ZW5jZRgBIAEoBBIoCgR0aW1lGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgZzdGF0dXMYAyABKAsyHC52b2ljZWFnZW50LnYxLlN0YXR1c0NoYW5nZWRIABIvCgp0cmFuc2NyaXB0GAQgASgLMhkudm9pY2VhZ2VudC52MS5UcmFuc2NyaXB0SAASKQoFZXJyb3IYBSABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFcnJvckgAEiMKBGR0bWYYBiABKAsyEy52b2ljZWFnZW50LnYxLkR0bWZIABIqCgR0dXJuGAcgASgLMhoudm9pY2VhZ2VudC52MS5UdXJuTWV0cmljc0gAEicKBm5vdGljZRgIIAEoCzIVLnZvaWNlYWdlbnQudjEuTm90aWNlSAASLQoJcmVjb3JkaW5nGA0gASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmdIABIsCgl0b29sX2NhbGwYCSABKAsyFy52b2ljZWFnZW50LnYxLlRvb2xDYWxsSAASMAoLdG9vbF9yZXN1bHQYCiABKAsyGS52b2ljZWFnZW50LnYxLlRvb2xSZXN1bHRIABIwCgthbnN3ZXJlZF9ieRgMIAEoCzIZLnZvaWNlYWdlbnQudjEuQW5zd2VyZWRCeUgAEisKCHRyYW5zZmVyGAsgASgLMhcudm9pY2VhZ2VudC52MS5UcmFuc2ZlckgAQgYKBGtpbmQiXwoIVG9vbENhbGwSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkSFwoPYW5zd2VyZWRfYnlfdXJsGAQgASgIIn4KClRvb2xSZXN1bHQSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGb3V0cHV0GAMgASgJEisKB291dGNvbWUYBCABKA4yGi52b2ljZWFnZW50LnYxLlRvb2xPdXRjb21lEg8KB3dhaXRfbXMYBSABKA0iUAoXU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIUCgx0b29sX2NhbGxfaWQYAiABKAkSDgoGb3V0cHV0GAMgASgJIhoKGFN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZSJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIkcKCkFuc3dlcmVkQnkSEwoLYW5zd2VyZWRfYnkYASABKAkSFAoMZGV0ZWN0aW9uX21zGAIgASgNEg4KBmFjdGlvbhgDIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki3AcKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSMQoJdm9pY2VtYWlsGBcgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSIgoFdG9vbHMYFSADKAsyEy52b2ljZWFnZW50LnYxLlRvb2wSLwoMdG9vbF90aW1lb3V0GBYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlY29yZGluZ191cmwYGSABKAkSKwoJcmVjb3JkaW5nGBogASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmcSNwoQdHJhbnNmZXJfdGFyZ2V0cxgYIAMoCzIdLnZvaWNlYWdlbnQudjEuVHJhbnNmZXJUYXJnZXQSKQoIdHJhbnNmZXIYHCABKAsyFy52b2ljZWFnZW50LnYxLlRyYW5zZmVyEjAKCHdlYmhvb2tzGBsgAygLMh4udm9pY2VhZ2VudC52MS5XZWJob29rRGVsaXZlcnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpkCCg9XZWJob29rRGVsaXZlcnkSEgoKbWVzc2FnZV9pZBgBIAEoCRIMCgR0eXBlGAIgASgJEgsKA3VybBgDIAEoCRIyCgVzdGF0ZRgEIAEoDjIjLnZvaWNlYWdlbnQudjEuV2ViaG9va0RlbGl2ZXJ5U3RhdGUSEAoIYXR0ZW1wdHMYBSABKA0SGAoQbGFzdF9odHRwX3N0YXR1cxgGIAEoDRISCgpsYXN0X2Vycm9yGAcgASgJEjMKD25leHRfYXR0ZW1wdF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiXQoJUmVjb3JkaW5nEiwKBXN0YXRlGAEgASgOMh0udm9pY2VhZ2VudC52MS5SZWNvcmRpbmdTdGF0ZRINCgVlcnJvchgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBCIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAirXAQoNVHJhbnNmZXJTdGF0ZRIeChpUUkFOU0ZFUl9TVEFURV9VTlNQRUNJRklFRBAAEhoKFlRSQU5TRkVSX1NUQVRFX1NUQVJURUQQARIbChdUUkFOU0ZFUl9TVEFURV9BTlNXRVJFRBACEhcKE1RSQU5TRkVSX1NUQVRFX0JVU1kQAxIcChhUUkFOU0ZFUl9TVEFURV9OT19BTlNXRVIQBBIZChVUUkFOU0ZFUl9TVEFURV9GQUlMRUQQBRIbChdUUkFOU0ZFUl9TVEFURV9DQU5DRUxFRBAGKloKClRyYW5zZmVyQnkSGwoXVFJBTlNGRVJfQllfVU5TUEVDSUZJRUQQABIVChFUUkFOU0ZFUl9CWV9BR0VOVBABEhgKFFRSQU5TRkVSX0JZX09QRVJBVE9SEAIqhQEKDVZvaWNlbWFpbE1vZGUSHgoaVk9JQ0VNQUlMX01PREVfVU5TUEVDSUZJRUQQABIWChJWT0lDRU1BSUxfTU9ERV9PRkYQARIaChZWT0lDRU1BSUxfTU9ERV9IQU5HX1VQEAISIAocVk9JQ0VNQUlMX01PREVfTEVBVkVfTUVTU0FHRRADKpYBCgtUb29sT3V0Y29tZRIcChhUT09MX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVUT09MX09VVENPTUVfQU5TV0VSRUQQARIaChZUT09MX09VVENPTUVfVElNRURfT1VUEAISFwoTVE9PTF9PVVRDT01FX0ZBSUxFRBADEhkKFVRPT0xfT1VUQ09NRV9DQU5DRUxFRBAEKngKDkxpc3RDYWxsc09yZGVyEiAKHExJU1RfQ0FMTFNfT1JERVJfVU5TUEVDSUZJRUQQABIhCh1MSVNUX0NBTExTX09SREVSX05FV0VTVF9GSVJTVBABEiEKHUxJU1RfQ0FMTFNfT1JERVJfT0xERVNUX0ZJUlNUEAIqqQEKFFdlYmhvb2tEZWxpdmVyeVN0YXRlEiYKIldFQkhPT0tfREVMSVZFUllfU1RBVEVfVU5TUEVDSUZJRUQQABIiCh5XRUJIT09LX0RFTElWRVJZX1NUQVRFX1BFTkRJTkcQARIkCiBXRUJIT09LX0RFTElWRVJZX1NUQVRFX0RFTElWRVJFRBACEh8KG1dFQkhPT0tfREVMSVZFUllfU1RBVEVfREVBRBADKqcBCg5SZWNvcmRpbmdTdGF0ZRIfChtSRUNPUkRJTkdfU1RBVEVfVU5TUEVDSUZJRUQQABIdChlSRUNPUkRJTkdfU1RBVEVfUkVDT1JESU5HEAESHAoYUkVDT1JESU5HX1NUQVRFX0NPTVBMRVRFEAISGgoWUkVDT1JESU5HX1NUQVRFX0ZBSUxFRBADEhsKF1JFQ09SRElOR19TVEFURV9ERUxFVEVEEAQyvAUKEVZvaWNlQWdlbnRTZXJ2aWNlEk4KCVBsYWNlQ2FsbBIfLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsUmVzcG9uc2USUAoJV2F0Y2hDYWxsEh8udm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5XYXRjaENhbGxSZXNwb25zZTABElEKCkhhbmdVcENhbGwSIC52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXF1ZXN0GiEudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVzcG9uc2USSAoHR2V0Q2FsbBIdLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlcXVlc3QaHi52b2ljZWFnZW50LnYxLkdldENhbGxSZXNwb25zZRJOCglMaXN0Q2FsbHMSHy52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1JlcXVlc3QaIC52b2ljZWFnZW50LnYxLkxpc3RDYWxsc1Jlc3BvbnNlEloKDUdldFNlcnZlckluZm8SIy52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXF1ZXN0GiQudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVzcG9uc2USYwoQU3VibWl0VG9vbFJlc3VsdBImLnZvaWNlYWdlbnQudjEuU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QaJy52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZRJXCgxUcmFuc2ZlckNhbGwSIi52b2ljZWFnZW50LnYxLlRyYW5zZmVyQ2FsbFJlcXVlc3QaIy52b2ljZWFnZW50LnYxLlRyYW5zZmVyQ2FsbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -157,6 +157,17 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
    * @generated from field: optional string webhook_url = 15;
    */
   webhookUrl?: string | undefined;
+
+  /**
+   * People the agent may hand the call over to (at most 8). With any, the AI
+   * is offered a built-in `transfer_call` tool whose `number` argument is one
+   * of these; when it calls it, the agent's hand-off sentence plays to the
+   * end, then the call is redirected to dial the number (see
+   * docs/contract.md "Transfers").
+   *
+   * @generated from field: repeated voiceagent.v1.TransferTarget transfer_targets = 11;
+   */
+  transferTargets: TransferTarget[];
 };
 
 /**
@@ -165,6 +176,127 @@ export type PlaceCallRequest = Message<"voiceagent.v1.PlaceCallRequest"> & {
  */
 export const PlaceCallRequestSchema: GenMessage<PlaceCallRequest> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 0);
+
+/**
+ * TransferTarget is a number the agent may transfer the call to.
+ *
+ * @generated from message voiceagent.v1.TransferTarget
+ */
+export type TransferTarget = Message<"voiceagent.v1.TransferTarget"> & {
+  /**
+   * E.164, like PlaceCallRequest.to; unique within the call. Required.
+   *
+   * @generated from field: string number = 1;
+   */
+  number: string;
+
+  /**
+   * Who answers there and when to transfer, for the AI (e.g. "billing desk:
+   * refunds and invoices"). Required, at most 512 bytes.
+   *
+   * @generated from field: string description = 2;
+   */
+  description: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferTarget.
+ * Use `create(TransferTargetSchema)` to create a new message.
+ */
+export const TransferTargetSchema: GenMessage<TransferTarget> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 1);
+
+/**
+ * Transfer is a hand-off of the call to a person, and how it went.
+ *
+ * @generated from message voiceagent.v1.Transfer
+ */
+export type Transfer = Message<"voiceagent.v1.Transfer"> & {
+  /**
+   * The number dialled, E.164.
+   *
+   * @generated from field: string target = 1;
+   */
+  target: string;
+
+  /**
+   * Where the transfer is.
+   *
+   * @generated from field: voiceagent.v1.TransferState state = 2;
+   */
+  state: TransferState;
+
+  /**
+   * Who asked for it.
+   *
+   * @generated from field: voiceagent.v1.TransferBy by = 3;
+   */
+  by: TransferBy;
+
+  /**
+   * Readable detail, e.g. the provider's error or "the line was busy".
+   *
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.Transfer.
+ * Use `create(TransferSchema)` to create a new message.
+ */
+export const TransferSchema: GenMessage<Transfer> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 2);
+
+/**
+ * TransferCallRequest names the call and the number to hand it to.
+ *
+ * @generated from message voiceagent.v1.TransferCallRequest
+ */
+export type TransferCallRequest = Message<"voiceagent.v1.TransferCallRequest"> & {
+  /**
+   * The call (must be IN_PROGRESS).
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * Number to dial, E.164 (any number PlaceCall could call, not only the
+   * call's `transfer_targets`).
+   *
+   * @generated from field: string number = 2;
+   */
+  number: string;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferCallRequest.
+ * Use `create(TransferCallRequestSchema)` to create a new message.
+ */
+export const TransferCallRequestSchema: GenMessage<TransferCallRequest> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 3);
+
+/**
+ * TransferCallResponse returns the call once the provider took the redirect.
+ *
+ * @generated from message voiceagent.v1.TransferCallResponse
+ */
+export type TransferCallResponse = Message<"voiceagent.v1.TransferCallResponse"> & {
+  /**
+   * The call record, its `transfer` in state STARTED.
+   *
+   * @generated from field: voiceagent.v1.Call call = 1;
+   */
+  call?: Call | undefined;
+};
+
+/**
+ * Describes the message voiceagent.v1.TransferCallResponse.
+ * Use `create(TransferCallResponseSchema)` to create a new message.
+ */
+export const TransferCallResponseSchema: GenMessage<TransferCallResponse> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 4);
 
 /**
  * Tool is a function the agent may call, answered by the calling service.
@@ -216,7 +348,7 @@ export type Tool = Message<"voiceagent.v1.Tool"> & {
  * Use `create(ToolSchema)` to create a new message.
  */
 export const ToolSchema: GenMessage<Tool> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 1);
+  messageDesc(file_voiceagent_v1_voice_agent, 5);
 
 /**
  * VoicemailPolicy is what PlaceCall does about answering machines.
@@ -245,7 +377,7 @@ export type VoicemailPolicy = Message<"voiceagent.v1.VoicemailPolicy"> & {
  * Use `create(VoicemailPolicySchema)` to create a new message.
  */
 export const VoicemailPolicySchema: GenMessage<VoicemailPolicy> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 2);
+  messageDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * PlaceCallResponse identifies the call that was placed.
@@ -287,7 +419,7 @@ export type PlaceCallResponse = Message<"voiceagent.v1.PlaceCallResponse"> & {
  * Use `create(PlaceCallResponseSchema)` to create a new message.
  */
 export const PlaceCallResponseSchema: GenMessage<PlaceCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 3);
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * WatchCallRequest names the call to watch and where to resume.
@@ -316,7 +448,7 @@ export type WatchCallRequest = Message<"voiceagent.v1.WatchCallRequest"> & {
  * Use `create(WatchCallRequestSchema)` to create a new message.
  */
 export const WatchCallRequestSchema: GenMessage<WatchCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 4);
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * WatchCallResponse carries one event of the watched call.
@@ -337,7 +469,7 @@ export type WatchCallResponse = Message<"voiceagent.v1.WatchCallResponse"> & {
  * Use `create(WatchCallResponseSchema)` to create a new message.
  */
 export const WatchCallResponseSchema: GenMessage<WatchCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 5);
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * CallEvent is one entry of a call's append-only event log.
@@ -449,6 +581,14 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: AnsweredBy;
     case: "answeredBy";
+  } | {
+    /**
+     * A transfer started, or its outcome (see TransferState).
+     *
+     * @generated from field: voiceagent.v1.Transfer transfer = 11;
+     */
+    value: Transfer;
+    case: "transfer";
   } | { case: undefined; value?: undefined };
 };
 
@@ -457,7 +597,7 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  * Use `create(CallEventSchema)` to create a new message.
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 6);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * ToolCall is the agent calling one of the call's tools.
@@ -499,7 +639,7 @@ export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * ToolResult is the output of one tool call, as given to the AI.
@@ -549,7 +689,7 @@ export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * SubmitToolResultRequest answers one tool call.
@@ -584,7 +724,7 @@ export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultReq
  * Use `create(SubmitToolResultRequestSchema)` to create a new message.
  */
 export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * SubmitToolResultResponse confirms the output reached the call.
@@ -599,7 +739,7 @@ export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultRe
  * Use `create(SubmitToolResultResponseSchema)` to create a new message.
  */
 export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -627,7 +767,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -663,7 +803,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * CallError reports a fault.
@@ -692,7 +832,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -713,7 +853,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -750,7 +890,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * Notice is informational.
@@ -778,7 +918,7 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * AnsweredBy is the result of answering-machine detection.
@@ -818,7 +958,7 @@ export type AnsweredBy = Message<"voiceagent.v1.AnsweredBy"> & {
  * Use `create(AnsweredBySchema)` to create a new message.
  */
 export const AnsweredBySchema: GenMessage<AnsweredBy> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -839,7 +979,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -860,7 +1000,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -881,7 +1021,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * GetCallResponse carries one call record.
@@ -902,7 +1042,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -971,7 +1111,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 22);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -999,7 +1139,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 23);
+  messageDesc(file_voiceagent_v1_voice_agent, 27);
 
 /**
  * Call is the stored record of one call.
@@ -1188,6 +1328,20 @@ export type Call = Message<"voiceagent.v1.Call"> & {
   recording?: Recording | undefined;
 
   /**
+   * The transfer targets given to PlaceCall.
+   *
+   * @generated from field: repeated voiceagent.v1.TransferTarget transfer_targets = 24;
+   */
+  transferTargets: TransferTarget[];
+
+  /**
+   * The call's transfer, once one started (its latest state); unset otherwise.
+   *
+   * @generated from field: voiceagent.v1.Transfer transfer = 28;
+   */
+  transfer?: Transfer | undefined;
+
+  /**
    * The call's outcome webhook messages and where each is (GetCall only:
    * ListCalls and WatchCall leave it empty), oldest first, at most 100.
    *
@@ -1201,7 +1355,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 24);
+  messageDesc(file_voiceagent_v1_voice_agent, 28);
 
 /**
  * WebhookDelivery is one outcome webhook message to one URL.
@@ -1278,7 +1432,7 @@ export type WebhookDelivery = Message<"voiceagent.v1.WebhookDelivery"> & {
  * Use `create(WebhookDeliverySchema)` to create a new message.
  */
 export const WebhookDeliverySchema: GenMessage<WebhookDelivery> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 25);
+  messageDesc(file_voiceagent_v1_voice_agent, 29);
 
 /**
  * Recording describes a call's recording: a stereo WAV, 8 kHz, 16-bit PCM,
@@ -1314,7 +1468,7 @@ export type Recording = Message<"voiceagent.v1.Recording"> & {
  * Use `create(RecordingSchema)` to create a new message.
  */
 export const RecordingSchema: GenMessage<Recording> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 26);
+  messageDesc(file_voiceagent_v1_voice_agent, 30);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -1329,7 +1483,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 27);
+  messageDesc(file_voiceagent_v1_voice_agent, 31);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -1406,7 +1560,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 28);
+  messageDesc(file_voiceagent_v1_voice_agent, 32);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -1491,7 +1645,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 29);
+  messageDesc(file_voiceagent_v1_voice_agent, 33);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1536,7 +1690,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 30);
+  messageDesc(file_voiceagent_v1_voice_agent, 34);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
@@ -1725,6 +1879,103 @@ export const SpeakerSchema: GenEnum<Speaker> = /*@__PURE__*/
   enumDesc(file_voiceagent_v1_voice_agent, 3);
 
 /**
+ * TransferState is where a transfer is.
+ *
+ * @generated from enum voiceagent.v1.TransferState
+ */
+export enum TransferState {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TRANSFER_STATE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The call was redirected; the target is being dialled. The AI session is closed.
+   *
+   * @generated from enum value: TRANSFER_STATE_STARTED = 1;
+   */
+  STARTED = 1,
+
+  /**
+   * The target answered; the callee talked with them (the call then ended).
+   *
+   * @generated from enum value: TRANSFER_STATE_ANSWERED = 2;
+   */
+  ANSWERED = 2,
+
+  /**
+   * The target's line was busy: the callee heard an apology and the call ended.
+   *
+   * @generated from enum value: TRANSFER_STATE_BUSY = 3;
+   */
+  BUSY = 3,
+
+  /**
+   * The target did not answer within the ring timeout: apology, end.
+   *
+   * @generated from enum value: TRANSFER_STATE_NO_ANSWER = 4;
+   */
+  NO_ANSWER = 4,
+
+  /**
+   * The target could not be dialled (or the provider refused the redirect;
+   * then the call goes on with the agent): apology, end.
+   *
+   * @generated from enum value: TRANSFER_STATE_FAILED = 5;
+   */
+  FAILED = 5,
+
+  /**
+   * The callee hung up while the target was being dialled.
+   *
+   * @generated from enum value: TRANSFER_STATE_CANCELED = 6;
+   */
+  CANCELED = 6,
+}
+
+/**
+ * Describes the enum voiceagent.v1.TransferState.
+ */
+export const TransferStateSchema: GenEnum<TransferState> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 4);
+
+/**
+ * TransferBy says who asked for a transfer.
+ *
+ * @generated from enum voiceagent.v1.TransferBy
+ */
+export enum TransferBy {
+  /**
+   * Not set.
+   *
+   * @generated from enum value: TRANSFER_BY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The agent, through its `transfer_call` tool.
+   *
+   * @generated from enum value: TRANSFER_BY_AGENT = 1;
+   */
+  AGENT = 1,
+
+  /**
+   * An operator, through TransferCall.
+   *
+   * @generated from enum value: TRANSFER_BY_OPERATOR = 2;
+   */
+  OPERATOR = 2,
+}
+
+/**
+ * Describes the enum voiceagent.v1.TransferBy.
+ */
+export const TransferBySchema: GenEnum<TransferBy> = /*@__PURE__*/
+  enumDesc(file_voiceagent_v1_voice_agent, 5);
+
+/**
  * VoicemailMode says what the agent does when a machine answers.
  *
  * @generated from enum voiceagent.v1.VoicemailMode
@@ -1765,7 +2016,7 @@ export enum VoicemailMode {
  * Describes the enum voiceagent.v1.VoicemailMode.
  */
 export const VoicemailModeSchema: GenEnum<VoicemailMode> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 4);
+  enumDesc(file_voiceagent_v1_voice_agent, 6);
 
 /**
  * ToolOutcome is how a tool call was answered.
@@ -1814,7 +2065,7 @@ export enum ToolOutcome {
  * Describes the enum voiceagent.v1.ToolOutcome.
  */
 export const ToolOutcomeSchema: GenEnum<ToolOutcome> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 5);
+  enumDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * ListCallsOrder is the order ListCalls returns calls in: the order they
@@ -1849,7 +2100,7 @@ export enum ListCallsOrder {
  * Describes the enum voiceagent.v1.ListCallsOrder.
  */
 export const ListCallsOrderSchema: GenEnum<ListCallsOrder> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 6);
+  enumDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * WebhookDeliveryState is where a webhook message is.
@@ -1888,7 +2139,7 @@ export enum WebhookDeliveryState {
  * Describes the enum voiceagent.v1.WebhookDeliveryState.
  */
 export const WebhookDeliveryStateSchema: GenEnum<WebhookDeliveryState> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 7);
+  enumDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * RecordingState is where a call's recording is.
@@ -1938,7 +2189,7 @@ export enum RecordingState {
  * Describes the enum voiceagent.v1.RecordingState.
  */
 export const RecordingStateSchema: GenEnum<RecordingState> = /*@__PURE__*/
-  enumDesc(file_voiceagent_v1_voice_agent, 8);
+  enumDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * VoiceAgentService places calls and streams what happens on them.
@@ -2050,6 +2301,25 @@ export const VoiceAgentService: GenService<{
     methodKind: "unary";
     input: typeof SubmitToolResultRequestSchema;
     output: typeof SubmitToolResultResponseSchema;
+  },
+  /**
+   * TransferCall hands a live call (IN_PROGRESS) over to a person: the AI
+   * session closes at once and the provider dials `number` with our number
+   * as the caller id (the same as the agent's `transfer_call` tool, without
+   * waiting for the agent to finish its sentence). A `Transfer` event says it
+   * started and, when the dial is over, how it went; see docs/contract.md
+   * "Transfers". Works from any replica (the provider is asked directly).
+   * Errors: INVALID_ARGUMENT for a bad field; CALL_NOT_FOUND;
+   * FAILED_PRECONDITION (reason CALL_NOT_LIVE) when the call is not in
+   * progress, is ending, or is being transferred already; a provider refusal
+   * as for HangUpCall (the call goes on with the agent).
+   *
+   * @generated from rpc voiceagent.v1.VoiceAgentService.TransferCall
+   */
+  transferCall: {
+    methodKind: "unary";
+    input: typeof TransferCallRequestSchema;
+    output: typeof TransferCallResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_voiceagent_v1_voice_agent, 0);
