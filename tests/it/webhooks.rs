@@ -201,7 +201,7 @@ async fn signed_webhooks_reach_both_receivers_in_order_and_a_flaky_one_after_ret
         .place_call(pb::PlaceCallRequest {
             webhook_url: Some(format!("{base}/ok")),
             metadata: [("order".to_string(), "A1".to_string())].into(),
-            ..place("+15550123")
+            ..place("+15550131")
         })
         .await
         .unwrap()

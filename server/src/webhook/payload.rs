@@ -211,6 +211,7 @@ fn ended_data(record: &CallRecord, log: &[CallEvent], link_base: &str) -> Value 
         "transcript_truncated": transcript_truncated,
         "tool_calls": tool_calls,
         "tool_calls_truncated": tool_calls_truncated,
+        "transfer": record.transfer,
     })
 }
 
@@ -235,6 +236,30 @@ mod tests {
                 detail: String::new(),
             },
         )
+    }
+
+    #[test]
+    fn the_end_says_how_a_transfer_went() {
+        use crate::call::{TransferBy, TransferInfo, TransferState};
+        let mut rec = CallRecord {
+            webhooks: vec!["https://a.example/h".into()],
+            transfer: Some(TransferInfo {
+                target: "+15550122".into(),
+                state: TransferState::Busy,
+                by: TransferBy::Agent,
+                reason: "the line was busy".into(),
+            }),
+            ..CallRecord::for_tests()
+        };
+        let end = status(4, CallStatus::Completed);
+        rec.apply(&end.kind, end.time);
+        let out = messages(&rec, std::slice::from_ref(&end), &[], "http://x");
+        let ended: Value = serde_json::from_str(&out.last().unwrap().body).unwrap();
+        assert_eq!(ended["type"], "call.ended");
+        assert_eq!(
+            ended["data"]["transfer"],
+            json!({"target": "+15550122", "state": "busy", "by": "agent", "reason": "the line was busy"})
+        );
     }
 
     #[test]
@@ -326,6 +351,7 @@ mod tests {
         let data = &serde_json::from_str::<Value>(&out[1].body).unwrap()["data"];
         assert_eq!(data["status"], "completed");
         assert_eq!(data["answered_by"], "human");
+        assert_eq!(data["transfer"], Value::Null, "never transferred");
         assert_eq!(
             data["recording_url"],
             format!("https://pub.example/recordings/{}.wav", rec.call_id)
