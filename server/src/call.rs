@@ -287,6 +287,16 @@ pub enum EventKind {
     },
     /// The call's recording started, ended or stopped early.
     Recording(RecordingInfo),
+    /// The call's media moved to another bridge after its stream closed
+    /// with the call live (its replica died or handed it over).
+    Migrated {
+        /// The replica that ran the bridge before (empty when unknown).
+        from: String,
+        /// The replica running it now.
+        to: String,
+        /// From the provider asking for a new stream to the new bridge's start, ms.
+        gap_ms: u32,
+    },
 }
 
 /// Where a call's recording is (see [`crate::recording`]).
@@ -365,6 +375,10 @@ impl EventKind {
                 cap(action, DETAIL);
             }
             Self::Turn { .. } => {}
+            Self::Migrated { from, to, .. } => {
+                cap(from, CODE);
+                cap(to, CODE);
+            }
             Self::ToolCall {
                 tool_call_id,
                 name,
@@ -516,6 +530,27 @@ pub struct CallRecord {
     /// PlaceCall's voicemail policy (answering-machine detection).
     #[serde(default)]
     pub voicemail: Voicemail,
+    /// How many times the call's media stream was resumed after its socket
+    /// closed with the call live (issue #17). Each resume bumps it and frees
+    /// the media claim in the same commit ([`crate::store::Store::update`]);
+    /// a bridge writes only while the record still has the generation it
+    /// started with, so a late bridge of an older stream cannot write over
+    /// the new one.
+    #[serde(default)]
+    pub stream_generation: u64,
+    /// A resumed stream that has not started yet: who ran the stream before
+    /// and when the provider asked for the new one.
+    #[serde(default)]
+    pub resuming: Option<Resuming>,
+}
+
+/// A media stream resumed after its socket closed (see [`CallRecord::resuming`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resuming {
+    /// The replica that held the call's media claim (empty when none did).
+    pub from: String,
+    /// When the provider asked for the new stream (the old one had closed).
+    pub since: DateTime<Utc>,
 }
 
 #[cfg(test)]
@@ -554,6 +589,8 @@ impl CallRecord {
             tools: vec![],
             tool_timeout_ms: 0,
             voicemail: Voicemail::default(),
+            stream_generation: 0,
+            resuming: None,
         }
     }
 }

@@ -531,6 +531,35 @@ impl<'m> Conversation<'m> {
         }
     }
 
+    /// The AI socket of a resumed stream is open (the call's media moved
+    /// here from a bridge that is gone, issue #17): configure the session,
+    /// restore the conversation so far (`history`: the stored transcripts,
+    /// the agent's lines as far as they were heard), and set the time limit
+    /// (`max_duration` given to [`Conversation::new`] is what is left of
+    /// the call's). The greeting is not said again: the agent says nothing
+    /// unless the callee spoke last, when it owes an answer.
+    pub fn resume(&mut self, now: Instant, history: Vec<(Speaker, String)>, out: &mut VecDeque<Action>) {
+        out.push_back(Action::Ai(ToAi::SessionUpdate));
+        for (speaker, text) in &history {
+            let role = if *speaker == Speaker::Agent {
+                "assistant"
+            } else {
+                "user"
+            };
+            out.push_back(Action::Ai(ToAi::Restore {
+                role,
+                text: text.clone(),
+            }));
+        }
+        if history.last().is_some_and(|(s, _)| *s == Speaker::Callee) {
+            out.push_back(Action::Ai(ToAi::ResponseCreate));
+        }
+        self.history = history;
+        let limit = now + self.max_duration;
+        self.limit_at = Some(limit);
+        out.push_back(Action::SetTimer(limit));
+    }
+
     /// The timer set by [`Action::SetTimer`] fired.
     pub fn on_timer(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         let limit = self.limit_at.unwrap_or(now);
@@ -1451,6 +1480,44 @@ mod tests {
                 _ => "other",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_resumed_conversation_restores_the_history_without_a_second_greeting() {
+        let mut h = Harness::new();
+        let now = h.at(0);
+        let history = vec![
+            (Speaker::Agent, "Hello, this is the clinic.".to_string()),
+            (Speaker::Callee, "Hi.".to_string()),
+            (Speaker::Agent, "How can I".to_string()),
+        ];
+        h.conv.resume(now, history, &mut h.out);
+        assert_eq!(
+            h.take(),
+            vec![
+                Action::Ai(ToAi::SessionUpdate),
+                Action::Ai(ToAi::Restore {
+                    role: "assistant",
+                    text: "Hello, this is the clinic.".into()
+                }),
+                Action::Ai(ToAi::Restore {
+                    role: "user",
+                    text: "Hi.".into()
+                }),
+                Action::Ai(ToAi::Restore {
+                    role: "assistant",
+                    text: "How can I".into()
+                }),
+                Action::SetTimer(now + LIMIT)
+            ],
+            "the agent spoke last: it says nothing, and no greeting"
+        );
+        // The callee spoke last: the agent owes an answer.
+        let mut h = Harness::new();
+        h.conv
+            .resume(now, vec![(Speaker::Callee, "Are you there?".into())], &mut h.out);
+        let actions = h.take();
+        assert!(actions.contains(&Action::Ai(ToAi::ResponseCreate)), "{actions:?}");
     }
 
     #[test]

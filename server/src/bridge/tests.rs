@@ -267,6 +267,8 @@ impl World {
             tools: vec![],
             tool_timeout_ms: 0,
             voicemail: Default::default(),
+            stream_generation: 0,
+            resuming: None,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
