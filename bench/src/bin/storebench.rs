@@ -94,6 +94,8 @@ fn record() -> CallRecord {
         tools: vec![],
         tool_timeout_ms: 0,
         voicemail: Default::default(),
+        stream_generation: 0,
+        resuming: None,
     }
 }
 

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file voiceagent/v1/voice_agent.proto.
  */
 export const file_voiceagent_v1_voice_agent: GenFile = /*@__PURE__*/
-  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIuQEChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCKWBAoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAEjAKC2Fuc3dlcmVkX2J5GAwgASgLMhkudm9pY2VhZ2VudC52MS5BbnN3ZXJlZEJ5SABCBgoEa2luZCJfCghUb29sQ2FsbBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIWCg5hcmd1bWVudHNfanNvbhgDIAEoCRIXCg9hbnN3ZXJlZF9ieV91cmwYBCABKAgifgoKVG9vbFJlc3VsdBIUCgx0b29sX2NhbGxfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIOCgZvdXRwdXQYAyABKAkSKwoHb3V0Y29tZRgEIAEoDjIaLnZvaWNlYWdlbnQudjEuVG9vbE91dGNvbWUSDwoHd2FpdF9tcxgFIAEoDSJQChdTdWJtaXRUb29sUmVzdWx0UmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJEhQKDHRvb2xfY2FsbF9pZBgCIAEoCRIOCgZvdXRwdXQYAyABKAkiGgoYU3VibWl0VG9vbFJlc3VsdFJlc3BvbnNlIkoKDVN0YXR1c0NoYW5nZWQSKQoGc3RhdHVzGAEgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEg4KBmRldGFpbBgCIAEoCSJYCgpUcmFuc2NyaXB0EicKB3NwZWFrZXIYASABKA4yFi52b2ljZWFnZW50LnYxLlNwZWFrZXISDAoEdGV4dBgCIAEoCRITCgtpbnRlcnJ1cHRlZBgDIAEoCCIqCglDYWxsRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIhUKBER0bWYSDQoFZGlnaXQYASABKAkiXAoLVHVybk1ldHJpY3MSEgoKdHVybl9pbmRleBgBIAEoDRIbChNmaXJzdF9hdWRpb19zZW50X21zGAIgASgNEhwKFGZpcnN0X2F1ZGlvX2hlYXJkX21zGAMgASgNIicKBk5vdGljZRIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkiRwoKQW5zd2VyZWRCeRITCgthbnN3ZXJlZF9ieRgBIAEoCRIUCgxkZXRlY3Rpb25fbXMYAiABKA0SDgoGYWN0aW9uGAMgASgJIiQKEUhhbmdVcENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNwoSSGFuZ1VwQ2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwiIQoOR2V0Q2FsbFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCSI0Cg9HZXRDYWxsUmVzcG9uc2USIQoEY2FsbBgBIAEoCzITLnZvaWNlYWdlbnQudjEuQ2FsbCKHAgoQTGlzdENhbGxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKA0SEgoKcGFnZV90b2tlbhgCIAEoCRIrCghzdGF0dXNlcxgDIAMoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIKCgJ0bxgEIAEoCRIxCg1jcmVhdGVkX2FmdGVyGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoFb3JkZXIYByABKA4yHS52b2ljZWFnZW50LnYxLkxpc3RDYWxsc09yZGVyIlAKEUxpc3RDYWxsc1Jlc3BvbnNlEiIKBWNhbGxzGAEgAygLMhMudm9pY2VhZ2VudC52MS5DYWxsEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLGBgoEQ2FsbBIPCgdjYWxsX2lkGAEgASgJEgoKAnRvGAIgASgJEgwKBGZyb20YAyABKAkSJwoHYmFja2VuZBgEIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIpCgZzdGF0dXMYBSABKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSGAoQcHJvdmlkZXJfY2FsbF9pZBgGIAEoCRIzCghtZXRhZGF0YRgHIAMoCzIhLnZvaWNlYWdlbnQudjEuQ2FsbC5NZXRhZGF0YUVudHJ5Ei4KCmNyZWF0ZWRfYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2Fuc3dlcmVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEAoIZW11bGF0ZWQYCyABKAgSEgoKZW5kX3JlYXNvbhgMIAEoCRIUCgxpbnN0cnVjdGlvbnMYDSABKAkSDQoFdm9pY2UYDiABKAkSGAoQZHVyYXRpb25fc2Vjb25kcxgPIAEoDRITCgthbnN3ZXJlZF9ieRgQIAEoCRIbChNwcm92aWRlcl9lcnJvcl9jb2RlGBEgASgJEhsKE3R1cm5fbGF0ZW5jeV9wNTBfbXMYEiABKA0SGwoTdHVybl9sYXRlbmN5X3A5NV9tcxgTIAEoDRITCgtldmVudF9jb3VudBgUIAEoBBIxCgl2b2ljZW1haWwYFyABKAsyHi52b2ljZWFnZW50LnYxLlZvaWNlbWFpbFBvbGljeRIiCgV0b29scxgVIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYFiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFQoNcmVjb3JkaW5nX3VybBgZIAEoCRIrCglyZWNvcmRpbmcYGiABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZxovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXQoJUmVjb3JkaW5nEiwKBXN0YXRlGAEgASgOMh0udm9pY2VhZ2VudC52MS5SZWNvcmRpbmdTdGF0ZRINCgVlcnJvchgCIAEoCRITCgtkdXJhdGlvbl9tcxgDIAEoBCIWChRHZXRTZXJ2ZXJJbmZvUmVxdWVzdCLbAgoVR2V0U2VydmVySW5mb1Jlc3BvbnNlEiwKCGJhY2tlbmRzGAEgAygLMhoudm9pY2VhZ2VudC52MS5CYWNrZW5kSW5mbxIvCg9kZWZhdWx0X2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSGgoSdGVsZXBob255X2VtdWxhdGVkGAMgASgIEhgKEGRlZmF1bHRfZ3JlZXRpbmcYBCABKAkSNwoUZGVmYXVsdF9tYXhfZHVyYXRpb24YBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLAoKYXVkaW9fbW9kZRgGIAEoDjIYLnZvaWNlYWdlbnQudjEuQXVkaW9Nb2RlEhYKDnNlcnZlcl92ZXJzaW9uGAcgASgJEi4KBmxpbWl0cxgIIAEoCzIeLnZvaWNlYWdlbnQudjEuUGxhY2VDYWxsTGltaXRzIucCCg9QbGFjZUNhbGxMaW1pdHMSFQoNbWluX3RvX2RpZ2l0cxgBIAEoDRIVCg1tYXhfdG9fZGlnaXRzGAIgASgNEh4KFm1heF9pbnN0cnVjdGlvbnNfYnl0ZXMYAyABKA0SFwoPbWF4X3ZvaWNlX2J5dGVzGAQgASgNEhoKEm1heF9ncmVldGluZ19ieXRlcxgFIAEoDRIcChRtYXhfbWV0YWRhdGFfZW50cmllcxgGIAEoDRIeChZtYXhfbWV0YWRhdGFfa2V5X2J5dGVzGAcgASgNEiAKGG1heF9tZXRhZGF0YV92YWx1ZV9ieXRlcxgIIAEoDRI4ChVzaG9ydGVzdF9tYXhfZHVyYXRpb24YCSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SNwoUbG9uZ2VzdF9tYXhfZHVyYXRpb24YCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24idQoLQmFja2VuZEluZm8SJwoHYmFja2VuZBgBIAEoDjIWLnZvaWNlYWdlbnQudjEuQmFja2VuZBIQCghlbXVsYXRlZBgCIAEoCBIVCg1kZWZhdWx0X3ZvaWNlGAMgASgJEhQKDGRpc3BsYXlfbmFtZRgEIAEoCSpUCgdCYWNrZW5kEhcKE0JBQ0tFTkRfVU5TUEVDSUZJRUQQABIWChJCQUNLRU5EX1ZPSUNFX0xJVkUQARIYChRCQUNLRU5EX0dQVF9SRUFMVElNRRACKl0KCUF1ZGlvTW9kZRIaChZBVURJT19NT0RFX1VOU1BFQ0lGSUVEEAASGAoUQVVESU9fTU9ERV9UUkFOU0NPREUQARIaChZBVURJT19NT0RFX1BBU1NUSFJPVUdIEAIqkAIKCkNhbGxTdGF0dXMSGwoXQ0FMTF9TVEFUVVNfVU5TUEVDSUZJRUQQABIWChJDQUxMX1NUQVRVU19RVUVVRUQQARIZChVDQUxMX1NUQVRVU19JTklUSUFURUQQAhIXChNDQUxMX1NUQVRVU19SSU5HSU5HEAMSGwoXQ0FMTF9TVEFUVVNfSU5fUFJPR1JFU1MQBBIZChVDQUxMX1NUQVRVU19DT01QTEVURUQQBRIUChBDQUxMX1NUQVRVU19CVVNZEAYSGQoVQ0FMTF9TVEFUVVNfTk9fQU5TV0VSEAcSGAoUQ0FMTF9TVEFUVVNfQ0FOQ0VMRUQQCBIWChJDQUxMX1NUQVRVU19GQUlMRUQQCSpJCgdTcGVha2VyEhcKE1NQRUFLRVJfVU5TUEVDSUZJRUQQABISCg5TUEVBS0VSX0NBTExFRRABEhEKDVNQRUFLRVJfQUdFTlQQAiqFAQoNVm9pY2VtYWlsTW9kZRIeChpWT0lDRU1BSUxfTU9ERV9VTlNQRUNJRklFRBAAEhYKElZPSUNFTUFJTF9NT0RFX09GRhABEhoKFlZPSUNFTUFJTF9NT0RFX0hBTkdfVVAQAhIgChxWT0lDRU1BSUxfTU9ERV9MRUFWRV9NRVNTQUdFEAMqlgEKC1Rvb2xPdXRjb21lEhwKGFRPT0xfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFVRPT0xfT1VUQ09NRV9BTlNXRVJFRBABEhoKFlRPT0xfT1VUQ09NRV9USU1FRF9PVVQQAhIXChNUT09MX09VVENPTUVfRkFJTEVEEAMSGQoVVE9PTF9PVVRDT01FX0NBTkNFTEVEEAQqeAoOTGlzdENhbGxzT3JkZXISIAocTElTVF9DQUxMU19PUkRFUl9VTlNQRUNJRklFRBAAEiEKHUxJU1RfQ0FMTFNfT1JERVJfTkVXRVNUX0ZJUlNUEAESIQodTElTVF9DQUxMU19PUkRFUl9PTERFU1RfRklSU1QQAiqnAQoOUmVjb3JkaW5nU3RhdGUSHwobUkVDT1JESU5HX1NUQVRFX1VOU1BFQ0lGSUVEEAASHQoZUkVDT1JESU5HX1NUQVRFX1JFQ09SRElORxABEhwKGFJFQ09SRElOR19TVEFURV9DT01QTEVURRACEhoKFlJFQ09SRElOR19TVEFURV9GQUlMRUQQAxIbChdSRUNPUkRJTkdfU1RBVEVfREVMRVRFRBAEMuMEChFWb2ljZUFnZW50U2VydmljZRJOCglQbGFjZUNhbGwSHy52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlc3BvbnNlElAKCVdhdGNoQ2FsbBIfLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuV2F0Y2hDYWxsUmVzcG9uc2UwARJRCgpIYW5nVXBDYWxsEiAudm9pY2VhZ2VudC52MS5IYW5nVXBDYWxsUmVxdWVzdBohLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlc3BvbnNlEkgKB0dldENhbGwSHS52b2ljZWFnZW50LnYxLkdldENhbGxSZXF1ZXN0Gh4udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVzcG9uc2USTgoJTGlzdENhbGxzEh8udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNSZXNwb25zZRJaCg1HZXRTZXJ2ZXJJbmZvEiMudm9pY2VhZ2VudC52MS5HZXRTZXJ2ZXJJbmZvUmVxdWVzdBokLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1Jlc3BvbnNlEmMKEFN1Ym1pdFRvb2xSZXN1bHQSJi52b2ljZWFnZW50LnYxLlN1Ym1pdFRvb2xSZXN1bHRSZXF1ZXN0Gicudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("Ch92b2ljZWFnZW50L3YxL3ZvaWNlX2FnZW50LnByb3RvEg12b2ljZWFnZW50LnYxIuQEChBQbGFjZUNhbGxSZXF1ZXN0EgoKAnRvGAEgASgJEicKB2JhY2tlbmQYAiABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSFAoMaW5zdHJ1Y3Rpb25zGAMgASgJEg0KBXZvaWNlGAQgASgJEhUKCGdyZWV0aW5nGAUgASgJSACIAQESPwoIbWV0YWRhdGEYBiADKAsyLS52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbFJlcXVlc3QuTWV0YWRhdGFFbnRyeRIvCgxtYXhfZHVyYXRpb24YByABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVxdWVzdF9pZBgIIAEoCRITCgZyZWNvcmQYDiABKAhIAYgBARIiCgV0b29scxgJIAMoCzITLnZvaWNlYWdlbnQudjEuVG9vbBIvCgx0b29sX3RpbWVvdXQYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SMQoJdm9pY2VtYWlsGAwgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSQQoJdmFyaWFibGVzGA0gAygLMi4udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0LlZhcmlhYmxlc0VudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ARowCg5WYXJpYWJsZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgsKCV9ncmVldGluZ0IJCgdfcmVjb3JkIk8KBFRvb2wSDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIXCg9wYXJhbWV0ZXJzX2pzb24YAyABKAkSCwoDdXJsGAQgASgJIk4KD1ZvaWNlbWFpbFBvbGljeRIqCgRtb2RlGAEgASgOMhwudm9pY2VhZ2VudC52MS5Wb2ljZW1haWxNb2RlEg8KB21lc3NhZ2UYAiABKAkiewoRUGxhY2VDYWxsUmVzcG9uc2USDwoHY2FsbF9pZBgBIAEoCRIYChBwcm92aWRlcl9jYWxsX2lkGAIgASgJEikKBnN0YXR1cxgDIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIQCghlbXVsYXRlZBgEIAEoCCI7ChBXYXRjaENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiPAoRV2F0Y2hDYWxsUmVzcG9uc2USJwoFZXZlbnQYASABKAsyGC52b2ljZWFnZW50LnYxLkNhbGxFdmVudCLDBAoJQ2FsbEV2ZW50EhAKCHNlcXVlbmNlGAEgASgEEigKBHRpbWUYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KBnN0YXR1cxgDIAEoCzIcLnZvaWNlYWdlbnQudjEuU3RhdHVzQ2hhbmdlZEgAEi8KCnRyYW5zY3JpcHQYBCABKAsyGS52b2ljZWFnZW50LnYxLlRyYW5zY3JpcHRIABIpCgVlcnJvchgFIAEoCzIYLnZvaWNlYWdlbnQudjEuQ2FsbEVycm9ySAASIwoEZHRtZhgGIAEoCzITLnZvaWNlYWdlbnQudjEuRHRtZkgAEioKBHR1cm4YByABKAsyGi52b2ljZWFnZW50LnYxLlR1cm5NZXRyaWNzSAASJwoGbm90aWNlGAggASgLMhUudm9pY2VhZ2VudC52MS5Ob3RpY2VIABItCglyZWNvcmRpbmcYDSABKAsyGC52b2ljZWFnZW50LnYxLlJlY29yZGluZ0gAEiwKCXRvb2xfY2FsbBgJIAEoCzIXLnZvaWNlYWdlbnQudjEuVG9vbENhbGxIABIwCgt0b29sX3Jlc3VsdBgKIAEoCzIZLnZvaWNlYWdlbnQudjEuVG9vbFJlc3VsdEgAEjAKC2Fuc3dlcmVkX2J5GAwgASgLMhkudm9pY2VhZ2VudC52MS5BbnN3ZXJlZEJ5SAASKwoIbWlncmF0ZWQYDiABKAsyFy52b2ljZWFnZW50LnYxLk1pZ3JhdGVkSABCBgoEa2luZCJECghNaWdyYXRlZBIUCgxmcm9tX3JlcGxpY2EYASABKAkSEgoKdG9fcmVwbGljYRgCIAEoCRIOCgZnYXBfbXMYAyABKA0iXwoIVG9vbENhbGwSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSFgoOYXJndW1lbnRzX2pzb24YAyABKAkSFwoPYW5zd2VyZWRfYnlfdXJsGAQgASgIIn4KClRvb2xSZXN1bHQSFAoMdG9vbF9jYWxsX2lkGAEgASgJEgwKBG5hbWUYAiABKAkSDgoGb3V0cHV0GAMgASgJEisKB291dGNvbWUYBCABKA4yGi52b2ljZWFnZW50LnYxLlRvb2xPdXRjb21lEg8KB3dhaXRfbXMYBSABKA0iUAoXU3VibWl0VG9vbFJlc3VsdFJlcXVlc3QSDwoHY2FsbF9pZBgBIAEoCRIUCgx0b29sX2NhbGxfaWQYAiABKAkSDgoGb3V0cHV0GAMgASgJIhoKGFN1Ym1pdFRvb2xSZXN1bHRSZXNwb25zZSJKCg1TdGF0dXNDaGFuZ2VkEikKBnN0YXR1cxgBIAEoDjIZLnZvaWNlYWdlbnQudjEuQ2FsbFN0YXR1cxIOCgZkZXRhaWwYAiABKAkiWAoKVHJhbnNjcmlwdBInCgdzcGVha2VyGAEgASgOMhYudm9pY2VhZ2VudC52MS5TcGVha2VyEgwKBHRleHQYAiABKAkSEwoLaW50ZXJydXB0ZWQYAyABKAgiKgoJQ2FsbEVycm9yEgwKBGNvZGUYASABKAkSDwoHbWVzc2FnZRgCIAEoCSIVCgREdG1mEg0KBWRpZ2l0GAEgASgJIlwKC1R1cm5NZXRyaWNzEhIKCnR1cm5faW5kZXgYASABKA0SGwoTZmlyc3RfYXVkaW9fc2VudF9tcxgCIAEoDRIcChRmaXJzdF9hdWRpb19oZWFyZF9tcxgDIAEoDSInCgZOb3RpY2USDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJIkcKCkFuc3dlcmVkQnkSEwoLYW5zd2VyZWRfYnkYASABKAkSFAoMZGV0ZWN0aW9uX21zGAIgASgNEg4KBmFjdGlvbhgDIAEoCSIkChFIYW5nVXBDYWxsUmVxdWVzdBIPCgdjYWxsX2lkGAEgASgJIjcKEkhhbmdVcENhbGxSZXNwb25zZRIhCgRjYWxsGAEgASgLMhMudm9pY2VhZ2VudC52MS5DYWxsIiEKDkdldENhbGxSZXF1ZXN0Eg8KB2NhbGxfaWQYASABKAkiNAoPR2V0Q2FsbFJlc3BvbnNlEiEKBGNhbGwYASABKAsyEy52b2ljZWFnZW50LnYxLkNhbGwihwIKEExpc3RDYWxsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgNEhIKCnBhZ2VfdG9rZW4YAiABKAkSKwoIc3RhdHVzZXMYAyADKA4yGS52b2ljZWFnZW50LnYxLkNhbGxTdGF0dXMSCgoCdG8YBCABKAkSMQoNY3JlYXRlZF9hZnRlchgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKBW9yZGVyGAcgASgOMh0udm9pY2VhZ2VudC52MS5MaXN0Q2FsbHNPcmRlciJQChFMaXN0Q2FsbHNSZXNwb25zZRIiCgVjYWxscxgBIAMoCzITLnZvaWNlYWdlbnQudjEuQ2FsbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkixgYKBENhbGwSDwoHY2FsbF9pZBgBIAEoCRIKCgJ0bxgCIAEoCRIMCgRmcm9tGAMgASgJEicKB2JhY2tlbmQYBCABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSKQoGc3RhdHVzGAUgASgOMhkudm9pY2VhZ2VudC52MS5DYWxsU3RhdHVzEhgKEHByb3ZpZGVyX2NhbGxfaWQYBiABKAkSMwoIbWV0YWRhdGEYByADKAsyIS52b2ljZWFnZW50LnYxLkNhbGwuTWV0YWRhdGFFbnRyeRIuCgpjcmVhdGVkX2F0GAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgthbnN3ZXJlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhAKCGVtdWxhdGVkGAsgASgIEhIKCmVuZF9yZWFzb24YDCABKAkSFAoMaW5zdHJ1Y3Rpb25zGA0gASgJEg0KBXZvaWNlGA4gASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYDyABKA0SEwoLYW5zd2VyZWRfYnkYECABKAkSGwoTcHJvdmlkZXJfZXJyb3JfY29kZRgRIAEoCRIbChN0dXJuX2xhdGVuY3lfcDUwX21zGBIgASgNEhsKE3R1cm5fbGF0ZW5jeV9wOTVfbXMYEyABKA0SEwoLZXZlbnRfY291bnQYFCABKAQSMQoJdm9pY2VtYWlsGBcgASgLMh4udm9pY2VhZ2VudC52MS5Wb2ljZW1haWxQb2xpY3kSIgoFdG9vbHMYFSADKAsyEy52b2ljZWFnZW50LnYxLlRvb2wSLwoMdG9vbF90aW1lb3V0GBYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDXJlY29yZGluZ191cmwYGSABKAkSKwoJcmVjb3JkaW5nGBogASgLMhgudm9pY2VhZ2VudC52MS5SZWNvcmRpbmcaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIl0KCVJlY29yZGluZxIsCgVzdGF0ZRgBIAEoDjIdLnZvaWNlYWdlbnQudjEuUmVjb3JkaW5nU3RhdGUSDQoFZXJyb3IYAiABKAkSEwoLZHVyYXRpb25fbXMYAyABKAQiFgoUR2V0U2VydmVySW5mb1JlcXVlc3Qi2wIKFUdldFNlcnZlckluZm9SZXNwb25zZRIsCghiYWNrZW5kcxgBIAMoCzIaLnZvaWNlYWdlbnQudjEuQmFja2VuZEluZm8SLwoPZGVmYXVsdF9iYWNrZW5kGAIgASgOMhYudm9pY2VhZ2VudC52MS5CYWNrZW5kEhoKEnRlbGVwaG9ueV9lbXVsYXRlZBgDIAEoCBIYChBkZWZhdWx0X2dyZWV0aW5nGAQgASgJEjcKFGRlZmF1bHRfbWF4X2R1cmF0aW9uGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEiwKCmF1ZGlvX21vZGUYBiABKA4yGC52b2ljZWFnZW50LnYxLkF1ZGlvTW9kZRIWCg5zZXJ2ZXJfdmVyc2lvbhgHIAEoCRIuCgZsaW1pdHMYCCABKAsyHi52b2ljZWFnZW50LnYxLlBsYWNlQ2FsbExpbWl0cyLnAgoPUGxhY2VDYWxsTGltaXRzEhUKDW1pbl90b19kaWdpdHMYASABKA0SFQoNbWF4X3RvX2RpZ2l0cxgCIAEoDRIeChZtYXhfaW5zdHJ1Y3Rpb25zX2J5dGVzGAMgASgNEhcKD21heF92b2ljZV9ieXRlcxgEIAEoDRIaChJtYXhfZ3JlZXRpbmdfYnl0ZXMYBSABKA0SHAoUbWF4X21ldGFkYXRhX2VudHJpZXMYBiABKA0SHgoWbWF4X21ldGFkYXRhX2tleV9ieXRlcxgHIAEoDRIgChhtYXhfbWV0YWRhdGFfdmFsdWVfYnl0ZXMYCCABKA0SOAoVc2hvcnRlc3RfbWF4X2R1cmF0aW9uGAkgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjcKFGxvbmdlc3RfbWF4X2R1cmF0aW9uGAogASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uInUKC0JhY2tlbmRJbmZvEicKB2JhY2tlbmQYASABKA4yFi52b2ljZWFnZW50LnYxLkJhY2tlbmQSEAoIZW11bGF0ZWQYAiABKAgSFQoNZGVmYXVsdF92b2ljZRgDIAEoCRIUCgxkaXNwbGF5X25hbWUYBCABKAkqVAoHQmFja2VuZBIXChNCQUNLRU5EX1VOU1BFQ0lGSUVEEAASFgoSQkFDS0VORF9WT0lDRV9MSVZFEAESGAoUQkFDS0VORF9HUFRfUkVBTFRJTUUQAipdCglBdWRpb01vZGUSGgoWQVVESU9fTU9ERV9VTlNQRUNJRklFRBAAEhgKFEFVRElPX01PREVfVFJBTlNDT0RFEAESGgoWQVVESU9fTU9ERV9QQVNTVEhST1VHSBACKpACCgpDYWxsU3RhdHVzEhsKF0NBTExfU1RBVFVTX1VOU1BFQ0lGSUVEEAASFgoSQ0FMTF9TVEFUVVNfUVVFVUVEEAESGQoVQ0FMTF9TVEFUVVNfSU5JVElBVEVEEAISFwoTQ0FMTF9TVEFUVVNfUklOR0lORxADEhsKF0NBTExfU1RBVFVTX0lOX1BST0dSRVNTEAQSGQoVQ0FMTF9TVEFUVVNfQ09NUExFVEVEEAUSFAoQQ0FMTF9TVEFUVVNfQlVTWRAGEhkKFUNBTExfU1RBVFVTX05PX0FOU1dFUhAHEhgKFENBTExfU1RBVFVTX0NBTkNFTEVEEAgSFgoSQ0FMTF9TVEFUVVNfRkFJTEVEEAkqSQoHU3BlYWtlchIXChNTUEVBS0VSX1VOU1BFQ0lGSUVEEAASEgoOU1BFQUtFUl9DQUxMRUUQARIRCg1TUEVBS0VSX0FHRU5UEAIqhQEKDVZvaWNlbWFpbE1vZGUSHgoaVk9JQ0VNQUlMX01PREVfVU5TUEVDSUZJRUQQABIWChJWT0lDRU1BSUxfTU9ERV9PRkYQARIaChZWT0lDRU1BSUxfTU9ERV9IQU5HX1VQEAISIAocVk9JQ0VNQUlMX01PREVfTEVBVkVfTUVTU0FHRRADKpYBCgtUb29sT3V0Y29tZRIcChhUT09MX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVUT09MX09VVENPTUVfQU5TV0VSRUQQARIaChZUT09MX09VVENPTUVfVElNRURfT1VUEAISFwoTVE9PTF9PVVRDT01FX0ZBSUxFRBADEhkKFVRPT0xfT1VUQ09NRV9DQU5DRUxFRBAEKngKDkxpc3RDYWxsc09yZGVyEiAKHExJU1RfQ0FMTFNfT1JERVJfVU5TUEVDSUZJRUQQABIhCh1MSVNUX0NBTExTX09SREVSX05FV0VTVF9GSVJTVBABEiEKHUxJU1RfQ0FMTFNfT1JERVJfT0xERVNUX0ZJUlNUEAIqpwEKDlJlY29yZGluZ1N0YXRlEh8KG1JFQ09SRElOR19TVEFURV9VTlNQRUNJRklFRBAAEh0KGVJFQ09SRElOR19TVEFURV9SRUNPUkRJTkcQARIcChhSRUNPUkRJTkdfU1RBVEVfQ09NUExFVEUQAhIaChZSRUNPUkRJTkdfU1RBVEVfRkFJTEVEEAMSGwoXUkVDT1JESU5HX1NUQVRFX0RFTEVURUQQBDLjBAoRVm9pY2VBZ2VudFNlcnZpY2USTgoJUGxhY2VDYWxsEh8udm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXF1ZXN0GiAudm9pY2VhZ2VudC52MS5QbGFjZUNhbGxSZXNwb25zZRJQCglXYXRjaENhbGwSHy52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlcXVlc3QaIC52b2ljZWFnZW50LnYxLldhdGNoQ2FsbFJlc3BvbnNlMAESUQoKSGFuZ1VwQ2FsbBIgLnZvaWNlYWdlbnQudjEuSGFuZ1VwQ2FsbFJlcXVlc3QaIS52b2ljZWFnZW50LnYxLkhhbmdVcENhbGxSZXNwb25zZRJICgdHZXRDYWxsEh0udm9pY2VhZ2VudC52MS5HZXRDYWxsUmVxdWVzdBoeLnZvaWNlYWdlbnQudjEuR2V0Q2FsbFJlc3BvbnNlEk4KCUxpc3RDYWxscxIfLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVxdWVzdBogLnZvaWNlYWdlbnQudjEuTGlzdENhbGxzUmVzcG9uc2USWgoNR2V0U2VydmVySW5mbxIjLnZvaWNlYWdlbnQudjEuR2V0U2VydmVySW5mb1JlcXVlc3QaJC52b2ljZWFnZW50LnYxLkdldFNlcnZlckluZm9SZXNwb25zZRJjChBTdWJtaXRUb29sUmVzdWx0EiYudm9pY2VhZ2VudC52MS5TdWJtaXRUb29sUmVzdWx0UmVxdWVzdBonLnZvaWNlYWdlbnQudjEuU3VibWl0VG9vbFJlc3VsdFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PlaceCallRequest describes the call to place.
@@ -436,6 +436,18 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
      */
     value: AnsweredBy;
     case: "answeredBy";
+  } | {
+    /**
+     * The call's media moved to a new bridge, on another replica or the
+     * same one: its media stream closed with the call live (the replica
+     * running it died, or handed it over while draining), the provider asked
+     * the `<Connect action>` URL, and a replica answered with a new stream.
+     * The conversation goes on where it was (no second greeting).
+     *
+     * @generated from field: voiceagent.v1.Migrated migrated = 14;
+     */
+    value: Migrated;
+    case: "migrated";
   } | { case: undefined; value?: undefined };
 };
 
@@ -445,6 +457,43 @@ export type CallEvent = Message<"voiceagent.v1.CallEvent"> & {
  */
 export const CallEventSchema: GenMessage<CallEvent> = /*@__PURE__*/
   messageDesc(file_voiceagent_v1_voice_agent, 6);
+
+/**
+ * Migrated is the call's media moving to a new bridge (see CallEvent.migrated).
+ *
+ * @generated from message voiceagent.v1.Migrated
+ */
+export type Migrated = Message<"voiceagent.v1.Migrated"> & {
+  /**
+   * The replica id that ran the bridge before (empty when unknown).
+   *
+   * @generated from field: string from_replica = 1;
+   */
+  fromReplica: string;
+
+  /**
+   * The replica id running the new bridge.
+   *
+   * @generated from field: string to_replica = 2;
+   */
+  toReplica: string;
+
+  /**
+   * From the provider asking for a new stream (the old one had closed) to
+   * the new bridge's start, milliseconds: the callee heard silence for about
+   * this long, plus the time the old stream took to close.
+   *
+   * @generated from field: uint32 gap_ms = 3;
+   */
+  gapMs: number;
+};
+
+/**
+ * Describes the message voiceagent.v1.Migrated.
+ * Use `create(MigratedSchema)` to create a new message.
+ */
+export const MigratedSchema: GenMessage<Migrated> = /*@__PURE__*/
+  messageDesc(file_voiceagent_v1_voice_agent, 7);
 
 /**
  * ToolCall is the agent calling one of the call's tools.
@@ -486,7 +535,7 @@ export type ToolCall = Message<"voiceagent.v1.ToolCall"> & {
  * Use `create(ToolCallSchema)` to create a new message.
  */
 export const ToolCallSchema: GenMessage<ToolCall> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 7);
+  messageDesc(file_voiceagent_v1_voice_agent, 8);
 
 /**
  * ToolResult is the output of one tool call, as given to the AI.
@@ -536,7 +585,7 @@ export type ToolResult = Message<"voiceagent.v1.ToolResult"> & {
  * Use `create(ToolResultSchema)` to create a new message.
  */
 export const ToolResultSchema: GenMessage<ToolResult> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 8);
+  messageDesc(file_voiceagent_v1_voice_agent, 9);
 
 /**
  * SubmitToolResultRequest answers one tool call.
@@ -571,7 +620,7 @@ export type SubmitToolResultRequest = Message<"voiceagent.v1.SubmitToolResultReq
  * Use `create(SubmitToolResultRequestSchema)` to create a new message.
  */
 export const SubmitToolResultRequestSchema: GenMessage<SubmitToolResultRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 9);
+  messageDesc(file_voiceagent_v1_voice_agent, 10);
 
 /**
  * SubmitToolResultResponse confirms the output reached the call.
@@ -586,7 +635,7 @@ export type SubmitToolResultResponse = Message<"voiceagent.v1.SubmitToolResultRe
  * Use `create(SubmitToolResultResponseSchema)` to create a new message.
  */
 export const SubmitToolResultResponseSchema: GenMessage<SubmitToolResultResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 10);
+  messageDesc(file_voiceagent_v1_voice_agent, 11);
 
 /**
  * StatusChanged reports a new status of the call.
@@ -614,7 +663,7 @@ export type StatusChanged = Message<"voiceagent.v1.StatusChanged"> & {
  * Use `create(StatusChangedSchema)` to create a new message.
  */
 export const StatusChangedSchema: GenMessage<StatusChanged> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 11);
+  messageDesc(file_voiceagent_v1_voice_agent, 12);
 
 /**
  * Transcript is one utterance, in conversation order.
@@ -650,7 +699,7 @@ export type Transcript = Message<"voiceagent.v1.Transcript"> & {
  * Use `create(TranscriptSchema)` to create a new message.
  */
 export const TranscriptSchema: GenMessage<Transcript> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 12);
+  messageDesc(file_voiceagent_v1_voice_agent, 13);
 
 /**
  * CallError reports a fault.
@@ -679,7 +728,7 @@ export type CallError = Message<"voiceagent.v1.CallError"> & {
  * Use `create(CallErrorSchema)` to create a new message.
  */
 export const CallErrorSchema: GenMessage<CallError> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 13);
+  messageDesc(file_voiceagent_v1_voice_agent, 14);
 
 /**
  * Dtmf reports a key the callee pressed.
@@ -700,7 +749,7 @@ export type Dtmf = Message<"voiceagent.v1.Dtmf"> & {
  * Use `create(DtmfSchema)` to create a new message.
  */
 export const DtmfSchema: GenMessage<Dtmf> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 14);
+  messageDesc(file_voiceagent_v1_voice_agent, 15);
 
 /**
  * TurnMetrics measures how fast the agent answered one callee turn.
@@ -737,7 +786,7 @@ export type TurnMetrics = Message<"voiceagent.v1.TurnMetrics"> & {
  * Use `create(TurnMetricsSchema)` to create a new message.
  */
 export const TurnMetricsSchema: GenMessage<TurnMetrics> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 15);
+  messageDesc(file_voiceagent_v1_voice_agent, 16);
 
 /**
  * Notice is informational.
@@ -765,7 +814,7 @@ export type Notice = Message<"voiceagent.v1.Notice"> & {
  * Use `create(NoticeSchema)` to create a new message.
  */
 export const NoticeSchema: GenMessage<Notice> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 16);
+  messageDesc(file_voiceagent_v1_voice_agent, 17);
 
 /**
  * AnsweredBy is the result of answering-machine detection.
@@ -805,7 +854,7 @@ export type AnsweredBy = Message<"voiceagent.v1.AnsweredBy"> & {
  * Use `create(AnsweredBySchema)` to create a new message.
  */
 export const AnsweredBySchema: GenMessage<AnsweredBy> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 17);
+  messageDesc(file_voiceagent_v1_voice_agent, 18);
 
 /**
  * HangUpCallRequest names the call to end.
@@ -826,7 +875,7 @@ export type HangUpCallRequest = Message<"voiceagent.v1.HangUpCallRequest"> & {
  * Use `create(HangUpCallRequestSchema)` to create a new message.
  */
 export const HangUpCallRequestSchema: GenMessage<HangUpCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 18);
+  messageDesc(file_voiceagent_v1_voice_agent, 19);
 
 /**
  * HangUpCallResponse returns the call after the hang-up was requested.
@@ -847,7 +896,7 @@ export type HangUpCallResponse = Message<"voiceagent.v1.HangUpCallResponse"> & {
  * Use `create(HangUpCallResponseSchema)` to create a new message.
  */
 export const HangUpCallResponseSchema: GenMessage<HangUpCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 19);
+  messageDesc(file_voiceagent_v1_voice_agent, 20);
 
 /**
  * GetCallRequest names the call to fetch.
@@ -868,7 +917,7 @@ export type GetCallRequest = Message<"voiceagent.v1.GetCallRequest"> & {
  * Use `create(GetCallRequestSchema)` to create a new message.
  */
 export const GetCallRequestSchema: GenMessage<GetCallRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 20);
+  messageDesc(file_voiceagent_v1_voice_agent, 21);
 
 /**
  * GetCallResponse carries one call record.
@@ -889,7 +938,7 @@ export type GetCallResponse = Message<"voiceagent.v1.GetCallResponse"> & {
  * Use `create(GetCallResponseSchema)` to create a new message.
  */
 export const GetCallResponseSchema: GenMessage<GetCallResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 21);
+  messageDesc(file_voiceagent_v1_voice_agent, 22);
 
 /**
  * ListCallsRequest asks for one page of call records. The filters combine
@@ -958,7 +1007,7 @@ export type ListCallsRequest = Message<"voiceagent.v1.ListCallsRequest"> & {
  * Use `create(ListCallsRequestSchema)` to create a new message.
  */
 export const ListCallsRequestSchema: GenMessage<ListCallsRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 22);
+  messageDesc(file_voiceagent_v1_voice_agent, 23);
 
 /**
  * ListCallsResponse is one page of call records, in the requested order.
@@ -986,7 +1035,7 @@ export type ListCallsResponse = Message<"voiceagent.v1.ListCallsResponse"> & {
  * Use `create(ListCallsResponseSchema)` to create a new message.
  */
 export const ListCallsResponseSchema: GenMessage<ListCallsResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 23);
+  messageDesc(file_voiceagent_v1_voice_agent, 24);
 
 /**
  * Call is the stored record of one call.
@@ -1180,7 +1229,7 @@ export type Call = Message<"voiceagent.v1.Call"> & {
  * Use `create(CallSchema)` to create a new message.
  */
 export const CallSchema: GenMessage<Call> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 24);
+  messageDesc(file_voiceagent_v1_voice_agent, 25);
 
 /**
  * Recording describes a call's recording: a stereo WAV, 8 kHz, 16-bit PCM,
@@ -1216,7 +1265,7 @@ export type Recording = Message<"voiceagent.v1.Recording"> & {
  * Use `create(RecordingSchema)` to create a new message.
  */
 export const RecordingSchema: GenMessage<Recording> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 25);
+  messageDesc(file_voiceagent_v1_voice_agent, 26);
 
 /**
  * GetServerInfoRequest asks for the server's description; it has no fields.
@@ -1231,7 +1280,7 @@ export type GetServerInfoRequest = Message<"voiceagent.v1.GetServerInfoRequest">
  * Use `create(GetServerInfoRequestSchema)` to create a new message.
  */
 export const GetServerInfoRequestSchema: GenMessage<GetServerInfoRequest> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 26);
+  messageDesc(file_voiceagent_v1_voice_agent, 27);
 
 /**
  * GetServerInfoResponse describes what the server offers a client.
@@ -1308,7 +1357,7 @@ export type GetServerInfoResponse = Message<"voiceagent.v1.GetServerInfoResponse
  * Use `create(GetServerInfoResponseSchema)` to create a new message.
  */
 export const GetServerInfoResponseSchema: GenMessage<GetServerInfoResponse> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 27);
+  messageDesc(file_voiceagent_v1_voice_agent, 28);
 
 /**
  * PlaceCallLimits are the bounds PlaceCall enforces; a request outside them
@@ -1393,7 +1442,7 @@ export type PlaceCallLimits = Message<"voiceagent.v1.PlaceCallLimits"> & {
  * Use `create(PlaceCallLimitsSchema)` to create a new message.
  */
 export const PlaceCallLimitsSchema: GenMessage<PlaceCallLimits> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 28);
+  messageDesc(file_voiceagent_v1_voice_agent, 29);
 
 /**
  * BackendInfo describes one backend a PlaceCall may ask for.
@@ -1438,7 +1487,7 @@ export type BackendInfo = Message<"voiceagent.v1.BackendInfo"> & {
  * Use `create(BackendInfoSchema)` to create a new message.
  */
 export const BackendInfoSchema: GenMessage<BackendInfo> = /*@__PURE__*/
-  messageDesc(file_voiceagent_v1_voice_agent, 29);
+  messageDesc(file_voiceagent_v1_voice_agent, 30);
 
 /**
  * Backend selects the realtime speech-to-speech AI that answers the call.
