@@ -261,13 +261,40 @@ where
 /// Events read per page when a resumed stream reads the conversation back.
 const HISTORY_PAGE: usize = 500;
 
-/// The bridge of a resumed stream starts: stores the `migrated` event (once,
-/// and only while the record still has this stream's generation), then
-/// reads the conversation so far back from the call's stored transcripts
-/// (the agent's lines as far as the callee heard them: what the old bridge
-/// published). A store failure leaves the history short, not the call.
+/// The bridge of a resumed stream starts: reads the conversation so far
+/// back from the call's stored transcripts (the agent's lines as far as the
+/// callee heard them: what the old bridge published), then stores the
+/// `migrated` event (once, and only while the record still has this
+/// stream's generation) with a cancelled result for every tool call the old
+/// bridge left pending (its answer could reach no session now). A store
+/// failure leaves the history short, not the call.
 async fn resume_from_store(hub: &CallHub, record: &CallRecord) -> Vec<(Speaker, String)> {
     let id = &record.call_id;
+    let mut history = Vec::new();
+    let mut pending: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let mut after = 0;
+    loop {
+        match hub.store().events_after(id, after, HISTORY_PAGE).await {
+            Ok(page) if !page.is_empty() => {
+                after = page.last().map(|e| e.sequence).unwrap_or(after);
+                for ev in page {
+                    match ev.kind {
+                        EventKind::Transcript { speaker, text, .. } if !text.trim().is_empty() => {
+                            history.push((speaker, text));
+                        }
+                        EventKind::ToolCall { tool_call_id, name, .. } => pending.push((tool_call_id, name, ev.time)),
+                        EventKind::ToolResult { tool_call_id, .. } => pending.retain(|(p, _, _)| *p != tool_call_id),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e, "the conversation so far could not be read back; resuming with what was read");
+                break;
+            }
+        }
+    }
     let generation = record.stream_generation;
     let to = hub.replica_id().to_string();
     let moved = hub
@@ -275,7 +302,22 @@ async fn resume_from_store(hub: &CallHub, record: &CallRecord) -> Vec<(Speaker, 
             if r.stream_generation != generation {
                 return vec![];
             }
-            lifecycle::migrated(r, &to, chrono::Utc::now())
+            let now = chrono::Utc::now();
+            let mut events = lifecycle::migrated(r, &to, now);
+            if !events.is_empty() {
+                events.extend(
+                    pending
+                        .into_iter()
+                        .map(|(tool_call_id, name, since)| EventKind::ToolResult {
+                            tool_call_id,
+                            name,
+                            output: String::new(),
+                            outcome: ToolOutcome::Canceled,
+                            wait_ms: (now - since).num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32,
+                        }),
+                );
+            }
+            events
         })
         .await;
     match moved {
@@ -287,24 +329,6 @@ async fn resume_from_store(hub: &CallHub, record: &CallRecord) -> Vec<(Speaker, 
             }
         }
         Err(e) => tracing::warn!(call_id = %id, error = %e, "the migrated event was not stored"),
-    }
-    let mut history = Vec::new();
-    let mut after = 0;
-    loop {
-        match hub.store().events_after(id, after, HISTORY_PAGE).await {
-            Ok(page) if !page.is_empty() => {
-                after = page.last().map(|e| e.sequence).unwrap_or(after);
-                history.extend(page.into_iter().filter_map(|ev| match ev.kind {
-                    EventKind::Transcript { speaker, text, .. } if !text.trim().is_empty() => Some((speaker, text)),
-                    _ => None,
-                }));
-            }
-            Ok(_) => break,
-            Err(e) => {
-                tracing::warn!(call_id = %id, error = %e, "the conversation so far could not be read back; resuming with what was read");
-                break;
-            }
-        }
     }
     history
 }
