@@ -492,6 +492,11 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
+    // A replica handing its calls over takes no new stream: refused, the
+    // provider asks the `<Connect action>` URL again and a survivor answers.
+    if state.handover.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this replica is draining\n").into_response();
+    }
     // One media stream per call (on any replica); a second connection is
     // refused before the upgrade and leaves the call as it is.
     match state.hub.claim_media(&id).await {

@@ -740,6 +740,43 @@ async fn a_killed_bridge_replica_hands_its_call_to_a_survivor_and_the_conversati
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_bridge_replica_hands_its_call_over_and_exits() {
+    // SIGTERM mid-conversation: the replica stops being ready, then closes
+    // the call's media stream at a clean point without ending the call; the
+    // provider asks the action URL, a survivor resumes the call, and the
+    // draining replica exits as soon as its bridges are done, long before
+    // DRAIN_TIMEOUT.
+    let mut cluster = Cluster::start(3, &[("DRAIN_TIMEOUT", "120")], &[]).await;
+    let mut r1 = cluster.replicas[0].client().await;
+    let placed = r1.place_call(place("+15550100")).await.unwrap().into_inner();
+    let mut stream = watch(&mut r1, &placed.call_id, 0).await;
+    watch_until(&mut stream, Duration::from_secs(60), voice_agent_tests::is_transcript).await;
+    drop(stream);
+    let drained = bridge_replica(&cluster, &placed.call_id, 0).await;
+    let watcher = (drained + 1) % cluster.replicas.len();
+    let status = cluster.replicas[drained].terminate(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}\n{}", cluster.replicas[drained].log());
+    let mut w = cluster.replicas[watcher].client().await;
+    let all = all_events(&mut w, &placed.call_id).await;
+    assert!(all.last().is_some_and(is_terminal), "{all:?}\n{}", cluster.logs());
+    assert_eq!(sequences(&all), (1..=all.len() as u64).collect::<Vec<_>>());
+    let at = all
+        .iter()
+        .position(|e| matches!(e.kind, Some(pb::call_event::Kind::Migrated(_))))
+        .unwrap_or_else(|| panic!("no migrated event: {all:?}\n{}", cluster.logs()));
+    assert!(
+        all[at..].iter().any(voice_agent_tests::is_transcript),
+        "the conversation went on after the move: {all:?}"
+    );
+    let stored = get_call(&mut w, &placed.call_id).await;
+    assert_eq!(stored.status(), pb::CallStatus::Completed, "{stored:?}");
+    assert_ne!(stored.end_reason, voice_agent_server::bridge::SHUTDOWN_REASON);
+    let resumed_on = bridge_replica(&cluster, &placed.call_id, 1).await;
+    assert_ne!(resumed_on, drained);
+    cluster.stop().await;
+}
+
 /// POSTs the connect action of `call_id` through the load balancer, signed
 /// with `token` (unsigned without one).
 async fn connect_action(cluster: &Cluster, call_id: &str, call_sid: &str, token: Option<&str>) -> reqwest::Response {
@@ -911,6 +948,15 @@ async fn a_rolling_restart_under_live_calls_loses_no_event() {
         *ends.entry(stored.end_reason).or_insert(0) += 1;
     }
     eprintln!("how the {calls} calls ended: {ends:#?}");
+    // Draining replicas hand their calls over (issue #17): none is ended by
+    // a shutdown, or lost with its stream.
+    for lost in [
+        voice_agent_server::bridge::SHUTDOWN_REASON,
+        voice_agent_server::call::lifecycle::STREAM_LOST_REASON,
+        voice_agent_server::call::lifecycle::TAKEOVER_HUNG_UP_REASON,
+    ] {
+        assert!(!ends.contains_key(lost), "{ends:#?}");
+    }
     // Events stored after the end: a bridge's last writes when its call was
     // ended elsewhere (a lease taken over under load); stored, not streamed.
     eprintln!("calls with events after their end: {}", late.len());

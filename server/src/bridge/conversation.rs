@@ -198,6 +198,10 @@ pub enum Outcome {
     AiFatal,
     /// The agent called `end_call` and its goodbye played.
     AgentHungUp,
+    /// This replica is draining and handed the call over: the stream closes
+    /// at a clean point with the call live, so the provider asks the
+    /// `<Connect action>` URL and another replica resumes it.
+    HandedOver,
     /// The call reached its maximum duration.
     TimeLimit,
     /// A machine (or a fax) answered: hung up, after the voicemail message
@@ -336,6 +340,8 @@ pub struct Conversation<'m> {
     hangup_requested: bool,
     /// The AI socket was re-opened once already.
     reconnected: bool,
+    /// The replica is draining: end with [`Outcome::HandedOver`] at the next clean point.
+    handover_requested: bool,
     /// Agent audio sent to Twilio is handed out for the recording too.
     record: bool,
     /// The loss a reconnect is under way for.
@@ -385,6 +391,7 @@ impl<'m> Conversation<'m> {
             turns: 0,
             hangup_requested: false,
             reconnected: false,
+            handover_requested: false,
             lost: None,
             record: false,
             tools: HashMap::new(),
@@ -642,6 +649,9 @@ impl<'m> Conversation<'m> {
     /// Callee audio (`media.payload`, base64 μ-law) that arrived at `received`.
     pub fn on_callee_audio(&mut self, payload: &str, received: Instant, out: &mut VecDeque<Action>) {
         self.metrics.frames_from_twilio.inc();
+        if self.handover_requested {
+            self.check_handover(out);
+        }
         if self.detection != Detection::Off {
             // Held from the AI while detection decides, and on a machine.
             self.check_hang_up(out);
@@ -658,6 +668,33 @@ impl<'m> Conversation<'m> {
     pub fn on_mark(&mut self, name: &str, now: Instant, out: &mut VecDeque<Action>) {
         self.ack_mark(name, now, out);
         self.check_hang_up(out);
+        self.check_handover(out);
+    }
+
+    /// The replica is draining (issue #17): the call is handed over at the
+    /// next clean point ([`Conversation::check_handover`]).
+    pub fn on_handover(&mut self, out: &mut VecDeque<Action>) {
+        self.handover_requested = true;
+        self.check_handover(out);
+    }
+
+    /// Ends with [`Outcome::HandedOver`] once handing over cuts nothing: no
+    /// agent response running, every agent audio sent heard (so the heard
+    /// transcript is the whole line), not ending already, not holding for
+    /// detection. Until then (DRAIN_TIMEOUT bounds it) the call goes on.
+    fn check_handover(&mut self, out: &mut VecDeque<Action>) {
+        if !self.handover_requested || self.hangup_requested || self.detection != Detection::Off {
+            return;
+        }
+        let unplayed = self
+            .items
+            .values()
+            .any(|i| !i.interrupted && (i.heard_bytes < i.sent_bytes || (!i.audio_done && !i.response_id.is_empty())));
+        if unplayed || self.active_response.is_some() || self.lost.is_some() {
+            return;
+        }
+        self.handover_requested = false;
+        out.push_back(Action::End(Outcome::HandedOver));
     }
 
     /// The callee pressed a key. Twilio sends one key per message, one of
@@ -675,6 +712,7 @@ impl<'m> Conversation<'m> {
     /// Any other Media Streams message (`connected`, a repeated `start`, an unknown event).
     pub fn on_other_message(&mut self, out: &mut VecDeque<Action>) {
         self.check_hang_up(out);
+        self.check_handover(out);
     }
 
     /// Twilio sent `stop`.
@@ -1020,6 +1058,7 @@ impl<'m> Conversation<'m> {
             }
             Outcome::Cancelled
             | Outcome::TwilioClosed
+            | Outcome::HandedOver
             | Outcome::TwilioStopped
             | Outcome::AgentHungUp
             | Outcome::Voicemail => {}
@@ -1480,6 +1519,38 @@ mod tests {
                 _ => "other",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_handover_waits_for_the_agent_line_to_be_heard() {
+        let mut h = Harness::new();
+        h.agent_item("r1", "a1");
+        h.audio(0, "r1", "a1", 800);
+        h.conv.on_handover(&mut h.out);
+        assert!(
+            !h.take().contains(&Action::End(Outcome::HandedOver)),
+            "not while the agent speaks"
+        );
+        let mut actions = h.ai(
+            50,
+            ServerEvent::AudioDone {
+                response_id: "r1".into(),
+                item_id: "a1".into(),
+            },
+        );
+        actions.extend(h.ai(50, done("r1")));
+        assert!(!actions.contains(&Action::End(Outcome::HandedOver)), "{actions:?}");
+        assert!(
+            h.mark(100, 1).contains(&Action::End(Outcome::HandedOver)),
+            "once what was sent is heard"
+        );
+        h.conv.wind_up(&Outcome::HandedOver, &mut h.out);
+        assert!(
+            !h.take()
+                .iter()
+                .any(|a| matches!(a, Action::EndReason(_) | Action::EndOnShutdown)),
+            "a handed-over call is not ended"
+        );
     }
 
     #[test]

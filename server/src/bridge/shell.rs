@@ -79,6 +79,8 @@ pub(crate) struct Env<'a, C> {
     pub metrics: &'a Metrics,
     /// Server-wide cancellation (tells a shutdown from a hang-up).
     pub shutdown: &'a CancellationToken,
+    /// Cancelled when this replica hands its calls over (see `AppState::handover`).
+    pub handover: &'a CancellationToken,
     /// Audio format between the bridge and the AI.
     pub audio_mode: AudioMode,
     /// Opens the AI's socket (at the start and for the one reconnect).
@@ -242,6 +244,7 @@ where
         detected_before: (record.voicemail.detected && !record.answered_by.is_empty() && resumed.is_none())
             .then(|| record.answered_by.clone()),
         resumed,
+        handover_asked: false,
         id: id.clone(),
         cancel,
         tw: Socket::new(socket),
@@ -634,6 +637,8 @@ struct Bridge<'a, T, C: AiConnect> {
     detected_before: Option<String>,
     /// The conversation so far, when the stream is a resumed one.
     resumed: Option<Vec<(Speaker, String)>>,
+    /// The conversation was told to hand the call over.
+    handover_asked: bool,
 }
 
 impl<T, E, C> Bridge<'_, T, C>
@@ -721,6 +726,10 @@ where
             }
             Some(answer) = self.tool_rx.recv() => {
                 self.conv.on_tool_answer(answer, now(), &mut self.actions);
+            }
+            () = self.env.handover.cancelled(), if !self.handover_asked => {
+                self.handover_asked = true;
+                self.conv.on_handover(&mut self.actions);
             }
             _ = cancelled => {
                 // The media token is a child of the server's: tell a

@@ -224,6 +224,7 @@ impl AiConnect for &Ai {
 struct World {
     hub: CallHub,
     shutdown: CancellationToken,
+    handover: CancellationToken,
     phone: Phone,
     metrics: Metrics,
     ai: Ai,
@@ -274,6 +275,7 @@ impl World {
         Self {
             hub,
             shutdown,
+            handover: CancellationToken::new(),
             phone: Phone::default(),
             metrics: Metrics::default(),
             ai: Ai::default(),
@@ -290,6 +292,7 @@ impl World {
             telephony: &self.phone,
             metrics: &self.metrics,
             shutdown: &self.shutdown,
+            handover: &self.handover,
             audio_mode: AudioMode::Passthrough,
             ai: &self.ai,
             recordings: None,
