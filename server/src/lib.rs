@@ -412,7 +412,7 @@ impl Server {
 
 /// How long a draining replica waits before handing its calls over: the
 /// load balancer's health checks must have seen it not ready (docs/haproxy.cfg:
-/// a check every 500 ms, down after three failures), or the provider's
+/// a check every 500 ms, out after two failures), or the provider's
 /// action request and the new stream could land here again.
 const HANDOVER_AFTER: Duration = Duration::from_secs(2);
 
