@@ -168,6 +168,17 @@ where
                 sanitize(&r.output)
             )
         }
+        Some(Kind::Migrated(m)) => format!(
+            "{} to another bridge after {} ms (replica {} -> {}); the call goes on",
+            label("moved", MAGENTA),
+            m.gap_ms,
+            if m.from_replica.is_empty() {
+                "?".to_string()
+            } else {
+                sanitize(&m.from_replica)
+            },
+            sanitize(&m.to_replica)
+        ),
         Some(Kind::AnsweredBy(a)) => format!(
             "{} {}: {}",
             label("answered", MAGENTA),
@@ -471,6 +482,19 @@ mod tests {
             text: text.into(),
             interrupted,
         }))
+    }
+
+    #[test]
+    fn a_migrated_line_says_where_the_call_moved() {
+        let e = event(Kind::Migrated(pb::Migrated {
+            from_replica: "r1".into(),
+            to_replica: "r2".into(),
+            gap_ms: 640,
+        }));
+        assert_eq!(
+            event_line(&e, &Utc, PLAIN),
+            "22:13:20  moved    to another bridge after 640 ms (replica r1 -> r2); the call goes on"
+        );
     }
 
     #[test]

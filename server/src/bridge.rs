@@ -77,6 +77,7 @@ pub async fn serve_media(state: Arc<AppState>, record: CallRecord, socket: WebSo
         telephony: &*state.telephony,
         metrics: &state.metrics,
         shutdown: &state.shutdown,
+        handover: &state.handover,
         audio_mode: state.config.audio_mode,
         ai: shell::Realtime {
             backends: &state.realtime,

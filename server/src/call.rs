@@ -289,6 +289,16 @@ pub enum EventKind {
     Recording(RecordingInfo),
     /// A transfer started, or its outcome ([`lifecycle::transfer`]).
     Transfer(TransferInfo),
+    /// The call's media moved to another bridge after its stream closed
+    /// with the call live (its replica died or handed it over).
+    Migrated {
+        /// The replica that ran the bridge before (empty when unknown).
+        from: String,
+        /// The replica running it now.
+        to: String,
+        /// From the provider asking for a new stream to the new bridge's start, ms.
+        gap_ms: u32,
+    },
 }
 
 /// A number the agent may hand the call over to (PlaceCall's `transfer_targets`).
@@ -422,6 +432,10 @@ impl EventKind {
                 cap(action, DETAIL);
             }
             Self::Turn { .. } => {}
+            Self::Migrated { from, to, .. } => {
+                cap(from, CODE);
+                cap(to, CODE);
+            }
             Self::ToolCall {
                 tool_call_id,
                 name,
@@ -583,6 +597,27 @@ pub struct CallRecord {
     /// The call's transfer, once one started (its latest state).
     #[serde(default)]
     pub transfer: Option<TransferInfo>,
+    /// How many times the call's media stream was resumed after its socket
+    /// closed with the call live (issue #17). Each resume bumps it and frees
+    /// the media claim in the same commit ([`crate::store::Store::update`]);
+    /// a bridge writes only while the record still has the generation it
+    /// started with, so a late bridge of an older stream cannot write over
+    /// the new one.
+    #[serde(default)]
+    pub stream_generation: u64,
+    /// A resumed stream that has not started yet: who ran the stream before
+    /// and when the provider asked for the new one.
+    #[serde(default)]
+    pub resuming: Option<Resuming>,
+}
+
+/// A media stream resumed after its socket closed (see [`CallRecord::resuming`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Resuming {
+    /// The replica that held the call's media claim (empty when none did).
+    pub from: String,
+    /// When the provider asked for the new stream (the old one had closed).
+    pub since: DateTime<Utc>,
 }
 
 #[cfg(test)]
@@ -624,6 +659,8 @@ impl CallRecord {
             webhooks: vec![],
             transfer_targets: vec![],
             transfer: None,
+            stream_generation: 0,
+            resuming: None,
         }
     }
 }

@@ -642,7 +642,8 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
-fn random_secret() -> String {
+/// A fresh per-stream secret (PlaceCall, and every resumed stream).
+pub(crate) fn random_secret() -> String {
     use rand::Rng;
     let bytes: [u8; 16] = rand::rng().random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -703,6 +704,8 @@ impl pb::voice_agent_service_server::VoiceAgentService for VoiceAgent {
                 .collect(),
             transfer_targets: call.transfer_targets.clone(),
             transfer: None,
+            stream_generation: 0,
+            resuming: None,
         };
         let id = record.call_id.clone();
         let on = |e| hub_status(e, Some(&id));
@@ -1193,6 +1196,11 @@ pub fn event_to_pb(ev: &CallEvent) -> pb::CallEvent {
             message: message.clone(),
         }),
         EventKind::Recording(info) => Kind::Recording(recording_to_pb(info)),
+        EventKind::Migrated { from, to, gap_ms } => Kind::Migrated(pb::Migrated {
+            from_replica: from.clone(),
+            to_replica: to.clone(),
+            gap_ms: *gap_ms,
+        }),
         EventKind::ToolCall {
             tool_call_id,
             name,

@@ -196,13 +196,20 @@ async fn twiml_webhook(
     if record.status.is_terminal() {
         return twiml_response(twiml::hangup());
     }
-    let base = signed_url(&state, &Uri::from_static("/"), true);
-    let stream_url = format!("{}ws/media/{}", base, id);
     // With answering-machine detection the stream starts at once and the
     // agent speaks the greeting itself once a person is known to be there
     // (call::lifecycle::amd): a <Say> here would play to machines too.
     let greeting = (!record.greeting.is_empty() && record.voicemail.mode == VoicemailMode::Off)
         .then_some(record.greeting.as_str());
+    twiml_response(stream_twiml(&state, &record, greeting))
+}
+
+/// The `<Connect><Stream>` of a call (its secret as a parameter), after
+/// `greeting` if any.
+fn stream_twiml(state: &AppState, record: &crate::call::CallRecord, greeting: Option<&str>) -> String {
+    let id = &record.call_id;
+    let base = signed_url(state, &Uri::from_static("/"), true);
+    let stream_url = format!("{}ws/media/{}", base, id);
     let params = [("call_id", id.as_str()), ("secret", record.stream_secret.as_str())];
     // With replicas, a stream that closes may have lost its bridge with a
     // killed replica: Twilio then asks the action URL, through the load
@@ -212,24 +219,22 @@ async fn twiml_webhook(
     if state.hub.store().shared() {
         let action = format!(
             "{}twilio/connect-action?call_id={}",
-            signed_url(&state, &Uri::from_static("/"), false),
+            signed_url(state, &Uri::from_static("/"), false),
             id
         );
-        twiml_response(twiml::connect_stream_with_action(
-            greeting,
-            &stream_url,
-            &params,
-            &action,
-        ))
+        twiml::connect_stream_with_action(greeting, &stream_url, &params, &action)
     } else {
-        twiml_response(twiml::connect_stream(greeting, &stream_url, &params))
+        twiml::connect_stream(greeting, &stream_url, &params)
     }
 }
 
 /// `POST /twilio/connect-action?call_id=…`: the call's media stream closed
 /// and the call goes on; Twilio asks what next (`<Connect action>`,
 /// protocols.md §4). Any replica answers: [`lifecycle::on_stream_ended`]
-/// decides from the stored call.
+/// decides from the stored call. A live call that nothing ended resumes: a
+/// new `<Connect><Stream>` with a fresh secret, whose commit frees the old
+/// stream's media claim at once (its replica died, or Twilio closed its
+/// socket), so the new stream is claimed on whichever replica it reaches.
 async fn connect_action_webhook(
     State(state): State<Arc<AppState>>,
     Query(q): Query<CallIdQuery>,
@@ -239,11 +244,12 @@ async fn connect_action_webhook(
         return bad_call_id();
     };
     let sid = params.into_iter().find(|(k, _)| k == "CallSid").map(|(_, v)| v);
+    let secret = crate::grpc::random_secret();
     let after = Arc::new(std::sync::Mutex::new(lifecycle::AfterStream::HangUp));
     let decided = after.clone();
     let result = state
         .hub
-        .update(&id, move |rec| {
+        .update_record(&id, move |rec| {
             if sid
                 .as_deref()
                 .is_some_and(|s| !rec.provider_call_id.is_empty() && s != rec.provider_call_id)
@@ -252,24 +258,38 @@ async fn connect_action_webhook(
                 return vec![];
             }
             let (next, events) = lifecycle::on_stream_ended(rec);
+            if next == lifecycle::AfterStream::Resume {
+                lifecycle::resume_stream(rec, secret, chrono::Utc::now());
+            }
             *decided.lock().unwrap_or_else(|p| p.into_inner()) = next;
             events
         })
         .await;
-    match result {
-        Ok(_) => {}
-        Err(HubError::NotFound) => return (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
-        // Hanging up is right whatever the store says: nothing serves the
-        // call's media now.
-        Err(e) => tracing::error!(call_id = %id, error = %e, "the end of a call whose stream closed was not stored"),
-    }
     let next = std::mem::replace(
         &mut *after.lock().unwrap_or_else(|p| p.into_inner()),
         lifecycle::AfterStream::HangUp,
     );
-    match next {
-        lifecycle::AfterStream::HangUp => twiml_response(twiml::hangup()),
-        lifecycle::AfterStream::Transfer(target) => twiml_response(dial_twiml(&state, &id, &target)),
+    match (result, next) {
+        (Ok((rec, _)), lifecycle::AfterStream::Resume) => {
+            tracing::info!(call_id = %id, from = %rec.resuming.as_ref().map(|r| r.from.as_str()).unwrap_or_default(), generation = rec.stream_generation, "the call's media stream closed with the call live; resuming it on a new stream");
+            twiml_response(stream_twiml(&state, &rec, None))
+        }
+        (Err(HubError::NotFound), _) => (StatusCode::NOT_FOUND, "unknown call\n").into_response(),
+        // A transfer under way was recorded before its redirect: the
+        // `<Dial>` goes on whatever this request could store.
+        (result, lifecycle::AfterStream::Transfer(target)) => {
+            if let Err(e) = result {
+                tracing::error!(call_id = %id, error = %e, "the closed stream of a call being transferred was not recorded");
+            }
+            twiml_response(dial_twiml(&state, &id, &target))
+        }
+        (Ok(_), _) => twiml_response(twiml::hangup()),
+        // Hanging up is right whatever the store says: nothing serves the
+        // call's media now, and nothing was stored to serve it.
+        (Err(e), _) => {
+            tracing::error!(call_id = %id, error = %e, "what follows the closed stream of a call was not stored; hanging up");
+            twiml_response(twiml::hangup())
+        }
     }
 }
 
@@ -546,6 +566,11 @@ async fn media_upgrade(
         Ok(_) => return (StatusCode::GONE, "the call has ended\n").into_response(),
         Err(_) => return not_found().await,
     };
+    // A replica handing its calls over takes no new stream: refused, the
+    // provider asks the `<Connect action>` URL again and a survivor answers.
+    if state.handover.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this replica is draining\n").into_response();
+    }
     // One media stream per call (on any replica); a second connection is
     // refused before the upgrade and leaves the call as it is.
     match state.hub.claim_media(&id).await {
@@ -559,6 +584,13 @@ async fn media_upgrade(
             return (StatusCode::SERVICE_UNAVAILABLE, "the call store is unavailable\n").into_response();
         }
     }
+    // Read again once claimed: a resumed stream's claim is freed by the
+    // commit that gave the call its new secret and generation, which the
+    // record read before may predate.
+    let record = match state.hub.get(&id).await {
+        Ok(r) => r,
+        Err(_) => record,
+    };
     // Tracked, so that a shutdown waits for the bridge to record how the call ended.
     let bridges = state.bridges.clone();
     ws.max_message_size(MAX_MEDIA_MESSAGE)

@@ -291,6 +291,7 @@ impl Server {
             from_number,
             realtime,
             shutdown,
+            handover: CancellationToken::new(),
             bridges: TaskTracker::new(),
             metrics,
             readiness: state::Readiness::new(),
@@ -432,6 +433,12 @@ impl Server {
     }
 }
 
+/// How long a draining replica waits before handing its calls over: the
+/// load balancer's health checks must have seen it not ready (docs/haproxy.cfg:
+/// a check every 500 ms, out after two failures), or the provider's
+/// action request and the new stream could land here again.
+const HANDOVER_AFTER: Duration = Duration::from_secs(2);
+
 /// The first step of a stop (SIGTERM), after readiness has stopped (so
 /// `/readyz`, gRPC health and PlaceCall refuse at once); the media bridges of this process
 /// run on until they end or `DRAIN_TIMEOUT` passes. Then the shutdown ends
@@ -444,12 +451,33 @@ async fn drain(state: &AppState) {
     tracing::info!(
         bridges = state.bridges.len(),
         ?timeout,
-        "draining: no new calls; live calls run on"
+        handover = state.hub.store().shared(),
+        "draining: no new calls; live calls run on, or are handed over to the other replicas"
     );
     // Closing only changes what `wait` waits for: a media stream that still
     // lands here (its call was answered before the load balancer noticed) is
     // tracked and waited for too.
     state.bridges.close();
+    if state.hub.store().shared() {
+        // Replicas: once the load balancer has seen this one not ready (so
+        // what the provider asks next goes to a survivor), every bridge
+        // closes its stream at a clean point, the provider asks the
+        // `<Connect action>` URL, and a survivor resumes the call.
+        let handover = async {
+            tokio::time::sleep(HANDOVER_AFTER).await;
+            tracing::info!(bridges = state.bridges.len(), "draining: handing the live calls over");
+            state.handover.cancel();
+            state.bridges.wait().await;
+        };
+        if tokio::time::timeout(timeout, handover).await.is_err() {
+            tracing::warn!(
+                bridges = state.bridges.len(),
+                "the drain timed out; ending the calls still live"
+            );
+        }
+        state.bridges.reopen();
+        return;
+    }
     if tokio::time::timeout(timeout, state.bridges.wait()).await.is_err() {
         tracing::warn!(
             bridges = state.bridges.len(),

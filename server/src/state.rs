@@ -37,6 +37,12 @@ pub struct AppState {
     pub realtime: RealtimeBackends,
     /// Server-wide cancellation (shutdown).
     pub shutdown: CancellationToken,
+    /// Cancelled when a draining replica hands its live calls over (shared
+    /// store only, issue #17): each bridge closes its media stream at a
+    /// clean point without ending the call, and new media streams are
+    /// refused, so the provider's `<Connect action>` brings each call to a
+    /// survivor.
+    pub handover: CancellationToken,
     /// The running media bridges: a shutdown waits for them to record how
     /// their calls ended before it ends the watchers and closes the store.
     pub bridges: TaskTracker,

@@ -372,7 +372,11 @@ impl Store {
 
     /// Changes a call in one transaction: locks its row, reads the record,
     /// lets `f` edit it and return the events that describe the change (their
-    /// sequences continuing the log), stores both, and returns them.
+    /// sequences continuing the log), stores both, and returns them. An edit
+    /// that bumps the record's `stream_generation` (a resumed media stream)
+    /// also frees the call's media claim, giving it a lease of
+    /// [`MEDIA_WAIT`] with no owner, and notes the replica that held the
+    /// claim in the record's `resuming`.
     pub async fn update<F>(&self, id: &CallId, f: F) -> Result<(CallRecord, Vec<CallEvent>), StoreError>
     where
         F: FnOnce(&mut CallRecord) -> Vec<CallEvent> + Send + 'static,
@@ -465,9 +469,9 @@ impl Store {
         dispatch!(self, s => s.unfinished_calls().await)
     }
 
-    /// Claims the one media stream of a live call for `lease.owner`: false
-    /// when the call has ended or a stream claimed it before (it is never
-    /// given back).
+    /// Claims the media stream of a live call for `lease.owner`: false
+    /// when the call has ended or a stream claimed it before. It is given
+    /// back only by a new stream generation ([`Store::update`]).
     pub async fn claim_media(&self, id: &CallId, lease: &Lease) -> Result<bool, StoreError> {
         dispatch!(self, s => s.claim_media(id, lease).await)
     }
@@ -586,6 +590,22 @@ pub(crate) fn parse_notice(payload: &str) -> Option<Notice> {
         _ => return None,
     };
     parts.next().is_none().then_some(notice)
+}
+
+/// After an update's edit: whether it began a new media stream generation
+/// (`before` was the generation read). If so, the replica that held the
+/// media claim (`owner`) is noted as where the call resumes from; the engine
+/// then frees the claim in the same transaction.
+pub(crate) fn note_resume(record: &mut CallRecord, before: u64, owner: Option<&str>) -> bool {
+    if record.stream_generation == before {
+        return false;
+    }
+    if let Some(resuming) = &mut record.resuming
+        && resuming.from.is_empty()
+    {
+        resuming.from = owner.unwrap_or_default().to_string();
+    }
+    true
 }
 
 /// A stored event time (RFC 3339 text in both engines).

@@ -97,6 +97,8 @@ fn record() -> CallRecord {
         webhooks: vec![],
         transfer_targets: vec![],
         transfer: None,
+        stream_generation: 0,
+        resuming: None,
     }
 }
 

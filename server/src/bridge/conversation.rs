@@ -211,6 +211,10 @@ pub enum Outcome {
     /// The call was handed to a person (by the agent's `transfer_call`):
     /// the provider dials them; the AI session closes.
     Transferred,
+    /// This replica is draining and handed the call over: the stream closes
+    /// at a clean point with the call live, so the provider asks the
+    /// `<Connect action>` URL and another replica resumes it.
+    HandedOver,
     /// The call reached its maximum duration.
     TimeLimit,
     /// A machine (or a fax) answered: hung up, after the voicemail message
@@ -349,6 +353,8 @@ pub struct Conversation<'m> {
     hangup_requested: bool,
     /// The AI socket was re-opened once already.
     reconnected: bool,
+    /// The replica is draining: end with [`Outcome::HandedOver`] at the next clean point.
+    handover_requested: bool,
     /// Agent audio sent to Twilio is handed out for the recording too.
     record: bool,
     /// The loss a reconnect is under way for.
@@ -405,6 +411,7 @@ impl<'m> Conversation<'m> {
             turns: 0,
             hangup_requested: false,
             reconnected: false,
+            handover_requested: false,
             lost: None,
             record: false,
             tools: HashMap::new(),
@@ -610,6 +617,35 @@ impl<'m> Conversation<'m> {
         }
     }
 
+    /// The AI socket of a resumed stream is open (the call's media moved
+    /// here from a bridge that is gone, issue #17): configure the session,
+    /// restore the conversation so far (`history`: the stored transcripts,
+    /// the agent's lines as far as they were heard), and set the time limit
+    /// (`max_duration` given to [`Conversation::new`] is what is left of
+    /// the call's). The greeting is not said again: the agent says nothing
+    /// unless the callee spoke last, when it owes an answer.
+    pub fn resume(&mut self, now: Instant, history: Vec<(Speaker, String)>, out: &mut VecDeque<Action>) {
+        out.push_back(Action::Ai(ToAi::SessionUpdate));
+        for (speaker, text) in &history {
+            let role = if *speaker == Speaker::Agent {
+                "assistant"
+            } else {
+                "user"
+            };
+            out.push_back(Action::Ai(ToAi::Restore {
+                role,
+                text: text.clone(),
+            }));
+        }
+        if history.last().is_some_and(|(s, _)| *s == Speaker::Callee) {
+            out.push_back(Action::Ai(ToAi::ResponseCreate));
+        }
+        self.history = history;
+        let limit = now + self.max_duration;
+        self.limit_at = Some(limit);
+        out.push_back(Action::SetTimer(limit));
+    }
+
     /// The timer set by [`Action::SetTimer`] fired.
     pub fn on_timer(&mut self, now: Instant, out: &mut VecDeque<Action>) {
         let limit = self.limit_at.unwrap_or(now);
@@ -692,6 +728,9 @@ impl<'m> Conversation<'m> {
     /// Callee audio (`media.payload`, base64 μ-law) that arrived at `received`.
     pub fn on_callee_audio(&mut self, payload: &str, received: Instant, out: &mut VecDeque<Action>) {
         self.metrics.frames_from_twilio.inc();
+        if self.handover_requested {
+            self.check_handover(out);
+        }
         if self.detection != Detection::Off {
             // Held from the AI while detection decides, and on a machine.
             self.check_hang_up(out);
@@ -708,6 +747,33 @@ impl<'m> Conversation<'m> {
     pub fn on_mark(&mut self, name: &str, now: Instant, out: &mut VecDeque<Action>) {
         self.ack_mark(name, now, out);
         self.check_hang_up(out);
+        self.check_handover(out);
+    }
+
+    /// The replica is draining (issue #17): the call is handed over at the
+    /// next clean point ([`Conversation::check_handover`]).
+    pub fn on_handover(&mut self, out: &mut VecDeque<Action>) {
+        self.handover_requested = true;
+        self.check_handover(out);
+    }
+
+    /// Ends with [`Outcome::HandedOver`] once handing over cuts nothing: no
+    /// agent response running, every agent audio sent heard (so the heard
+    /// transcript is the whole line), not ending already, not holding for
+    /// detection. Until then (DRAIN_TIMEOUT bounds it) the call goes on.
+    fn check_handover(&mut self, out: &mut VecDeque<Action>) {
+        if !self.handover_requested || self.hangup_requested || self.detection != Detection::Off {
+            return;
+        }
+        let unplayed = self
+            .items
+            .values()
+            .any(|i| !i.interrupted && (i.heard_bytes < i.sent_bytes || (!i.audio_done && !i.response_id.is_empty())));
+        if unplayed || self.active_response.is_some() || self.lost.is_some() {
+            return;
+        }
+        self.handover_requested = false;
+        out.push_back(Action::End(Outcome::HandedOver));
     }
 
     /// The callee pressed a key. Twilio sends one key per message, one of
@@ -725,6 +791,7 @@ impl<'m> Conversation<'m> {
     /// Any other Media Streams message (`connected`, a repeated `start`, an unknown event).
     pub fn on_other_message(&mut self, out: &mut VecDeque<Action>) {
         self.check_hang_up(out);
+        self.check_handover(out);
     }
 
     /// Twilio sent `stop`.
@@ -1072,6 +1139,7 @@ impl<'m> Conversation<'m> {
             }
             Outcome::Cancelled
             | Outcome::TwilioClosed
+            | Outcome::HandedOver
             | Outcome::TwilioStopped
             | Outcome::AgentHungUp
             | Outcome::Transferred
@@ -1540,6 +1608,76 @@ mod tests {
                 _ => "other",
             })
             .collect()
+    }
+
+    #[test]
+    fn a_handover_waits_for_the_agent_line_to_be_heard() {
+        let mut h = Harness::new();
+        h.agent_item("r1", "a1");
+        h.audio(0, "r1", "a1", 800);
+        h.conv.on_handover(&mut h.out);
+        assert!(
+            !h.take().contains(&Action::End(Outcome::HandedOver)),
+            "not while the agent speaks"
+        );
+        let mut actions = h.ai(
+            50,
+            ServerEvent::AudioDone {
+                response_id: "r1".into(),
+                item_id: "a1".into(),
+            },
+        );
+        actions.extend(h.ai(50, done("r1")));
+        assert!(!actions.contains(&Action::End(Outcome::HandedOver)), "{actions:?}");
+        assert!(
+            h.mark(100, 1).contains(&Action::End(Outcome::HandedOver)),
+            "once what was sent is heard"
+        );
+        h.conv.wind_up(&Outcome::HandedOver, &mut h.out);
+        assert!(
+            !h.take()
+                .iter()
+                .any(|a| matches!(a, Action::EndReason(_) | Action::EndOnShutdown)),
+            "a handed-over call is not ended"
+        );
+    }
+
+    #[test]
+    fn a_resumed_conversation_restores_the_history_without_a_second_greeting() {
+        let mut h = Harness::new();
+        let now = h.at(0);
+        let history = vec![
+            (Speaker::Agent, "Hello, this is the clinic.".to_string()),
+            (Speaker::Callee, "Hi.".to_string()),
+            (Speaker::Agent, "How can I".to_string()),
+        ];
+        h.conv.resume(now, history, &mut h.out);
+        assert_eq!(
+            h.take(),
+            vec![
+                Action::Ai(ToAi::SessionUpdate),
+                Action::Ai(ToAi::Restore {
+                    role: "assistant",
+                    text: "Hello, this is the clinic.".into()
+                }),
+                Action::Ai(ToAi::Restore {
+                    role: "user",
+                    text: "Hi.".into()
+                }),
+                Action::Ai(ToAi::Restore {
+                    role: "assistant",
+                    text: "How can I".into()
+                }),
+                Action::SetTimer(now + LIMIT)
+            ],
+            "the agent spoke last: it says nothing, and no greeting"
+        );
+        // The callee spoke last: the agent owes an answer.
+        let mut h = Harness::new();
+        h.conv
+            .resume(now, vec![(Speaker::Callee, "Are you there?".into())], &mut h.out);
+        let actions = h.take();
+        assert!(actions.contains(&Action::Ai(ToAi::ResponseCreate)), "{actions:?}");
     }
 
     #[test]

@@ -27,9 +27,9 @@ use crate::bridge::conversation::{Action, AiLoss, Conversation, Outcome, ToAi, T
 use crate::bridge::writer::CallWriter;
 use crate::bridge::{APOLOGY, RECONNECT_WITHIN, START_TIMEOUT, WRITE_STALL};
 use crate::call::hub::{CallHub, HubError};
-use crate::call::lifecycle::{amd, transfer};
+use crate::call::lifecycle::{self, amd, transfer};
 use crate::call::tools::{Answerer, Tool, ToolAnswer, ToolDesk, ToolOutcome};
-use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, VoicemailMode};
+use crate::call::{Backend, CallEvent, CallId, CallRecord, CallStatus, ErrorCode, EventKind, Speaker, VoicemailMode};
 use crate::config::AudioMode;
 use crate::metrics::{Counter, Histogram, Metrics, ProviderError};
 use crate::realtime::protocol::{self, AudioFormat, Dialect, SessionConfig};
@@ -79,6 +79,8 @@ pub(crate) struct Env<'a, C> {
     pub metrics: &'a Metrics,
     /// Server-wide cancellation (tells a shutdown from a hang-up).
     pub shutdown: &'a CancellationToken,
+    /// Cancelled when this replica hands its calls over (see `AppState::handover`).
+    pub handover: &'a CancellationToken,
     /// Audio format between the bridge and the AI.
     pub audio_mode: AudioMode,
     /// Opens the AI's socket (at the start and for the one reconnect).
@@ -113,7 +115,7 @@ where
     let Some(cancel) = env.hub.media_token(&id) else {
         return;
     };
-    let writer = CallWriter::spawn(env.hub.clone(), id.clone());
+    let writer = CallWriter::spawn(env.hub.clone(), id.clone(), record.stream_generation);
 
     let start = tokio::select! {
         s = wait_for_start(&mut socket, &record) => s,
@@ -149,6 +151,14 @@ where
         }
     };
 
+    tracing::info!(call_id = %id, generation = record.stream_generation, "media bridge started");
+    // A resumed stream (the call's media moved here, issue #17): watchers
+    // see the move, and the conversation so far is read back from the store.
+    let resumed = match record.resuming {
+        Some(_) => Some(resume_from_store(env.hub, &record).await),
+        None => None,
+    };
+
     let (ai, dialect) = match connect_ai(env, &id, "ai.connect").await {
         Ok(ok) => ok,
         Err(e) => {
@@ -168,7 +178,14 @@ where
         AudioMode::Transcode => AudioFormat::Pcm16_24k,
         AudioMode::Passthrough => AudioFormat::G711Ulaw,
     };
-    let max_duration = Duration::from_secs(record.max_duration_secs);
+    let mut max_duration = Duration::from_secs(record.max_duration_secs);
+    if resumed.is_some()
+        && let Some(answered) = record.answered_at
+    {
+        // What is left of the call's time: it started on the old stream.
+        let spent = (chrono::Utc::now() - answered).to_std().unwrap_or_default();
+        max_duration = max_duration.saturating_sub(spent).max(Duration::from_secs(1));
+    }
     let mut conv = Conversation::new(
         id.clone(),
         stream_sid.clone(),
@@ -182,8 +199,10 @@ where
     // Recorded from the moment the conversation starts: the callee's audio
     // read from now on (it waited in the socket while the AI connected) is
     // the recording's clock.
+    // A resumed stream records nothing more: the recording's file is the
+    // old replica's (see docs/deploy.md "Losing a replica").
     let recorder = match env.recordings {
-        Some(recordings) if record.record => {
+        Some(recordings) if record.record && resumed.is_none() => {
             conv.record_agent_audio();
             Some(recordings.start(env.hub.clone(), id.clone(), max_duration))
         }
@@ -193,7 +212,7 @@ where
     // says who answered: the result is one of the call's events, stored by
     // whichever replica got the provider's callback, so the bridge follows
     // the call's events from the record it started with.
-    let detection = if record.voicemail.mode != VoicemailMode::Off {
+    let detection = if record.voicemail.mode != VoicemailMode::Off && resumed.is_none() {
         conv.hold_for_detection(VoicemailPlan {
             mode: record.voicemail.mode,
             greeting: record.greeting.clone(),
@@ -234,8 +253,10 @@ where
         tool_timeout: crate::grpc::effective_tool_timeout(&record),
         tool_rx,
         detection,
-        detected_before: (record.voicemail.detected && !record.answered_by.is_empty())
+        detected_before: (record.voicemail.detected && !record.answered_by.is_empty() && resumed.is_none())
             .then(|| record.answered_by.clone()),
+        resumed,
+        handover_asked: false,
         id: id.clone(),
         cancel,
         tw: Socket::new(socket),
@@ -250,6 +271,81 @@ where
     };
     let outcome = bridge.run().await;
     tracing::info!(call_id = %id, ?outcome, "media bridge ended");
+}
+
+/// Events read per page when a resumed stream reads the conversation back.
+const HISTORY_PAGE: usize = 500;
+
+/// The bridge of a resumed stream starts: reads the conversation so far
+/// back from the call's stored transcripts (the agent's lines as far as the
+/// callee heard them: what the old bridge published), then stores the
+/// `migrated` event (once, and only while the record still has this
+/// stream's generation) with a cancelled result for every tool call the old
+/// bridge left pending (its answer could reach no session now). A store
+/// failure leaves the history short, not the call.
+async fn resume_from_store(hub: &CallHub, record: &CallRecord) -> Vec<(Speaker, String)> {
+    let id = &record.call_id;
+    let mut history = Vec::new();
+    let mut pending: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = Vec::new();
+    let mut after = 0;
+    loop {
+        match hub.store().events_after(id, after, HISTORY_PAGE).await {
+            Ok(page) if !page.is_empty() => {
+                after = page.last().map(|e| e.sequence).unwrap_or(after);
+                for ev in page {
+                    match ev.kind {
+                        EventKind::Transcript { speaker, text, .. } if !text.trim().is_empty() => {
+                            history.push((speaker, text));
+                        }
+                        EventKind::ToolCall { tool_call_id, name, .. } => pending.push((tool_call_id, name, ev.time)),
+                        EventKind::ToolResult { tool_call_id, .. } => pending.retain(|(p, _, _)| *p != tool_call_id),
+                        _ => {}
+                    }
+                }
+            }
+            Ok(_) => break,
+            Err(e) => {
+                tracing::warn!(call_id = %id, error = %e, "the conversation so far could not be read back; resuming with what was read");
+                break;
+            }
+        }
+    }
+    let generation = record.stream_generation;
+    let to = hub.replica_id().to_string();
+    let moved = hub
+        .update(id, move |r| {
+            if r.stream_generation != generation {
+                return vec![];
+            }
+            let now = chrono::Utc::now();
+            let mut events = lifecycle::migrated(r, &to, now);
+            if !events.is_empty() {
+                events.extend(
+                    pending
+                        .into_iter()
+                        .map(|(tool_call_id, name, since)| EventKind::ToolResult {
+                            tool_call_id,
+                            name,
+                            output: String::new(),
+                            outcome: ToolOutcome::Canceled,
+                            wait_ms: (now - since).num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32,
+                        }),
+                );
+            }
+            events
+        })
+        .await;
+    match moved {
+        Ok(events) => {
+            for ev in &events {
+                if let EventKind::Migrated { from, gap_ms, .. } = &ev.kind {
+                    tracing::info!(call_id = %id, from = %from, gap_ms, "the call's media moved to this replica");
+                }
+            }
+        }
+        Err(e) => tracing::warn!(call_id = %id, error = %e, "the migrated event was not stored"),
+    }
+    history
 }
 
 /// Opens the AI's socket in a span named `name` (`ai.connect`, or
@@ -551,6 +647,10 @@ struct Bridge<'a, T, C: AiConnect> {
     detection: Option<mpsc::Receiver<Result<CallEvent, HubError>>>,
     /// A detection result stored before the bridge started.
     detected_before: Option<String>,
+    /// The conversation so far, when the stream is a resumed one.
+    resumed: Option<Vec<(Speaker, String)>>,
+    /// The conversation was told to hand the call over.
+    handover_asked: bool,
 }
 
 impl<T, E, C> Bridge<'_, T, C>
@@ -560,7 +660,10 @@ where
     C: AiConnect,
 {
     async fn run(mut self) -> Outcome {
-        self.conv.start(now(), &mut self.actions);
+        match self.resumed.take() {
+            Some(history) => self.conv.resume(now(), history, &mut self.actions),
+            None => self.conv.start(now(), &mut self.actions),
+        }
         if let Some(answered_by) = self.detected_before.take() {
             self.conv.on_answered_by(&answered_by, &mut self.actions);
         }
@@ -635,6 +738,10 @@ where
             }
             Some(answer) = self.tool_rx.recv() => {
                 self.conv.on_tool_answer(answer, now(), &mut self.actions);
+            }
+            () = self.env.handover.cancelled(), if !self.handover_asked => {
+                self.handover_asked = true;
+                self.conv.on_handover(&mut self.actions);
             }
             _ = cancelled => {
                 // The media token is a child of the server's: tell a

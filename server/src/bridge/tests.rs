@@ -247,6 +247,7 @@ impl AiConnect for &Ai {
 struct World {
     hub: CallHub,
     shutdown: CancellationToken,
+    handover: CancellationToken,
     phone: Phone,
     metrics: Metrics,
     ai: Ai,
@@ -293,11 +294,14 @@ impl World {
             webhooks: vec![],
             transfer_targets: vec![],
             transfer: None,
+            stream_generation: 0,
+            resuming: None,
         };
         hub.create(record.clone()).await.unwrap();
         Self {
             hub,
             shutdown,
+            handover: CancellationToken::new(),
             phone: Phone::default(),
             metrics: Metrics::default(),
             ai: Ai::default(),
@@ -314,6 +318,7 @@ impl World {
             telephony: &self.phone,
             metrics: &self.metrics,
             shutdown: &self.shutdown,
+            handover: &self.handover,
             audio_mode: AudioMode::Passthrough,
             ai: &self.ai,
             recordings: None,

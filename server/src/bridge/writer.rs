@@ -5,6 +5,12 @@
 //! it waits ([`CallWriter::settle`]) only before something outside sees the
 //! call end (a provider request, closing the media stream), so that the end
 //! reason is stored before the provider's status callback can bring another.
+//!
+//! Every write is fenced by the call's stream generation: it applies only
+//! while the record still has the generation the bridge started with. Once
+//! the call's stream was resumed (a new bridge, maybe on another replica),
+//! what a late bridge of the old stream still had queued is dropped, so it
+//! cannot write over the new one (nor end the call it no longer serves).
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -12,7 +18,7 @@ use tokio::task::JoinHandle;
 use crate::bridge::SHUTDOWN_REASON;
 use crate::call::hub::{CallHub, retry_transient};
 use crate::call::lifecycle::{self, Ending};
-use crate::call::{CallId, EventKind};
+use crate::call::{CallId, CallRecord, EventKind};
 
 /// A write of the call's media side.
 enum Write {
@@ -42,10 +48,10 @@ pub struct CallWriter {
 }
 
 impl CallWriter {
-    /// Starts the writer of call `id`.
-    pub fn spawn(hub: CallHub, id: CallId) -> Self {
+    /// Starts the writer of call `id` for the bridge of stream `generation`.
+    pub fn spawn(hub: CallHub, id: CallId, generation: u64) -> Self {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let task = tokio::spawn(apply(hub, id, rx));
+        let task = tokio::spawn(apply(hub, id, generation, rx));
         Self { tx, task }
     }
 
@@ -105,7 +111,23 @@ impl CallWriter {
 /// store catches up instead of falling further behind.
 const BATCH: usize = 64;
 
-async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
+/// `f`, applied only while the record has stream generation `generation`.
+fn fenced(
+    id: &CallId,
+    generation: u64,
+    f: impl FnOnce(&mut CallRecord) -> Vec<EventKind> + Send + 'static,
+) -> impl FnOnce(&mut CallRecord) -> Vec<EventKind> + Send + 'static {
+    let id = id.clone();
+    move |r| {
+        if r.stream_generation != generation {
+            tracing::warn!(call_id = %id, generation, current = r.stream_generation, "dropped a write of a media bridge whose stream was resumed by a newer one");
+            return vec![];
+        }
+        f(r)
+    }
+}
+
+async fn apply(hub: CallHub, id: CallId, generation: u64, mut rx: mpsc::Receiver<Write>) {
     let mut next = None;
     loop {
         let Some(write) = next.take() else {
@@ -130,10 +152,10 @@ async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
                         Err(_) => break,
                     }
                 }
-                store_events(&hub, &id, kinds).await;
+                store_events(&hub, &id, generation, kinds).await;
             }
-            Write::EndReason(reason) => note_end_reason(&hub, &id, &reason).await,
-            Write::EndOnShutdown => end_on_shutdown(&hub, &id).await,
+            Write::EndReason(reason) => note_end_reason(&hub, &id, generation, &reason).await,
+            Write::EndOnShutdown => end_on_shutdown(&hub, &id, generation).await,
             Write::Settled(done) => {
                 let _ = done.send(());
             }
@@ -143,11 +165,11 @@ async fn apply(hub: CallHub, id: CallId, mut rx: mpsc::Receiver<Write>) {
 
 /// Stores events in order, retrying while the store is briefly unavailable
 /// (the queue before this task makes the bridge wait meanwhile).
-async fn store_events(hub: &CallHub, id: &CallId, kinds: Vec<EventKind>) {
+async fn store_events(hub: &CallHub, id: &CallId, generation: u64, kinds: Vec<EventKind>) {
     let count = kinds.len();
     let result = retry_transient("storing a call's events", || {
         let kinds = kinds.clone();
-        async move { hub.update(id, move |_| kinds).await }
+        async move { hub.update(id, fenced(id, generation, move |_| kinds)).await }
     })
     .await;
     if let Err(e) = result {
@@ -156,13 +178,16 @@ async fn store_events(hub: &CallHub, id: &CallId, kinds: Vec<EventKind>) {
 }
 
 /// Records why the call is about to end ([`lifecycle::note_end_reason`]: the first reason wins).
-async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
+async fn note_end_reason(hub: &CallHub, id: &CallId, generation: u64, reason: &str) {
     let result = retry_transient("storing a call's end reason", || {
         let reason = reason.to_string();
-        hub.update(id, move |r| {
-            lifecycle::note_end_reason(r, &reason);
-            vec![]
-        })
+        hub.update(
+            id,
+            fenced(id, generation, move |r| {
+                lifecycle::note_end_reason(r, &reason);
+                vec![]
+            }),
+        )
     })
     .await;
     if let Err(e) = result {
@@ -175,11 +200,14 @@ async fn note_end_reason(hub: &CallHub, id: &CallId, reason: &str) {
 /// longer reach a server that has stopped accepting connections. What hangs
 /// up is closing the media stream, which the bridge does next: nothing
 /// follows `<Connect>` in the call's TwiML (protocols.md §4).
-async fn end_on_shutdown(hub: &CallHub, id: &CallId) {
+async fn end_on_shutdown(hub: &CallHub, id: &CallId, generation: u64) {
     let result = retry_transient("storing a call's end at shutdown", || {
-        hub.update(id, |r| {
-            lifecycle::end_with_recorded_reason(r, Ending::Completed, SHUTDOWN_REASON)
-        })
+        hub.update(
+            id,
+            fenced(id, generation, |r| {
+                lifecycle::end_with_recorded_reason(r, Ending::Completed, SHUTDOWN_REASON)
+            }),
+        )
     })
     .await;
     if let Err(e) = result {

@@ -641,6 +641,15 @@ impl CallHub {
         id: &CallId,
         f: impl FnOnce(&mut CallRecord) -> Vec<EventKind> + Send + 'static,
     ) -> Result<Vec<CallEvent>, HubError> {
+        Ok(self.update_record(id, f).await?.1)
+    }
+
+    /// Like [`CallHub::update`], returning the record as committed too.
+    pub async fn update_record(
+        &self,
+        id: &CallId,
+        f: impl FnOnce(&mut CallRecord) -> Vec<EventKind> + Send + 'static,
+    ) -> Result<(CallRecord, Vec<CallEvent>), HubError> {
         let (record, events) = self
             .store
             .update(id, move |record| stamp(record, f))
@@ -670,7 +679,7 @@ impl CallHub {
         if ended {
             self.end_local(id);
         }
-        Ok(events)
+        Ok((record, events))
     }
 
     /// Appends one event.

@@ -47,10 +47,11 @@ pub const PLACING_LOST_REASON: &str =
 
 /// The end reason of a live call whose media stream closed while nothing
 /// had recorded why (no hang-up, `end_call`, time limit, AI failure or
-/// shutdown: each records its reason before it closes the stream): the
-/// replica that ran its bridge vanished (killed, or its connection cut), and
+/// shutdown: each records its reason before it closes the stream) after it
+/// was resumed [`MAX_RESUMES`] times already: the replicas that ran its
+/// bridges vanished (killed, or their connection cut) again and again, and
 /// the provider asked the `<Connect action>` URL what to do next.
-pub const STREAM_LOST_REASON: &str = "the media stream closed with nothing ending the call (its replica stopped or was cut off); another replica hung the call up";
+pub const STREAM_LOST_REASON: &str = "the media stream kept closing with nothing ending the call (its replicas stopped or were cut off); another replica hung the call up";
 
 /// The call's recording changed (started, ended, stopped early, deleted).
 /// While the call is live this is an event (the record follows it); once the
@@ -419,7 +420,7 @@ pub fn end(rec: &mut CallRecord, ending: Ending, reason: &str) -> Vec<EventKind>
 #[derive(Debug, PartialEq, Eq)]
 pub enum AfterStream {
     /// Hang up: the call ended, is ending on purpose (its reason is
-    /// recorded), or its stream was lost (see [`STREAM_LOST_REASON`]).
+    /// recorded), or its stream was lost too often (see [`STREAM_LOST_REASON`]).
     HangUp,
     /// The call is being transferred to this number ([`transfer`]): go on
     /// with the `<Dial>`. UNVERIFIED whether Twilio requests the `<Connect
@@ -428,12 +429,22 @@ pub enum AfterStream {
     /// request it). Either way the transfer goes on and the call is not
     /// ended FAILED.
     Transfer(String),
+    /// A new `<Connect><Stream>` for the same call: its stream closed with
+    /// nothing ending the call (its replica died or handed it over), so a
+    /// new bridge on any replica carries the conversation on. The caller
+    /// applies [`resume_stream`].
+    Resume,
 }
+
+/// How many times one call's stream may be resumed: a stream that keeps
+/// closing (every replica failing it) ends the call rather than looping.
+pub const MAX_RESUMES: u64 = 20;
 
 /// The provider reports that the media stream of a call closed and asks what
 /// to do next. A call ended on purpose recorded its reason before its bridge
-/// closed the stream (the bridge settles its writes first), so a live call
-/// with no reason lost its bridge: it ends FAILED.
+/// closed the stream (the bridge settles its writes first), so it hangs up;
+/// a live call with no reason lost its bridge: it resumes on a new stream
+/// (up to [`MAX_RESUMES`] times, then it ends FAILED).
 pub fn on_stream_ended(rec: &mut CallRecord) -> (AfterStream, Vec<EventKind>) {
     if !rec.status.is_terminal()
         && let Some(t) = rec.transfer.as_ref().filter(|_| transfer::in_flight(rec))
@@ -443,7 +454,38 @@ pub fn on_stream_ended(rec: &mut CallRecord) -> (AfterStream, Vec<EventKind>) {
     if rec.status.is_terminal() || !rec.end_reason.is_empty() {
         return (AfterStream::HangUp, Vec::new());
     }
-    (AfterStream::HangUp, end(rec, Ending::Failed, STREAM_LOST_REASON))
+    if rec.stream_generation >= MAX_RESUMES {
+        return (AfterStream::HangUp, end(rec, Ending::Failed, STREAM_LOST_REASON));
+    }
+    (AfterStream::Resume, Vec::new())
+}
+
+/// The call gets a new media stream ([`AfterStream::Resume`]): a fresh
+/// per-stream `secret` (the old stream's is void), the next stream
+/// generation (storing it frees the old stream's media claim, see
+/// [`crate::store::Store::update`]), and a note of when, for the new
+/// bridge's [`migrated`] event.
+pub fn resume_stream(rec: &mut CallRecord, secret: String, now: chrono::DateTime<chrono::Utc>) {
+    rec.stream_secret = secret;
+    rec.stream_generation += 1;
+    rec.resuming = Some(crate::call::Resuming {
+        from: String::new(),
+        since: now,
+    });
+}
+
+/// The new bridge of a resumed stream started on replica `to` at `now`:
+/// watchers see one call that moved, with the gap.
+pub fn migrated(rec: &mut CallRecord, to: &str, now: chrono::DateTime<chrono::Utc>) -> Vec<EventKind> {
+    let Some(resuming) = rec.resuming.take() else {
+        return Vec::new();
+    };
+    let gap_ms = (now - resuming.since).num_milliseconds().clamp(0, i64::from(u32::MAX)) as u32;
+    vec![EventKind::Migrated {
+        from: resuming.from,
+        to: to.to_string(),
+        gap_ms,
+    }]
 }
 
 /// Like [`end`], but the event says the recorded end reason (`fallback` when
@@ -1043,13 +1085,13 @@ mod tests {
     }
 
     #[test]
-    fn a_stream_that_ends_with_nothing_ending_the_call_fails_it_and_others_hang_up_quietly() {
+    fn a_stream_that_ends_with_nothing_ending_the_call_resumes_and_others_hang_up_quietly() {
         let mut lost = record(CallStatus::InProgress);
         let (after, events) = on_stream_ended(&mut lost);
-        assert_eq!(after, AfterStream::HangUp);
-        apply(&mut lost, &events);
-        assert_eq!(lost.status, CallStatus::Failed);
-        assert_eq!(lost.end_reason, STREAM_LOST_REASON);
+        assert_eq!(after, AfterStream::Resume);
+        assert!(events.is_empty());
+        assert_eq!(lost.status, CallStatus::InProgress);
+        assert!(lost.end_reason.is_empty());
 
         let mut ending = record(CallStatus::InProgress);
         assert!(note_end_reason(&mut ending, AGENT_ENDED_REASON));
@@ -1058,5 +1100,39 @@ mod tests {
 
         let mut ended = record(CallStatus::Completed);
         assert_eq!(on_stream_ended(&mut ended), (AfterStream::HangUp, vec![]));
+
+        // A stream that keeps closing ends the call.
+        let mut looping = CallRecord {
+            stream_generation: MAX_RESUMES,
+            ..record(CallStatus::InProgress)
+        };
+        let (after, events) = on_stream_ended(&mut looping);
+        assert_eq!(after, AfterStream::HangUp);
+        apply(&mut looping, &events);
+        assert_eq!(looping.status, CallStatus::Failed);
+        assert_eq!(looping.end_reason, STREAM_LOST_REASON);
+    }
+
+    #[test]
+    fn a_resumed_stream_has_a_fresh_secret_the_next_generation_and_one_migrated_event() {
+        let mut rec = record(CallStatus::InProgress);
+        let old_secret = rec.stream_secret.clone();
+        let t0 = chrono::Utc::now();
+        resume_stream(&mut rec, "fresh".into(), t0);
+        assert_ne!(rec.stream_secret, old_secret);
+        assert_eq!(rec.stream_secret, "fresh");
+        assert_eq!(rec.stream_generation, 1);
+        rec.resuming.as_mut().unwrap().from = "r1".into();
+        let events = migrated(&mut rec, "r2", t0 + chrono::Duration::milliseconds(420));
+        assert_eq!(
+            events,
+            vec![EventKind::Migrated {
+                from: "r1".into(),
+                to: "r2".into(),
+                gap_ms: 420
+            }]
+        );
+        assert!(rec.resuming.is_none());
+        assert!(migrated(&mut rec, "r2", t0).is_empty(), "once per resume");
     }
 }

@@ -321,13 +321,15 @@ impl PgStore {
         let tx = client.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT record FROM calls WHERE call_id = $1 FOR UPDATE",
+                "SELECT record, media_owner FROM calls WHERE call_id = $1 FOR UPDATE",
                 &[&id.as_str()],
             )
             .await?
             .ok_or(StoreError::NotFound)?;
         let mut record: CallRecord = serde_json::from_str(row.get::<_, &str>(0))?;
+        let generation = record.stream_generation;
         let events = f(&mut record);
+        let resumed = super::note_resume(&mut record, generation, row.get::<_, Option<&str>>(1));
         if !events.is_empty() {
             let mut sequences = Vec::with_capacity(events.len());
             let mut times = Vec::with_capacity(events.len());
@@ -390,6 +392,17 @@ impl PgStore {
             ],
         )
         .await?;
+        if resumed {
+            // The old stream's claim is freed in the same commit as the new
+            // generation: the new stream may claim the call on any replica
+            // (the lease of MEDIA_WAIT ends the call if it never comes).
+            tx.execute(
+                "UPDATE calls SET media_owner = NULL, lease_until = now() + $2::FLOAT8 * interval '1 millisecond'
+                 WHERE call_id = $1",
+                &[&id.as_str(), &(super::MEDIA_WAIT.as_secs_f64() * 1000.0)],
+            )
+            .await?;
+        }
         if let Some(last) = events.last() {
             let notice = Notice::Committed {
                 call_id: id.clone(),

@@ -204,13 +204,18 @@ impl SqliteStore {
         self.with(move |c| {
             // IMMEDIATE: the write lock before the read, so nothing changes in between.
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let json: Option<String> = tx
-                .query_row("SELECT record FROM calls WHERE call_id = ?1", [id.as_str()], |r| {
-                    r.get(0)
-                })
+            let row: Option<(String, Option<String>)> = tx
+                .query_row(
+                    "SELECT record, media_owner FROM calls WHERE call_id = ?1",
+                    [id.as_str()],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
-            let mut record: CallRecord = serde_json::from_str(&json.ok_or(StoreError::NotFound)?)?;
+            let (json, owner) = row.ok_or(StoreError::NotFound)?;
+            let mut record: CallRecord = serde_json::from_str(&json)?;
+            let generation = record.stream_generation;
             let events = f(&mut record);
+            let resumed = super::note_resume(&mut record, generation, owner.as_deref());
             {
                 let mut insert =
                     tx.prepare_cached("INSERT INTO events (call_id, sequence, time, kind) VALUES (?1, ?2, ?3, ?4)")?;
@@ -256,6 +261,13 @@ impl SqliteStore {
                     media_wait
                 ],
             )?;
+            if resumed {
+                // See the PostgreSQL engine: a new stream generation frees the claim.
+                tx.execute(
+                    "UPDATE calls SET media_owner = NULL, lease_until = ?2 WHERE call_id = ?1",
+                    params![id.as_str(), media_wait],
+                )?;
+            }
             tx.commit()?;
             Ok((record, events))
         })

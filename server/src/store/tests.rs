@@ -276,6 +276,44 @@ async fn media_is_claimed_once_and_leases_expire_to_one_survivor(place: &Place) 
     );
 }
 
+both!(a_new_stream_generation_frees_the_media_claim_in_its_commit);
+async fn a_new_stream_generation_frees_the_media_claim_in_its_commit(place: &Place) {
+    let (a, b) = (place.open().await, place.open().await);
+    let lease = |owner: &str| Lease {
+        owner: owner.into(),
+        ttl: Duration::from_secs(60),
+    };
+    let id = CallId::new();
+    a.insert_call(record(&id), None).await.unwrap();
+    assert!(a.claim_media(&id, &lease("A")).await.unwrap());
+    // An edit that leaves the generation alone frees nothing.
+    b.update(&id, |r| {
+        r.end_reason.clear();
+        vec![]
+    })
+    .await
+    .unwrap();
+    assert!(!b.claim_media(&id, &lease("B")).await.unwrap());
+    // A resume: the claim is free for any replica, and the record names
+    // the replica that held it.
+    let (rec, _) = b
+        .update(&id, |r| {
+            crate::call::lifecycle::resume_stream(r, "fresh".into(), chrono::Utc::now());
+            vec![]
+        })
+        .await
+        .unwrap();
+    assert_eq!(rec.stream_generation, 1);
+    assert_eq!(rec.resuming.as_ref().map(|r| r.from.as_str()), Some("A"));
+    let stored = a.get_call(&id).await.unwrap().unwrap();
+    assert_eq!(stored.resuming, rec.resuming, "stored as returned");
+    // The old owner's renewal no longer holds it; exactly one new stream claims it.
+    a.renew_leases(std::slice::from_ref(&id), &lease("A")).await.unwrap();
+    let (la, lb) = (lease("A2"), lease("B"));
+    let (x, y) = tokio::join!(a.claim_media(&id, &la), b.claim_media(&id, &lb));
+    assert!(x.unwrap() ^ y.unwrap(), "exactly one claim wins");
+}
+
 both!(calls_left_queued_are_taken_by_one_survivor);
 async fn calls_left_queued_are_taken_by_one_survivor(place: &Place) {
     let (a, b) = (place.open().await, place.open().await);

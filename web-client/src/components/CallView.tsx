@@ -541,6 +541,14 @@ function ChatLine({ entry }: { entry: ChatEntry }) {
           {entry.reason ? `: ${entry.reason}` : ""} <span className="msg-time">{formatTime(entry.time)}</span>
         </li>
       );
+    case "migrated":
+      return (
+        <li className="sys sys--notice" data-testid="migrated-line">
+          <strong>Moved</strong> to another bridge after {entry.gapMs} ms (replica{" "}
+          <code>{entry.fromReplica || "unknown"}</code> → <code>{entry.toReplica}</code>); the call goes on{" "}
+          <span className="msg-time">{formatTime(entry.time)}</span>
+        </li>
+      );
     case "gap":
       return (
         <li className="sys sys--error">

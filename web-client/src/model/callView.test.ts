@@ -125,6 +125,18 @@ describe("applyEvent", () => {
     expect(toolOutcomeLabel(ToolOutcome.CANCELED)).toBe("cancelled");
   });
 
+  it("shows a migrated call as one conversation with the move in it", () => {
+    const m = applyEvents(EMPTY_CALL_VIEW, [
+      ev(1, statusKind(CallStatus.IN_PROGRESS)),
+      ev(2, sayKind(Speaker.AGENT, "Hello.")),
+      ev(3, { case: "migrated", value: { fromReplica: "r1", toReplica: "r2", gapMs: 640 } }),
+      ev(4, sayKind(Speaker.CALLEE, "Still there?")),
+    ]);
+    expect(m.entries.map((e) => e.kind)).toEqual(["transcript", "migrated", "transcript"]);
+    expect(m.entries[1]).toMatchObject({ fromReplica: "r1", toReplica: "r2", gapMs: 640 });
+    expect(m.lastSequence).toBe(4n);
+  });
+
   it("counts an unknown event kind as seen", () => {
     const m = applyEvent(EMPTY_CALL_VIEW, ev(1, { case: undefined }));
     expect(m.lastSequence).toBe(1n);

@@ -85,6 +85,15 @@ export type ChatEntry =
       readonly reason: string;
     }
   | {
+      // The call's media moved to a new bridge (its replica died or handed it over); the call goes on.
+      readonly kind: "migrated";
+      readonly sequence: bigint;
+      readonly time: Date | undefined;
+      readonly fromReplica: string;
+      readonly toReplica: string;
+      readonly gapMs: number;
+    }
+  | {
       // Not an event: the client noticed events it could not get (see `markGap`).
       readonly kind: "gap";
       readonly sequence: bigint;
@@ -278,6 +287,21 @@ export function applyEvent(model: CallViewModel, event: CallEvent): CallViewMode
             state: kind.value.state,
             by: kind.value.by,
             reason: kind.value.reason,
+          },
+        ],
+      };
+    case "migrated":
+      return {
+        ...base,
+        entries: [
+          ...model.entries,
+          {
+            kind: "migrated",
+            sequence,
+            time,
+            fromReplica: kind.value.fromReplica,
+            toReplica: kind.value.toReplica,
+            gapMs: kind.value.gapMs,
           },
         ],
       };

@@ -273,7 +273,7 @@ class WatchCallResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[CallEvent, _Mapping]] = ...) -> None: ...
 
 class CallEvent(_message.Message):
-    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result", "answered_by", "transfer")
+    __slots__ = ("sequence", "time", "status", "transcript", "error", "dtmf", "turn", "notice", "recording", "tool_call", "tool_result", "answered_by", "transfer", "migrated")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class CallEvent(_message.Message):
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     ANSWERED_BY_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    MIGRATED_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     status: StatusChanged
@@ -300,7 +301,18 @@ class CallEvent(_message.Message):
     tool_result: ToolResult
     answered_by: AnsweredBy
     transfer: Transfer
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., answered_by: _Optional[_Union[AnsweredBy, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
+    migrated: Migrated
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., status: _Optional[_Union[StatusChanged, _Mapping]] = ..., transcript: _Optional[_Union[Transcript, _Mapping]] = ..., error: _Optional[_Union[CallError, _Mapping]] = ..., dtmf: _Optional[_Union[Dtmf, _Mapping]] = ..., turn: _Optional[_Union[TurnMetrics, _Mapping]] = ..., notice: _Optional[_Union[Notice, _Mapping]] = ..., recording: _Optional[_Union[Recording, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCall, _Mapping]] = ..., tool_result: _Optional[_Union[ToolResult, _Mapping]] = ..., answered_by: _Optional[_Union[AnsweredBy, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., migrated: _Optional[_Union[Migrated, _Mapping]] = ...) -> None: ...
+
+class Migrated(_message.Message):
+    __slots__ = ("from_replica", "to_replica", "gap_ms")
+    FROM_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    TO_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    GAP_MS_FIELD_NUMBER: _ClassVar[int]
+    from_replica: str
+    to_replica: str
+    gap_ms: int
+    def __init__(self, from_replica: _Optional[str] = ..., to_replica: _Optional[str] = ..., gap_ms: _Optional[int] = ...) -> None: ...
 
 class ToolCall(_message.Message):
     __slots__ = ("tool_call_id", "name", "arguments_json", "answered_by_url")
