@@ -246,8 +246,8 @@ mod tests {
         assert!(!in_flight(&rec));
         assert_eq!(rec.status, CallStatus::InProgress);
         assert!(rec.end_reason.is_empty());
-        // ...and a stream that closes now is lost as before.
-        assert!(!on_stream_ended(&mut rec).1.is_empty());
+        // ...and a stream that closes now is any live call's: it resumes.
+        assert_eq!(on_stream_ended(&mut rec).0, AfterStream::Resume);
     }
 
     #[test]
