@@ -666,6 +666,13 @@ impl CallRecord {
 }
 
 impl CallRecord {
+    /// Whether `sid` names another provider call than this one: a request
+    /// carrying it is not this call's (before the provider id is known,
+    /// nothing is).
+    pub fn is_another_calls_sid(&self, sid: &str) -> bool {
+        !self.provider_call_id.is_empty() && sid != self.provider_call_id
+    }
+
     /// Applies an event's effect on the record (status, timestamps, metrics);
     /// the hub calls this before storing the event with the record.
     pub fn apply(&mut self, kind: &EventKind, at: DateTime<Utc>) {

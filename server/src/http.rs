@@ -186,10 +186,7 @@ async fn twiml_webhook(
         Err(_) => return twiml_response(twiml::hangup()),
     };
     let params: HashMap<_, _> = params.into_iter().collect();
-    if let Some(sid) = params.get("CallSid")
-        && !record.provider_call_id.is_empty()
-        && *sid != record.provider_call_id
-    {
+    if params.get("CallSid").is_some_and(|s| record.is_another_calls_sid(s)) {
         tracing::warn!(call_id = %id, "refused a TwiML request: its CallSid does not belong to this call");
         return forbidden_response();
     }
@@ -250,10 +247,7 @@ async fn connect_action_webhook(
     let result = state
         .hub
         .update_record(&id, move |rec| {
-            if sid
-                .as_deref()
-                .is_some_and(|s| !rec.provider_call_id.is_empty() && s != rec.provider_call_id)
-            {
+            if sid.as_deref().is_some_and(|s| rec.is_another_calls_sid(s)) {
                 tracing::warn!(call_id = %rec.call_id, "connect action for another CallSid ignored");
                 return vec![];
             }
@@ -324,10 +318,7 @@ async fn dial_action_webhook(
     let result = state
         .hub
         .update(&id, move |rec| {
-            if sid
-                .as_deref()
-                .is_some_and(|s| !rec.provider_call_id.is_empty() && s != rec.provider_call_id)
-            {
+            if sid.as_deref().is_some_and(|s| rec.is_another_calls_sid(s)) {
                 tracing::warn!(call_id = %rec.call_id, "dial action for another CallSid ignored");
                 return vec![];
             }

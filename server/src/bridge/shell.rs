@@ -427,7 +427,7 @@ where
 
 /// A `start` must name the call's CallSid (once known) and carry its secret.
 pub(crate) fn check_start(record: &CallRecord, start: &tw::StartMeta) -> Result<(), Refusal> {
-    if !record.provider_call_id.is_empty() && start.call_sid != record.provider_call_id {
+    if record.is_another_calls_sid(&start.call_sid) {
         return Err(Refusal {
             code: ErrorCode::MediaRefused,
             message: "the media stream's 'start' names another CallSid; closed it".into(),

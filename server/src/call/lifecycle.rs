@@ -174,10 +174,7 @@ pub fn dial_refused(rec: &mut CallRecord, provider_code: Option<&str>, message: 
 /// A provider status callback: see the module doc for the rules.
 pub fn on_provider_status(rec: &mut CallRecord, report: &ProviderStatus) -> Reported {
     let sid = report.call_sid.as_deref().filter(|s| !s.is_empty());
-    if let Some(sid) = sid
-        && !rec.provider_call_id.is_empty()
-        && sid != rec.provider_call_id
-    {
+    if sid.is_some_and(|s| rec.is_another_calls_sid(s)) {
         return Reported::Ignored(Ignored::ForeignCallSid);
     }
     if let Some(sid) = sid

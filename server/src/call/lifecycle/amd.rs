@@ -109,9 +109,11 @@ pub enum AmdIgnored {
 /// A detection result: the AnsweredBy event (the record takes `answered_by`
 /// from it, see [`CallRecord::apply`]), or why it was ignored.
 pub fn on_result(rec: &mut CallRecord, report: &AmdReport) -> Result<Vec<EventKind>, AmdIgnored> {
-    if let Some(sid) = report.call_sid.as_deref().filter(|s| !s.is_empty())
-        && !rec.provider_call_id.is_empty()
-        && sid != rec.provider_call_id
+    if report
+        .call_sid
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .is_some_and(|s| rec.is_another_calls_sid(s))
     {
         return Err(AmdIgnored::ForeignCallSid);
     }
